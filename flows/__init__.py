@@ -1,0 +1,1 @@
+"""Prefect flows: thin wiring of perpwatch.pipeline functions into tasks."""

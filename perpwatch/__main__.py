@@ -1,0 +1,5 @@
+import sys
+
+from perpwatch.cli import main
+
+sys.exit(main())

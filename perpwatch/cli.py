@@ -1,0 +1,175 @@
+"""perpwatch command line. Every command has --help; flags share names across commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+from perpwatch import quiet
+
+
+def _date(s: str) -> datetime:
+    try:
+        return datetime.fromisoformat(s).replace(tzinfo=UTC) if "T" not in s and len(s) == 10 \
+            else datetime.fromisoformat(s).astimezone(UTC)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD or ISO time): {s!r}") from exc
+
+
+def _list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _common(p: argparse.ArgumentParser, venues: bool = True) -> None:
+    p.add_argument("--db", help="warehouse file (default $PERPWATCH_DB or data/perpwatch.duckdb)")
+    if venues:
+        p.add_argument("--venues", type=lambda s: [v.lower() for v in _list(s)],
+                       help="comma-separated venues (default $PERPWATCH_VENUES or all implemented)")
+        p.add_argument("--assets", type=lambda s: [a.upper() for a in _list(s)],
+                       help="comma-separated assets (default $PERPWATCH_ASSETS or BTC,ETH,SOL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="perpwatch", description="Derivatives-market intelligence pipeline.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="one incremental pass: extract -> land -> validate -> load -> build -> publish")
+    _common(p)
+    p.add_argument("--no-build", action="store_true", help="skip building marts")
+    p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect")
+
+    p = sub.add_parser("backfill", help="like run, over a window, respecting each venue's history depth")
+    _common(p)
+    p.add_argument("--start", type=_date, required=True, help="YYYY-MM-DD (UTC)")
+    p.add_argument("--end", type=_date, help="YYYY-MM-DD (UTC, exclusive; default now)")
+    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--no-prefect", action="store_true")
+
+    p = sub.add_parser("build", help="rebuild the marts from staging and publish the serving snapshot")
+    _common(p, venues=False)
+    p.add_argument("--no-publish", action="store_true")
+
+    p = sub.add_parser("replay", help="rebuild staging from the landed raw payloads, no network")
+    _common(p, venues=False)
+    p.add_argument("--no-build", action="store_true")
+
+    p = sub.add_parser("sim", help="run the venue simulator on loopback")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--now", help="freeze the simulator clock at this ISO time")
+    p.add_argument("--faults", help="fault profiles NAME[,NAME] or all")
+    p.add_argument("--env", action="store_true", help="print the export lines for this port and exit")
+
+    p = sub.add_parser("import", help="load a CSV/Parquet/vendor file through validate -> load")
+    _common(p, venues=False)
+    p.add_argument("kind", help="funding, open-interest, long-short, liquidations, prices, instruments, "
+                                "etf-flows, macro, treasuries, market-caps")
+    p.add_argument("file")
+    p.add_argument("--venue", help="venue for rows that lack one")
+    p.add_argument("--asset", help="asset for rows that lack one")
+    p.add_argument("--series", help="series code for single-series macro files")
+    p.add_argument("--no-build", action="store_true")
+
+    p = sub.add_parser("heatmap", help="render the estimated liquidation heatmap")
+    _common(p, venues=False)
+    p.add_argument("asset")
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("-o", "--output", required=True)
+
+    p = sub.add_parser("status", help="freshness per source, row counts, last runs, quarantined batches")
+    _common(p, venues=False)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("report", help="self-contained HTML report of the latest marts")
+    _common(p, venues=False)
+    p.add_argument("-o", "--output", required=True)
+
+    p = sub.add_parser("collect", help="capture liquidation websocket streams for a duration")
+    _common(p)
+    p.add_argument("--seconds", type=float, default=60.0)
+    return ap
+
+
+def _print_report(report) -> None:
+    t = report.totals()
+    print(f"run {report.run_id}: {report.status} — fetched {t['fetched']}, loaded {t['loaded']}, "
+          f"duplicate {t['duplicate']}, quarantined {t['quarantined']}")
+    for e in report.errors:
+        print(f"  ERROR {e}", file=sys.stderr)
+    for w in report.warnings:
+        print(f"  WARNING {w}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet.configure()
+    if args.cmd in ("run", "backfill"):
+        start = getattr(args, "start", None)
+        end = getattr(args, "end", None)
+        if args.no_prefect:
+            from perpwatch import pipeline
+            report = pipeline.run(kind=args.cmd, start=start, end=end, venues=args.venues, assets=args.assets,
+                                  db=args.db, build=not args.no_build, publish=not args.no_build,
+                                  progress=lambda m: print(m, file=sys.stderr))
+            _print_report(report)
+            return 0 if report.status != "failed" else 1
+        from flows.build import build
+        from flows.ingest import ingest
+        res = ingest(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db, kind=args.cmd)
+        print(json.dumps(res))
+        if not args.no_build:
+            build(db=args.db, publish=True)
+        return 0 if res["status"] != "failed" else 1
+    if args.cmd == "build":
+        import warehouse
+        from perpwatch import pipeline
+        with warehouse.session(args.db) as con:
+            timings = pipeline.build_and_publish(con, publish=not args.no_publish)
+        for name, secs in timings.items():
+            print(f"{name:40s} {secs:6.2f}s")
+        return 0
+    if args.cmd == "replay":
+        import warehouse
+        from perpwatch import pipeline
+        report = pipeline.replay(args.db, progress=lambda m: print(m, file=sys.stderr))
+        _print_report(report)
+        if not args.no_build:
+            with warehouse.session(args.db) as con:
+                pipeline.build_and_publish(con, publish=True)
+        return 0 if report.status != "failed" else 1
+    if args.cmd == "sim":
+        from simulator.server import main as sim_main
+        argv2 = ["--port", str(args.port), "--seed", str(args.seed)]
+        if args.now:
+            argv2 += ["--now", args.now]
+        if args.faults:
+            argv2 += ["--faults", args.faults]
+        if args.env:
+            argv2.append("--env")
+        return sim_main(argv2)
+    if args.cmd == "import":
+        from perpwatch.importer import main as import_main
+        return import_main(args)
+    if args.cmd == "heatmap":
+        import warehouse
+        from perpwatch.heatmap import render
+        with warehouse.session(args.db, read_only=True) as con:
+            out = render(con, args.asset.upper(), args.days, args.output)
+        print(out)
+        return 0
+    if args.cmd == "status":
+        from perpwatch.status import main as status_main
+        return status_main(args)
+    if args.cmd == "report":
+        from perpwatch.report import main as report_main
+        return report_main(args)
+    if args.cmd == "collect":
+        from perpwatch.collector import main as collect_main
+        return collect_main(args)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,635 @@
+"""Estimated liquidation heatmap: the level model, the daily clusters and the PNG.
+
+Model (docs/heatmap.md has the full write-up): each hour an open-interest increase is
+taken as new positions opened at the bar's typical price (H+L+C)/3, split long/short by
+the bar's direction and spread over leverage tiers; each tier's liquidation price becomes
+a *level*. A long level dies when a later bar's low trades through it (a short level when a
+later high does), and every surviving level shrinks pro rata when OI falls. Each hour the
+surviving USD is summed into fixed log-spaced price bins.
+
+Everything here is causal: the output at hour t depends only on bars with ts <= t, and the
+whole history is a fold of `step` over the hours, so it can also run one hour at a time.
+
+    state = new_state(settings)
+    state, rows = step(state, bars)        # bars: asset, ts, open, high, low, close, oi_usd
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+
+TABLE = "marts.liquidation_heatmap"
+COLORMAP = "plasma"  # purple (low) -> yellow (high)
+
+SIDES = ("long", "short")
+BAR_COLUMNS = ("asset", "ts", "open", "high", "low", "close", "oi_usd")
+OUTPUT_SCHEMA = {
+    "asset": pl.String,
+    "ts": pl.Datetime("us", "UTC"),
+    "side": pl.String,
+    "price_low": pl.Float64,
+    "price_high": pl.Float64,
+    "price_mid": pl.Float64,
+    "price_bin": pl.Int64,
+    "est_liquidation_usd": pl.Float64,
+    "close": pl.Float64,
+}
+CLUSTER_SCHEMA = {
+    "date": pl.Date,
+    "asset": pl.String,
+    "cluster_above_price": pl.Float64,
+    "cluster_above_usd": pl.Float64,
+    "cluster_above_distance": pl.Float64,
+    "cluster_below_price": pl.Float64,
+    "cluster_below_usd": pl.Float64,
+    "cluster_below_distance": pl.Float64,
+}
+
+# Defaults for the optional keys of [heatmap] in signals.toml (the required ones have none).
+DEFAULTS = {
+    "long_share_up": 0.6,
+    "max_distance_pct": 0.30,
+    "cluster_percentile": 0.90,
+    "oi_max_gap_hours": 6,
+}
+
+_HOUR_US = 3_600_000_000
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Params:
+    """The [heatmap] settings, validated, with the per-tier multipliers precomputed."""
+
+    leverage: tuple[float, ...]
+    weights: tuple[float, ...]  # normalised to sum to 1
+    maintenance_margin: float
+    bin_pct: float
+    long_share_up: float
+    max_distance_pct: float
+    cluster_percentile: float
+    oi_max_gap_hours: int
+    # liquidation price / entry for each tier, sorted ascending, with the matching weights
+    long_mult: np.ndarray = field(repr=False, compare=False)
+    long_w: np.ndarray = field(repr=False, compare=False)
+    short_mult: np.ndarray = field(repr=False, compare=False)
+    short_w: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def log_step(self) -> float:
+        """Width of one price bin in log space: bin k covers [(1+b)^k, (1+b)^(k+1))."""
+        return math.log1p(self.bin_pct)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> Params:
+        s = {**DEFAULTS, **settings}
+        missing = [k for k in ("leverage", "weights", "maintenance_margin", "bin_pct") if k not in s]
+        if missing:
+            raise ValueError(f"[heatmap] settings miss {missing}")
+        lev = np.asarray(s["leverage"], dtype=float)
+        w = np.asarray(s["weights"], dtype=float)
+        mmr = float(s["maintenance_margin"])
+        if lev.ndim != 1 or lev.size == 0 or lev.shape != w.shape:
+            raise ValueError("[heatmap] leverage and weights must be non-empty lists of equal length")
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError("[heatmap] weights must be >= 0 with a positive sum")
+        if not 0 <= mmr or (1.0 / lev <= mmr).any():
+            raise ValueError("[heatmap] every leverage tier needs 1/leverage > maintenance_margin >= 0")
+        if not 0 < float(s["bin_pct"]) < 1:
+            raise ValueError("[heatmap] bin_pct must be in (0, 1)")
+        if not 0 <= float(s["long_share_up"]) <= 1:
+            raise ValueError("[heatmap] long_share_up must be in [0, 1]")
+        if not 0 < float(s["max_distance_pct"]) < 1:
+            raise ValueError("[heatmap] max_distance_pct must be in (0, 1)")
+        if not 0 <= float(s["cluster_percentile"]) <= 1:
+            raise ValueError("[heatmap] cluster_percentile must be in [0, 1]")
+        w = w / w.sum()
+        keep = w > 0
+        lev_k, w_k = lev[keep], w[keep]
+        long_mult = 1.0 - 1.0 / lev_k + mmr
+        short_mult = 1.0 + 1.0 / lev_k - mmr
+        lo, so = np.argsort(long_mult, kind="stable"), np.argsort(short_mult, kind="stable")
+        return cls(
+            leverage=tuple(lev.tolist()),
+            weights=tuple(w.tolist()),
+            maintenance_margin=mmr,
+            bin_pct=float(s["bin_pct"]),
+            long_share_up=float(s["long_share_up"]),
+            max_distance_pct=float(s["max_distance_pct"]),
+            cluster_percentile=float(s["cluster_percentile"]),
+            oi_max_gap_hours=int(s["oi_max_gap_hours"]),
+            long_mult=long_mult[lo],
+            long_w=w_k[lo],
+            short_mult=short_mult[so],
+            short_w=w_k[so],
+        )
+
+
+def heatmap_settings() -> dict:
+    """The [heatmap] section of perpwatch/signals.toml."""
+    from perpwatch.settings import signal_settings
+
+    return dict(signal_settings()["heatmap"])
+
+
+# --------------------------------------------------------------------------- state
+
+
+_EMPTY = np.empty(0, dtype=float)
+_EMPTY.setflags(write=False)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = a.view()
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class AssetLevels:
+    """Surviving levels of one asset (read-only arrays). Prices sorted ascending; usd matches."""
+
+    long_price: np.ndarray = field(default_factory=lambda: _EMPTY)
+    long_usd: np.ndarray = field(default_factory=lambda: _EMPTY)
+    short_price: np.ndarray = field(default_factory=lambda: _EMPTY)
+    short_usd: np.ndarray = field(default_factory=lambda: _EMPTY)
+    last_ts_us: int | None = None  # last hour folded in (µs since epoch, UTC)
+    last_oi_usd: float | None = None  # OI at that hour (used when bars carry no oi_prev_usd)
+
+
+@dataclass(frozen=True)
+class HeatmapState:
+    """Immutable model state: the parameters and, per asset, the surviving levels."""
+
+    params: Params
+    assets: Mapping[str, AssetLevels] = field(default_factory=dict)
+
+    def levels(self) -> pl.DataFrame:
+        """Every surviving level, exact price (not binned): asset, side, price, usd."""
+        parts = []
+        for asset, lv in sorted(self.assets.items()):
+            for side, p, u in (("long", lv.long_price, lv.long_usd), ("short", lv.short_price, lv.short_usd)):
+                if p.size:
+                    parts.append(pl.DataFrame({"asset": asset, "side": side, "price": p, "usd": u}))
+        if not parts:
+            return pl.DataFrame(
+                schema={"asset": pl.String, "side": pl.String, "price": pl.Float64, "usd": pl.Float64}
+            )
+        return pl.concat(parts)
+
+
+def new_state(settings: Mapping) -> HeatmapState:
+    """An empty state bound to the [heatmap] settings (validated here)."""
+    return HeatmapState(Params.from_settings(settings))
+
+
+# --------------------------------------------------------------------------- the fold
+
+
+def _bars_numpy(bars: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
+    missing = [c for c in BAR_COLUMNS if c not in bars.columns]
+    if missing:
+        raise ValueError(f"bars miss columns {missing}")
+    has_prev = "oi_prev_usd" in bars.columns
+    ts = pl.col("ts")
+    dtype = bars.schema["ts"]
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+        ts = ts.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    elif not isinstance(dtype, pl.Datetime):
+        raise ValueError(f"bars.ts must be a datetime column, got {dtype}")
+    cols = ["open", "high", "low", "close", "oi_usd"] + (["oi_prev_usd"] if has_prev else [])
+    out = bars.select(
+        pl.col("asset").cast(pl.String),
+        ts.dt.cast_time_unit("us").cast(pl.Int64).alias("ts_us"),
+        *[pl.col(c).cast(pl.Float64).fill_null(float("nan")) for c in cols],
+    ).sort("asset", "ts_us")
+    if out.select(pl.struct("asset", "ts_us").is_duplicated().any()).item():
+        raise ValueError("bars have more than one row per (asset, ts)")
+    return out, has_prev
+
+
+def step(state: HeatmapState, bars: pl.DataFrame) -> tuple[HeatmapState, pl.DataFrame]:
+    """Fold hourly bars into the state; return the new state and the heatmap rows of those hours.
+
+    bars: one row per (asset, ts) with open, high, low, close, oi_usd (USD, summed over
+    venues) and optionally oi_prev_usd: the previous-hour OI of the same instruments that
+    make up this hour's oi_usd (lets a venue that starts reporting late count as no change).
+    Without it the change is oi_usd minus the previous folded hour's oi_usd. Rows at or
+    before the state's last hour for that asset are already folded in and are skipped.
+    The input state is not modified. Rows: see OUTPUT_SCHEMA; only bins with USD > 0.
+    """
+    prm = state.params
+    frame, has_prev = _bars_numpy(bars)
+    assets = dict(state.assets)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("asset", "ts", "side", "bin", "usd", "close")}
+    names: list[str] = []
+    inv_step = 1.0 / prm.log_step
+    win_lo, win_hi = 1.0 - prm.max_distance_pct, 1.0 + prm.max_distance_pct
+    up, down = prm.long_share_up, 1.0 - prm.long_share_up
+
+    for (asset,), g in frame.group_by("asset", maintain_order=True):
+        lv = assets.get(asset, AssetLevels())
+        if lv.last_ts_us is not None:
+            g = g.filter(pl.col("ts_us") > lv.last_ts_us)
+        if g.height == 0:
+            continue
+        ts_a = g["ts_us"].to_numpy()
+        o_a, h_a, l_a, c_a = (g[c].to_numpy() for c in ("open", "high", "low", "close"))
+        oi_a = g["oi_usd"].to_numpy()
+        prev_a = g["oi_prev_usd"].to_numpy() if has_prev else None
+        lp, lu, sp, su = lv.long_price, lv.long_usd, lv.short_price, lv.short_usd
+        last_oi = lv.last_oi_usd
+        hours, counts, bins, usds = [], [], [], []
+
+        for i in range(ts_a.size):
+            o, h, lo, c, oi = o_a[i], h_a[i], l_a[i], c_a[i], oi_a[i]
+            if not (c > 0 and h >= lo > 0 and o > 0):  # no usable price this hour (NaN or bad)
+                continue
+            # 1. price trades through levels opened in earlier hours
+            lp_keep = np.searchsorted(lp, lo, "left")  # long dies when low <= level
+            lp, lu = lp[:lp_keep], lu[:lp_keep]
+            sp_drop = np.searchsorted(sp, h, "right")  # short dies when high >= level
+            sp, su = sp[sp_drop:], su[sp_drop:]
+            # 2. open-interest change
+            if oi == oi:  # not NaN
+                prev = prev_a[i] if prev_a is not None and prev_a[i] == prev_a[i] else last_oi
+                if prev is not None and prev > 0:
+                    d = oi - prev
+                    if d < 0:
+                        ratio = max(oi, 0.0) / prev
+                        if ratio > 0:
+                            lu, su = lu * ratio, su * ratio
+                        else:
+                            lp, lu, sp, su = _EMPTY, _EMPTY, _EMPTY, _EMPTY
+                    elif d > 0:
+                        entry = (h + lo + c) / 3.0
+                        share = up if c > o else down if c < o else 0.5
+                        if share > 0:
+                            lp, lu = _insert(lp, lu, entry * prm.long_mult, d * share * prm.long_w)
+                        if share < 1:
+                            sp, su = _insert(sp, su, entry * prm.short_mult, d * (1 - share) * prm.short_w)
+                last_oi = oi
+            # 3. snapshot: bins within max_distance_pct of the close
+            hours.append(i)
+            for p, u in ((lp, lu), (sp, su)):
+                a, b = np.searchsorted(p, c * win_lo, "left"), np.searchsorted(p, c * win_hi, "right")
+                if a == b:
+                    counts.append(0)
+                    continue
+                k = np.floor(np.log(p[a:b]) * inv_step).astype(np.int64)
+                change = np.ones(k.size, dtype=bool)
+                np.not_equal(k[1:], k[:-1], out=change[1:])
+                starts = np.flatnonzero(change)
+                bins.append(k[starts])
+                usds.append(np.add.reduceat(u[a:b], starts))
+                counts.append(starts.size)
+
+        assets[asset] = AssetLevels(*map(_frozen, (lp, lu, sp, su)), int(ts_a[-1]), last_oi)
+        if hours:
+            idx = np.asarray(hours)
+            n = np.asarray(counts).reshape(-1, 2)
+            out["ts"].append(np.repeat(ts_a[idx], n.sum(axis=1)))
+            out["close"].append(np.repeat(c_a[idx], n.sum(axis=1)))
+            out["side"].append(np.repeat(np.tile([0, 1], idx.size), n.ravel()))
+            out["bin"].extend(bins)
+            out["usd"].extend(usds)
+            out["asset"].append(np.full(int(n.sum()), len(names)))
+            names.append(asset)
+
+    return HeatmapState(prm, assets), _rows_frame(out, names, prm)
+
+
+def _insert(p: np.ndarray, u: np.ndarray, new_p: np.ndarray, new_u: np.ndarray):
+    pos = np.searchsorted(p, new_p)  # new_p is sorted ascending
+    return np.insert(p, pos, new_p), np.insert(u, pos, new_u)
+
+
+def _rows_frame(out: dict[str, list[np.ndarray]], names: list[str], prm: Params) -> pl.DataFrame:
+    if not names:
+        return pl.DataFrame(schema=OUTPUT_SCHEMA)
+    cat = {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
+    step_ = prm.log_step
+    frame = pl.DataFrame(
+        {
+            "asset": pl.Series(names, dtype=pl.String).gather(cat["asset"].astype(np.int64)),
+            "ts": pl.Series(cat["ts"].astype(np.int64)).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+            "side": pl.Series(cat["side"].astype(np.int8)),
+            "price_bin": pl.Series(cat["bin"].astype(np.int64)),
+            "est_liquidation_usd": pl.Series(cat["usd"].astype(float)),
+            "close": pl.Series(cat["close"].astype(float)),
+        }
+    )
+    return (
+        frame.filter(pl.col("est_liquidation_usd") > 0)
+        .with_columns(
+            pl.when(pl.col("side") == 0).then(pl.lit("long")).otherwise(pl.lit("short")).alias("side"),
+            (pl.col("price_bin") * step_).exp().alias("price_low"),
+            ((pl.col("price_bin") + 1) * step_).exp().alias("price_high"),
+        )
+        .with_columns(((pl.col("price_low") + pl.col("price_high")) / 2).alias("price_mid"))
+        .select(list(OUTPUT_SCHEMA))
+        .sort("asset", "ts", "side", "price_low")
+    )
+
+
+def estimate_levels(bars: pl.DataFrame, settings: Mapping) -> pl.DataFrame:
+    """The whole heatmap for `bars` from an empty state (a fold of `step` over every hour)."""
+    return step(new_state(settings), bars)[1]
+
+
+# --------------------------------------------------------------------------- warehouse
+
+
+def load_bars(
+    con: duckdb.DuckDBPyConnection, assets: list[str] | None = None, oi_max_gap_hours: int = 6
+) -> pl.DataFrame:
+    """Hourly bars per asset from staging: perp OHLC and OI summed over venues.
+
+    Price: the 1h perp bar of the venue with the largest OI that hour (mean over that
+    venue's perp instruments; ties and hours without OI fall back to the first venue by
+    name). oi_usd: OI summed over every instrument reporting that hour (OI rows are
+    floored to the hour, last snapshot wins). oi_prev_usd: the same instruments' previous
+    snapshot if it is at most `oi_max_gap_hours` old, else their current value, so an
+    instrument whose history starts later (or resumes after a long gap) adds no fake flow.
+    """
+    where = "" if assets is None else "AND asset IN (SELECT unnest($assets))"
+    params = {} if assets is None else {"assets": [a.upper() for a in assets]}
+    sql = f"""
+    WITH oi_rows AS (
+        SELECT venue, instrument, asset, date_trunc('hour', ts) AS ts, oi_usd::DOUBLE AS oi_usd
+        FROM staging.open_interest
+        WHERE oi_usd IS NOT NULL AND asset IS NOT NULL {where}
+        QUALIFY row_number() OVER (PARTITION BY venue, instrument, date_trunc('hour', ts) ORDER BY ts DESC) = 1
+    ), oi_lag AS (
+        SELECT *, lag(oi_usd) OVER w AS prev_oi, lag(ts) OVER w AS prev_ts
+        FROM oi_rows WINDOW w AS (PARTITION BY venue, instrument ORDER BY ts)
+    ), oi_hour AS (
+        SELECT asset, ts, sum(oi_usd) AS oi_usd,
+               sum(CASE WHEN prev_ts >= ts - to_hours({int(oi_max_gap_hours)}) THEN prev_oi ELSE oi_usd END)
+                   AS oi_prev_usd
+        FROM oi_lag GROUP BY asset, ts
+    ), venue_oi AS (
+        SELECT venue, asset, ts, sum(oi_usd) AS oi FROM oi_rows GROUP BY venue, asset, ts
+    ), perp AS (
+        SELECT venue, asset, ts, avg(open)::DOUBLE AS open, avg(high)::DOUBLE AS high,
+               avg(low)::DOUBLE AS low, avg(close)::DOUBLE AS close
+        FROM staging.prices
+        WHERE kind = 'perp' AND "interval" = '1h' AND asset IS NOT NULL
+          AND open > 0 AND high > 0 AND low > 0 AND close > 0 {where}
+        GROUP BY venue, asset, ts
+    ), price AS (
+        SELECT p.asset, p.ts, p.open, p.high, p.low, p.close
+        FROM perp p LEFT JOIN venue_oi v USING (venue, asset, ts)
+        QUALIFY row_number() OVER (PARTITION BY p.asset, p.ts ORDER BY coalesce(v.oi, 0) DESC, p.venue) = 1
+    )
+    SELECT price.asset, price.ts, price.open, price.high, price.low, price.close,
+           oi_hour.oi_usd, oi_hour.oi_prev_usd
+    FROM price LEFT JOIN oi_hour USING (asset, ts)
+    ORDER BY price.asset, price.ts
+    """
+    df = con.execute(sql, params).pl()
+    return df.with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
+
+
+def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = None) -> pl.DataFrame:
+    """The whole marts.liquidation_heatmap table from staging.prices and staging.open_interest."""
+    settings = heatmap_settings() if settings is None else settings
+    prm = Params.from_settings(settings)
+    return estimate_levels(load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours), settings)
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    schema, name = table.split(".")
+    q = "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
+    return con.execute(q, [schema, name]).fetchone()[0] > 0
+
+
+def read_heatmap(con: duckdb.DuckDBPyConnection, asset: str | None = None) -> pl.DataFrame:
+    """Rows of marts.liquidation_heatmap (ts in UTC), optionally for one asset."""
+    if not _table_exists(con, TABLE):
+        raise ValueError(f"{TABLE} does not exist: build the marts first (`perpwatch build`)")
+    where, params = ("WHERE asset = ?", [asset.upper()]) if asset else ("", [])
+    df = con.execute(
+        f"SELECT asset, ts, side, price_low, price_high, est_liquidation_usd, close FROM {TABLE} {where}",
+        params,
+    ).pl()
+    return df.with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def _clusters(bins: pl.DataFrame, percentile: float) -> pl.DataFrame:
+    """Nearest large bin above and below `close` per (date, asset, ts).
+
+    bins: date, asset, ts, price_low, price_high, est_liquidation_usd, close (both sides
+    of a bin are summed). A bin is large when its USD is at or above the `percentile`
+    quantile (linear) of that hour's bins. Distances are positive fractions of close.
+    """
+    keys = ["date", "asset", "ts"]
+    per_bin = (
+        bins.group_by([*keys, "price_low"])
+        .agg(
+            pl.col("price_high").first(),
+            pl.col("close").first(),
+            pl.col("est_liquidation_usd").sum().alias("usd"),
+        )
+        .with_columns(((pl.col("price_low") + pl.col("price_high")) / 2).alias("mid"))
+        .with_columns(pl.col("usd").quantile(percentile, "linear").over(keys).alias("threshold"))
+        .filter(pl.col("usd") >= pl.col("threshold"))
+    )
+    above = (
+        per_bin.filter(pl.col("mid") >= pl.col("close"))
+        .sort("mid")
+        .group_by(keys, maintain_order=True)
+        .first()
+        .select(
+            *keys,
+            pl.col("mid").alias("cluster_above_price"),
+            pl.col("usd").alias("cluster_above_usd"),
+            (pl.col("mid") / pl.col("close") - 1).alias("cluster_above_distance"),
+        )
+    )
+    below = (
+        per_bin.filter(pl.col("mid") < pl.col("close"))
+        .sort("mid", descending=True)
+        .group_by(keys, maintain_order=True)
+        .first()
+        .select(
+            *keys,
+            pl.col("mid").alias("cluster_below_price"),
+            pl.col("usd").alias("cluster_below_usd"),
+            (1 - pl.col("mid") / pl.col("close")).alias("cluster_below_distance"),
+        )
+    )
+    hours = bins.select(keys).unique()
+    return hours.join(above, on=keys, how="left").join(below, on=keys, how="left").sort("asset", "ts")
+
+
+def nearest_clusters(heatmap: pl.DataFrame, price: float, *, percentile: float | None = None) -> dict:
+    """Nearest large cluster above and below `price` in one asset's heatmap hour.
+
+    heatmap: rows of marts.liquidation_heatmap (or `step` output) for a single asset; if it
+    spans several hours the latest is used. Long and short USD of a bin are summed. A bin is
+    "large" at or above the `percentile` quantile of that hour's bins (default: settings'
+    cluster_percentile, 0.9). Returns cluster_{above,below}_{price,usd,distance}: price is
+    the bin's mid price, distance a positive fraction of `price` (0.02 = 2 %); None when
+    there is no large bin on that side.
+    """
+    q = (
+        heatmap_settings().get("cluster_percentile", DEFAULTS["cluster_percentile"])
+        if percentile is None
+        else percentile
+    )
+    keys = [k for k in CLUSTER_SCHEMA if k not in ("date", "asset")]
+    empty = dict.fromkeys(keys)
+    if heatmap.height == 0:
+        return empty
+    if heatmap["asset"].n_unique() > 1:
+        raise ValueError("nearest_clusters takes one asset's heatmap; filter by asset first")
+    last = heatmap.filter(pl.col("ts") == pl.col("ts").max())
+    bins = last.select(
+        pl.col("ts").dt.date().alias("date"),
+        "asset",
+        "ts",
+        "price_low",
+        "price_high",
+        "est_liquidation_usd",
+        pl.lit(float(price)).alias("close"),
+    )
+    row = _clusters(bins, float(q)).row(0, named=True)
+    return {k: row[k] for k in keys}
+
+
+def daily_clusters(
+    source: duckdb.DuckDBPyConnection | pl.DataFrame, *, percentile: float | None = None
+) -> pl.DataFrame:
+    """Nearest large clusters above/below the close at each UTC day's last heatmap hour.
+
+    source: a DuckDB connection (reads marts.liquidation_heatmap, or builds it from staging
+    when the table does not exist yet) or a heatmap frame with a `close` column.
+    Columns: see CLUSTER_SCHEMA, one row per (date, asset) that has heatmap rows.
+    """
+    q = (
+        heatmap_settings().get("cluster_percentile", DEFAULTS["cluster_percentile"])
+        if percentile is None
+        else percentile
+    )
+    if isinstance(source, pl.DataFrame):
+        heatmap = source
+    elif _table_exists(source, TABLE):
+        heatmap = read_heatmap(source)
+    else:
+        heatmap = build_heatmap(source)
+    if heatmap.height == 0:
+        return pl.DataFrame(schema=CLUSTER_SCHEMA)
+    hm = heatmap.with_columns(pl.col("ts").dt.date().alias("date"))
+    last = hm.filter(pl.col("ts") == pl.col("ts").max().over("asset", "date"))
+    return _clusters(last, float(q)).select(list(CLUSTER_SCHEMA)).sort("date", "asset")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _usd(value: float, _pos=None) -> str:
+    if abs(value) >= 1000:
+        return f"${value:,.0f}"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    return f"${value:,.4f}"
+
+
+def _usd_compact(value: float, _pos=None) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= div:
+            return f"${value / div:,.1f}{suffix}"
+    return f"${value:,.0f}"
+
+
+def render(con: duckdb.DuckDBPyConnection, asset: str, days: int, out: Path) -> Path:
+    """Draw the last `days` days of an asset's heatmap as a 1200x600 PNG at `out`.
+
+    Time on x, price on y (bins within ±12 % of the window's close range), long + short
+    USD per bin in the plasma colormap (purple = none, yellow = the window's 99th
+    percentile and above), the hourly close as a white line. Raises ValueError when the
+    asset has no heatmap rows.
+    """
+    import matplotlib
+    import matplotlib.dates as mdates
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    if days < 1:
+        raise ValueError("days must be >= 1")
+    asset = asset.upper()
+    hm = read_heatmap(con, asset)
+    if hm.height == 0:
+        raise ValueError(f"no heatmap rows for asset {asset!r} in {TABLE}")
+    end = hm["ts"].max()
+    start = end - timedelta(hours=24 * days - 1)
+    hm = hm.filter(pl.col("ts") >= start)
+
+    log_step = float(np.median(np.log(hm["price_high"].to_numpy() / hm["price_low"].to_numpy())))
+    hm = hm.with_columns(
+        (pl.col("price_low").log() / log_step).round().cast(pl.Int64).alias("k"),
+        ((pl.col("ts") - start).dt.total_hours()).cast(pl.Int64).alias("h"),
+    )
+    n_hours = 24 * days
+    price = hm.group_by("h").agg(pl.col("close").first()).sort("h")
+    pad = 0.12
+    y_lo, y_hi = price["close"].min() * (1 - pad), price["close"].max() * (1 + pad)
+    k_lo, k_hi = math.floor(math.log(y_lo) / log_step), math.ceil(math.log(y_hi) / log_step)
+    cells = (
+        hm.filter(pl.col("k").is_between(k_lo, k_hi - 1))
+        .group_by("h", "k")
+        .agg(pl.col("est_liquidation_usd").sum())
+    )
+    grid = np.zeros((k_hi - k_lo, n_hours))
+    grid[cells["k"].to_numpy() - k_lo, cells["h"].to_numpy()] = cells["est_liquidation_usd"].to_numpy()
+    nonzero = grid[grid > 0]
+    vmax = float(np.quantile(nonzero, 0.99)) if nonzero.size else 1.0
+
+    t0 = mdates.date2num(start)
+    x_edges = t0 + np.arange(n_hours + 1) / 24.0
+    y_edges = np.exp(np.arange(k_lo, k_hi + 1) * log_step)
+
+    fig = Figure(figsize=(12, 6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(x_edges, y_edges, grid, cmap=COLORMAP, norm=Normalize(0, vmax), shading="flat")
+    ax.set_facecolor(matplotlib.colormaps[COLORMAP](0.0))
+    ax.plot(
+        t0 + (price["h"].to_numpy() + 1) / 24.0,
+        price["close"].to_numpy(),
+        color="white",
+        lw=1.2,
+        label="close",
+    )
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_lo, y_hi)
+    ax.yaxis.set_major_formatter(FuncFormatter(_usd))
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel("price")
+    ax.set_title(f"Estimated liquidation levels — {asset}, last {days} day{'s' if days != 1 else ''}")
+    cbar = fig.colorbar(mesh, ax=ax, extend="max", format=FuncFormatter(_usd_compact))
+    cbar.set_label("estimated liquidations per bin (USD)")
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, format="png")
+    return out

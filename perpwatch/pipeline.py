@@ -1,0 +1,420 @@
+"""The pipeline as plain functions: extract -> land raw -> parse -> validate -> load -> build.
+
+Flows (flows/) wire these as Prefect tasks; the CLI and tests call them directly too.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import polars as pl
+
+import sources
+import warehouse
+from perpwatch import settings
+from perpwatch.validate import validate
+from sources.base import ParseContext, Stream
+from sources.http import Fetched, SourceError
+
+log = logging.getLogger("perpwatch")
+
+# Load order: instruments first (parsers need contract sizes), prices before open interest
+# (OI without a USD value is valued from the perp close).
+TABLE_ORDER = ["instruments", "prices", "open_interest", "funding_rates", "long_short_ratio", "liquidations",
+               "etf_flows", "macro_closes", "treasury_holdings", "market_caps"]
+TIME_COLUMN = {"funding_rates": "funding_time", "etf_flows": "date", "macro_closes": "date",
+               "treasury_holdings": "as_of", "market_caps": "date"}
+INTERNAL = ["_source", "_stream", "_instrument", "_endpoint"]
+DEFAULT_LOOKBACK = timedelta(days=30)
+
+
+def overlap(stream: Stream) -> timedelta:
+    """Re-read a little before the watermark so late corrections and page edges are caught."""
+    return max(stream.step * 2, timedelta(hours=3))
+
+
+@dataclass
+class DatasetStats:
+    source: str
+    dataset: str
+    payloads: int = 0
+    fetched: int = 0
+    loaded: int = 0
+    duplicate: int = 0
+    updated: int = 0
+    quarantined: int = 0
+    quarantined_batches: int = 0
+    validation: str = "skipped"
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    kind: str
+    status: str = "running"
+    stats: dict[tuple[str, str], DatasetStats] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def stat(self, source: str, dataset: str) -> DatasetStats:
+        return self.stats.setdefault((source, dataset), DatasetStats(source, dataset))
+
+    def totals(self) -> dict[str, int]:
+        s = self.stats.values()
+        return {k: sum(getattr(x, k) for x in s) for k in ("fetched", "loaded", "quarantined", "duplicate")}
+
+    def table(self) -> list[dict]:
+        return [{"source": s.source, "dataset": s.dataset, "payloads": s.payloads, "fetched": s.fetched,
+                 "loaded": s.loaded, "duplicate": s.duplicate, "quarantined": s.quarantined,
+                 "validation": s.validation} for s in sorted(self.stats.values(), key=lambda x: (x.source, x.dataset))]
+
+
+# --------------------------------------------------------------------------- parsing
+
+def instrument_context(con) -> dict[tuple[str, str], dict]:
+    df = con.sql("SELECT * FROM staging.instruments").pl()
+    return {(r["venue"], r["instrument"]): r for r in df.iter_rows(named=True)}
+
+
+def parse_payload(source: str, endpoint: str, params: dict, body: bytes, fetched_at: datetime,
+                  ctx_instruments: dict) -> dict[str, pl.DataFrame]:
+    """Parse one landed payload exactly the same way whether fetched now or replayed."""
+    module = sources.get(source)
+    parser = module.PARSERS.get(endpoint)
+    if parser is None:
+        raise ValueError(f"{source} {endpoint}: no parser for this endpoint")
+    try:
+        data = orjson.loads(body) if not getattr(parser, "raw_body", False) else body
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"response is not valid JSON ({exc}); {len(body)} bytes") from exc
+    return parser(data, params, ParseContext(fetched_at, ctx_instruments))
+
+
+@dataclass
+class Parsed:
+    frames: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: defaultdict(list))
+
+
+def parse_all(con, report: RunReport, payloads: Iterable[Fetched], ctx_instruments: dict) -> Parsed:
+    out = Parsed()
+    for p in payloads:
+        if p.status != 200:
+            continue
+        try:
+            frames = parse_payload(p.source, p.endpoint, p.params, p.body, p.fetched_at, ctx_instruments)
+        except Exception as exc:  # a parser error quarantines this payload; the run goes on
+            dataset = (p.stream or "unknown").split("/", 1)[0]
+            msg = f"{p.source} {p.endpoint} [{p.instrument or '-'}]: unparseable payload raw_id={p.raw_id}: {exc}"
+            report.warnings.append(msg)
+            st = report.stat(p.source, dataset)
+            st.quarantined_batches += 1
+            st.messages.append(msg)
+            warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=p.source,
+                                 dataset=dataset, endpoint=p.endpoint, instrument=p.instrument,
+                                 raw_ids=[p.raw_id], failed=[{"expectation": "parse", "message": str(exc)}],
+                                 rows=0, sample=[p.body[:300].decode("utf-8", "replace")], message=msg)
+            continue
+        for table, df in frames.items():
+            if df.height == 0:
+                continue
+            out.frames[table].append(df.with_columns(
+                pl.lit(p.raw_id, pl.Int64).alias("raw_id"), pl.lit(p.source).alias("_source"),
+                pl.lit(p.stream or "").alias("_stream"),
+                pl.lit(p.instrument or (df["instrument"][0] if "instrument" in df.columns else "")).alias("_instrument"),
+                pl.lit(p.endpoint).alias("_endpoint")))
+    return out
+
+
+def merge_instruments(df: pl.DataFrame) -> pl.DataFrame:
+    """Instrument rows may come in parts (exchangeInfo + fundingInfo): merge by key, newest non-null wins."""
+    key = ["venue", "instrument"]
+    cols = [c for c in df.columns if c not in key]
+    merged = (df.group_by(key, maintain_order=True)
+              .agg([pl.col(c).drop_nulls().last() for c in cols]))
+    merged = merged.filter(pl.col("asset").is_not_null())
+    return merged.with_columns(
+        pl.when(pl.col("kind") == "perp").then(pl.col("funding_interval_hours").fill_null(8.0))
+        .otherwise(pl.col("funding_interval_hours")).alias("funding_interval_hours"))
+
+
+# --------------------------------------------------------------------------- validate + load
+
+def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
+               move_watermarks: bool = True, now: datetime | None = None) -> None:
+    """Validate one dataset's batch for this run, quarantine failing (source, instrument) groups,
+    upsert the rest on the grain with the watermarks in the same transaction."""
+    if not frames:
+        return
+    df = pl.concat(frames, how="diagonal_relaxed")
+    if table == "instruments":
+        df = merge_instruments(df)
+    df = df.with_columns(pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"))
+    full = f"staging.{table}"
+    key = warehouse.KEYS[full]
+    for src in df["_source"].unique().to_list():
+        report.stat(src, table).fetched += int((df["_source"] == src).sum())
+    outcome = validate(table, df.drop(INTERNAL, strict=False), now=now)
+    df = df.with_row_index("__pos")
+    if outcome.success:
+        bad_groups = pl.DataFrame(schema={"_source": pl.Utf8, "_instrument": pl.Utf8})
+    elif outcome.table_level_failed or not outcome.bad_rows:
+        bad_groups = df.select("_source", "_instrument").unique()
+    else:
+        bad_groups = (df.filter(pl.col("__pos").is_in(sorted(outcome.bad_rows)))
+                      .select("_source", "_instrument").unique())
+    failed = [{"expectation": f.expectation, "column": f.column, "unexpected_count": f.unexpected_count,
+               "sample": f.sample} for f in outcome.failures]
+    for src, inst in bad_groups.iter_rows():
+        grp = df.filter((pl.col("_source") == src) & (pl.col("_instrument") == inst))
+        bad = grp.filter(pl.col("__pos").is_in(sorted(outcome.bad_rows))) if outcome.bad_rows else grp
+        endpoints = grp["_endpoint"].unique().to_list()
+        what = "; ".join(f.describe() for f in outcome.failures)
+        msg = f"{src} {','.join(endpoints)} [{inst}] {table}: failed validation: {what}"
+        report.warnings.append(msg)
+        st = report.stat(src, table)
+        st.quarantined += grp.height
+        st.quarantined_batches += 1
+        st.messages.append(msg)
+        warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=src, dataset=table,
+                             endpoint=",".join(endpoints), instrument=inst,
+                             raw_ids=sorted(set(grp["raw_id"].to_list())), failed=failed, rows=grp.height,
+                             sample=(bad if bad.height else grp).head(5).drop("__pos").to_dicts(), message=msg)
+    good = df.join(bad_groups, on=["_source", "_instrument"], how="anti") if bad_groups.height else df
+    for src in good["_source"].unique(maintain_order=True).to_list():
+        part = good.filter(pl.col("_source") == src)
+        st = report.stat(src, table)
+        st.validation = "passed" if outcome.success else "partial"
+        with warehouse.transaction(con):
+            res = warehouse.upsert(con, full, part.drop(INTERNAL + ["__pos"], strict=False))
+            if move_watermarks and table != "instruments":
+                tcol = TIME_COLUMN.get(table, "ts")
+                marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument")
+                         .agg(pl.col(tcol).max().alias("last")))
+                for stream, inst, last in marks.iter_rows():
+                    warehouse.advance_watermark(con, src, stream, inst, last)
+        st.loaded += res.loaded
+        st.updated += res.updated
+        st.duplicate += res.duplicate
+    if not outcome.success:
+        for src in bad_groups["_source"].unique().to_list():
+            if report.stat(src, table).validation != "partial":
+                report.stat(src, table).validation = "failed"
+    _ = key
+
+
+def enrich_open_interest_usd(con) -> int:
+    """OI rows without a USD value (venues reporting coins only) take the perp close of that hour."""
+    return con.execute("""
+        UPDATE staging.open_interest o SET oi_usd = o.oi_base * p.close
+        FROM staging.prices p
+        WHERE o.oi_usd IS NULL AND p.venue = o.venue AND p.instrument = o.instrument
+          AND p.kind = 'perp' AND p."interval" = '1h' AND p.ts = date_trunc('hour', o.ts)
+        RETURNING 1""").fetchall().__len__()
+
+
+# --------------------------------------------------------------------------- extraction
+
+def _window(con, stream: Stream, start: datetime | None, end: datetime) -> tuple[datetime, datetime]:
+    if start is not None:
+        return start, end
+    mark = warehouse.get_watermark(con, stream.source, stream.name, stream.instrument)
+    if mark is None:
+        return end - DEFAULT_LOOKBACK, end
+    return mark - overlap(stream), end
+
+
+def extract_unit(module, client, streams: list[Stream], windows: dict[Stream, tuple[datetime, datetime]],
+                 report: RunReport) -> list[Fetched]:
+    """Fetch every page of a (source, dataset) unit. An instrument that fails is reported; the others go on."""
+    got: list[Fetched] = []
+    for s in streams:
+        start, end = windows[s]
+        try:
+            for page in module.fetch(client, s, start, end):
+                got.append(page)
+        except SourceError as exc:
+            msg = f"extract failed: {exc}"
+            report.errors.append(msg)
+            report.stat(s.source, s.dataset).messages.append(msg)
+    return got
+
+
+@dataclass
+class RunContext:
+    """State of one run shared by its steps (plain functions, wired by pipeline.run or the flows)."""
+
+    con: object
+    report: RunReport
+    modules: dict
+    clients: dict
+    assets: list[str]
+    start: datetime | None
+    end: datetime
+    ctx_instruments: dict = field(default_factory=dict)
+
+
+def open_run(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
+             venues: list[str] | None = None, assets: list[str] | None = None, db=None) -> RunContext:
+    available = sources.available()
+    chosen = venues or settings.venues(list(available))
+    unknown = [v for v in chosen if v not in available]
+    if unknown:
+        raise ValueError(f"unknown or unimplemented venues {unknown}; available: {sorted(available)}")
+    end = (end or datetime.now(UTC)).astimezone(UTC)
+    report = RunReport(run_id=f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", kind=kind)
+    con = warehouse.connect(db)
+    warehouse.start_run(con, report.run_id, kind)
+    lander = warehouse.Lander(con, report.run_id)
+    modules = {name: available[name] for name in chosen}
+    clients = {name: m.make_client(lander) for name, m in modules.items()}
+    return RunContext(con, report, modules, clients, assets or settings.assets(),
+                      start.astimezone(UTC) if start else None, end)
+
+
+def refresh_instruments(rc: RunContext) -> pl.DataFrame:
+    payloads: list[Fetched] = []
+    for name, m in rc.modules.items():
+        try:
+            payloads += m.fetch_instruments(rc.clients[name])
+        except SourceError as exc:
+            rc.report.errors.append(f"instruments failed: {exc}")
+    parsed = parse_all(rc.con, rc.report, payloads, instrument_context(rc.con))
+    load_table(rc.con, rc.report, "instruments", parsed.frames.get("instruments", []))
+    rc.ctx_instruments = instrument_context(rc.con)
+    return rc.con.sql("SELECT * FROM staging.instruments").pl()
+
+
+def plan_units(rc: RunContext, instruments: pl.DataFrame) -> dict[tuple[str, str], list[Stream]]:
+    """Coarse units of work, one per (source, dataset), each with its streams and windows."""
+    units: dict[tuple[str, str], list[Stream]] = defaultdict(list)
+    for name, m in rc.modules.items():
+        for s in m.plan(instruments, rc.assets):
+            units[(name, s.dataset)].append(s)
+    return dict(units)
+
+
+def windows_for(rc: RunContext, streams: list[Stream]) -> dict[Stream, tuple[datetime, datetime]]:
+    return {s: _window(rc.con, s, rc.start, rc.end) for s in streams}
+
+
+def run(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
+        venues: list[str] | None = None, assets: list[str] | None = None, db=None,
+        build: bool = True, publish: bool = False, max_workers: int = 4,
+        progress: Callable[[str], None] | None = None) -> RunReport:
+    """One pass over every configured source: extract from watermarks (or a backfill window)."""
+    say = progress or (lambda _m: None)
+    rc = open_run(kind, start, end, venues, assets, db)
+    try:
+        instruments = refresh_instruments(rc)
+        say(f"instruments: {instruments.height} known across {len(rc.modules)} sources")
+        units = plan_units(rc, instruments)
+        fetched: list[Fetched] = []
+        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+            futures = {pool.submit(extract_unit, rc.modules[n], rc.clients[n], ss, windows_for(rc, ss), rc.report):
+                       (n, d) for (n, d), ss in units.items()}
+            for fut, (n, d) in futures.items():
+                pages = fut.result()
+                rc.report.stat(n, d).payloads += len(pages)
+                fetched += pages
+                say(f"fetched {n} {d}: {len(pages)} pages")
+        load_parsed(rc.con, rc.report, fetched, rc.ctx_instruments)
+    except Exception as exc:
+        rc.report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
+        finish(rc.con, rc.report)
+        rc.con.close()
+        raise
+    finish(rc.con, rc.report)
+    say(f"loaded: {rc.report.totals()} status={rc.report.status}")
+    if build:
+        build_and_publish(rc.con, publish)
+    rc.con.close()
+    return rc.report
+
+
+def build_and_publish(con, publish: bool = False) -> dict[str, float]:
+    from transforms import build_all
+
+    timings = build_all(con)
+    if publish:
+        warehouse.publish(con=con)
+    return timings
+
+
+def load_parsed(con, report: RunReport, payloads: list[Fetched], ctx_instruments: dict,
+                move_watermarks: bool = True) -> None:
+    parsed = parse_all(con, report, payloads, ctx_instruments)
+    for table in TABLE_ORDER:
+        if table in parsed.frames:
+            load_table(con, report, table, parsed.frames[table], move_watermarks=move_watermarks)
+        if table == "prices":
+            enrich_open_interest_usd(con)
+    enrich_open_interest_usd(con)
+
+
+def finish(con, report: RunReport) -> None:
+    t = report.totals()
+    mismatch = [f"{s.source}/{s.dataset}: fetched {s.fetched} != loaded {s.loaded} + quarantined "
+                f"{s.quarantined} + duplicate {s.duplicate}"
+                for s in report.stats.values() if s.fetched != s.loaded + s.quarantined + s.duplicate]
+    if mismatch:
+        report.errors.append("reconciliation failed: " + "; ".join(mismatch))
+    if report.errors:
+        report.status = "failed"
+    elif report.warnings:
+        report.status = "warning"
+    else:
+        report.status = "success"
+    for s in report.stats.values():
+        warehouse.record_dataset(con, report.run_id, s.source, s.dataset, s.fetched, s.loaded, s.quarantined,
+                                 s.duplicate, s.payloads, s.validation, "; ".join(s.messages)[:2000])
+    message = "; ".join(report.errors + report.warnings)[:4000]
+    warehouse.finish_run(con, report.run_id, report.status, t["fetched"], t["loaded"], t["quarantined"],
+                         t["duplicate"], message)
+
+
+# --------------------------------------------------------------------------- replay
+
+def replay(db=None, progress: Callable[[str], None] | None = None) -> RunReport:
+    """Rebuild staging from raw.payloads with no network: every payload parsed like a fetched one."""
+    say = progress or (lambda _m: None)
+    report = RunReport(run_id=f"replay-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", kind="replay")
+    con = warehouse.connect(db)
+    try:
+        warehouse.start_run(con, report.run_id, "replay")
+        with warehouse.transaction(con):
+            for table in TABLE_ORDER:
+                con.execute(f"DELETE FROM staging.{table}")
+        known = set(sources.VENUE_MODULES) | set(getattr(sources, "EXTRA_PARSERS", {}))
+        rows = con.execute("""SELECT raw_id, source, endpoint, params, fetched_at, http_status, body, encoding
+                              FROM raw.payloads WHERE http_status = 200 ORDER BY raw_id""").fetchall()
+        payloads = []
+        for raw_id, source, endpoint, params, fetched_at, status, body, enc in rows:
+            if source not in known:
+                continue
+            p = orjson.loads(params) if params else {}
+            payloads.append(Fetched(raw_id, source, endpoint, p, status, warehouse.payload_body(body, enc),
+                                    None, None, fetched_at))
+        say(f"replaying {len(payloads)} payloads")
+        is_inst = [p for p in payloads if _is_instrument_endpoint(p)]
+        parsed = parse_all(con, report, is_inst, {})
+        load_table(con, report, "instruments", parsed.frames.get("instruments", []), move_watermarks=False)
+        ctx = instrument_context(con)
+        rest = [p for p in payloads if not _is_instrument_endpoint(p)]
+        load_parsed(con, report, rest, ctx, move_watermarks=False)
+    finally:
+        finish(con, report)
+        con.close()
+    return report
+
+
+def _is_instrument_endpoint(p: Fetched) -> bool:
+    module = sources.get(p.source)
+    return p.endpoint in getattr(module, "INSTRUMENT_ENDPOINTS", ())

@@ -1,0 +1,36 @@
+"""Types shared by the venue modules: what to fetch (Stream) and what a parser may know (ParseContext)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One incremental series of one instrument, with its own watermark.
+
+    `name` is the watermark's dataset key (e.g. "prices/mark", "long_short_ratio/top_positions").
+    """
+
+    source: str
+    dataset: str
+    name: str
+    instrument: str
+    step: timedelta = timedelta(hours=1)
+    history: timedelta | None = None     # how far back the venue serves it (None = since listing)
+    extra: tuple = ()                    # venue-specific (key, value) pairs, e.g. (("pair", "BTCUSDT"),)
+
+    def param(self, key: str, default=None):
+        return dict(self.extra).get(key, default)
+
+
+@dataclass
+class ParseContext:
+    """What a parser may use besides the payload: instrument metadata and when it was fetched."""
+
+    fetched_at: datetime
+    instruments: dict[tuple[str, str], dict] = field(default_factory=dict)
+
+    def instrument(self, venue: str, instrument: str) -> dict:
+        return self.instruments.get((venue, instrument), {})

@@ -1,0 +1,23 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE / "fixtures"
+SHARED = HERE.parent.parent / "shared"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def load_fixture(rel: str):
+    return json.loads((FIXTURES / rel).read_text())
+
+
+@pytest.fixture
+def fixture():
+    return load_fixture

@@ -1,0 +1,424 @@
+"""Estimated liquidation heatmap: hand-checked levels, causality, incremental fold, clusters, PNG."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import matplotlib
+import numpy as np
+import polars as pl
+import pytest
+
+from perpwatch.heatmap import (
+    COLORMAP,
+    OUTPUT_SCHEMA,
+    daily_clusters,
+    estimate_levels,
+    heatmap_settings,
+    load_bars,
+    nearest_clusters,
+    new_state,
+    render,
+    step,
+)
+from transforms.marts import liquidation_heatmap as transform
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+ONE_TIER = {"leverage": [10], "weights": [1.0], "maintenance_margin": 0.004, "bin_pct": 0.0001}
+
+
+def bar(h: int, o: float, hi: float, lo: float, c: float, oi: float, asset: str = "BTC") -> dict:
+    return {
+        "asset": asset,
+        "ts": T0 + timedelta(hours=h),
+        "open": o,
+        "high": hi,
+        "low": lo,
+        "close": c,
+        "oi_usd": oi,
+    }
+
+
+def bars_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema_overrides={"ts": pl.Datetime("us", "UTC")})
+
+
+def random_bars(hours: int, seed: int = 7) -> pl.DataFrame:
+    """Random-walk hourly bars for three assets with OI drifting up and down."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for asset, p0, oi0 in (("BTC", 60_000.0, 1e10), ("ETH", 3_000.0, 5e9), ("SOL", 150.0, 1e9)):
+        close = p0 * np.exp(np.cumsum(rng.normal(0, 0.006, hours)))
+        open_ = np.r_[p0, close[:-1]]
+        high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.003, hours)))
+        low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.003, hours)))
+        oi = oi0 * np.exp(np.cumsum(rng.normal(0.0005, 0.01, hours)))
+        ts = [T0 + timedelta(hours=i) for i in range(hours)]
+        frames.append(
+            pl.DataFrame(
+                {
+                    "asset": asset,
+                    "ts": ts,
+                    "open": open_,
+                    "high": high,
+                    "low": low,
+                    "close": close,
+                    "oi_usd": oi,
+                }
+            )
+        )
+    return pl.concat(frames).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+
+
+def rows_at(heatmap: pl.DataFrame, h: int) -> pl.DataFrame:
+    return heatmap.filter(pl.col("ts") == T0 + timedelta(hours=h))
+
+
+def side_usd(heatmap: pl.DataFrame, side: str) -> float:
+    return heatmap.filter(pl.col("side") == side)["est_liquidation_usd"].sum()
+
+
+# --------------------------------------------------------------------------- the model by hand
+
+
+def test_one_oi_increase_trade_through_and_oi_decrease():
+    entry = 100.0  # typical price (102 + 98 + 100) / 3
+    long_level, short_level = entry * (1 - 0.1 + 0.004), entry * (1 + 0.1 - 0.004)
+    rows = [
+        bar(0, 100, 100.5, 99.5, 100, 10_000_000),  # first hour: OI baseline only
+        bar(1, 99, 102, 98, 100, 11_000_000),  # up bar, +$1M at 100 -> 60 % long / 40 % short
+    ]
+    state, hm = step(new_state(ONE_TIER), bars_frame(rows))
+    assert rows_at(hm, 0).height == 0
+
+    levels = state.levels().sort("side")
+    assert levels["side"].to_list() == ["long", "short"]
+    assert levels["price"].to_list() == [pytest.approx(90.4, abs=1e-12), pytest.approx(109.6, abs=1e-12)]
+    assert levels["price"].to_list() == [
+        pytest.approx(long_level, rel=1e-15),
+        pytest.approx(short_level, rel=1e-15),
+    ]
+    assert levels["usd"].to_list() == [pytest.approx(600_000), pytest.approx(400_000)]
+
+    h1 = rows_at(hm, 1)
+    assert h1.height == 2
+    for side, level, usd in (("long", long_level, 600_000), ("short", short_level, 400_000)):
+        r = h1.filter(pl.col("side") == side).row(0, named=True)
+        assert r["price_low"] <= level < r["price_high"]
+        assert r["price_high"] / r["price_low"] == pytest.approx(1.0001)
+        assert r["est_liquidation_usd"] == pytest.approx(usd)
+        assert r["close"] == 100
+
+    # a bar whose low touches the long level removes it; the short level (high 101) survives
+    state, hm2 = step(state, bars_frame([bar(2, 100, 101, long_level, 95, 11_000_000)]))
+    assert hm2["side"].to_list() == ["short"]
+    assert hm2["est_liquidation_usd"].to_list() == [pytest.approx(400_000)]
+
+    # OI falls 50 %: the surviving level halves
+    state, hm3 = step(state, bars_frame([bar(3, 95, 105, 94, 96, 5_500_000)]))
+    assert hm3["side"].to_list() == ["short"]
+    assert hm3["est_liquidation_usd"].to_list() == [pytest.approx(200_000)]
+    assert state.levels()["usd"].to_list() == [pytest.approx(200_000)]
+
+    # the short level dies when a high reaches it
+    state, hm4 = step(state, bars_frame([bar(4, 96, short_level, 95, 100, 5_500_000)]))
+    assert hm4.height == 0 and state.levels().height == 0
+
+
+def test_split_rule_down_and_flat_bars():
+    rows = [
+        bar(0, 100, 101, 99, 100, 1_000_000),
+        bar(1, 101, 102, 98, 100, 2_000_000),  # down bar: 40 % long / 60 % short
+        bar(2, 100, 102, 98, 100, 3_000_000),  # flat bar: 50 / 50
+    ]
+    hm = estimate_levels(bars_frame(rows), ONE_TIER)
+    assert side_usd(rows_at(hm, 1), "long") == pytest.approx(400_000)
+    assert side_usd(rows_at(hm, 1), "short") == pytest.approx(600_000)
+    assert side_usd(rows_at(hm, 2), "long") == pytest.approx(900_000)
+    assert side_usd(rows_at(hm, 2), "short") == pytest.approx(1_100_000)
+
+
+def test_leverage_tiers_and_weights():
+    settings = {"leverage": [5, 100], "weights": [3, 1], "maintenance_margin": 0.004, "bin_pct": 0.001}
+    rows = [bar(0, 100, 101, 99, 100, 1e6), bar(1, 99, 102, 98, 100, 2e6)]
+    levels = step(new_state(settings), bars_frame(rows))[0].levels()
+    got = {(r["side"], round(r["price"], 9)): r["usd"] for r in levels.iter_rows(named=True)}
+    assert got == {
+        ("long", 80.4): pytest.approx(0.6 * 0.75e6),
+        ("long", 99.4): pytest.approx(0.6 * 0.25e6),
+        ("short", 119.6): pytest.approx(0.4 * 0.75e6),
+        ("short", 100.6): pytest.approx(0.4 * 0.25e6),
+    }
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="maintenance_margin"):
+        new_state({**ONE_TIER, "leverage": [300]})
+    with pytest.raises(ValueError, match="equal length"):
+        new_state({**ONE_TIER, "weights": [0.5, 0.5]})
+
+
+def test_project_settings_load():
+    prm = new_state(heatmap_settings()).params
+    assert sum(prm.weights) == pytest.approx(1.0)
+    assert len(prm.leverage) == len(prm.weights)
+
+
+# --------------------------------------------------------------------------- causality and the fold
+
+
+def test_no_look_ahead():
+    bars = random_bars(24 * 4)
+    full = estimate_levels(bars, heatmap_settings())
+    for h in (0, 5, 30, 61, 95):
+        t = T0 + timedelta(hours=h)
+        truncated = estimate_levels(bars.filter(pl.col("ts") <= t), heatmap_settings())
+        assert truncated.filter(pl.col("ts") == t).equals(full.filter(pl.col("ts") == t))
+        assert truncated.filter(pl.col("ts") == t).height > 0 or h == 0
+
+
+def test_hour_by_hour_fold_equals_one_call():
+    bars = random_bars(24 * 3, seed=11)
+    one_state, one = step(new_state(heatmap_settings()), bars)
+    state, parts = new_state(heatmap_settings()), []
+    for chunk in bars.sort("ts").partition_by("ts", maintain_order=True):
+        before = state.levels()
+        new, rows = step(state, chunk)
+        assert state.levels().equals(before)  # the input state is never modified
+        state = new
+        parts.append(rows)
+    assert pl.concat(parts).sort("asset", "ts", "side", "price_low").equals(one)
+    assert state.levels().equals(one_state.levels())
+    # hours already folded in are skipped, so a repeated delivery changes nothing
+    again, rows = step(state, bars.tail(5))
+    assert rows.height == 0 and again.levels().equals(state.levels())
+
+
+def test_output_grain_and_schema():
+    hm = estimate_levels(random_bars(48), heatmap_settings())
+    assert dict(hm.schema) == OUTPUT_SCHEMA
+    assert not hm.select(pl.struct("asset", "ts", "side", "price_low").is_duplicated().any()).item()
+    assert hm["est_liquidation_usd"].min() > 0
+    assert (hm["price_high"] > hm["price_low"]).all()
+    assert ((hm["price_mid"] / hm["close"] - 1).abs().max()) <= 0.30 + 0.0025
+
+
+def test_thirty_days_three_assets_is_fast():
+    bars = random_bars(24 * 30)
+    settings = heatmap_settings()
+    estimate_levels(bars.head(10), settings)  # warm-up
+    best = min(_timed(lambda: estimate_levels(bars, settings)) for _ in range(3))
+    assert best < 1.0, f"30 days x 3 assets took {best:.2f}s"
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def hour_rows(
+    bins: list[tuple[str, float, float]], close: float, h: int = 0, asset: str = "BTC"
+) -> list[dict]:
+    """Heatmap rows for one hour: (side, price_low, usd); bins 1 wide."""
+    return [
+        {
+            "asset": asset,
+            "ts": T0 + timedelta(hours=h),
+            "side": side,
+            "price_low": low,
+            "price_high": low + 1,
+            "est_liquidation_usd": usd,
+            "close": close,
+        }
+        for side, low, usd in bins
+    ]
+
+
+def test_nearest_clusters():
+    bins = [
+        ("long", 90, 50),
+        ("long", 95, 10),
+        ("long", 97, 40),
+        ("short", 103, 5),
+        ("short", 105, 45),
+        ("short", 110, 60),
+    ]
+    hm = bars_frame(hour_rows(bins, 100))
+    got = nearest_clusters(hm, 100.0, percentile=0.5)  # large: usd >= median 42.5 -> 50, 45, 60
+    assert got == {
+        "cluster_above_price": 105.5,
+        "cluster_above_usd": 45,
+        "cluster_above_distance": pytest.approx(0.055),
+        "cluster_below_price": 90.5,
+        "cluster_below_usd": 50,
+        "cluster_below_distance": pytest.approx(0.095),
+    }
+    # both sides of a bin count together; the latest hour is used
+    later = hour_rows([("long", 97, 40), ("short", 97, 40), ("long", 90, 50)], 100, h=1)
+    got = nearest_clusters(bars_frame(hour_rows(bins, 100) + later), 100.0, percentile=0.5)
+    assert got["cluster_below_price"] == 97.5 and got["cluster_below_usd"] == 80
+    assert got["cluster_above_price"] is None
+    assert nearest_clusters(hm.clear(), 100.0)["cluster_above_usd"] is None
+
+
+def test_daily_clusters_use_each_days_last_hour():
+    day1_early = hour_rows([("long", 80, 999), ("short", 120, 999)], 100, h=3)
+    day1_last = hour_rows(
+        [("long", 90, 50), ("long", 95, 10), ("short", 105, 45), ("short", 110, 60)], 100, h=23
+    )
+    day2_last = hour_rows([("long", 190, 70), ("short", 210, 20)], 200, h=47)
+    hm = bars_frame(day1_early + day1_last + day2_last)
+    got = daily_clusters(hm, percentile=0.5)
+    assert got.columns == [
+        "date",
+        "asset",
+        "cluster_above_price",
+        "cluster_above_usd",
+        "cluster_above_distance",
+        "cluster_below_price",
+        "cluster_below_usd",
+        "cluster_below_distance",
+    ]
+    assert got["date"].to_list() == [T0.date(), T0.date() + timedelta(days=1)]
+    day1, day2 = got.rows(named=True)
+    assert (day1["cluster_above_price"], day1["cluster_above_usd"]) == (110.5, 60)
+    assert (day1["cluster_below_price"], day1["cluster_below_usd"]) == (90.5, 50)
+    assert (day2["cluster_below_price"], day2["cluster_below_usd"]) == (190.5, 70)
+    assert day2["cluster_above_price"] is None  # 20 is below the median of (70, 20)
+    assert day2["cluster_below_distance"] == pytest.approx(1 - 190.5 / 200)
+
+
+# --------------------------------------------------------------------------- warehouse and PNG
+
+
+def warehouse(hours: int = 24 * 9) -> duckdb.DuckDBPyConnection:
+    """In-memory warehouse with the real schema and two venues of synthetic BTC/ETH data."""
+    con = duckdb.connect(":memory:")
+    con.execute((ROOT / "warehouse" / "schema.sql").read_text())
+    bars = random_bars(hours, seed=3).filter(pl.col("asset") != "SOL")
+    prices, oi = [], []
+    for venue, instrument, price_mult, oi_share in (
+        ("binance", "{a}USDT", 1.0, 0.6),
+        ("bybit", "{a}USDT", 1.0005, 0.4),
+    ):
+        v = bars.with_columns(
+            pl.lit(venue).alias("venue"), (pl.col("asset") + instrument[3:]).alias("instrument")
+        )
+        prices.append(
+            v.select(
+                "venue",
+                "instrument",
+                pl.lit("perp").alias("kind"),
+                pl.lit("1h").alias("interval"),
+                "ts",
+                "asset",
+                *[(pl.col(c) * price_mult).alias(c) for c in ("open", "high", "low", "close")],
+            )
+        )
+        oi.append(
+            v.select("venue", "instrument", "ts", "asset", (pl.col("oi_usd") * oi_share).alias("oi_usd"))
+        )
+    prices_df, oi_df = pl.concat(prices), pl.concat(oi)  # noqa: F841 (read by DuckDB)
+    con.execute("INSERT INTO staging.prices BY NAME SELECT * FROM prices_df")
+    con.execute("INSERT INTO staging.open_interest BY NAME SELECT * FROM oi_df")
+    return con
+
+
+def write_mart(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    frame = transform.build(con)
+    con.execute(f"CREATE OR REPLACE TABLE {transform.TABLE} AS SELECT * FROM frame")
+    return frame
+
+
+def test_transform_declares_table_and_inputs():
+    assert transform.TABLE == "marts.liquidation_heatmap"
+    assert transform.INPUTS == ["staging.prices", "staging.open_interest"]
+
+
+def test_load_bars_sums_oi_and_ignores_a_late_venue():
+    con = duckdb.connect(":memory:")
+    con.execute((ROOT / "warehouse" / "schema.sql").read_text())
+    con.execute(
+        """
+        INSERT INTO staging.prices (venue, instrument, kind, "interval", ts, asset, open, high, low, close)
+        SELECT v, 'BTCUSDT', 'perp', '1h', TIMESTAMPTZ '2024-03-01 00:00:00+00' + to_hours(h), 'BTC',
+               p, p + 1, p - 1, p
+        FROM range(4) t(h), (VALUES ('binance', 100.0), ('bybit', 200.0)) v(v, p);
+        INSERT INTO staging.prices (venue, instrument, kind, "interval", ts, asset, open, high, low, close)
+        VALUES ('binance', 'BTCUSDT', 'spot', '1h', TIMESTAMPTZ '2024-03-01 00:00:00+00', 'BTC', 1, 1, 1, 1);
+        -- binance from hour 0, bybit only from hour 2 and bigger from then on
+        INSERT INTO staging.open_interest (venue, instrument, ts, asset, oi_usd) VALUES
+        ('binance', 'BTCUSDT', '2024-03-01 00:00:00+00', 'BTC', 1000),
+        ('binance', 'BTCUSDT', '2024-03-01 01:00:00+00', 'BTC', 1100),
+        ('binance', 'BTCUSDT', '2024-03-01 02:00:00+00', 'BTC', 1200),
+        ('binance', 'BTCUSDT', '2024-03-01 03:00:00+00', 'BTC', 1200),
+        ('bybit', 'BTCUSDT', '2024-03-01 02:00:00+00', 'BTC', 5000),
+        ('bybit', 'BTCUSDT', '2024-03-01 03:00:00+00', 'BTC', 4500);
+        """
+    )
+    bars = load_bars(con)
+    assert bars["close"].to_list() == [100, 100, 200, 200]  # largest-OI venue's perp bar each hour
+    assert bars["oi_usd"].to_list() == [1000, 1100, 6200, 5700]
+    assert bars["oi_prev_usd"].to_list() == [1000, 1000, 6100, 6200]  # bybit's arrival is no flow
+    assert bars.schema["ts"] == pl.Datetime("us", "UTC")
+    hm = estimate_levels(bars, ONE_TIER)
+    # hour 2 adds only binance's +$100 (at ~200); hour 1's short level (109.6) was traded
+    # through by the jump and its long level (90.4) is outside the ±30 % output window
+    h2 = rows_at(hm, 2)
+    assert h2["est_liquidation_usd"].sum() == pytest.approx(100)
+    assert ((h2["price_mid"] / 200 - 1).abs() < 0.1).all()
+    assert rows_at(hm, 3)["est_liquidation_usd"].sum() == pytest.approx(100 * 5700 / 6200)
+
+
+def test_build_and_daily_clusters_from_warehouse():
+    con = warehouse(24 * 4)
+    frame = write_mart(con)
+    assert set(frame["asset"].unique()) == {"BTC", "ETH"}
+    assert {"price_high", "est_liquidation_usd"} <= set(frame.columns)
+    assert not frame.select(pl.struct("asset", "ts", "side", "price_low").is_duplicated().any()).item()
+    stored = con.execute(
+        "SELECT count(*), count(DISTINCT (asset, ts, side, price_low)) FROM marts.liquidation_heatmap"
+    )
+    assert stored.fetchone() == (frame.height, frame.height)
+    clusters = daily_clusters(con)
+    assert clusters.height == 2 * 4
+    assert clusters.select(pl.struct("date", "asset").is_duplicated().any()).item() is False
+    assert (clusters["cluster_above_distance"].drop_nulls() >= 0).all()
+    assert (clusters["cluster_below_distance"].drop_nulls() > 0).all()
+
+
+def test_render_png(tmp_path):
+    con = warehouse()
+    write_mart(con)
+    out = render(con, "btc", 7, tmp_path / "sub" / "heatmap.png")
+    assert out == tmp_path / "sub" / "heatmap.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    img = matplotlib.image.imread(out)[..., :3]
+    assert img.shape[:2] == (600, 1200)
+    assert img.std() > 0.15  # not blank
+
+    cmap = matplotlib.colormaps[COLORMAP]
+    low, high = np.asarray(cmap(0.0)[:3]), np.asarray(cmap(1.0)[:3])
+    assert low[0] + low[2] > low[1]  # purple-ish: blue + red > green
+    assert high[0] + high[1] > high[2]  # yellow-ish: red + green > blue
+    # both ends of the colormap are really drawn (empty cells and the colorbar's top)
+    for colour in (low, high):
+        assert (np.abs(img - colour).max(axis=2) < 0.02).sum() > 500
+
+
+def test_render_errors_clearly_without_rows(tmp_path):
+    con = warehouse(24)
+    with pytest.raises(ValueError, match="does not exist"):
+        render(con, "BTC", 7, tmp_path / "x.png")
+    write_mart(con)
+    with pytest.raises(ValueError, match="no heatmap rows for asset 'DOGE'"):
+        render(con, "DOGE", 7, tmp_path / "x.png")

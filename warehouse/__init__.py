@@ -1,0 +1,330 @@
+"""The one place that opens DuckDB, owns the schema, loads, and publishes.
+
+Everything else goes through these functions, so the single warehouse file can later be
+swapped for a shared catalog (e.g. DuckLake) without touching sources or transforms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import tomllib
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from perpwatch import settings
+
+SCHEMA_FILE = Path(__file__).with_name("schema.sql")
+DOCS_FILE = Path(__file__).with_name("docs.toml")
+
+# Grain of every loadable table: the upsert key. Identifiers used in SQL come only from here.
+KEYS: dict[str, list[str]] = {
+    "staging.instruments": ["venue", "instrument"],
+    "staging.funding_rates": ["venue", "instrument", "funding_time"],
+    "staging.open_interest": ["venue", "instrument", "ts"],
+    "staging.long_short_ratio": ["venue", "instrument", "ts", "population"],
+    "staging.liquidations": ["venue", "instrument", "ts", "side", "price", "qty_base"],
+    "staging.prices": ["venue", "instrument", "kind", "interval", "ts"],
+    "staging.etf_flows": ["date", "ticker"],
+    "staging.macro_closes": ["date", "series"],
+    "staging.treasury_holdings": ["as_of", "company"],
+    "staging.market_caps": ["date", "asset"],
+}
+# Columns that record provenance, not content: a reload that differs only here is a duplicate.
+PROVENANCE = {"raw_id", "ingested_at"}
+
+
+class WarehouseLocked(RuntimeError):
+    """Another process holds the DuckDB write lock for longer than we were willing to wait."""
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def connect(path: str | Path | None = None, read_only: bool = False, wait_s: float = 60.0):
+    """Open the warehouse. Waits (with a clear message) while another process holds the lock."""
+    path = Path(path or settings.db_path())
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                if "lock" in str(exc).lower():
+                    raise WarehouseLocked(
+                        f"warehouse {path} is locked by another process (waited {wait_s:.0f}s): {exc}"
+                    ) from exc
+                raise
+            time.sleep(0.5)
+    con.execute("SET TimeZone='UTC'")
+    if not read_only:
+        ensure_schema(con)
+    return con
+
+
+@contextmanager
+def session(path: str | Path | None = None, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = connect(path, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA_FILE.read_text())
+    apply_comments(con, only_existing=True)
+
+
+def table_docs() -> dict:
+    with open(DOCS_FILE, "rb") as f:
+        return tomllib.load(f)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def apply_comments(con: duckdb.DuckDBPyConnection, only_existing: bool = True) -> None:
+    """COMMENT ON every documented table and column (warehouse/docs.toml) that exists."""
+    existing = {
+        f"{s}.{t}": {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema=? AND table_name=?",
+            [s, t]).fetchall()}
+        for s, t in con.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('raw','staging','marts','meta','quarantine')").fetchall()
+    }
+    for table, doc in table_docs().items():
+        if table not in existing:
+            continue
+        kind = "VIEW" if doc.get("view") else "TABLE"
+        con.execute(f"COMMENT ON {kind} {table} IS {_quote(doc['description'])}")
+        for col, text in doc.get("columns", {}).items():
+            if col in existing[table]:
+                con.execute(f'COMMENT ON COLUMN {table}."{col}" IS {_quote(text)}')
+
+
+# --------------------------------------------------------------------------- raw landing
+
+class Lander:
+    """Lands every response body in raw.payloads before anything parses it. Thread-safe."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str | None = None):
+        self.con = con
+        self.run_id = run_id
+        self._lock = threading.Lock()
+
+    def __call__(self, source: str, endpoint: str, params: dict, status: int, body: bytes,
+                 fetched_at: datetime | None = None) -> int:
+        return land(self.con, source, endpoint, params, status, body, fetched_at, self.run_id, self._lock)
+
+
+def land(con, source: str, endpoint: str, params: dict, status: int, body: bytes,
+         fetched_at: datetime | None = None, run_id: str | None = None, lock=None) -> int:
+    fetched_at = fetched_at or now_utc()
+    digest = hashlib.sha256(body).hexdigest()
+    packed = zlib.compress(body, 6)
+    sql = ("INSERT INTO raw.payloads (source, endpoint, params, fetched_at, http_status, body, sha256, run_id) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING raw_id")
+    args = [source, endpoint, json.dumps(params, sort_keys=True), fetched_at, status, packed, digest, run_id]
+    if lock is None:
+        return con.execute(sql, args).fetchone()[0]
+    with lock:
+        cur = con.cursor()
+        try:
+            return cur.execute(sql, args).fetchone()[0]
+        finally:
+            cur.close()
+
+
+def payload_body(blob: bytes, encoding: str | None = "zlib") -> bytes:
+    return zlib.decompress(blob) if encoding == "zlib" else bytes(blob)
+
+
+# --------------------------------------------------------------------------- loading
+
+@dataclass
+class LoadResult:
+    loaded: int = 0        # inserted or changed rows
+    updated: int = 0       # of which replaced an existing row with different values
+    duplicate: int = 0     # in-batch repeats + rows identical to what is stored
+
+    def __iadd__(self, other: LoadResult) -> LoadResult:
+        self.loaded += other.loaded
+        self.updated += other.updated
+        self.duplicate += other.duplicate
+        return self
+
+
+def table_columns(con, table: str) -> list[str]:
+    schema, name = table.split(".")
+    return [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema=? AND table_name=? "
+        "ORDER BY ordinal_position", [schema, name]).fetchall()]
+
+
+def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> LoadResult:
+    """Idempotent upsert on the table's grain. Call inside a transaction.
+
+    In-batch repeats of a key keep the last row; rows identical to the stored ones are
+    counted as duplicates and left alone; changed rows replace the stored row.
+    """
+    key = KEYS[table]
+    if df.height == 0:
+        return LoadResult()
+    cols = [c for c in table_columns(con, table) if c in df.columns]
+    missing_key = [k for k in key if k not in cols]
+    if missing_key:
+        raise ValueError(f"{table}: batch lacks key columns {missing_key}")
+    batch = df.select(cols).with_row_index("__i")
+    con.register("__batch", batch.to_arrow())
+    qk = ", ".join(f'"{k}"' for k in key)
+    on = " AND ".join(f't."{k}" = b."{k}"' for k in key)
+    content = [c for c in cols if c not in key and c not in PROVENANCE]
+    same = " AND ".join(f't."{c}" IS NOT DISTINCT FROM b."{c}"' for c in content) or "TRUE"
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __b AS SELECT * FROM __batch "
+                    f"QUALIFY row_number() OVER (PARTITION BY {qk} ORDER BY __i DESC) = 1")
+        deduped = con.execute("SELECT count(*) FROM __b").fetchone()[0]
+        in_batch_dup = df.height - deduped
+        identical = con.execute(
+            f"DELETE FROM __b b USING {table} t WHERE {on} AND {same} RETURNING 1").fetchall()
+        updated = con.execute(f"DELETE FROM {table} t USING __b b WHERE {on} RETURNING 1").fetchall()
+        collist = ", ".join(f'"{c}"' for c in cols)
+        inserted = con.execute(f"INSERT INTO {table} ({collist}) SELECT {collist} FROM __b").fetchone()[0]
+    finally:
+        con.unregister("__batch")
+        con.execute("DROP TABLE IF EXISTS __b")
+    return LoadResult(loaded=inserted, updated=len(updated), duplicate=in_batch_dup + len(identical))
+
+
+def get_watermark(con, source: str, dataset: str, instrument: str) -> datetime | None:
+    row = con.execute("SELECT last_ts FROM meta.watermarks WHERE source=? AND dataset=? AND instrument=?",
+                      [source, dataset, instrument]).fetchone()
+    return row[0] if row else None
+
+
+def watermarks(con, source: str) -> dict[tuple[str, str], datetime]:
+    rows = con.execute("SELECT dataset, instrument, last_ts FROM meta.watermarks WHERE source=?",
+                       [source]).fetchall()
+    return {(d, i): ts for d, i, ts in rows}
+
+
+def advance_watermark(con, source: str, dataset: str, instrument: str, last_ts: datetime) -> None:
+    """Move a watermark forward (never back). Call inside the load's transaction."""
+    con.execute("""
+        INSERT INTO meta.watermarks (source, dataset, instrument, last_ts, updated_at)
+        SELECT ?, ?, ?, ?::TIMESTAMPTZ, now()
+        WHERE NOT EXISTS (SELECT 1 FROM meta.watermarks WHERE source=? AND dataset=? AND instrument=?)""",
+                [source, dataset, instrument, last_ts, source, dataset, instrument])
+    con.execute("""UPDATE meta.watermarks SET last_ts = greatest(last_ts, ?::TIMESTAMPTZ), updated_at = now()
+                   WHERE source=? AND dataset=? AND instrument=?""", [last_ts, source, dataset, instrument])
+
+
+@contextmanager
+def transaction(con):
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def quarantine(con, *, batch_id: str, run_id: str, source: str, dataset: str, endpoint: str | None,
+               instrument: str | None, raw_ids: list[int], failed: list[dict], rows: int,
+               sample: list[dict] | None, message: str) -> None:
+    con.execute("""INSERT INTO quarantine.batches (batch_id, run_id, source, dataset, endpoint, instrument,
+                   raw_id, raw_ids, failed_expectations, rows, sample, message, received_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())""",
+                [batch_id, run_id, source, dataset, endpoint, instrument, raw_ids[0] if raw_ids else None,
+                 json.dumps(raw_ids), json.dumps(failed, default=str), rows,
+                 json.dumps(sample or [], default=str), message])
+
+
+def start_run(con, run_id: str, kind: str) -> None:
+    con.execute("INSERT INTO meta.runs (run_id, kind, started_at, status, rows_fetched, rows_loaded, "
+                "rows_quarantined, rows_duplicate) VALUES (?, ?, now(), 'running', 0, 0, 0, 0)", [run_id, kind])
+
+
+def finish_run(con, run_id: str, status: str, fetched: int, loaded: int, quarantined: int,
+               duplicate: int, message: str) -> None:
+    con.execute("""UPDATE meta.runs SET finished_at = now(), status = ?, rows_fetched = ?, rows_loaded = ?,
+                   rows_quarantined = ?, rows_duplicate = ?, message = ? WHERE run_id = ?""",
+                [status, fetched, loaded, quarantined, duplicate, message, run_id])
+
+
+def record_dataset(con, run_id: str, source: str, dataset: str, fetched: int, loaded: int,
+                   quarantined: int, duplicate: int, payloads: int, validation: str, message: str) -> None:
+    con.execute("INSERT INTO meta.run_datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, source, dataset, fetched, loaded, quarantined, duplicate, payloads, validation, message])
+
+
+# --------------------------------------------------------------------------- publishing
+
+PUBLISHED_SCHEMAS = ("staging", "marts", "meta", "quarantine")
+
+
+def publish(db=None, serving=None, exports=None, con=None) -> dict[str, str]:
+    """Publish a consistent read-only snapshot for BI tools and Parquet exports of every mart.
+
+    Both are written to temporary files and swapped in with os.replace, so a reader holding
+    the old file sees the old snapshot and a new open sees the new one, never a half-built table.
+    """
+    import os
+
+    serving = Path(serving or settings.serving_db_path())
+    exports = Path(exports or settings.exports_dir())
+    serving.parent.mkdir(parents=True, exist_ok=True)
+    exports.mkdir(parents=True, exist_ok=True)
+    own = con is None
+    con = con or connect(db)
+    tmp = serving.with_name(f".{serving.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        con.execute(f"ATTACH {_quote(str(tmp))} AS __snap")
+        try:
+            tables = con.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+                f"AND table_schema IN ({', '.join(_quote(s) for s in PUBLISHED_SCHEMAS)}) ORDER BY 1, 2").fetchall()
+            for schema in PUBLISHED_SCHEMAS:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS __snap.{schema}")
+            for schema, name in tables:
+                con.execute(f'CREATE TABLE __snap.{schema}."{name}" AS SELECT * FROM {schema}."{name}"')
+        finally:
+            con.execute("DETACH __snap")
+        snap = duckdb.connect(str(tmp))
+        try:
+            apply_comments(snap)
+            snap.execute("CHECKPOINT")
+        finally:
+            snap.close()
+        os.replace(tmp, serving)
+        written = {"serving": str(serving)}
+        for (name,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='marts' "
+                                   "AND table_catalog = current_database() ORDER BY 1").fetchall():
+            out = exports / f"{name}.parquet"
+            part = exports / f".{name}.parquet.{os.getpid()}.tmp"
+            con.execute(f'COPY (SELECT * FROM marts."{name}") TO {_quote(str(part))} (FORMAT parquet)')
+            os.replace(part, out)
+            written[f"marts.{name}"] = str(out)
+        return written
+    finally:
+        tmp.unlink(missing_ok=True)
+        if own:
+            con.close()

@@ -1,0 +1,121 @@
+-- perpwatch warehouse schema: raw -> staging -> marts, plus meta and quarantine.
+-- Grain (key) of every table is stated in brackets; loads upsert on it, so no key repeats.
+-- Marts are (re)built by transforms/ and are not declared here.
+
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE SCHEMA IF NOT EXISTS staging;
+CREATE SCHEMA IF NOT EXISTS marts;
+CREATE SCHEMA IF NOT EXISTS meta;
+CREATE SCHEMA IF NOT EXISTS quarantine;
+
+CREATE SEQUENCE IF NOT EXISTS raw.payload_id_seq START 1;
+
+-- [raw_id] every response body as received, zlib-compressed, before parsing.
+CREATE TABLE IF NOT EXISTS raw.payloads (
+    raw_id      BIGINT DEFAULT nextval('raw.payload_id_seq'),
+    source      VARCHAR NOT NULL,
+    endpoint    VARCHAR NOT NULL,
+    params      JSON,
+    fetched_at  TIMESTAMPTZ NOT NULL,
+    http_status INTEGER,
+    body        BLOB,
+    sha256      VARCHAR NOT NULL,
+    run_id      VARCHAR,
+    encoding    VARCHAR DEFAULT 'zlib'
+);
+
+-- [venue, instrument]
+CREATE TABLE IF NOT EXISTS staging.instruments (
+    venue VARCHAR NOT NULL, instrument VARCHAR NOT NULL, asset VARCHAR, quote VARCHAR,
+    settle VARCHAR, margin VARCHAR, kind VARCHAR, contract_size DOUBLE, contract_unit VARCHAR,
+    multiplier DOUBLE, funding_interval_hours DOUBLE, expiry TIMESTAMPTZ, status VARCHAR,
+    as_of TIMESTAMPTZ, raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [venue, instrument, funding_time]
+CREATE TABLE IF NOT EXISTS staging.funding_rates (
+    venue VARCHAR NOT NULL, instrument VARCHAR NOT NULL, funding_time TIMESTAMPTZ NOT NULL,
+    asset VARCHAR, funding_rate DOUBLE, interval_hours DOUBLE, rate_8h DOUBLE,
+    rate_annualized DOUBLE, mark_price DOUBLE, raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [venue, instrument, ts]
+CREATE TABLE IF NOT EXISTS staging.open_interest (
+    venue VARCHAR NOT NULL, instrument VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL,
+    asset VARCHAR, margin VARCHAR, oi_contracts DOUBLE, oi_base DOUBLE, oi_usd DOUBLE,
+    raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [venue, instrument, ts, population]
+CREATE TABLE IF NOT EXISTS staging.long_short_ratio (
+    venue VARCHAR NOT NULL, instrument VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL,
+    population VARCHAR NOT NULL, asset VARCHAR, long_share DOUBLE, short_share DOUBLE,
+    ratio DOUBLE, raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [venue, instrument, ts, side, price, qty_base]
+CREATE TABLE IF NOT EXISTS staging.liquidations (
+    venue VARCHAR NOT NULL, instrument VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL,
+    side VARCHAR NOT NULL, price DOUBLE NOT NULL, qty_base DOUBLE NOT NULL, asset VARCHAR,
+    usd DOUBLE, raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [venue, instrument, kind, interval, ts]
+CREATE TABLE IF NOT EXISTS staging.prices (
+    venue VARCHAR NOT NULL, instrument VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+    "interval" VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL, asset VARCHAR, open DOUBLE,
+    high DOUBLE, low DOUBLE, close DOUBLE, volume_base DOUBLE, volume_usd DOUBLE,
+    expiry TIMESTAMPTZ, raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [date, ticker]
+CREATE TABLE IF NOT EXISTS staging.etf_flows (
+    date DATE NOT NULL, ticker VARCHAR NOT NULL, issuer VARCHAR, flow_usd DOUBLE,
+    source VARCHAR, raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [date, series]
+CREATE TABLE IF NOT EXISTS staging.macro_closes (
+    date DATE NOT NULL, series VARCHAR NOT NULL, close DOUBLE, source VARCHAR,
+    raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [as_of, company]
+CREATE TABLE IF NOT EXISTS staging.treasury_holdings (
+    as_of DATE NOT NULL, company VARCHAR NOT NULL, ticker VARCHAR, country VARCHAR,
+    holdings_btc DOUBLE, value_usd DOUBLE, source VARCHAR, raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [date, asset]
+CREATE TABLE IF NOT EXISTS staging.market_caps (
+    date DATE NOT NULL, asset VARCHAR NOT NULL, market_cap_usd DOUBLE, source VARCHAR,
+    raw_id BIGINT, ingested_at TIMESTAMPTZ
+);
+
+-- [source, dataset, instrument] last timestamp loaded; moves only in the load's transaction.
+CREATE TABLE IF NOT EXISTS meta.watermarks (
+    source VARCHAR NOT NULL, dataset VARCHAR NOT NULL, instrument VARCHAR NOT NULL,
+    last_ts TIMESTAMPTZ, updated_at TIMESTAMPTZ
+);
+
+-- [run_id]
+CREATE TABLE IF NOT EXISTS meta.runs (
+    run_id VARCHAR NOT NULL, kind VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+    status VARCHAR, rows_fetched BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT,
+    rows_duplicate BIGINT, message VARCHAR
+);
+
+-- [run_id, source, dataset] per-dataset reconciliation of each run.
+CREATE TABLE IF NOT EXISTS meta.run_datasets (
+    run_id VARCHAR NOT NULL, source VARCHAR NOT NULL, dataset VARCHAR NOT NULL,
+    rows_fetched BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT, rows_duplicate BIGINT,
+    payloads BIGINT, validation VARCHAR, message VARCHAR
+);
+
+-- [batch_id] batches that failed parsing or validation; never loaded.
+CREATE TABLE IF NOT EXISTS quarantine.batches (
+    batch_id VARCHAR NOT NULL, run_id VARCHAR, source VARCHAR, dataset VARCHAR,
+    endpoint VARCHAR, instrument VARCHAR, raw_id BIGINT, raw_ids JSON,
+    failed_expectations JSON, rows BIGINT, sample JSON, message VARCHAR,
+    received_at TIMESTAMPTZ, resolved_at TIMESTAMPTZ
+);
