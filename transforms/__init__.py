@@ -81,7 +81,7 @@ def build_all(con, only: list[str] | None = None) -> dict[str, float]:
         t0 = time.perf_counter()
         with warehouse.transaction(con):
             if m.kind == "sql":
-                sql = render_sql(m.path.read_text())
+                sql = render_sql(_strip_comments(m.path.read_text()))
                 if m.view:
                     con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
                 else:

@@ -40,7 +40,7 @@ KEYS: dict[str, list[str]] = {
     "staging.market_caps": ["date", "asset"],
 }
 # Columns that record provenance, not content: a reload that differs only here is a duplicate.
-PROVENANCE = {"raw_id", "ingested_at"}
+PROVENANCE = {"raw_id", "ingested_at", "as_of"}
 
 
 class WarehouseLocked(RuntimeError):
