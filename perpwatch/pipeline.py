@@ -264,7 +264,11 @@ class RunContext:
 def open_run(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
              venues: list[str] | None = None, assets: list[str] | None = None, db=None) -> RunContext:
     available = sources.available()
-    chosen = venues or settings.venues(list(available))
+    if venues:
+        chosen = venues
+    else:
+        chosen = settings.venues(list(sources.available(("venues",)))) + \
+            settings.providers(list(sources.available(("providers",))))
     unknown = [v for v in chosen if v not in available]
     if unknown:
         raise ValueError(f"unknown or unimplemented venues {unknown}; available: {sorted(available)}")
@@ -392,7 +396,7 @@ def replay(db=None, progress: Callable[[str], None] | None = None) -> RunReport:
         with warehouse.transaction(con):
             for table in TABLE_ORDER:
                 con.execute(f"DELETE FROM staging.{table}")
-        known = set(sources.VENUE_MODULES) | set(getattr(sources, "EXTRA_PARSERS", {}))
+        known = set(sources.ALL_MODULES)
         rows = con.execute("""SELECT raw_id, source, endpoint, params, fetched_at, http_status, body, encoding
                               FROM raw.payloads WHERE http_status = 200 ORDER BY raw_id""").fetchall()
         payloads = []

@@ -25,10 +25,22 @@ VENUE_MODULES = {
 }
 
 
-def available() -> dict[str, object]:
+# Institutional / traditional-market providers: same interface, run alongside the venues.
+PROVIDER_MODULES = {
+    "farside": "sources.farside",
+    "sosovalue": "sources.sosovalue",
+    "coingecko": "sources.coingecko",
+    "fred": "sources.fred",
+    "stooq": "sources.stooq",
+}
+ALL_MODULES = {**VENUE_MODULES, **PROVIDER_MODULES}
+
+
+def available(kinds: tuple[str, ...] = ("venues", "providers")) -> dict[str, object]:
     """Source name -> module, for the modules that exist in this checkout."""
     out = {}
-    for name, mod in VENUE_MODULES.items():
+    table = {**(VENUE_MODULES if "venues" in kinds else {}), **(PROVIDER_MODULES if "providers" in kinds else {})}
+    for name, mod in table.items():
         try:
             out[name] = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -38,4 +50,6 @@ def available() -> dict[str, object]:
 
 
 def get(name: str):
-    return importlib.import_module(VENUE_MODULES[name])
+    if name not in ALL_MODULES:
+        raise KeyError(f"unknown source {name!r}; known: {sorted(ALL_MODULES)}")
+    return importlib.import_module(ALL_MODULES[name])

@@ -90,8 +90,12 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def table_docs() -> dict:
-    with open(DOCS_FILE, "rb") as f:
-        return tomllib.load(f)
+    """warehouse/docs.toml plus every warehouse/docs.d/*.toml (one file per feature area)."""
+    docs: dict = {}
+    for path in [DOCS_FILE, *sorted(DOCS_FILE.with_name("docs.d").glob("*.toml"))]:
+        with open(path, "rb") as f:
+            docs.update(tomllib.load(f))
+    return docs
 
 
 def _quote(text: str) -> str:
