@@ -21,7 +21,7 @@ import warehouse
 from perpwatch import settings
 from perpwatch.validate import validate
 from sources.base import ParseContext, Stream
-from sources.http import Fetched, SourceError
+from sources.http import BadPayload, Fetched, SourceError
 
 log = logging.getLogger("perpwatch")
 
@@ -161,6 +161,14 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
     key = warehouse.KEYS[full]
     for src in df["_source"].unique().to_list():
         report.stat(src, table).fetched += int((df["_source"] == src).sum())
+    # Overlapping pages and re-fetched windows repeat keys across payloads: the newest payload wins,
+    # the rest are counted as duplicates (reconciliation: fetched = loaded + quarantined + duplicate).
+    deduped = df.unique(subset=key, keep="last", maintain_order=True)
+    if deduped.height != df.height:
+        dropped = df.group_by("_source").len().join(deduped.group_by("_source").len(), on="_source", how="left")
+        for src, n_all, n_kept in dropped.iter_rows():
+            report.stat(src, table).duplicate += n_all - (n_kept or 0)
+        df = deduped
     outcome = validate(table, df.drop(INTERNAL, strict=False), now=now)
     df = df.with_row_index("__pos")
     if outcome.success:
@@ -207,7 +215,6 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
         for src in bad_groups["_source"].unique().to_list():
             if report.stat(src, table).validation != "partial":
                 report.stat(src, table).validation = "failed"
-    _ = key
 
 
 def enrich_open_interest_usd(con) -> int:
@@ -218,6 +225,37 @@ def enrich_open_interest_usd(con) -> int:
         WHERE o.oi_usd IS NULL AND p.venue = o.venue AND p.instrument = o.instrument
           AND p.kind = 'perp' AND p."interval" = '1h' AND p.ts = date_trunc('hour', o.ts)
         RETURNING 1""").fetchall().__len__()
+
+
+def value_open_interest(con, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """Before validation, fill the missing side of OI rows that carry only oi_base or only oi_usd
+    (Bybit linear: coins; Bybit inverse: USD) from the perp's price per base coin at ts: the close of
+    the 1h bar ending at ts, else the open of the bar starting at ts, / the instrument's multiplier.
+    Done before the load so a re-fetched row equals the stored one (a rerun loads 0 rows). Rows
+    with no price stay as they are (USD is filled later by enrich_open_interest_usd)."""
+    df = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    if "oi_base" not in df.columns or "oi_usd" not in df.columns:
+        return frames
+    df = df.with_row_index("__k")
+    need = df.filter(pl.col("oi_base").is_null() ^ pl.col("oi_usd").is_null())
+    if need.height == 0:
+        return frames
+    con.register("__oi_need", need.select("__k", "venue", "instrument", "ts").to_arrow())
+    try:
+        px = con.sql("""
+            SELECT n.__k, coalesce(p1.close, p0.open) / coalesce(i.multiplier, 1.0) AS __px
+            FROM __oi_need n
+            LEFT JOIN staging.prices p1 ON p1.venue = n.venue AND p1.instrument = n.instrument
+                 AND p1.kind = 'perp' AND p1."interval" = '1h' AND p1.ts = date_trunc('hour', n.ts) - INTERVAL 1 HOUR
+            LEFT JOIN staging.prices p0 ON p0.venue = n.venue AND p0.instrument = n.instrument
+                 AND p0.kind = 'perp' AND p0."interval" = '1h' AND p0.ts = date_trunc('hour', n.ts)
+            LEFT JOIN staging.instruments i ON i.venue = n.venue AND i.instrument = n.instrument""").pl()
+    finally:
+        con.unregister("__oi_need")
+    df = df.join(px.with_columns(pl.col("__k").cast(df["__k"].dtype)), on="__k", how="left").with_columns(
+        pl.coalesce("oi_base", pl.col("oi_usd") / pl.col("__px")).alias("oi_base"),
+        pl.coalesce("oi_usd", pl.col("oi_base") * pl.col("__px")).alias("oi_usd"))
+    return [df.drop("__k", "__px")]
 
 
 # --------------------------------------------------------------------------- extraction
@@ -240,6 +278,9 @@ def extract_unit(module, client, streams: list[Stream], windows: dict[Stream, tu
         try:
             for page in module.fetch(client, s, start, end):
                 got.append(page)
+        except BadPayload as exc:
+            # The bad page is already landed and in `got`: parsing quarantines it; paging stops here.
+            report.stat(s.source, s.dataset).messages.append(f"paging stopped: {exc}")
         except SourceError as exc:
             msg = f"extract failed: {exc}"
             report.errors.append(msg)
@@ -357,7 +398,10 @@ def load_parsed(con, report: RunReport, payloads: list[Fetched], ctx_instruments
     parsed = parse_all(con, report, payloads, ctx_instruments)
     for table in TABLE_ORDER:
         if table in parsed.frames:
-            load_table(con, report, table, parsed.frames[table], move_watermarks=move_watermarks)
+            frames = parsed.frames[table]
+            if table == "open_interest":
+                frames = value_open_interest(con, frames)
+            load_table(con, report, table, frames, move_watermarks=move_watermarks)
         if table == "prices":
             enrich_open_interest_usd(con)
     enrich_open_interest_usd(con)

@@ -1,0 +1,203 @@
+"""End to end against the simulator: counts, idempotency, replay, bad input, no look-ahead."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import polars as pl
+import pytest
+
+import warehouse
+from perpwatch import pipeline
+from simulator.server import start
+from tests.faultproxy import FaultProxy
+
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+START = NOW - timedelta(days=3)
+ASSETS = ["BTC", "SOL"]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    s = start(port=0, seed=7, now=NOW)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def env(sim, monkeypatch):
+    for k, v in sim.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PERPWATCH_PROVIDERS", "")
+    return sim
+
+
+def counts(db) -> dict[str, int]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM staging.{t}").fetchone()[0]
+                for t in ("instruments", "prices", "open_interest", "funding_rates", "long_short_ratio")}
+    finally:
+        con.close()
+
+
+def table(db, name: str, drop=("ingested_at", "raw_id", "as_of")) -> pl.DataFrame:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        df = con.sql(f"SELECT * FROM {name}").pl()
+    finally:
+        con.close()
+    df = df.drop([c for c in drop if c in df.columns])
+    return df.sort(df.columns)
+
+
+def backfill(db, **kw):
+    return pipeline.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=ASSETS, db=db, **kw)
+
+
+def test_backfill_counts_rerun_and_replay(env, tmp_path):
+    db = tmp_path / "w.duckdb"
+    r1 = backfill(db)
+    assert r1.status == "success", r1.errors + r1.warnings
+    c1 = counts(db)
+    # 72 closed hourly bars per (instrument, kind): perp, mark, index, spot for BTCUSDT and SOLUSDT,
+    # plus two BTC quarterlies; OI and ratios are snapshots at both window edges (73 hours);
+    # BTC funds every 8h (9 settlements in 3 days), SOL every 4h in the simulator (18).
+    assert c1["prices"] == 72 * 4 * 2 + 72 * 2
+    assert c1["open_interest"] == 73 * 2
+    assert c1["long_short_ratio"] == 73 * 3 * 2
+    assert c1["funding_rates"] == 9 + 18
+    t = r1.totals()
+    assert t["fetched"] == t["loaded"] + t["quarantined"] + t["duplicate"]
+    signals1 = table(db, "marts.daily_signals")
+    assert signals1.height == 3 * 2        # 3 full days x 2 assets (the OI row at NOW adds no price day)
+    sol = table(db, "staging.funding_rates").filter(pl.col("instrument") == "SOLUSDT")
+    assert set(sol["interval_hours"]) == {4.0}
+    assert (sol["rate_8h"] - sol["funding_rate"] * 2).abs().max() < 1e-15
+
+    # a second run over the same window changes nothing
+    r2 = backfill(db)
+    assert r2.status == "success"
+    assert counts(db) == c1
+    assert r2.totals()["loaded"] == 0
+    assert r2.totals()["duplicate"] == t["fetched"]
+    assert table(db, "marts.daily_signals").equals(signals1)
+
+    # replay on an emptied staging rebuilds identical tables from raw.payloads alone
+    before = {name: table(db, f"staging.{name}") for name in c1}
+    with warehouse.session(db) as con:
+        for name in c1:
+            con.execute(f"DELETE FROM staging.{name}")
+    rr = pipeline.replay(db)
+    assert rr.status == "success", rr.errors + rr.warnings
+    for name, df in before.items():
+        assert table(db, f"staging.{name}").equals(df), name
+
+
+def test_watermarks_move_only_with_loaded_data(env, tmp_path):
+    db = tmp_path / "w.duckdb"
+    backfill(db, build=False)
+    con = duckdb.connect(str(db), read_only=True)
+    marks = dict(con.execute("SELECT dataset || ' ' || instrument, last_ts FROM meta.watermarks").fetchall())
+    data_max = con.execute("SELECT max(funding_time) FROM staging.funding_rates WHERE instrument='BTCUSDT'").fetchone()[0]
+    con.close()
+    assert marks["funding_rates BTCUSDT"] == data_max
+    assert marks["prices/perp BTCUSDT"] == NOW - timedelta(hours=1)
+    assert marks["open_interest SOLUSDT"] == NOW
+
+
+def test_bad_input_is_quarantined_and_the_rest_loads(env, tmp_path, monkeypatch):
+    proxy = FaultProxy(env.base_url)
+    try:
+        monkeypatch.setenv("PERPWATCH_URL_BINANCE_FAPI", proxy.base_url + "/binance-fapi")
+        proxy.add("/fapi/v1/fundingRate", "truncate", symbol="SOLUSDT")
+        proxy.add("/futures/data/openInterestHist", "drop_field:sumOpenInterest", symbol="SOLUSDT")
+        proxy.add("/futures/data/globalLongShortAccountRatio", "set:longShortRatio=-3", symbol="SOLUSDT")
+        proxy.add("/fapi/v1/markPriceKlines", "status:500", times=2, symbol="BTCUSDT")
+        proxy.add("/futures/data/topLongShortPositionRatio", "status:429:1", times=1, symbol="BTCUSDT")
+        db = tmp_path / "w.duckdb"
+        t0 = time.monotonic()
+        report = backfill(db)
+        elapsed = time.monotonic() - t0
+    finally:
+        proxy.stop()
+    assert report.status == "warning", report.errors
+    con = duckdb.connect(str(db), read_only=True)
+    q = con.execute("SELECT dataset, endpoint, instrument, failed_expectations, message, raw_id "
+                    "FROM quarantine.batches ORDER BY dataset").fetchall()
+    by = {row[0]: row for row in q}
+    assert set(by) == {"funding_rates", "open_interest", "long_short_ratio"}
+    # each message names source, endpoint, instrument and what was wrong
+    assert "binance /fapi/v1/fundingRate [SOLUSDT]" in by["funding_rates"][4]
+    assert "not valid JSON" in by["funding_rates"][4]
+    assert "missing field(s) ['sumOpenInterest']" in by["open_interest"][4]
+    assert "/futures/data/globalLongShortAccountRatio" in by["long_short_ratio"][4]
+    assert "expect_column_values_to_be_between on ratio" in by["long_short_ratio"][4]
+    # the raw payload stays landed: the truncated body is there byte for byte
+    raw = con.execute("SELECT body, encoding, http_status FROM raw.payloads WHERE raw_id = ?",
+                      [by["funding_rates"][5]]).fetchone()
+    body = warehouse.payload_body(raw[0], raw[1])
+    assert raw[2] == 200 and body.startswith(b"[") and not body.rstrip().endswith(b"]")
+    # nothing half-loaded: no SOL rows in the bad datasets; the SOL ratio batch is out whole
+    assert con.execute("SELECT count(*) FROM staging.funding_rates WHERE instrument='SOLUSDT'").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM staging.open_interest WHERE instrument='SOLUSDT'").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM staging.long_short_ratio WHERE instrument='SOLUSDT'").fetchone()[0] == 0
+    # the good instruments still load, including after HTTP 500 x2 and a 429 with Retry-After
+    assert con.execute("SELECT count(*) FROM staging.funding_rates WHERE instrument='BTCUSDT'").fetchone()[0] == 9
+    assert con.execute("SELECT count(*) FROM staging.prices WHERE instrument='BTCUSDT' AND kind='mark'").fetchone()[0] == 72
+    assert con.execute("SELECT count(*) FROM staging.long_short_ratio WHERE instrument='BTCUSDT'").fetchone()[0] == 73 * 3
+    assert con.execute("SELECT count(*) FROM staging.prices WHERE instrument='SOLUSDT'").fetchone()[0] == 72 * 4
+    statuses = [c for p, c in proxy.log]
+    assert statuses.count(500) == 2 and statuses.count(429) == 1
+    assert elapsed >= 1.0                                     # Retry-After was honoured
+    run = con.execute("SELECT status, rows_quarantined, message FROM meta.runs").fetchone()
+    assert run[0] == "warning" and run[1] == 73 * 3 and "SOLUSDT" in run[2]   # the whole SOL ratio batch
+    # watermarks of quarantined streams did not move, so the next clean run fetches them
+    assert con.execute("SELECT count(*) FROM meta.watermarks WHERE instrument='SOLUSDT' "
+                       "AND dataset IN ('funding_rates','open_interest','long_short_ratio/accounts')").fetchone()[0] == 0
+    con.close()
+    monkeypatch.setenv("PERPWATCH_URL_BINANCE_FAPI", env.env()["PERPWATCH_URL_BINANCE_FAPI"])
+    clean = pipeline.run(kind="run", end=NOW, venues=["binance"], assets=ASSETS, db=db, build=False)
+    assert clean.status == "success", clean.errors
+    assert counts(db)["funding_rates"] >= 9 + 18
+
+
+def test_absurd_funding_is_quarantined(env, tmp_path, monkeypatch):
+    proxy = FaultProxy(env.base_url)
+    try:
+        monkeypatch.setenv("PERPWATCH_URL_BINANCE_FAPI", proxy.base_url + "/binance-fapi")
+        proxy.add("/fapi/v1/fundingRate", "set:fundingRate=5.0", symbol="SOLUSDT")
+        db = tmp_path / "w.duckdb"
+        report = backfill(db, build=False)
+    finally:
+        proxy.stop()
+    assert report.status == "warning"
+    msg = " ".join(report.warnings)
+    assert "binance /fapi/v1/fundingRate [SOLUSDT] funding_rates: failed validation" in msg
+    assert "expect_column_values_to_be_between on funding_rate" in msg
+    c = counts(db)
+    assert c["funding_rates"] == 9          # BTC only
+
+
+def test_daily_row_uses_no_later_data(env, tmp_path):
+    """The mart row for day D computed on data truncated at the end of D equals the row on all data."""
+    db = tmp_path / "w.duckdb"
+    backfill(db)
+    full = table(db, "marts.daily_signals")
+    for day in (datetime(2026, 11, 18, tzinfo=UTC), datetime(2026, 11, 19, tzinfo=UTC)):
+        cut = tmp_path / f"cut{day:%d}.duckdb"
+        cut.write_bytes(db.read_bytes())
+        end = day + timedelta(days=1)
+        with warehouse.session(cut) as con:
+            for t, col in (("prices", "ts"), ("open_interest", "ts"), ("long_short_ratio", "ts"),
+                           ("funding_rates", "funding_time"), ("liquidations", "ts")):
+                con.execute(f"DELETE FROM staging.{t} WHERE {col} >= ?", [end])
+            con.execute("DELETE FROM staging.prices WHERE ts + INTERVAL 1 HOUR > ?", [end])
+            pipeline.build_and_publish(con)
+        truncated = table(cut, "marts.daily_signals").filter(pl.col("date") == day.date())
+        assert truncated.height == 2
+        assert truncated.equals(full.filter(pl.col("date") == day.date()))
+    os.environ.pop("PERPWATCH_DB", None)
