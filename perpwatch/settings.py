@@ -62,6 +62,18 @@ def venues(implemented: list[str]) -> list[str]:
     return wanted
 
 
+def providers(implemented: list[str]) -> list[str]:
+    """Institutional / macro providers to run (PERPWATCH_PROVIDERS, default all; empty string = none)."""
+    raw = os.environ.get("PERPWATCH_PROVIDERS")
+    if raw is None:
+        return list(implemented)
+    wanted = [v.strip().lower() for v in raw.split(",") if v.strip()]
+    unknown = sorted(set(wanted) - set(implemented))
+    if unknown:
+        raise ValueError(f"PERPWATCH_PROVIDERS names unknown providers {unknown}; known: {implemented}")
+    return wanted
+
+
 @cache
 def _signals_cached(path: str) -> dict:
     with open(path, "rb") as f:
