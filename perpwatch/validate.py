@@ -56,7 +56,9 @@ def suite_definition(table: str) -> dict:
 
 @lru_cache(maxsize=1)
 def _context():
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    for name in ("great_expectations", "great_expectations.data_context.types.base",
+                 "great_expectations.data_context"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import great_expectations as gx  # 2-3 s import: only when something is validated
 
     ctx = gx.get_context(mode="ephemeral")
