@@ -104,21 +104,25 @@ def _quote(text: str) -> str:
 
 def apply_comments(con: duckdb.DuckDBPyConnection, only_existing: bool = True) -> None:
     """COMMENT ON every documented table and column (warehouse/docs.toml) that exists."""
-    existing = {
-        f"{s}.{t}": {r[0] for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema=? AND table_name=?",
-            [s, t]).fetchall()}
-        for s, t in con.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema IN ('raw','staging','marts','meta','quarantine')").fetchall()
-    }
+    schemas = "('raw','staging','marts','meta','quarantine')"
+    tables = {f"{s}.{t}": (c, v) for s, t, c, v in con.execute(
+        "SELECT schema_name, table_name, comment, false FROM duckdb_tables() WHERE database_name = current_database() "
+        f"AND schema_name IN {schemas} UNION ALL "
+        "SELECT schema_name, view_name, comment, true FROM duckdb_views() WHERE database_name = current_database() "
+        f"AND schema_name IN {schemas}").fetchall()}
+    columns: dict[str, dict[str, str | None]] = {}
+    for s, t, col, comment in con.execute(
+            "SELECT schema_name, table_name, column_name, comment FROM duckdb_columns() "
+            f"WHERE database_name = current_database() AND schema_name IN {schemas}").fetchall():
+        columns.setdefault(f"{s}.{t}", {})[col] = comment
     for table, doc in table_docs().items():
-        if table not in existing:
+        if table not in tables:
             continue
-        kind = "VIEW" if doc.get("view") else "TABLE"
-        con.execute(f"COMMENT ON {kind} {table} IS {_quote(doc['description'])}")
+        current, is_view = tables[table]
+        if current != doc["description"]:      # only write what changed: no WAL churn on every connect
+            con.execute(f"COMMENT ON {'VIEW' if is_view else 'TABLE'} {table} IS {_quote(doc['description'])}")
         for col, text in doc.get("columns", {}).items():
-            if col in existing[table]:
+            if col in columns.get(table, {}) and columns[table][col] != text:
                 con.execute(f'COMMENT ON COLUMN {table}."{col}" IS {_quote(text)}')
 
 
@@ -142,8 +146,11 @@ def land(con, source: str, endpoint: str, params: dict, status: int, body: bytes
     fetched_at = fetched_at or now_utc()
     digest = hashlib.sha256(body).hexdigest()
     packed = zlib.compress(body, 6)
-    sql = ("INSERT INTO raw.payloads (source, endpoint, params, fetched_at, http_status, body, sha256, run_id) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING raw_id")
+    # raw_id comes from the sequence explicitly: a column DEFAULT nextval(...) plus a COMMENT ON COLUMN
+    # makes DuckDB 1.5.5 fail to replay its WAL after a crash ("GetDefaultDatabase with no default
+    # database set"), found by tests/test_reliability.py.
+    sql = ("INSERT INTO raw.payloads (raw_id, source, endpoint, params, fetched_at, http_status, body, sha256, run_id) "
+           "VALUES (nextval('raw.payload_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?) RETURNING raw_id")
     args = [source, endpoint, json.dumps(params, sort_keys=True), fetched_at, status, packed, digest, run_id]
     if lock is None:
         return con.execute(sql, args).fetchone()[0]
@@ -200,20 +207,34 @@ def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> Load
     on = " AND ".join(f't."{k}" = b."{k}"' for k in key)
     content = [c for c in cols if c not in key and c not in PROVENANCE]
     same = " AND ".join(f't."{c}" IS NOT DISTINCT FROM b."{c}"' for c in content) or "TRUE"
+    collist = ", ".join(f'"{c}"' for c in cols)
+    src = "__batch"
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE __b AS SELECT * FROM __batch "
-                    f"QUALIFY row_number() OVER (PARTITION BY {qk} ORDER BY __i DESC) = 1")
-        deduped = con.execute("SELECT count(*) FROM __b").fetchone()[0]
+        # One join classifies the batch against what is stored (matched rowids, identical or
+        # not); deletes go by rowid and counts come back as numbers, not rows. The in-batch
+        # dedup pass only runs when the batch has repeated keys.
+        if con.execute(f"SELECT EXISTS (SELECT 1 FROM __batch GROUP BY {qk} HAVING count(*) > 1)").fetchone()[0]:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE __b AS SELECT * FROM __batch "
+                        f"QUALIFY row_number() OVER (PARTITION BY {qk} ORDER BY __i DESC) = 1")
+            src = "__b"
+        deduped = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
         in_batch_dup = df.height - deduped
-        identical = con.execute(
-            f"DELETE FROM __b b USING {table} t WHERE {on} AND {same} RETURNING 1").fetchall()
-        updated = con.execute(f"DELETE FROM {table} t USING __b b WHERE {on} RETURNING 1").fetchall()
-        collist = ", ".join(f'"{c}"' for c in cols)
-        inserted = con.execute(f"INSERT INTO {table} ({collist}) SELECT {collist} FROM __b").fetchone()[0]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __m AS SELECT b.__i, t.rowid AS __r, ({same}) AS __s "
+                    f"FROM {src} b JOIN {table} t ON {on}")
+        identical = updated = 0
+        if con.execute("SELECT count(*) FROM __m").fetchone()[0]:
+            # a batch row is a duplicate when some stored row with its key is identical; else
+            # every stored row with its key is replaced
+            con.execute("CREATE OR REPLACE TEMP TABLE __same AS SELECT __i FROM __m GROUP BY __i HAVING bool_or(__s)")
+            identical = con.execute("SELECT count(*) FROM __same").fetchone()[0]
+            updated = con.execute(f"DELETE FROM {table} WHERE rowid IN "
+                                  "(SELECT __r FROM __m ANTI JOIN __same USING (__i))").fetchone()[0]
+            src = f"(SELECT * FROM {src} ANTI JOIN __same USING (__i))"
+        inserted = con.execute(f"INSERT INTO {table} ({collist}) SELECT {collist} FROM {src}").fetchone()[0]
     finally:
         con.unregister("__batch")
-        con.execute("DROP TABLE IF EXISTS __b")
-    return LoadResult(loaded=inserted, updated=len(updated), duplicate=in_batch_dup + len(identical))
+        con.execute("DROP TABLE IF EXISTS __b; DROP TABLE IF EXISTS __m; DROP TABLE IF EXISTS __same")
+    return LoadResult(loaded=inserted, updated=updated, duplicate=in_batch_dup + identical)
 
 
 def get_watermark(con, source: str, dataset: str, instrument: str) -> datetime | None:
@@ -299,7 +320,8 @@ def publish(db=None, serving=None, exports=None, con=None) -> dict[str, str]:
     own = con is None
     con = con or connect(db)
     tmp = serving.with_name(f".{serving.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
+    for stale in [*serving.parent.glob(f".{serving.name}.*.tmp"), *exports.glob(".*.parquet.*.tmp")]:
+        stale.unlink(missing_ok=True)   # left by a publisher that was killed mid-way
     try:
         con.execute(f"ATTACH {_quote(str(tmp))} AS __snap")
         try:

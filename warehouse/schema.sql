@@ -12,7 +12,7 @@ CREATE SEQUENCE IF NOT EXISTS raw.payload_id_seq START 1;
 
 -- [raw_id] every response body as received, zlib-compressed, before parsing.
 CREATE TABLE IF NOT EXISTS raw.payloads (
-    raw_id      BIGINT DEFAULT nextval('raw.payload_id_seq'),
+    raw_id      BIGINT NOT NULL,   -- nextval('raw.payload_id_seq') at insert (no DEFAULT: see warehouse.land)
     source      VARCHAR NOT NULL,
     endpoint    VARCHAR NOT NULL,
     params      JSON,
