@@ -1,6 +1,6 @@
 -- grain: date, asset
 -- Reference daily close per asset (UTC day), used by every return computation.
--- Precedence (lower wins): Binance spot, Binance perp, Bybit perp, OKX perp, other venues'
+-- Precedence (lower wins): Binance spot, Binance USDT perp, Binance COIN-M perp, Bybit perp, OKX perp, other venues'
 -- perps, then any imported daily spot series (interval '1d', e.g. `perpwatch import prices`)
 -- for days no venue covers. A day's close is the last hourly close inside that day.
 WITH hourly AS (
@@ -12,13 +12,14 @@ WITH hourly AS (
 daily AS (
     SELECT date, asset, venue, kind, close,
            CASE WHEN venue = 'binance' AND kind = 'spot' THEN 1
-                WHEN venue = 'binance' AND kind = 'perp' THEN 2
-                WHEN venue = 'bybit' AND kind = 'perp' THEN 3
-                WHEN venue = 'okx' AND kind = 'perp' THEN 4
-                ELSE 5 END AS precedence
+                WHEN venue = 'binance' AND kind = 'perp' AND instrument LIKE '%USDT' THEN 2
+                WHEN venue = 'binance' AND kind = 'perp' THEN 3
+                WHEN venue = 'bybit' AND kind = 'perp' THEN 4
+                WHEN venue = 'okx' AND kind = 'perp' THEN 5
+                ELSE 6 END AS precedence
     FROM hourly WHERE rn = 1
     UNION ALL
-    SELECT ts::DATE AS date, asset, venue, kind, close, 6 AS precedence
+    SELECT ts::DATE AS date, asset, venue, kind, close, 7 AS precedence
     FROM staging.prices
     WHERE "interval" = '1d' AND kind IN ('spot', 'perp') AND close > 0
 )
