@@ -232,14 +232,14 @@ def parse_open_interest_hist(data: list, params: dict, ctx: ParseContext) -> dic
     meta = ctx.instrument(VENUE, sym)
     size = meta.get("contract_size") or 1.0
     mult = meta.get("multiplier") or canonical(VENUE, sym)[1]     # 1000PEPEUSDT: 1 unit = 1000 PEPE
-    out = df.select(*_oi_columns(pl.lit(canonical(VENUE, sym)[0]), size))
+    out = df.select(*_oi_columns(pl.lit(canonical(VENUE, sym)[0]), size, mult))
     return {"open_interest": out}
 
 
 OI_FIELDS = ["symbol", "sumOpenInterest", "sumOpenInterestValue", "timestamp"]
 
 
-def _oi_columns(asset: pl.Expr, size: pl.Expr | float) -> list[pl.Expr]:
+def _oi_columns(asset: pl.Expr, size: pl.Expr | float, mult: pl.Expr | float = 1.0) -> list[pl.Expr]:
     return [
         pl.lit(VENUE).alias("venue"), pl.col("symbol").alias("instrument"), ts_ms("timestamp").alias("ts"),
         asset.alias("asset"), pl.lit("linear").alias("margin"),
@@ -294,14 +294,17 @@ def parse_open_interest_hist_batch(bodies: Sequence[bytes], ctx: ParseContext) -
             continue
         assets = [canonical(VENUE, s)[0] for s in firsts]
         sizes = np.array([ctx.instrument(VENUE, s).get("contract_size") or 1.0 for s in firsts], dtype=np.float64)
+        mults = np.array([ctx.instrument(VENUE, s).get("multiplier") or canonical(VENUE, s)[1] for s in firsts],
+                         dtype=np.float64)
         uniq = sorted(set(assets))
         code = {a: k for k, a in enumerate(uniq)}
         frame = pl.concat([df for _, df in members]).with_columns(
             pl.Series("__asset", uniq, pl.String).gather(np.repeat([code[a] for a in assets], heights)),
             pl.Series("__size", np.repeat(sizes, heights)),
+            pl.Series("__mult", np.repeat(mults, heights)),
             pl.Series("__payload", np.repeat(pos, heights)))
         try:
-            out.append(frame.select(*_oi_columns(pl.col("__asset"), pl.col("__size")), "__payload"))
+            out.append(frame.select(*_oi_columns(pl.col("__asset"), pl.col("__size"), pl.col("__mult")), "__payload"))
         except Exception:   # noqa: BLE001 - a value that does not parse: let the per-page parser say which
             rest.extend(int(i) for i in pos)
     if not out:
