@@ -19,6 +19,7 @@ import polars as pl
 import sources
 import warehouse
 from perpwatch import settings
+from perpwatch.assets import validate_asset, validate_instrument
 from perpwatch.validate import validate
 from sources.base import ParseContext, Stream
 from sources.http import BadPayload, Fetched, SourceError
@@ -128,7 +129,10 @@ def parse_all(con, report: RunReport, payloads: Iterable[Fetched], ctx_instrumen
             out.frames[table].append(df.with_columns(
                 pl.lit(p.raw_id, pl.Int64).alias("raw_id"), pl.lit(p.source).alias("_source"),
                 pl.lit(p.stream or "").alias("_stream"),
-                pl.lit(p.instrument or (df["instrument"][0] if "instrument" in df.columns else "")).alias("_instrument"),
+                # a payload covering several instruments (a websocket batch, a replayed payload) is
+                # validated/quarantined per instrument: the row's own instrument, not the first row's
+                (pl.lit(p.instrument) if p.instrument else pl.col("instrument").cast(pl.Utf8).fill_null("")
+                 if "instrument" in df.columns else pl.lit("")).alias("_instrument"),
                 pl.lit(p.endpoint).alias("_endpoint")))
     return out
 
@@ -320,7 +324,8 @@ def open_run(kind: str = "run", start: datetime | None = None, end: datetime | N
     lander = warehouse.Lander(con, report.run_id)
     modules = {name: available[name] for name in chosen}
     clients = {name: m.make_client(lander) for name, m in modules.items()}
-    return RunContext(con, report, modules, clients, assets or settings.assets(),
+    assets = [validate_asset(a) for a in (assets or settings.assets())]
+    return RunContext(con, report, modules, clients, assets,
                       start.astimezone(UTC) if start else None, end)
 
 
@@ -342,6 +347,11 @@ def plan_units(rc: RunContext, instruments: pl.DataFrame) -> dict[tuple[str, str
     units: dict[tuple[str, str], list[Stream]] = defaultdict(list)
     for name, m in rc.modules.items():
         for s in m.plan(instruments, rc.assets):
+            try:   # names from venues end up in URLs, file names and logs: strict pattern first
+                validate_instrument(s.instrument)
+            except ValueError as exc:
+                rc.report.warnings.append(f"{name}: skipped stream {s.name}: {exc}")
+                continue
             units[(name, s.dataset)].append(s)
     return dict(units)
 

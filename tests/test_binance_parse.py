@@ -118,3 +118,20 @@ def test_truncated_and_missing_fields_raise_clear_errors():
         binance.parse_open_interest_hist([{"symbol": "BTCUSDT", "timestamp": 1}], {}, ctx())
     with pytest.raises(ValueError, match="expected a JSON list"):
         binance.parse_funding_rate({"code": -1121, "msg": "Invalid symbol."}, {}, ctx())
+
+
+def test_names_are_validated_before_use():
+    from perpwatch.assets import canonical, validate_asset, validate_instrument
+
+    assert validate_instrument("BTC-USDT-SWAP") == "BTC-USDT-SWAP"
+    for bad in ["BTC USDT", "../etc/passwd;", "BTC'; DROP TABLE x;--", "", "A" * 41]:
+        with pytest.raises(ValueError):
+            validate_instrument(bad)
+    with pytest.raises(ValueError):
+        validate_asset("btc;")
+    assert canonical("binance", "1000PEPEUSDT") == ("PEPE", 1000.0)
+    assert canonical("hyperliquid", "kPEPE") == ("PEPE", 1000.0)
+    assert canonical("okx", "BTC-USDT-SWAP") == ("BTC", 1.0)
+    assert canonical("deribit", "BTC-PERPETUAL") == ("BTC", 1.0)
+    assert canonical("binance", "BTCUSD_PERP") == ("BTC", 1.0)
+    assert canonical("hyperliquid", "xyz:TSLA") == ("TSLA", 1.0)
