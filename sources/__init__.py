@@ -33,7 +33,12 @@ PROVIDER_MODULES = {
     "fred": "sources.fred",
     "stooq": "sources.stooq",
 }
-ALL_MODULES = {**VENUE_MODULES, **PROVIDER_MODULES}
+ALL_MODULES = {**VENUE_MODULES, **PROVIDER_MODULES,
+               # websocket batches landed by perpwatch/collector.py (parsed by replay, not run by `perpwatch run`)
+               "binance_ws": "sources.liquidations", "bybit_ws": "sources.liquidations",
+               "okx_ws": "sources.liquidations",
+               # files landed by `perpwatch import` (endpoint "file:<kind>"), re-parsed by replay
+               "import": "sources.imports"}
 
 
 def available(kinds: tuple[str, ...] = ("venues", "providers")) -> dict[str, object]:

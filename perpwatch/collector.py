@@ -1,0 +1,546 @@
+"""Live liquidation capture from the venues' public websocket streams.
+
+    perpwatch collect --seconds 600 --venues binance,bybit,okx --assets BTC,ETH,SOL
+
+REST liquidation history is gone (Binance 2021-04-27, OKX April 2023), so liquidations are
+captured live:
+
+| venue   | URL setting       | path                   | subscription                                   |
+|---------|-------------------|------------------------|------------------------------------------------|
+| binance | BINANCE_FSTREAM   | /ws/!forceOrder@arr    | none (the path is the stream)                  |
+| bybit   | BYBIT_WS          | /v5/public/linear      | {"op":"subscribe","args":["allLiquidation.BTCUSDT",...]} |
+| okx     | OKX_WS            | /ws/v5/public          | {"op":"subscribe","args":[{"channel":"liquidation-orders","instType":"SWAP"}]} |
+
+One asyncio task per venue keeps a connection open, resubscribes after every reconnect
+(exponential backoff with jitter) and sends the application heartbeats Bybit and OKX require.
+Data messages for the configured instruments are buffered as received; every `flush_every_s`
+(or when a venue has `max_batch` messages waiting) each venue's buffer is landed as ONE
+raw.payloads row (source binance_ws|bybit_ws|okx_ws, endpoint = stream/channel name, params
+{"symbols": [...]}, body = JSON array of the messages) and loaded into staging.liquidations
+through the same parse -> validate -> load path as REST (`pipeline.load_parsed`), so `perpwatch
+replay` rebuilds the same rows. A message received twice (a reconnect that replays, a replay of
+the raw batches) lands twice but loads once: the upsert on the grain
+[venue, instrument, ts, side, price, qty_base] counts it as a duplicate.
+
+The warehouse is opened per flush and closed again, so a long-running collector does not hold
+the DuckDB write lock between flushes (`perpwatch run` can load meanwhile). If the warehouse is
+locked the batch stays buffered and is retried at the next flush.
+
+The whole `collect()` call is one meta.runs row of kind "collect".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+
+import orjson
+
+import sources
+import warehouse
+from perpwatch import pipeline, settings
+from perpwatch.assets import validate_asset
+from sources import liquidations
+from sources.http import Fetched
+
+log = logging.getLogger("perpwatch.collector")
+
+DATASET = "liquidations"
+
+
+@dataclass(frozen=True)
+class WsVenue:
+    venue: str
+    source: str         # raw.payloads.source
+    url_name: str       # PERPWATCH_URL_<url_name>
+    path: str
+    endpoint: str       # raw.payloads.endpoint = key in sources.liquidations.PARSERS
+    ping_every_s: float | None = None   # application-level heartbeat the venue requires
+
+    def url(self) -> str:
+        return settings.url(self.url_name) + self.path
+
+
+WS_VENUES = {
+    "binance": WsVenue("binance", "binance_ws", "BINANCE_FSTREAM", "/ws/!forceOrder@arr", "!forceOrder@arr"),
+    "bybit": WsVenue("bybit", "bybit_ws", "BYBIT_WS", "/v5/public/linear", "allLiquidation", ping_every_s=20.0),
+    "okx": WsVenue("okx", "okx_ws", "OKX_WS", "/ws/v5/public", "liquidation-orders", ping_every_s=25.0),
+}
+BYBIT_ARGS_PER_REQUEST = 10
+assert {v.endpoint for v in WS_VENUES.values()} == set(liquidations.PARSERS)
+
+
+@dataclass
+class CollectStats:
+    """What one collect() call did. `status` is the meta.runs status (success|warning|failed)."""
+
+    run_id: str
+    status: str = "running"
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    symbols: dict[str, list[str]] = field(default_factory=dict)
+    messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))   # data messages kept
+    skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))    # other instruments
+    batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))    # raw.payloads rows
+    connects: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    reconnects: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    raw_ids: list[int] = field(default_factory=list)
+    fetched: int = 0
+    loaded: int = 0
+    duplicate: int = 0
+    quarantined: int = 0
+    datasets: list[dict] = field(default_factory=list)   # per (source, dataset): RunReport.table()
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly copy (for the flow wrapper / CLI)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):
+                v = {k: list(x) if isinstance(x, list) else x for k, x in v.items()}
+            elif isinstance(v, list):
+                v = list(v)
+            elif isinstance(v, datetime):
+                v = v.isoformat()
+            out[f.name] = v
+        return out
+
+
+# --------------------------------------------------------------------------- symbols
+
+def default_symbol(venue: str, asset: str) -> str:
+    """The linear USDT perp of an asset when staging.instruments does not know the venue yet."""
+    return f"{asset}-USDT-SWAP" if venue == "okx" else f"{asset}USDT"
+
+
+def symbols_for(venue: str, assets: list[str], ctx_instruments: dict) -> list[str]:
+    """Linear USDT perps of the assets: from staging.instruments when known, else the usual name
+    (1000PEPEUSDT and the like are only found through the instruments table)."""
+    out = []
+    for asset in assets:
+        known = sorted(inst for (v, inst), r in ctx_instruments.items()
+                       if v == venue and r.get("asset") == asset and r.get("kind") == "perp"
+                       and r.get("margin") in (None, "linear") and r.get("quote") in (None, "USDT")
+                       and r.get("status") in (None, "trading"))
+        out += known or [default_symbol(venue, asset)]
+    return sorted(set(out))
+
+
+def subscribe_messages(v: WsVenue, symbols: list[str]) -> list[str]:
+    if v.venue == "bybit":
+        topics = [f"allLiquidation.{s}" for s in symbols]
+        return [orjson.dumps({"op": "subscribe", "args": topics[i:i + BYBIT_ARGS_PER_REQUEST]}).decode()
+                for i in range(0, len(topics), BYBIT_ARGS_PER_REQUEST)]
+    if v.venue == "okx":
+        return [orjson.dumps({"op": "subscribe",
+                              "args": [{"channel": "liquidation-orders", "instType": "SWAP"}]}).decode()]
+    return []
+
+
+def ping_message(v: WsVenue) -> str | None:
+    return {"bybit": '{"op":"ping"}', "okx": "ping"}.get(v.venue)
+
+
+def classify(v: WsVenue, m) -> tuple[str, set[str], str | None]:
+    """(kind, instruments, problem) of one decoded message; kind is data | control | other."""
+    if v.venue == "binance":
+        if isinstance(m, dict) and "stream" in m and "data" in m:
+            m = m["data"]
+        events = m if isinstance(m, list) else [m]
+        syms = {e["o"].get("s") for e in events
+                if isinstance(e, dict) and e.get("e") == "forceOrder" and isinstance(e.get("o"), dict)}
+        if syms:
+            return "data", syms, None
+        if isinstance(m, dict) and ("result" in m or "error" in m):
+            return "control", set(), str(m["error"]) if m.get("error") else None
+        return "other", set(), None
+    if not isinstance(m, dict):
+        return "other", set(), None
+    if v.venue == "bybit":
+        topic = str(m.get("topic", ""))
+        if topic.startswith("allLiquidation."):
+            rows = m.get("data")
+            rows = [rows] if isinstance(rows, dict) else rows if isinstance(rows, list) else []
+            return "data", {r.get("s") for r in rows if isinstance(r, dict)} | {topic.split(".", 1)[1]}, None
+        if "op" in m or "success" in m:
+            bad = m.get("op") == "subscribe" and m.get("success") is False
+            return "control", set(), f"subscribe refused: {m.get('ret_msg')}" if bad else None
+        return "other", set(), None
+    # okx
+    if "event" in m:
+        bad = m.get("event") == "error"
+        return "control", set(), f"error {m.get('code')}: {m.get('msg')}" if bad else None
+    if (m.get("arg") or {}).get("channel") == "liquidation-orders" and isinstance(m.get("data"), list):
+        return "data", {d.get("instId") for d in m["data"] if isinstance(d, dict)}, None
+    return "other", set(), None
+
+
+# --------------------------------------------------------------------------- collector
+
+@dataclass
+class _Buffer:
+    frames: list[bytes] = field(default_factory=list)
+    instruments: set[str] = field(default_factory=set)
+    last_at: datetime | None = None
+
+
+class Collector:
+    def __init__(self, db, venues: list[WsVenue], assets: list[str], flush_every_s: float, max_batch: int,
+                 backoff_base_s: float, backoff_max_s: float, open_timeout_s: float, lock_wait_s: float,
+                 say: Callable[[str], None]):
+        self.db = db
+        self.venues = venues
+        self.assets = assets
+        self.flush_every_s = flush_every_s
+        self.max_batch = max_batch
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.open_timeout_s = open_timeout_s
+        self.lock_wait_s = lock_wait_s
+        self.say = say
+        self.report = pipeline.RunReport(
+            run_id=f"collect-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", kind="collect")
+        self.stats = CollectStats(run_id=self.report.run_id, started_at=datetime.now(UTC))
+        self.symbols: dict[str, list[str]] = {}
+        self.buffers: dict[str, _Buffer] = {v.venue: _Buffer() for v in venues}
+        self.failures: dict[str, list[str]] = defaultdict(list)   # connection attempts that failed
+        self.stopping = False
+        self.flush_now: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ setup / teardown (sync)
+    def open(self, refresh_instruments: bool) -> None:
+        with warehouse.session(self.db) as con:
+            warehouse.start_run(con, self.report.run_id, "collect")
+            ctx = pipeline.instrument_context(con)
+            if refresh_instruments and any(v.venue == "okx" for v in self.venues):
+                ctx = self._ensure_okx_instruments(con, ctx)
+        for v in self.venues:
+            self.symbols[v.venue] = symbols_for(v.venue, self.assets, ctx)
+        self.stats.symbols = {WS_VENUES[k].source: s for k, s in self.symbols.items()}
+
+    def _ensure_okx_instruments(self, con, ctx: dict) -> dict:
+        """OKX sizes liquidations in contracts: load its instruments (ctVal) if staging lacks them."""
+        if any(v == "okx" and r.get("contract_size") for (v, _), r in ctx.items()):
+            return ctx
+        module = sources.available(("venues",)).get("okx")
+        if module is None:
+            self.report.warnings.append("okx: no instrument metadata (ctVal) and sources.okx is not available; "
+                                        "OKX liquidations will be quarantined until instruments are loaded")
+            return ctx
+        try:
+            payloads = module.fetch_instruments(module.make_client(warehouse.Lander(con, self.report.run_id)))
+            pipeline.load_parsed(con, self.report, payloads, ctx)
+        except Exception as exc:  # noqa: BLE001 - the capture goes on; rows wait in quarantine/raw
+            self.report.warnings.append(f"okx instruments refresh failed: {type(exc).__name__}: {exc}")
+        return pipeline.instrument_context(con)
+
+    def close(self) -> CollectStats:
+        for v in self.venues:
+            fails = self.failures.get(v.venue, [])
+            if self.stats.connects[v.source] == 0:
+                self.report.errors.append(f"{v.source}: never connected to {v.url()}"
+                                          + (f" ({len(fails)} attempts, last: {fails[-1]})" if fails else ""))
+            elif fails:
+                self.report.warnings.append(f"{v.source}: {len(fails)} failed connection attempts "
+                                            f"(last: {fails[-1]})")
+        with warehouse.session(self.db, read_only=False) as con:
+            pipeline.finish(con, self.report)
+        t = self.report.totals()
+        s = self.stats
+        s.status, s.finished_at = self.report.status, datetime.now(UTC)
+        s.fetched, s.loaded, s.duplicate, s.quarantined = t["fetched"], t["loaded"], t["duplicate"], t["quarantined"]
+        s.datasets = self.report.table()
+        s.errors, s.warnings = list(self.report.errors), list(self.report.warnings)
+        return s
+
+    # ------------------------------------------------------------------ flushing
+    def _take(self) -> dict[str, _Buffer]:
+        taken = {k: b for k, b in self.buffers.items() if b.frames}
+        for k in taken:
+            self.buffers[k] = _Buffer()
+        return taken
+
+    def _put_back(self, taken: dict[str, _Buffer]) -> None:
+        for k, old in taken.items():
+            new = self.buffers[k]
+            old.frames += new.frames
+            old.instruments |= new.instruments
+            old.last_at = new.last_at or old.last_at
+            self.buffers[k] = old
+
+    def flush_sync(self, taken: dict[str, _Buffer]) -> bool:
+        """Land each venue's batch as one raw payload and load it. False = warehouse locked, retry later."""
+        try:
+            con = warehouse.connect(self.db, wait_s=self.lock_wait_s)
+        except warehouse.WarehouseLocked as exc:
+            log.warning("collector: %s; keeping %d batches buffered", exc, len(taken))
+            return False
+        try:
+            lander = warehouse.Lander(con, self.report.run_id)
+            fetched: list[Fetched] = []
+            for venue, buf in taken.items():
+                v = WS_VENUES[venue]
+                body = b"[" + b",".join(buf.frames) + b"]"
+                symbols = self.symbols[venue]
+                at = buf.last_at or datetime.now(UTC)
+                raw_id = lander(v.source, v.endpoint, {"symbols": symbols}, 200, body, at)
+                self.stats.raw_ids.append(raw_id)
+                self.stats.batches[v.source] += 1
+                self.report.stat(v.source, DATASET).payloads += 1
+                # One Fetched per instrument (same raw_id, params narrowed to it): validation failures
+                # quarantine that instrument only, and each instrument gets its own watermark.
+                for sym in sorted(buf.instruments & set(symbols)):
+                    fetched.append(Fetched(raw_id, v.source, v.endpoint, {"symbols": [sym]}, 200, body,
+                                           stream=DATASET, instrument=sym, fetched_at=at))
+            try:
+                pipeline.load_parsed(con, self.report, fetched, pipeline.instrument_context(con))
+            except Exception as exc:  # noqa: BLE001 - raw is landed; replay can load it later
+                msg = f"load failed for raw_ids {[f.raw_id for f in fetched][:10]}: {type(exc).__name__}: {exc}"
+                log.error("collector: %s", msg)
+                self.report.errors.append(msg)
+            self._trim()
+            t = self.report.totals()
+            self.say(f"flushed {sum(len(b.frames) for b in taken.values())} messages in {len(taken)} batches; "
+                     f"totals loaded {t['loaded']} duplicate {t['duplicate']} quarantined {t['quarantined']}")
+        finally:
+            con.close()
+        return True
+
+    def _trim(self, keep: int = 100) -> None:
+        """A long-running capture repeats the same warnings every flush: keep memory bounded."""
+        for lst in [self.report.warnings, self.report.errors, *(st.messages for st in self.report.stats.values())]:
+            if len(lst) > 2 * keep:
+                dropped = len(lst) - keep
+                lst[:] = [*lst[:keep // 2], f"... {dropped} similar messages omitted ...", *lst[-keep // 2:]]
+        del self.stats.raw_ids[:-10_000]
+
+    async def flush(self) -> None:
+        taken = self._take()
+        if not taken:
+            return
+        if not await asyncio.to_thread(self.flush_sync, taken):
+            self._put_back(taken)
+
+    async def flusher(self) -> None:
+        while not self.stopping:
+            try:
+                await asyncio.wait_for(self.flush_now.wait(), timeout=self.flush_every_s)
+            except TimeoutError:
+                pass
+            self.flush_now.clear()
+            await self.flush()
+
+    # ------------------------------------------------------------------ connections
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: uniform in [d/2, d], d = min(max, base x 2^attempt)."""
+        d = min(self.backoff_max_s, self.backoff_base_s * (2 ** min(attempt, 30)))
+        return random.uniform(d / 2, d)
+
+    def on_message(self, v: WsVenue, raw) -> None:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        if raw == "pong":
+            return
+        try:
+            m = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.debug("%s: non-JSON frame ignored: %.80s", v.source, raw)
+            return
+        kind, syms, problem = classify(v, m)
+        if problem and f"{v.source}: {problem}" not in self.report.warnings:
+            self.report.warnings.append(f"{v.source}: {problem}")
+            log.warning("%s: %s", v.source, problem)
+        if kind != "data":
+            return
+        wanted = syms & set(self.symbols[v.venue])
+        if not wanted:
+            self.stats.skipped[v.source] += 1
+            return
+        buf = self.buffers[v.venue]
+        buf.frames.append(raw.encode())
+        buf.instruments |= wanted
+        buf.last_at = datetime.now(UTC)
+        self.stats.messages[v.source] += 1
+        if len(buf.frames) >= self.max_batch:
+            self.flush_now.set()
+
+    async def heartbeat(self, v: WsVenue, ws) -> None:
+        msg = ping_message(v)
+        if not msg or not v.ping_every_s:
+            return
+        while True:
+            await asyncio.sleep(v.ping_every_s)
+            await ws.send(msg)
+
+    async def run_venue(self, v: WsVenue) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+        attempt = 0
+        while not self.stopping:
+            url = v.url()
+            got_data = False
+            hb = None
+            try:
+                async with connect(url, open_timeout=self.open_timeout_s, ping_interval=20, ping_timeout=20,
+                                   close_timeout=2, max_size=2 ** 23, max_queue=1024) as ws:
+                    if self.stats.connects[v.source]:
+                        self.stats.reconnects[v.source] += 1
+                    self.stats.connects[v.source] += 1
+                    self.say(f"{v.source}: connected to {url}"
+                             + (f" (reconnect {self.stats.reconnects[v.source]})" if self.stats.reconnects[v.source]
+                                else ""))
+                    for sub in subscribe_messages(v, self.symbols[v.venue]):
+                        await ws.send(sub)
+                    hb = asyncio.ensure_future(self.heartbeat(v, ws))
+                    before = self.stats.messages[v.source] + self.stats.skipped[v.source]
+                    async for raw in ws:
+                        self.on_message(v, raw)
+                        if not got_data and self.stats.messages[v.source] + self.stats.skipped[v.source] > before:
+                            got_data, attempt = True, 0
+                    log.info("%s: connection closed by the server (%s)", v.source, ws.close_reason or ws.close_code)
+            except asyncio.CancelledError:
+                raise
+            except ConnectionClosed as exc:
+                log.info("%s: connection lost: %s", v.source, exc)
+            except InvalidURI:
+                self.report.errors.append(f"{v.source}: invalid websocket URL {url!r}")
+                return
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                self.failures[v.venue].append(f"{type(exc).__name__}: {exc}"[:300])
+                del self.failures[v.venue][:-20]
+                log.warning("%s: cannot connect to %s: %s", v.source, url, exc)
+            except Exception as exc:  # noqa: BLE001 - a surprise must not end this venue's capture
+                msg = f"{v.source}: unexpected {type(exc).__name__}: {exc}"[:300]
+                if msg not in self.report.warnings:
+                    self.report.warnings.append(msg)
+                log.exception("%s: unexpected error; reconnecting", v.source)
+            finally:
+                if hb is not None:
+                    hb.cancel()
+            if self.stopping:
+                return
+            delay = self.backoff(attempt)
+            attempt += 1
+            log.info("%s: reconnecting in %.2fs", v.source, delay)
+            await asyncio.sleep(delay)
+
+    async def run(self, seconds: float | None, stop_event: threading.Event | None) -> None:
+        self.flush_now = asyncio.Event()
+        tasks = [asyncio.ensure_future(self.run_venue(v)) for v in self.venues]
+        flusher = asyncio.ensure_future(self.flusher())
+        deadline = time.monotonic() + seconds if seconds else None
+        try:
+            while (deadline is None or time.monotonic() < deadline) and not (stop_event and stop_event.is_set()):
+                if all(t.done() for t in tasks):
+                    break
+                await asyncio.sleep(0.05 if deadline is None else min(0.05, max(0.0, deadline - time.monotonic())))
+        finally:
+            self.stopping = True
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self.flush()       # what arrived since the last flush
+            if any(b.frames for b in self.buffers.values()):
+                # warehouse still locked: wait for it this time rather than lose messages
+                self.lock_wait_s = max(self.lock_wait_s, 300.0)
+                await self.flush()
+
+
+def _choose_venues(venues: list[str] | None) -> list[WsVenue]:
+    if venues is None:
+        import os
+        raw = os.environ.get("PERPWATCH_VENUES")
+        env = [v.strip().lower() for v in raw.split(",") if v.strip()] if raw else None
+        names = [v for v in env if v in WS_VENUES] if env else list(WS_VENUES)
+    else:
+        by_source = {w.source: k for k, w in WS_VENUES.items()}
+        names = [by_source.get(v.lower(), v.lower()) for v in venues]
+        unknown = [v for v in names if v not in WS_VENUES]
+        if unknown:
+            raise ValueError(f"no public liquidation stream for {unknown}; available: {sorted(WS_VENUES)}")
+    return [WS_VENUES[n] for n in dict.fromkeys(names)]
+
+
+def collect(db=None, venues: list[str] | None = None, assets: list[str] | None = None, seconds: float | None = 60,
+            flush_every_s: float = 5, max_batch: int = 500, stop_event: threading.Event | None = None, *,
+            backoff_base_s: float = 1.0, backoff_max_s: float = 60.0, open_timeout_s: float = 10.0,
+            lock_wait_s: float = 10.0, refresh_instruments: bool = True,
+            progress: Callable[[str], None] | None = None) -> CollectStats:
+    """Capture liquidations for `seconds` (None/0 = until `stop_event` is set), flushing every
+    `flush_every_s` or at `max_batch` messages per venue. Returns what was captured and loaded."""
+    say = progress or (lambda m: log.info("%s", m))
+    chosen = _choose_venues(venues)
+    assets = [validate_asset(a.upper()) for a in (assets or settings.assets())]
+    c = Collector(db, chosen, assets, flush_every_s, max_batch, backoff_base_s, backoff_max_s, open_timeout_s,
+                  lock_wait_s, say)
+    c.open(refresh_instruments)
+    say(f"collecting {', '.join(f'{WS_VENUES[k].source} {s}' for k, s in c.symbols.items())} "
+        f"for {'ever' if not seconds else f'{seconds:g}s'} (run {c.report.run_id})")
+    try:
+        _run_loop(c.run(seconds, stop_event))
+    except BaseException as exc:
+        c.report.errors.append(f"collect aborted: {type(exc).__name__}: {exc}")
+        c.close()
+        raise
+    return c.close()
+
+
+def _run_loop(coro) -> None:
+    """asyncio.run here, or in a fresh thread when the caller already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)
+        return
+    box: list[BaseException] = []
+
+    def target():
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001
+            box.append(exc)
+
+    t = threading.Thread(target=target, name="perpwatch-collector", daemon=True)
+    t.start()
+    t.join()
+    if box:
+        raise box[0]
+
+
+def main(args) -> int:
+    """`perpwatch collect`: args.db, args.venues, args.assets, args.seconds."""
+    import signal
+    import sys
+
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        stats = collect(db=args.db, venues=args.venues, assets=args.assets, seconds=args.seconds, stop_event=stop,
+                        progress=lambda m: print(m, file=sys.stderr))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"collect {stats.run_id}: {stats.status} — messages {dict(stats.messages)}, batches "
+          f"{dict(stats.batches)}, reconnects {dict(stats.reconnects)}; rows fetched {stats.fetched}, loaded "
+          f"{stats.loaded}, duplicate {stats.duplicate}, quarantined {stats.quarantined}")
+    for e in stats.errors:
+        print(f"  ERROR {e}", file=sys.stderr)
+    for w in stats.warnings:
+        print(f"  WARNING {w}", file=sys.stderr)
+    return 0 if stats.status != "failed" else 1
