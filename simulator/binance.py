@@ -316,6 +316,9 @@ class BinanceBase(Venue):
         vol = b["v"] / s.scale
         bb = dict(b)
         bb["v"] = vol
+        if s.scale != 1.0:
+            for k in ("o", "h", "l", "c"):
+                bb[k] = b[k] * s.scale
         qv, trades, tb, tq = bar_extras(self.market, bb, 17 if spot else 19)
         if s.contract_size:
             # COIN-M: volume in contracts, "quote" volume in base coin

@@ -31,6 +31,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import numpy as np
 from scipy.signal import lfilter
@@ -153,6 +154,13 @@ def hour_ms(h):
     return GENESIS_MS + np.asarray(h, dtype=np.int64) * HOUR_MS
 
 
+@lru_cache(maxsize=4096)
+def _crash_weights(length: int) -> np.ndarray:
+    w = np.exp(-np.arange(length) / 2.5)
+    return w / w.sum()
+
+
+@lru_cache(maxsize=4096)
 def _trapezoid(length: int, up: float = 0.3, down: float = 0.25) -> np.ndarray:
     i = np.arange(length, dtype=float) + 0.5
     a = max(1.0, length * up)
@@ -165,8 +173,8 @@ class AssetData:
     spec: AssetSpec
     n: int  # hours generated
     px: np.ndarray  # n+1 points
-    hi: np.ndarray
-    lo: np.ndarray
+    hi: np.ndarray | None
+    lo: np.ndarray | None
     prem: np.ndarray
     mark_prem: np.ndarray
     oi: np.ndarray
@@ -189,7 +197,7 @@ class Market:
         self.seed = int(seed)
         self.universe = list(universe) if universe else list(DEFAULT_UNIVERSE)
         self._cache: OrderedDict[str, AssetData] = OrderedDict()
-        self._cache_size = max(cache_size, len(self.universe) if len(self.universe) <= 256 else 8)
+        self._cache_size = max(cache_size, min(len(self.universe), 64))
         self._lock = threading.RLock()
         self._asset_locks: dict[str, threading.Lock] = {}
         self._common: dict | None = None
@@ -217,7 +225,7 @@ class Market:
         c = self._common
         if c is not None and c["nblocks"] >= nblocks:
             return c
-        nblocks = max(nblocks, c["nblocks"] * 2 if c else nblocks)
+        nblocks = max(nblocks, c["nblocks"] + 64 if c else nblocks)
         mret = np.empty(nblocks * BLOCK)
         crash_start = np.empty(nblocks, dtype=np.int64)
         crash_len = np.empty(nblocks, dtype=np.int64)
@@ -243,15 +251,7 @@ class Market:
         com = self._common_blocks(nblocks)
         n = nblocks * BLOCK
         t = np.arange(n + 1, dtype=float)
-        eps = np.empty(n)
-        eps_oi = np.empty(n)
-        eps_f = np.empty(n)
-        eps_g = np.empty(n)
-        eps_t = np.empty(n)
-        eps_p = np.empty(n)
-        eps_b = np.empty(n)
-        liq_n = np.empty(n)
-        vol_n = np.empty(n)
+        Z = np.empty((10, n))
         ev_ret = np.zeros(n)
         ev_oi = np.zeros(n)
         ev_f = np.zeros(n)
@@ -260,51 +260,52 @@ class Market:
         sq = np.zeros(n, dtype=bool)
         cr = np.zeros(n, dtype=bool)
         vs = sp.vol / 0.0055  # volatility scale vs BTC
+        crash_first = com["crash_first"]
+        crash_start = com["crash_start"]
+        crash_len = com["crash_len"]
+        crash_mag = com["crash_mag"]
+        half = BLOCK // 2
         for b in range(nblocks):
             r = np.random.default_rng([self.seed, key, b])
-            s = slice(b * BLOCK, (b + 1) * BLOCK)
-            eps[s] = r.standard_t(5, BLOCK) * 0.7746
-            eps_oi[s] = r.standard_normal(BLOCK)
-            eps_f[s] = r.standard_normal(BLOCK)
-            eps_g[s] = r.standard_normal(BLOCK)
-            eps_t[s] = r.standard_normal(BLOCK)
-            eps_p[s] = r.standard_normal(BLOCK)
-            eps_b[s] = r.standard_normal(BLOCK)
-            liq_n[s] = r.standard_normal(BLOCK)
-            vol_n[s] = r.standard_normal(BLOCK)
+            base = b * BLOCK
+            zb = r.standard_normal((10, BLOCK))
+            Z[:, base:base + BLOCK] = zb
+            u = r.random(12).tolist()
             # --- squeeze (asset specific) in the half without the market crash
-            half0 = BLOCK // 2 if com["crash_first"][b] else 0
-            L = int(r.integers(10, 31))
-            s0 = b * BLOCK + half0 + int(r.integers(4, BLOCK // 2 - L - 4))
+            half0 = half if crash_first[b] else 0
+            L = 10 + int(u[0] * 21)
+            s0 = base + half0 + 4 + int(u[1] * (half - L - 8))
             up = max(2, int(round(L * 0.7)))
-            S = r.uniform(0.035, 0.10) * vs
-            ev_ret[s0:s0 + up] += S / up * (1 + 0.3 * r.standard_normal(up))
-            ev_oi[s0:s0 + L] += r.uniform(0.08, 0.22) / L
-            F = r.uniform(0.0015, 0.011)
-            ev_f[s0:s0 + L] += F * _trapezoid(L)
-            dg = r.uniform(0.07, 0.16)
+            S = (0.035 + u[2] * 0.065) * vs
+            ev_ret[s0:s0 + up] += S / up * (1 + 0.3 * zb[9, :up])
+            ev_oi[s0:s0 + L] += (0.08 + u[3] * 0.14) / L
+            ev_f[s0:s0 + L] += (0.0015 + u[4] * 0.0095) * _trapezoid(L)
+            dg = 0.07 + u[5] * 0.09
             gl = min(L + 12, n - s0)
-            ev_g[s0:s0 + gl] += dg * _trapezoid(gl, 0.25, 0.45)
-            ev_tp[s0:s0 + gl] += 0.6 * dg * _trapezoid(gl, 0.25, 0.45)
+            tz = _trapezoid(gl, 0.25, 0.45)
+            ev_g[s0:s0 + gl] += dg * tz
+            ev_tp[s0:s0 + gl] += 0.6 * dg * tz
             sq[s0:s0 + L] = True
             # --- crash (market wide timing, asset magnitude)
-            c0 = int(com["crash_start"][b])
-            Lc = int(com["crash_len"][b])
-            C = com["crash_mag"][b] * r.uniform(0.05, 0.11) * vs
-            w = np.exp(-np.arange(Lc) / 2.5)
-            w /= w.sum()
+            c0 = int(crash_start[b])
+            Lc = int(crash_len[b])
+            C = crash_mag[b] * (0.05 + u[6] * 0.06) * vs
+            w = _crash_weights(Lc)
             ev_ret[c0:c0 + Lc] -= C * w
-            ev_oi[c0:c0 + Lc] -= r.uniform(0.10, 0.24) * w
+            ev_oi[c0:c0 + Lc] -= (0.10 + u[7] * 0.14) * w
             cl = min(Lc + 6, n - c0)
-            ev_f[c0:c0 + cl] -= r.uniform(0.0002, 0.0012) * _trapezoid(cl, 0.2, 0.6)
+            ev_f[c0:c0 + cl] -= (0.0002 + u[8] * 0.001) * _trapezoid(cl, 0.2, 0.6)
             gl = min(Lc + 30, n - c0)
-            ev_g[c0:c0 + gl] -= r.uniform(0.04, 0.10) * _trapezoid(gl, 0.1, 0.8)
-            ev_tp[c0:c0 + gl] -= r.uniform(0.03, 0.08) * _trapezoid(gl, 0.1, 0.8)
+            tz = _trapezoid(gl, 0.1, 0.8)
+            ev_g[c0:c0 + gl] -= (0.04 + u[9] * 0.06) * tz
+            ev_tp[c0:c0 + gl] -= (0.03 + u[10] * 0.05) * tz
             cr[c0:c0 + Lc] = True
             # --- a mild bounce after the crash
             bl = min(24, n - (c0 + Lc))
             ev_ret[c0 + Lc:c0 + Lc + bl] += C * 0.3 / max(bl, 1)
 
+        eps = Z[0] * np.exp(0.3 * Z[9]) * np.exp(-0.09)  # fat tails via stochastic volatility
+        eps_oi, eps_f, eps_g, eps_t, eps_p, eps_b, liq_n, vol_n = Z[1:9]
         phase = (key % 1000) / 1000.0 * 2 * np.pi
         anchor = (np.log(sp.price)
                   + 0.20 * np.sin(2 * np.pi * t / (24 * 365 * 1.7) + phase)
@@ -319,15 +320,7 @@ class Market:
         px = np.exp(x)
         ret = np.diff(x)  # bar returns, len n
 
-        # intra-hour extremes from the minute path (chunked to bound memory)
-        hi = np.empty(n)
-        lo = np.empty(n)
-        chunk = 8192
-        for a in range(0, n, chunk):
-            e = min(n, a + chunk)
-            _, mh, ml = self._minute_matrix(px[a:e], px[a + 1:e + 1], np.arange(a, e), sp.vol, key)
-            hi[a:e] = mh.max(axis=1)
-            lo[a:e] = ml.min(axis=1)
+        hi = lo = None  # intra-hour extremes are computed lazily per chunk (see _hilo)
 
         # open interest
         kz = 1.0 / 168.0
@@ -372,8 +365,10 @@ class Market:
         basis_ann = np.clip(0.09 + 0.03 * np.sin(2 * np.pi * t[:n] / (24 * 200) + phase) + bn
                             + 8.0 * (prem - 0.0001), 0.02, 0.30)
 
-        return AssetData(sp, n, px, hi, lo, prem, mark_prem, oi, g, ta, tp, liq_long, liq_short,
-                         vol, basis_ann, sq, cr)
+        f32 = np.float32  # non-price series: float32 halves the cache footprint
+        return AssetData(sp, n, px, hi, lo, prem, mark_prem.astype(f32), oi.astype(f32), g.astype(f32),
+                         ta.astype(f32), tp.astype(f32), liq_long.astype(f32), liq_short.astype(f32),
+                         vol.astype(f32), basis_ann.astype(f32), sq, cr)
 
     def _minute_matrix(self, o, c, hours, vol, key, kind_salt=0):
         """Minute closes/highs/lows (shape (len(hours), 60)) of the Brownian bridge from o to c."""
@@ -394,6 +389,33 @@ class Market:
         highs = np.maximum(opens, closes) * np.exp(wick)
         lows = np.minimum(opens, closes) * np.exp(-wick2)
         return closes, highs, lows
+
+    HILO_CHUNK = 2048
+
+    def _hilo(self, d: AssetData, asset: str, h: np.ndarray):
+        """Bar high/low of the base (index) minute path for hour bars ``h`` (lazy, chunk cached)."""
+        h = np.asarray(h, dtype=np.int64)
+        out_h = np.empty(h.shape)
+        out_l = np.empty(h.shape)
+        if h.size == 0:
+            return out_h, out_l
+        cache = d.extra.setdefault("hilo", {})
+        ch = h // self.HILO_CHUNK
+        key = asset_key(asset)
+        for c in np.unique(ch):
+            c = int(c)
+            arr = cache.get(c)
+            if arr is None:
+                a = c * self.HILO_CHUNK
+                e = min(d.n, a + self.HILO_CHUNK)
+                _, mh, ml = self._minute_matrix(d.px[a:e], d.px[a + 1:e + 1], np.arange(a, e), d.spec.vol, key)
+                arr = (mh.max(axis=1), ml.min(axis=1))
+                cache[c] = arr
+            m = ch == c
+            idx = h[m] - c * self.HILO_CHUNK
+            out_h[m] = arr[0][idx]
+            out_l[m] = arr[1][idx]
+        return out_h, out_l
 
     def data(self, asset: str, upto_hour: int | None = None) -> AssetData:
         """Generated series of ``asset`` covering at least hour ``upto_hour``."""
@@ -453,8 +475,9 @@ class Market:
         m1 = self._mult(d, asset, h + 1, kind, venue)
         o = d.px[h] * m0
         c = d.px[h + 1] * m1
-        hi = np.maximum(d.hi[h] * np.maximum(m0, m1), np.maximum(o, c))
-        lo = np.minimum(d.lo[h] * np.minimum(m0, m1), np.minimum(o, c))
+        bh, bl = self._hilo(d, asset, h)
+        hi = np.maximum(bh * np.maximum(m0, m1), np.maximum(o, c))
+        lo = np.minimum(bl * np.minimum(m0, m1), np.minimum(o, c))
         share = VENUE_VOL_SHARE.get(venue, 0.1) if vol_share is None else vol_share
         v = d.vol[h] * share * (1.0 + 0.05 * self.noise(h, 900 + _VENUE_SALT.get(venue, 50)))
         return {"h": h, "o": o, "h_": hi, "l": lo, "c": c, "v": v}
@@ -605,7 +628,7 @@ class Market:
         for side, arr in ((True, d.liq_long), (False, d.liq_short)):
             usd_h = arr[h0:h1] * share
             hours = np.arange(h0, h1, dtype=np.int64)
-            typical = 25_000.0
+            typical = 10_000.0
             cnt = np.minimum(np.ceil(usd_h / typical * (0.5 + self.unoise(hours, salt + side))), max_per_hour)
             cnt = np.maximum(cnt, 0).astype(np.int64)
             tot = int(cnt.sum())

@@ -120,7 +120,7 @@ class Okx(Venue):
         r("GET", "/api/v5/rubik/stat/contracts/long-short-position-ratio-contract-top-trader",
           lambda q: self.ls_contract(q, "top_position"))
         r("GET", "/api/v5/market/candles", lambda q: self.candles(q, "perp", 300, recent=True))
-        r("GET", "/api/v5/market/history-candles", lambda q: self.candles(q, "perp", 100))
+        r("GET", "/api/v5/market/history-candles", lambda q: self.candles(q, "perp", 300))
         r("GET", "/api/v5/market/mark-price-candles", lambda q: self.candles(q, "mark", 100, recent=True))
         r("GET", "/api/v5/market/history-mark-price-candles", lambda q: self.candles(q, "mark", 100))
         r("GET", "/api/v5/market/index-candles", lambda q: self.candles(q, "index", 100, recent=True))

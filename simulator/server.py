@@ -222,7 +222,7 @@ class SimServer:
         from .market import hour_of
 
         h = hour_of(self.now_ms())
-        for a in self.universe[:16]:
+        for a in self.universe[:64]:
             try:
                 self.market.data(a, h)
             except Exception:  # noqa: BLE001

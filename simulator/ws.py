@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from .market import GENESIS_MS, HOUR_MS
 from .okx import LINEAR_CTVAL
@@ -132,6 +133,8 @@ class WSServer:
             pass
 
     async def _send(self, ws: ServerConnection, obj, state: dict, data: bool = True) -> bool:
+        if ws.state is not State.OPEN:
+            return False
         await ws.send(orjson.dumps(obj).decode())
         if data:
             state["sent"] += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import requests
 from simulator.server import HTTP_ENV, WS_ENV, start
 
 FIX = Path("/work/shared/fixtures")
-NOW = datetime(2026, 11, 20, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -327,7 +327,7 @@ def test_same_request_same_bytes(sim, http):
 
 
 def test_past_window_independent_of_now(sim, http):
-    later = start(seed=7, now=datetime(2027, 2, 3, 5, 17, tzinfo=timezone.utc))
+    later = start(seed=7, now=datetime(2027, 2, 3, 5, 17, tzinfo=UTC))
     try:
         cases = [
             ("PERPWATCH_URL_BINANCE_FAPI", "/fapi/v1/klines",
@@ -456,10 +456,17 @@ def test_bybit_okx_newest_first_and_cursors(sim, http):
 # ------------------------------------------------------------------------------ rate limits
 
 
+def _align(window_s: float) -> None:
+    """Sleep to the start of the next wall-clock rate-limit window (windows are aligned like Binance's)."""
+    time.sleep(window_s - (time.time() % window_s) + 0.02)
+
+
 def test_binance_429_retry_after_then_418():
     s = start(seed=7, now=NOW, limits_scale=0.01, window_scale=0.05, ws_port=None)  # 24 weight / 3 s
     try:
         u = s.env()["PERPWATCH_URL_BINANCE_FAPI"] + "/fapi/v1/klines"
+        requests.get(u, params={"symbol": "BTCUSDT", "interval": "1h", "limit": 10})  # warm up
+        _align(3.0)
         codes = []
         for _ in range(40):
             r = requests.get(u, params={"symbol": "BTCUSDT", "interval": "1h", "limit": 10})
@@ -482,6 +489,7 @@ def test_stats_bucket_and_recovery():
     try:
         u = s.env()["PERPWATCH_URL_BINANCE_FAPI"] + "/futures/data/openInterestHist"
         p = {"symbol": "BTCUSDT", "period": "5m"}
+        _align(3.0)
         codes = [requests.get(u, params=p).status_code for _ in range(6)]
         assert codes == [200] * 5 + [429]
         r = requests.get(u, params=p)
@@ -580,7 +588,7 @@ def test_liquidation_streams(sim):
 
     async def collect(uri, sub=None, n=3, timeout=20):
         out = []
-        async with connect(uri) as ws:
+        async with connect(uri, close_timeout=0.5) as ws:
             if sub is not None:
                 await ws.send(json.dumps(sub))
                 ack = json.loads(await asyncio.wait_for(ws.recv(), 5))
@@ -590,14 +598,14 @@ def test_liquidation_streams(sim):
         return out
 
     async def main():
-        b = await collect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/ws/!forceOrder@arr?speed=3600")
+        b = await collect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/ws/!forceOrder@arr?speed=36000")
         assert_same_shape(b[0], load("binance/ws_forceOrder.json"))
         assert b[0]["o"]["S"] in ("SELL", "BUY") and b[0]["o"]["s"].endswith("USDT")
-        y = await collect(env["PERPWATCH_URL_BYBIT_WS"] + "?speed=3600",
+        y = await collect(env["PERPWATCH_URL_BYBIT_WS"] + "?speed=36000",
                           {"op": "subscribe", "args": ["allLiquidation.BTCUSDT", "allLiquidation.SOLUSDT"]})
         assert y[0]["success"] is True
         assert_same_shape(y[1], load("bybit/ws_allLiquidation.json"))
-        o = await collect(env["PERPWATCH_URL_OKX_WS"] + "?speed=3600",
+        o = await collect(env["PERPWATCH_URL_OKX_WS"] + "?speed=36000",
                           {"op": "subscribe", "args": [{"channel": "liquidation-orders", "instType": "SWAP"}]})
         assert o[0]["event"] == "subscribe"
         fx = load("okx/ws_liquidation-orders.json")
@@ -606,7 +614,7 @@ def test_liquidation_streams(sim):
         # drop_after closes the connection -> client must reconnect
         got = 0
         with pytest.raises(Exception):  # noqa: B017 - ConnectionClosedError
-            async with connect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/ws/!forceOrder@arr?speed=3600&drop_after=2") as ws:
+            async with connect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/ws/!forceOrder@arr?speed=36000&drop_after=2") as ws:
                 while True:
                     await asyncio.wait_for(ws.recv(), 20)
                     got += 1
