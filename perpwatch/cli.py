@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--venue", help="venue for rows that lack one")
     p.add_argument("--asset", help="asset for rows that lack one")
     p.add_argument("--series", help="series code for single-series macro files")
+    p.add_argument("--tz-offset", help="hours naive timestamps run ahead of UTC (default: auto-detect)")
+    p.add_argument("--max-size", type=float, help="refuse files above this size in MB (default 512)")
     p.add_argument("--no-build", action="store_true")
 
     p = sub.add_parser("heatmap", help="render the estimated liquidation heatmap")
@@ -109,12 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         start = getattr(args, "start", None)
         end = getattr(args, "end", None)
         if args.no_prefect:
-            from perpwatch import pipeline
-            report = pipeline.run(kind=args.cmd, start=start, end=end, venues=args.venues, assets=args.assets,
-                                  db=args.db, build=not args.no_build, publish=not args.no_build,
-                                  progress=lambda m: print(m, file=sys.stderr))
+            from perpwatch import pipeline, progress
+            with progress.reporter(args.cmd) as say:
+                report = pipeline.run(kind=args.cmd, start=start, end=end, venues=args.venues, assets=args.assets,
+                                      db=args.db, build=not args.no_build, publish=not args.no_build, progress=say)
             _print_report(report)
             return 0 if report.status != "failed" else 1
+        if args.cmd == "backfill":   # chunked (30 days) with a progress bar on a terminal
+            from flows.backfill import backfill
+            try:
+                res = backfill(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db,
+                               build=not args.no_build)
+            except RuntimeError as exc:
+                print(f"backfill failed: {exc}", file=sys.stderr)
+                return 1
+            print(json.dumps(res))
+            return 0
         from flows.build import build
         from flows.ingest import ingest
         res = ingest(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db, kind=args.cmd)
@@ -132,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "replay":
         import warehouse
-        from perpwatch import pipeline
-        report = pipeline.replay(args.db, progress=lambda m: print(m, file=sys.stderr))
+        from perpwatch import pipeline, progress
+        with progress.reporter("replay") as say:
+            report = pipeline.replay(args.db, progress=say)
         _print_report(report)
         if not args.no_build:
             with warehouse.session(args.db) as con:

@@ -1,0 +1,121 @@
+"""marts.cross_market_correlation [date, asset, benchmark, window_days]: rolling Pearson correlation
+of daily log returns of each crypto asset against traditional benchmarks (SPX, NDX, GOLD, DXY).
+
+Alignment (a 24/7 market against exchange calendars):
+- the benchmark's trading days are the dates it has a close in staging.macro_closes (holidays and
+  weekends have none); one row per benchmark trading day;
+- the crypto price of a trading day D is its reference close (marts.reference_close: the close of the
+  UTC day D, i.e. 00:00 UTC of D+1 — after the US close at 20:00/21:00 UTC of D);
+- both returns run between consecutive benchmark trading days: r = ln(P_D / P_prev). Weekend and
+  holiday crypto moves therefore fold into the next trading day's return (Friday -> Monday);
+- a benchmark return is NULL when the previous trading day is more than `max_gap_days` calendar days
+  back (a hole in the data, not a weekend) or came from a different `source` (two underlying series,
+  e.g. Stooq spot gold and the PAXG token, never make one return); a crypto return is NULL when
+  either close is missing.
+Window: the last `window_days` benchmark trading days up to and including D (rows, not calendar days),
+so a row uses nothing after D. `n_obs` = days in the window with both returns; `correlation` is NULL
+when n_obs < ceil(min_coverage x window_days) (default 80 %) or a series is flat.
+Settings (defaults below) can be overridden in a `[cross_market]` section of perpwatch/signals.toml.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from perpwatch.settings import signal_settings
+
+TABLE = "marts.cross_market_correlation"
+INPUTS = ["marts.reference_close", "staging.macro_closes"]
+DEFAULTS = {
+    "windows": [30, 90],
+    "min_coverage": 0.8,
+    "max_gap_days": 7,
+    "benchmarks": ["SPX", "NDX", "GOLD", "DXY"],
+    "coupled": 0.5,       # correlation above: coupled ("risk-on coupled" for equity benchmarks)
+    "decoupled": 0.2,     # |correlation| below: decoupled
+    "inverse": -0.3,      # correlation below: inverse
+}
+EQUITY = ("SPX", "NDX")
+SCHEMA = {"date": pl.Date, "asset": pl.Utf8, "benchmark": pl.Utf8, "window_days": pl.Int32,
+          "correlation": pl.Float64, "n_obs": pl.Int64, "min_obs": pl.Int64, "regime": pl.Utf8}
+
+
+def settings() -> dict:
+    cfg = dict(DEFAULTS)
+    try:
+        cfg.update(signal_settings().get("cross_market", {}))
+    except FileNotFoundError:
+        pass
+    return cfg
+
+
+def regime_sql(cfg: dict, col: str = "correlation") -> str:
+    c, d, i = float(cfg["coupled"]), float(cfg["decoupled"]), float(cfg["inverse"])
+    equity = ", ".join(f"'{b}'" for b in EQUITY)
+    return f"""CASE WHEN {col} IS NULL THEN 'insufficient data'
+                    WHEN {col} > {c!r} THEN CASE WHEN benchmark IN ({equity}) THEN 'risk-on coupled' ELSE 'coupled' END
+                    WHEN {col} < {i!r} THEN 'inverse'
+                    WHEN abs({col}) < {d!r} THEN 'decoupled'
+                    WHEN {col} > 0 THEN 'loosely coupled'
+                    ELSE 'loosely inverse' END"""
+
+
+def aligned_returns_sql(cfg: dict) -> str:
+    """Per (benchmark trading day, asset): the benchmark's and the asset's log return since the
+    previous benchmark trading day."""
+    bench = ", ".join("'" + str(b).replace("'", "") + "'" for b in cfg["benchmarks"])
+    gap = int(cfg["max_gap_days"])
+    return f"""
+    WITH b AS (
+        SELECT date, series AS benchmark, close, source,
+               lag(date) OVER w AS prev_date, lag(close) OVER w AS prev_close, lag(source) OVER w AS prev_source
+        FROM staging.macro_closes
+        WHERE series IN ({bench}) AND close > 0
+        WINDOW w AS (PARTITION BY series ORDER BY date)
+    ),
+    assets AS (
+        SELECT asset, min(date) AS first_date, max(date) AS last_date FROM marts.reference_close GROUP BY asset
+    )
+    SELECT b.date, a.asset, b.benchmark,
+           CASE WHEN b.prev_source IS NOT DISTINCT FROM b.source AND b.date - b.prev_date <= {gap}
+                THEN ln(b.close / b.prev_close) END AS r_bench,
+           ln(c1.close_usd / c0.close_usd) AS r_asset
+    FROM b
+    JOIN assets a ON b.date BETWEEN a.first_date AND a.last_date
+    LEFT JOIN marts.reference_close c1 ON c1.asset = a.asset AND c1.date = b.date
+    LEFT JOIN marts.reference_close c0 ON c0.asset = a.asset AND c0.date = b.prev_date AND c0.close_usd > 0
+    """
+
+
+def build_sql(cfg: dict) -> str:
+    parts = []
+    for w in cfg["windows"]:
+        w = int(w)
+        need = math.ceil(float(cfg["min_coverage"]) * w - 1e-9)
+        frame = f"(PARTITION BY asset, benchmark ORDER BY date ROWS BETWEEN {w - 1} PRECEDING AND CURRENT ROW)"
+        parts.append(f"""
+        SELECT date, asset, benchmark, CAST({w} AS INTEGER) AS window_days,
+               corr(r_asset, r_bench) OVER {frame} AS c,
+               count(r_asset * r_bench) OVER {frame} AS n_obs,
+               CAST({need} AS BIGINT) AS min_obs
+        FROM aligned""")
+    return f"""
+    WITH aligned AS ({aligned_returns_sql(cfg)}),
+    rolled AS ({" UNION ALL ".join(parts)}),
+    masked AS (
+        SELECT date, asset, benchmark, window_days,
+               CASE WHEN n_obs >= min_obs AND isfinite(c) THEN c END AS correlation, n_obs, min_obs
+        FROM rolled
+    )
+    SELECT *, {regime_sql(cfg)} AS regime FROM masked
+    ORDER BY asset, benchmark, window_days, date"""
+
+
+def build(con) -> pl.DataFrame:
+    cfg = settings()
+    df = con.sql(build_sql(cfg)).pl()
+    if df.height == 0:
+        return pl.DataFrame(schema=SCHEMA)
+    return df.select([pl.col(c).cast(t) for c, t in SCHEMA.items()])

@@ -1,0 +1,58 @@
+-- grain: date, asset
+-- Institutional and cross-market inputs per asset per UTC day, for marts.daily_signals to join on
+-- [date, asset]. Every value is as of day D (no look-ahead): the market cap of D (else the latest of
+-- the previous 3 days); US spot bitcoin ETF flows (BTC rows only) of the latest ETF trading day <= D,
+-- at most 7 days old; per benchmark, the latest 30/90-trading-day correlation dated <= D, at most
+-- 10 days old (FRED publishes the dollar index about a week late).
+WITH spine AS (
+    SELECT date, asset FROM marts.reference_close
+    UNION
+    SELECT date, asset FROM staging.market_caps WHERE asset <> 'TOTAL'
+),
+etf AS (
+    SELECT 'BTC' AS asset, date AS etf_date, total_flow_usd, flow_5d_avg_usd, flow_20d_avg_usd,
+           cumulative_flow_usd, streak_days
+    FROM marts.etf_flows_daily
+),
+cb AS (   -- one row per (date, asset, benchmark) with both windows
+    SELECT date AS corr_date, asset, benchmark,
+           max(correlation) FILTER (WHERE window_days = 30) AS c30,
+           max(correlation) FILTER (WHERE window_days = 90) AS c90,
+           max(regime) FILTER (WHERE window_days = 30) AS regime30
+    FROM marts.cross_market_correlation
+    GROUP BY ALL
+),
+spx AS (SELECT * FROM cb WHERE benchmark = 'SPX'),
+ndx AS (SELECT * FROM cb WHERE benchmark = 'NDX'),
+gold AS (SELECT * FROM cb WHERE benchmark = 'GOLD'),
+dxy AS (SELECT * FROM cb WHERE benchmark = 'DXY'),
+mcap AS (
+    SELECT date AS mcap_date, asset, market_cap_usd FROM staging.market_caps
+)
+SELECT s.date, s.asset,
+       CASE WHEN s.date - m.mcap_date <= 3 THEN m.market_cap_usd END AS market_cap_usd,
+       CASE WHEN e.etf_date = s.date THEN e.total_flow_usd END AS etf_flow_usd,
+       CASE WHEN s.date - e.etf_date <= 7 THEN e.flow_5d_avg_usd END AS etf_flow_5d_avg_usd,
+       CASE WHEN s.date - e.etf_date <= 7 THEN e.flow_20d_avg_usd END AS etf_flow_20d_avg_usd,
+       CASE WHEN s.date - e.etf_date <= 7 THEN e.flow_5d_avg_usd - e.flow_20d_avg_usd END AS etf_flow_momentum_usd,
+       CASE WHEN s.date - e.etf_date <= 7 THEN e.cumulative_flow_usd END AS etf_cumulative_flow_usd,
+       CASE WHEN s.date - e.etf_date <= 7 THEN e.streak_days END AS etf_flow_streak_days,
+       CASE WHEN s.date - e.etf_date <= 7 THEN e.etf_date END AS etf_flows_as_of,
+       CASE WHEN s.date - spx.corr_date <= 10 THEN spx.c30 END AS corr_spx_30d,
+       CASE WHEN s.date - spx.corr_date <= 10 THEN spx.c90 END AS corr_spx_90d,
+       CASE WHEN s.date - ndx.corr_date <= 10 THEN ndx.c30 END AS corr_ndx_30d,
+       CASE WHEN s.date - ndx.corr_date <= 10 THEN ndx.c90 END AS corr_ndx_90d,
+       CASE WHEN s.date - gold.corr_date <= 10 THEN gold.c30 END AS corr_gold_30d,
+       CASE WHEN s.date - gold.corr_date <= 10 THEN gold.c90 END AS corr_gold_90d,
+       CASE WHEN s.date - dxy.corr_date <= 10 THEN dxy.c30 END AS corr_dxy_30d,
+       CASE WHEN s.date - dxy.corr_date <= 10 THEN dxy.c90 END AS corr_dxy_90d,
+       CASE WHEN s.date - spx.corr_date <= 10 THEN spx.regime30 END AS regime_spx_30d,
+       CASE WHEN s.date - ndx.corr_date <= 10 THEN ndx.regime30 END AS regime_ndx_30d
+FROM spine s
+ASOF LEFT JOIN mcap m ON m.asset = s.asset AND m.mcap_date <= s.date
+ASOF LEFT JOIN etf e ON e.asset = s.asset AND e.etf_date <= s.date
+ASOF LEFT JOIN spx ON spx.asset = s.asset AND spx.corr_date <= s.date
+ASOF LEFT JOIN ndx ON ndx.asset = s.asset AND ndx.corr_date <= s.date
+ASOF LEFT JOIN gold ON gold.asset = s.asset AND gold.corr_date <= s.date
+ASOF LEFT JOIN dxy ON dxy.asset = s.asset AND dxy.corr_date <= s.date
+ORDER BY s.asset, s.date
