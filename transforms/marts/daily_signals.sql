@@ -1,123 +1,147 @@
--- grain: date, asset
--- One row per asset per UTC day, computed only from data timestamped inside or before that
--- day. Thresholds come from perpwatch/signals.toml ({{section.key}}).
+-- grain: date, asset          time column: date (UTC day)
+-- One row per asset per UTC day that has a reference close, computed only from data
+-- timestamped inside or before that day (tests/test_point_in_time.py proves it): every
+-- rolling window ends the day before, every "last value of the day" is taken inside the day.
+-- Thresholds come from perpwatch/signals.toml ({{section.key}}); rules, formulas and which
+-- comparisons are strict: docs/signals.md. Weighted means are rounded to 1e-12 so averaging
+-- noise cannot move a value across a threshold it equals. UTC days/hours use epoch arithmetic
+-- (DATE '1970-01-01' + whole days): TIMESTAMPTZ casts go through the time-zone library and cost
+-- 3-5x more per row, and this way the day is UTC whatever the session time zone.
 WITH price AS (
     SELECT date, asset, close_usd FROM marts.reference_close
 ),
-oi AS (
-    SELECT date, asset, sum(oi_usd) AS oi_usd, count(*) AS oi_venues,
-           sum(inverse_oi_usd) AS inverse_oi_usd
-    FROM marts.open_interest_by_venue GROUP BY ALL
+oi AS (            -- aggregate open interest, end of day, summed over venues
+    SELECT date, asset, sum(oi_usd) AS oi_usd, count(*) AS oi_venues
+    FROM marts.open_interest_by_venue WHERE oi_usd IS NOT NULL
+    GROUP BY date, asset
 ),
-oi_eod AS (   -- end-of-day OI per instrument, the weight for cross-venue averages
-    SELECT venue, instrument, ts::DATE AS date, oi_usd
+market AS (        -- sum over every tracked asset
+    SELECT date, sum(oi_usd) AS market_oi_usd FROM oi GROUP BY date
+),
+oi_eod AS (        -- end-of-day OI per instrument: the weight of cross-venue means
+    SELECT venue, instrument, DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date, arg_max(oi_usd, ts) AS oi_usd
     FROM staging.open_interest WHERE oi_usd IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY venue, instrument, ts::DATE ORDER BY ts DESC) = 1
+    GROUP BY venue, instrument, date
 ),
-funding_inst AS (
-    SELECT venue, instrument, asset, funding_time::DATE AS date, avg(rate_8h) AS rate_8h,
-           avg(rate_annualized) AS rate_annualized
-    FROM staging.funding_rates GROUP BY ALL
+carry AS MATERIALIZED (   -- a view: read it once for funding and basis
+    SELECT * FROM marts.carry
 ),
-funding AS (   -- OI-weighted across venues; instruments with no OI that day weigh as the mean
-    SELECT f.date, f.asset,
-           coalesce(sum(f.rate_8h * o.oi_usd) / nullif(sum(o.oi_usd) FILTER (WHERE f.rate_8h IS NOT NULL), 0),
-                    avg(f.rate_8h)) AS funding_rate_8h,
-           coalesce(sum(f.rate_annualized * o.oi_usd) / nullif(sum(o.oi_usd) FILTER (WHERE f.rate_annualized IS NOT NULL), 0),
-                    avg(f.rate_annualized)) AS funding_annualized,
+funding AS (       -- OI-weighted over perps (marts.carry: each perp's daily mean funding)
+    SELECT date, asset,
+           round(coalesce(sum(funding_rate_8h * oi_usd) FILTER (WHERE funding_rate_8h IS NOT NULL)
+                          / nullif(sum(oi_usd) FILTER (WHERE funding_rate_8h IS NOT NULL), 0),
+                          avg(funding_rate_8h)), 12) AS funding_rate_8h,
+           round(coalesce(sum(funding_annualized * oi_usd) / nullif(sum(oi_usd), 0),
+                          avg(funding_annualized)), 12) AS funding_annualized,
+           round(coalesce(sum(funding_rate_8h_max * oi_usd) / nullif(sum(oi_usd), 0),
+                          avg(funding_rate_8h_max)), 12) AS funding_rate_8h_max,
+           round(coalesce(sum(funding_rate_8h_min * oi_usd) / nullif(sum(oi_usd), 0),
+                          avg(funding_rate_8h_min)), 12) AS funding_rate_8h_min,
            count(*) AS funding_instruments
-    FROM funding_inst f LEFT JOIN oi_eod o USING (venue, instrument, date)
-    GROUP BY ALL
+    FROM carry WHERE kind = 'perp'
+    GROUP BY date, asset
 ),
-ls_inst AS (
-    SELECT venue, instrument, asset, population, ts::DATE AS date, ratio
-    FROM staging.long_short_ratio
-    QUALIFY row_number() OVER (PARTITION BY venue, instrument, population, ts::DATE ORDER BY ts DESC) = 1
+ls_inst AS (       -- last ratio of the day per instrument and population
+    SELECT venue, instrument, any_value(asset) AS asset, population, DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date,
+           arg_max(ratio, ts) AS ratio
+    FROM staging.long_short_ratio WHERE ratio IS NOT NULL
+    GROUP BY venue, instrument, population, date
+),
+ls_pop AS (        -- OI-weighted over venues; a plain mean when no instrument has OI that day
+    SELECT l.date, l.asset, l.population,
+           round(coalesce(sum(l.ratio * o.oi_usd) / nullif(sum(o.oi_usd), 0), avg(l.ratio)), 12) AS ratio
+    FROM ls_inst l LEFT JOIN oi_eod o USING (venue, instrument, date)
+    GROUP BY l.date, l.asset, l.population
 ),
 ls AS (
-    SELECT l.date, l.asset,
-           coalesce(sum(l.ratio * o.oi_usd) FILTER (WHERE population = 'accounts')
-                    / nullif(sum(o.oi_usd) FILTER (WHERE population = 'accounts'), 0),
-                    avg(l.ratio) FILTER (WHERE population = 'accounts')) AS ls_ratio,
-           avg(l.ratio) FILTER (WHERE population = 'top_accounts') AS ls_ratio_top_accounts,
-           avg(l.ratio) FILTER (WHERE population = 'top_positions') AS ls_ratio_top_positions
-    FROM ls_inst l LEFT JOIN oi_eod o USING (venue, instrument, date)
-    GROUP BY ALL
+    SELECT date, asset,
+           any_value(ratio) FILTER (WHERE population = 'accounts') AS ls_ratio,
+           any_value(ratio) FILTER (WHERE population = 'top_accounts') AS ls_ratio_top_accounts,
+           any_value(ratio) FILTER (WHERE population = 'top_positions') AS ls_ratio_top_positions
+    FROM ls_pop GROUP BY date, asset
 ),
 liq AS (
-    SELECT ts::DATE AS date, asset,
-           sum(usd) FILTER (WHERE side = 'long') AS liquidations_long_usd,
-           sum(usd) FILTER (WHERE side = 'short') AS liquidations_short_usd
-    FROM staging.liquidations GROUP BY ALL
+    SELECT DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date, asset,
+           coalesce(sum(usd) FILTER (WHERE side = 'long'), 0) AS liquidations_long_usd,
+           coalesce(sum(usd) FILTER (WHERE side = 'short'), 0) AS liquidations_short_usd
+    FROM staging.liquidations GROUP BY date, asset
 ),
-basis_candidates AS (   -- dated futures vs index at the day's last common hour, annualised to expiry
-    SELECT f.asset, f.ts::DATE AS date, f.venue, f.instrument,
-           (f.close / i.close - 1) * 365.0 / greatest(epoch(f.expiry - f.ts) / 86400.0, 1) AS basis_annualized,
-           epoch(f.expiry - f.ts) / 86400.0 AS days_to_expiry
-    FROM staging.prices f
-    JOIN staging.prices i ON i.venue = f.venue AND i.asset = f.asset AND i.kind = 'index'
-         AND i."interval" = f."interval" AND i.ts = f.ts
-    WHERE f.kind = 'future' AND f."interval" = '1h' AND f.expiry IS NOT NULL AND f.expiry > f.ts
-    QUALIFY row_number() OVER (PARTITION BY f.venue, f.instrument, f.ts::DATE ORDER BY f.ts DESC) = 1
+liq_start AS (     -- capture starts on an asset's first liquidation day: before it, unknown (NULL)
+    SELECT asset, DATE '1970-01-01' + CAST(floor(epoch_us(min(ts)) / 86400000000) AS INTEGER) AS first_date FROM staging.liquidations GROUP BY asset
 ),
-basis AS (   -- nearest expiry at least 7 days out
+basis AS (         -- nearest dated future at least [basis] min_days_to_expiry out (marts.carry)
     SELECT date, asset, basis_annualized, days_to_expiry AS basis_days_to_expiry
-    FROM basis_candidates WHERE days_to_expiry >= 7
-    QUALIFY row_number() OVER (PARTITION BY date, asset ORDER BY days_to_expiry, venue) = 1
+    FROM carry WHERE kind = 'future'
+    QUALIFY row_number() OVER (PARTITION BY date, asset ORDER BY days_to_expiry, venue, instrument) = 1
 ),
-premium AS (   -- perp vs index at the day's last hour (not annualised: a perp has no expiry)
-    SELECT p.asset, p.ts::DATE AS date, avg(p.close / i.close - 1) AS perp_premium
+premium AS (       -- perp vs index at the day's 23:00 bar (not annualised: a perp has no expiry)
+    SELECT p.asset, DATE '1970-01-01' + CAST(floor(epoch_us(p.ts) / 86400000000) AS INTEGER) AS date, avg(p.close / i.close - 1) AS perp_premium
     FROM staging.prices p
     JOIN staging.prices i ON i.venue = p.venue AND i.instrument = p.instrument AND i.kind = 'index'
-         AND i."interval" = '1h' AND i.ts = p.ts
-    WHERE p.kind = 'perp' AND p."interval" = '1h' AND hour(p.ts) = 23
-    GROUP BY ALL
+         AND i."interval" = '1h' AND i.ts = p.ts AND i.close > 0
+    WHERE p.kind = 'perp' AND p."interval" = '1h' AND epoch_us(p.ts) // 3600000000 % 24 = 23
+    GROUP BY p.asset, date
 ),
-mcap AS (
-    SELECT date, asset, market_cap_usd FROM staging.market_caps
+milestone AS (
+    SELECT date, asset, max(milestone_usd) AS milestone_usd
+    FROM marts.oi_milestones GROUP BY date, asset
 ),
 joined AS (
     SELECT p.date, p.asset, p.close_usd,
-           p.close_usd / lag(p.close_usd) OVER w - 1 AS return_1d_raw,
-           lag(p.date) OVER w AS prev_date,
-           o.oi_usd, o.oi_venues, o.inverse_oi_usd,
-           f.funding_rate_8h, f.funding_annualized, f.funding_instruments,
+           CASE WHEN lag(p.date) OVER w = p.date - 1 THEN p.close_usd / lag(p.close_usd) OVER w - 1 END AS return_1d,
+           o.oi_usd, o.oi_venues,
+           o.oi_usd / nullif(o1.oi_usd, 0) - 1 AS oi_change_1d,
+           o.oi_usd / nullif(o7.oi_usd, 0) - 1 AS oi_change_7d,
+           mk.market_oi_usd,
+           f.funding_rate_8h, f.funding_annualized, f.funding_rate_8h_max, f.funding_rate_8h_min,
+           f.funding_instruments,
            l.ls_ratio, l.ls_ratio_top_accounts, l.ls_ratio_top_positions,
-           coalesce(q.liquidations_long_usd, 0) AS liquidations_long_usd,
-           coalesce(q.liquidations_short_usd, 0) AS liquidations_short_usd,
+           CASE WHEN p.date >= ls0.first_date THEN coalesce(q.liquidations_long_usd, 0) END AS liquidations_long_usd,
+           CASE WHEN p.date >= ls0.first_date THEN coalesce(q.liquidations_short_usd, 0) END AS liquidations_short_usd,
            b.basis_annualized, b.basis_days_to_expiry, pr.perp_premium,
-           m.market_cap_usd, o1.oi_usd AS oi_usd_1d_ago, o7.oi_usd AS oi_usd_7d_ago
+           m.market_cap_usd, o.oi_usd / nullif(m.market_cap_usd, 0) AS oi_to_mcap,
+           ma.milestone_usd AS oi_milestone_crossed,
+           mm.milestone_usd AS market_oi_milestone_crossed,
+           hc.cluster_above_price, hc.cluster_above_usd, hc.cluster_above_distance,
+           hc.cluster_below_price, hc.cluster_below_usd, hc.cluster_below_distance
     FROM price p
     LEFT JOIN oi o USING (date, asset)
+    LEFT JOIN oi o1 ON o1.asset = p.asset AND o1.date = p.date - 1
+    LEFT JOIN oi o7 ON o7.asset = p.asset AND o7.date = p.date - 7
+    LEFT JOIN market mk ON mk.date = p.date
     LEFT JOIN funding f USING (date, asset)
     LEFT JOIN ls l USING (date, asset)
     LEFT JOIN liq q USING (date, asset)
+    LEFT JOIN liq_start ls0 ON ls0.asset = p.asset
     LEFT JOIN basis b USING (date, asset)
     LEFT JOIN premium pr USING (date, asset)
-    LEFT JOIN mcap m USING (date, asset)
-    LEFT JOIN oi o1 ON o1.asset = p.asset AND o1.date = p.date - 1
-    LEFT JOIN oi o7 ON o7.asset = p.asset AND o7.date = p.date - 7
+    LEFT JOIN staging.market_caps m ON m.asset = p.asset AND m.date = p.date
+    LEFT JOIN milestone ma ON ma.asset = p.asset AND ma.date = p.date
+    LEFT JOIN milestone mm ON mm.asset = 'ALL' AND mm.date = p.date
+    LEFT JOIN marts.daily_heatmap_clusters hc ON hc.asset = p.asset AND hc.date = p.date
     WINDOW w AS (PARTITION BY p.asset ORDER BY p.date)
 ),
-changes AS (
+windows AS (       -- trailing windows end the day before: the day never sees itself
     SELECT j.*,
-           CASE WHEN prev_date = date - 1 THEN return_1d_raw END AS return_1d,
-           j.oi_usd / nullif(j.oi_usd_1d_ago, 0) - 1 AS oi_change_1d,
-           j.oi_usd / nullif(j.oi_usd_7d_ago, 0) - 1 AS oi_change_7d,
-           quantile_cont(j.funding_rate_8h, {{funding.extreme_percentile}}) OVER pw AS funding_pctl_threshold,
-           count(j.funding_rate_8h) OVER pw AS funding_history_days,
-           (liquidations_long_usd + liquidations_short_usd) AS liquidations_usd,
+           liquidations_long_usd + liquidations_short_usd AS liquidations_usd,
+           quantile_cont(funding_rate_8h, {{funding.extreme_percentile}}) OVER fw AS funding_pctl_high,
+           quantile_cont(funding_rate_8h, 1 - {{funding.extreme_percentile}}) OVER fw AS funding_pctl_low,
+           count(funding_rate_8h) OVER fw AS funding_history_days,
            avg(liquidations_long_usd + liquidations_short_usd) OVER zw AS liq_mean,
            stddev_samp(liquidations_long_usd + liquidations_short_usd) OVER zw AS liq_std,
-           count(*) OVER zw AS liq_days
+           count(liquidations_long_usd + liquidations_short_usd) OVER zw AS liq_history_days,
+           quantile_cont(oi_to_mcap, {{leverage.oi_to_mcap_percentile}}) OVER mw AS oi_to_mcap_pctl_threshold,
+           count(oi_to_mcap) OVER mw AS oi_to_mcap_history_days
     FROM joined j
-    WINDOW pw AS (PARTITION BY asset ORDER BY date
+    WINDOW fw AS (PARTITION BY asset ORDER BY date
                   RANGE BETWEEN INTERVAL ({{funding.percentile_window_days}}) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING),
            zw AS (PARTITION BY asset ORDER BY date
-                  RANGE BETWEEN INTERVAL ({{liquidations.zscore_window_days}}) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING)
+                  RANGE BETWEEN INTERVAL ({{liquidations.zscore_window_days}}) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING),
+           mw AS (PARTITION BY asset ORDER BY date
+                  RANGE BETWEEN INTERVAL ({{leverage.oi_to_mcap_window_days}}) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING)
 ),
 flags AS (
-    SELECT c.*,
+    SELECT w.*,
            CASE
              WHEN return_1d IS NULL OR oi_change_1d IS NULL THEN NULL
              WHEN abs(return_1d) < {{regime.min_price_move}} OR abs(oi_change_1d) < {{regime.min_oi_move}} THEN 'flat'
@@ -126,35 +150,104 @@ flags AS (
              WHEN oi_change_1d > 0 AND return_1d < 0 THEN 'rising_oi_falling_price'
              ELSE 'falling_oi_rising_price'
            END AS oi_price_regime,
-           coalesce(abs(funding_rate_8h) > {{funding.extreme_rate_8h}}, false)
-             OR coalesce(funding_history_days >= {{funding.percentile_min_days}}
-                         AND funding_rate_8h >= funding_pctl_threshold AND funding_rate_8h > 0, false)
-             AS funding_extreme,
-           coalesce(abs(funding_rate_8h) > {{funding.extreme_rate_8h}}, false) AS funding_extreme_absolute,
-           coalesce(ls_ratio > {{long_short.extreme_ratio}} OR ls_ratio < {{long_short.extreme_ratio_low}}, false) AS ls_extreme,
-           CASE WHEN liq_days >= {{liquidations.zscore_min_days}} AND liq_std > 0
+           CASE WHEN funding_rate_8h_max > {{funding.extreme_rate_8h}} THEN 1
+                WHEN funding_rate_8h_min < -{{funding.extreme_rate_8h}} THEN -1
+                ELSE 0 END AS funding_abs_dir,
+           CASE WHEN funding_history_days < {{funding.percentile_min_days}} THEN 0
+                WHEN funding_rate_8h >= funding_pctl_high AND funding_rate_8h > {{funding.percentile_floor_8h}} THEN 1
+                WHEN funding_rate_8h <= funding_pctl_low AND funding_rate_8h < 0 THEN -1
+                ELSE 0 END AS funding_pctl_dir,
+           CASE WHEN ls_ratio > {{long_short.extreme_ratio}} THEN 1
+                WHEN ls_ratio < {{long_short.extreme_ratio_low}} THEN -1
+                ELSE 0 END AS ls_extreme_direction,
+           CASE WHEN liq_history_days >= {{liquidations.zscore_min_days}} AND liq_std > 0
                 THEN (liquidations_usd - liq_mean) / liq_std END AS liquidation_zscore,
-           coalesce(abs(basis_annualized) > {{basis.extreme_annualized}}, false) AS basis_extreme,
-           oi_usd / nullif(market_cap_usd, 0) AS oi_to_mcap
-    FROM changes c
+           CASE WHEN oi_to_mcap_history_days >= {{leverage.oi_to_mcap_min_days}}
+                THEN oi_to_mcap_pctl_threshold END AS oi_to_mcap_threshold
+    FROM windows w
+),
+scored AS (
+    SELECT f.*,
+           CASE WHEN funding_abs_dir <> 0 THEN funding_abs_dir ELSE funding_pctl_dir END AS funding_extreme_direction,
+           coalesce(liquidation_zscore >= {{liquidations.surge_zscore}}, false) AS liquidation_surge,
+           CASE WHEN liquidations_usd > 0 THEN
+                CASE WHEN liquidations_long_usd >= liquidations_short_usd THEN 'long' ELSE 'short' END
+           END AS liquidation_dominant_side,
+           -- cascade-risk components, each clamped to [0, 1]; NULL when the input is missing
+           -- (least/greatest skip NULLs, hence the explicit IS NULL checks)
+           CASE WHEN funding_rate_8h IS NULL THEN NULL
+                WHEN funding_abs_dir = 1 OR funding_pctl_dir = 1 THEN 1.0
+                ELSE least(greatest(funding_rate_8h / least({{funding.extreme_rate_8h}},
+                       CASE WHEN funding_history_days >= {{funding.percentile_min_days}}
+                            THEN greatest(funding_pctl_high, {{funding.percentile_floor_8h}}) END), 0), 1)
+           END AS cascade_funding_component,
+           CASE WHEN ls_ratio IS NOT NULL
+                THEN least(greatest((ls_ratio - 1) / ({{long_short.extreme_ratio}} - 1), 0), 1) END AS cascade_ls_component,
+           CASE WHEN oi_change_7d IS NOT NULL
+                THEN least(greatest(oi_change_7d / {{cascade.oi_build_7d}}, 0), 1) END AS cascade_oi_component,
+           CASE WHEN basis_annualized IS NOT NULL
+                THEN least(greatest(basis_annualized / {{basis.extreme_annualized}}, 0), 1) END AS cascade_basis_component
+    FROM flags f
+),
+risk AS (
+    SELECT s.*,
+           (cascade_funding_component IS NOT NULL)::INT + (cascade_ls_component IS NOT NULL)::INT
+             + (cascade_oi_component IS NOT NULL)::INT + (cascade_basis_component IS NOT NULL)::INT
+             AS cascade_components,
+           ( coalesce({{cascade.weight_funding}} * cascade_funding_component, 0)
+           + coalesce({{cascade.weight_long_short}} * cascade_ls_component, 0)
+           + coalesce({{cascade.weight_oi}} * cascade_oi_component, 0)
+           + coalesce({{cascade.weight_basis}} * cascade_basis_component, 0) )
+           / nullif( {{cascade.weight_funding}} * (cascade_funding_component IS NOT NULL)::INT
+                   + {{cascade.weight_long_short}} * (cascade_ls_component IS NOT NULL)::INT
+                   + {{cascade.weight_oi}} * (cascade_oi_component IS NOT NULL)::INT
+                   + {{cascade.weight_basis}} * (cascade_basis_component IS NOT NULL)::INT, 0)
+             AS cascade_share,
+           funding_extreme_direction = 1 AND coalesce(ls_ratio > {{long_short.extreme_ratio}}, false) AS overheating
+    FROM scored s
 )
-SELECT date, asset, close_usd, return_1d, oi_usd, oi_change_1d, oi_change_7d, oi_price_regime,
-       funding_rate_8h, funding_annualized, funding_extreme, funding_extreme_absolute, funding_pctl_threshold,
-       ls_ratio, ls_ratio_top_accounts, ls_ratio_top_positions, ls_extreme,
-       liquidations_long_usd, liquidations_short_usd, liquidation_zscore,
-       coalesce(liquidation_zscore >= {{liquidations.surge_zscore}}, false) AS liquidation_surge,
-       basis_annualized, basis_days_to_expiry, basis_extreme, perp_premium, oi_to_mcap, oi_venues,
-       (funding_extreme AND funding_rate_8h > 0 AND ls_ratio > {{long_short.extreme_ratio}}) AS overheating,
+SELECT date, asset, close_usd, return_1d,
+       oi_usd, oi_venues, oi_change_1d, oi_change_7d, oi_price_regime,
+       funding_rate_8h, funding_annualized, funding_rate_8h_max, funding_rate_8h_min, funding_instruments,
+       funding_extreme_direction <> 0 AS funding_extreme,
+       funding_extreme_direction,
+       funding_abs_dir <> 0 AS funding_extreme_absolute,
+       funding_pctl_dir <> 0 AS funding_extreme_percentile,
+       funding_pctl_high AS funding_pctl_threshold, funding_pctl_low AS funding_pctl_threshold_low,
+       funding_history_days,
+       ls_ratio, ls_ratio_top_accounts, ls_ratio_top_positions,
+       ls_extreme_direction <> 0 AS ls_extreme, ls_extreme_direction,
+       coalesce(ls_ratio_top_accounts > {{long_short.top_accounts_extreme_ratio}}
+                OR ls_ratio_top_accounts < {{long_short.top_accounts_extreme_ratio_low}}, false) AS ls_extreme_top_accounts,
+       coalesce(ls_ratio_top_positions > {{long_short.top_positions_extreme_ratio}}
+                OR ls_ratio_top_positions < {{long_short.top_positions_extreme_ratio_low}}, false) AS ls_extreme_top_positions,
+       liquidations_long_usd, liquidations_short_usd, liquidations_usd,
+       liquidation_zscore, liquidation_surge, liquidation_dominant_side,
+       basis_annualized, basis_days_to_expiry,
+       coalesce(abs(basis_annualized) > {{basis.extreme_annualized}}, false) AS basis_extreme,
+       perp_premium,
+       market_cap_usd, oi_to_mcap, oi_to_mcap_threshold,
+       coalesce(oi_to_mcap >= oi_to_mcap_threshold, false) AS oi_to_mcap_extreme,
+       oi_milestone_crossed, market_oi_usd, market_oi_milestone_crossed,
+       cluster_above_price, cluster_above_usd, cluster_above_distance,
+       cluster_below_price, cluster_below_usd, cluster_below_distance,
+       cascade_funding_component, cascade_ls_component, cascade_oi_component, cascade_basis_component,
+       cascade_components,
+       CASE WHEN cascade_components >= {{cascade.min_components}} THEN round(100 * cascade_share, 2) END AS cascade_risk,
+       overheating,
        CASE
-         WHEN funding_extreme AND funding_rate_8h > 0 AND ls_ratio > {{long_short.extreme_ratio}} THEN 'overheated'
-         WHEN oi_price_regime = 'falling_oi_falling_price'
-              AND coalesce(liquidation_zscore >= {{liquidations.surge_zscore}}, false) THEN 'capitulation'
+         WHEN overheating THEN 'overheated'
+         WHEN oi_price_regime = 'falling_oi_falling_price' AND liquidation_surge
+              AND liquidation_dominant_side = 'long' THEN 'capitulation'
+         WHEN oi_price_regime = 'falling_oi_rising_price' AND liquidation_surge
+              AND liquidation_dominant_side = 'short' THEN 'short_squeeze'
          WHEN oi_price_regime = 'falling_oi_falling_price' THEN 'deleveraging'
-         WHEN oi_price_regime = 'rising_oi_rising_price' AND NOT funding_extreme THEN 'healthy_trend'
+         WHEN oi_price_regime = 'rising_oi_rising_price'
+              AND funding_extreme_direction < 1 AND ls_extreme_direction < 1 THEN 'healthy_trend'
          WHEN oi_price_regime = 'rising_oi_rising_price' THEN 'crowded_trend'
          WHEN oi_price_regime = 'falling_oi_rising_price' THEN 'short_covering'
          WHEN oi_price_regime = 'rising_oi_falling_price' THEN 'shorts_building'
          ELSE 'neutral'
        END AS signal_state
-FROM flags
+FROM risk
 ORDER BY asset, date

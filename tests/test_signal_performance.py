@@ -1,0 +1,163 @@
+"""marts.signal_performance: forward returns, drawdowns, hit rates and t-stats on hand-built closes."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import warehouse
+from transforms import build_all
+from transforms.marts import signal_performance as sp
+
+ROOT = Path(__file__).resolve().parent.parent
+D0 = date(2026, 1, 5)
+
+
+def frame(
+    asset: str, closes: dict[int, float], flags: set[int], avail: set[int] | None = None
+) -> pl.DataFrame:
+    days = sorted(closes)
+    return pl.DataFrame(
+        {
+            "date": [D0 + timedelta(days=i) for i in days],
+            "asset": asset,
+            "close_usd": [float(closes[i]) for i in days],
+            "flag": [i in flags for i in days],
+            "avail": [avail is None or i in avail for i in days],
+        }
+    )
+
+
+SIG_DOWN = sp.Signal("down_after", pl.col("flag"), pl.col("avail"), -1, "seed", "test: falls after")
+SIG_NODIR = sp.Signal("size_after", pl.col("flag"), pl.col("avail"), 0, "none", "test: no direction")
+CLOSES = {0: 100, 1: 110, 2: 99, 3: 99, 4: 120, 5: 90, 6: 90, 7: 100, 8: 100, 9: 100}
+
+
+def one(df: pl.DataFrame, signal: str, asset: str, h: int) -> dict:
+    out = df.filter((pl.col("signal") == signal) & (pl.col("asset") == asset) & (pl.col("horizon_days") == h))
+    assert out.height == 1
+    return out.row(0, named=True)
+
+
+def test_event_and_baseline_statistics_by_hand():
+    daily = frame("BTC", CLOSES, flags={1, 2, 4, 9})  # day 9 has no close 1 day later: not an event
+    out = sp.evaluate(daily, [SIG_DOWN], [1, 2])
+    r = one(out, "down_after", "BTC", 1)
+    events = [99 / 110 - 1, 0.0, 90 / 120 - 1]  # -0.1, 0, -0.25
+    base = [0.1, 99 / 110 - 1, 0.0, 120 / 99 - 1, 90 / 120 - 1, 0.0, 100 / 90 - 1, 0.0, 0.0]
+    assert (r["n_events"], r["n_episodes"], r["baseline_n"]) == (3, 2, 9)  # days 1-2 are one episode
+    assert r["mean_forward_return"] == pytest.approx(-0.35 / 3)
+    assert r["median_forward_return"] == pytest.approx(-0.1)
+    assert r["baseline_mean_return"] == pytest.approx(sum(base) / 9)
+    assert r["excess_return"] == pytest.approx(-0.35 / 3 - sum(base) / 9)
+    assert r["hit_rate"] == pytest.approx(2 / 3)  # a zero return is a miss
+    assert r["baseline_hit_rate"] == pytest.approx(2 / 9)
+    sd = statistics.stdev(events)
+    assert r["t_stat"] == pytest.approx((-0.35 / 3 - sum(base) / 9) / (sd / math.sqrt(3)))
+    assert r["mean_max_drawdown"] == pytest.approx((0.1 + 0.0 + 0.25) / 3)
+    assert r["mean_abs_forward_return"] == pytest.approx(0.35 / 3)
+    assert r["baseline_mean_abs_return"] == pytest.approx(sum(abs(x) for x in base) / 9)
+    assert (r["first_date"], r["last_date"]) == (D0, D0 + timedelta(days=8))
+    assert (r["expected_sign"], r["expected_from"]) == (-1, "seed")
+
+    r2 = one(out, "down_after", "BTC", 2)
+    assert r2["n_events"] == 3
+    assert r2["mean_forward_return"] == pytest.approx((99 / 110 - 1 + 120 / 99 - 1 + 90 / 120 - 1) / 3)
+    # drawdowns over 2 days: day 1 110 -> 99 -> 99 = 10 %; day 2 99 -> 99 -> 120 = 0; day 4 120 -> 90 -> 90 = 25 %
+    assert r2["mean_max_drawdown"] == pytest.approx(0.35 / 3)
+    # baseline day 3: 99 -> 120 -> 90 falls 25 % from the new peak, not 9 % from the entry
+    mdd = [0.1, 0.1, 0.0, 0.25, 0.25, 0.0, 0.0, 0.0]  # days 0..7
+    assert r2["baseline_mean_max_drawdown"] == pytest.approx(sum(mdd) / 8)
+
+
+def test_missing_days_break_forward_windows_and_availability_defines_the_baseline():
+    # day 2 missing: day 1 has no 1-day return, its 2-day return exists but its drawdown path is incomplete
+    daily = frame("ETH", {0: 100, 1: 200, 3: 100, 4: 50, 5: 50}, flags={1, 3}, avail={1, 3, 4})
+    out = sp.evaluate(daily, [SIG_DOWN], [1, 2])
+    r1 = one(out, "down_after", "ETH", 1)
+    assert (r1["n_events"], r1["baseline_n"]) == (1, 2)  # day 1 dropped; baseline = available days 3, 4
+    assert r1["mean_forward_return"] == pytest.approx(-0.5)
+    assert r1["baseline_mean_return"] == pytest.approx((-0.5 + 0.0) / 2)
+    r2 = one(out, "down_after", "ETH", 2)
+    assert r2["n_events"] == 2  # day 1 (100 / 200 - 1) and day 3 (50 / 100 - 1)
+    assert r2["mean_forward_return"] == pytest.approx(-0.5)
+    assert r2["mean_max_drawdown"] == pytest.approx(0.5)  # only day 3 has a complete path: 100 -> 50 -> 50
+    assert r2["t_stat"] is None  # both events -0.5: zero spread
+
+
+def test_no_direction_claim_has_no_hit_rate_and_pooled_rows():
+    daily = pl.concat([frame("BTC", CLOSES, flags={1, 4}), frame("ETH", CLOSES, flags={2})])
+    out = sp.evaluate(daily, [SIG_NODIR], [1])
+    r = one(out, "size_after", "BTC", 1)
+    assert r["hit_rate"] is None and r["baseline_hit_rate"] is None
+    assert r["mean_abs_forward_return"] == pytest.approx((0.1 + 0.25) / 2)
+    pooled = one(out, "size_after", "ALL", 1)
+    assert (pooled["n_events"], pooled["n_episodes"], pooled["baseline_n"]) == (3, 3, 18)
+    assert pooled["mean_forward_return"] == pytest.approx((99 / 110 - 1 + 0.0 + 90 / 120 - 1) / 3)
+    assert sorted(out["asset"].unique()) == ["ALL", "BTC", "ETH"]
+
+
+def test_signal_list_is_consistent_and_documented():
+    sigs = sp.signals()
+    names = [s.name for s in sigs]
+    assert len(names) == len(set(names))
+    assert all(
+        s.expected_sign in (-1, 0, 1) and s.expected_from in ("seed", "convention", "none") for s in sigs
+    )
+    doc = (ROOT / "docs" / "signals.md").read_text()
+    undocumented = [n for n in names if f"`{n}`" not in doc]
+    assert not undocumented, f"signals missing from docs/signals.md: {undocumented}"
+    assert {
+        "regime:rising_oi_rising_price",
+        "state:overheated",
+        "overheating",
+        "funding_absolute_high",
+        "funding_percentile_high",
+        "liquidation_surge_long",
+        "heatmap_cluster_near",
+    } <= set(names)
+
+
+def test_mart_builds_from_daily_signals():
+    con = warehouse.connect(":memory:")
+    try:
+        # BTC: day 1 rising OI + rising price (+6.25 %, +12.5 %), day 2 falls 6.25 %
+        for i, (close, oi) in enumerate([(128.0, 1024.0), (136.0, 1152.0), (127.5, 1152.0), (127.5, 1152.0)]):
+            ts = datetime.combine(D0 + timedelta(days=i), time(23), UTC)
+            con.execute(
+                'INSERT INTO staging.prices (venue, instrument, kind, "interval", ts, asset, close) '
+                "VALUES ('binance', 'BTCUSDT', 'spot', '1h', ?, 'BTC', ?)",
+                [ts, close],
+            )
+            con.execute(
+                "INSERT INTO staging.open_interest (venue, instrument, ts, asset, oi_usd) "
+                "VALUES ('binance', 'BTCUSDT', ?, 'BTC', ?)",
+                [ts, oi],
+            )
+        build_all(
+            con,
+            only=[
+                "marts.reference_close",
+                "marts.open_interest_by_venue",
+                "marts.carry",
+                "marts.oi_milestones",
+                "marts.daily_heatmap_clusters",
+                "marts.liquidation_heatmap",
+                "marts.daily_signals",
+                "marts.signal_performance",
+            ],
+        )
+        perf = con.sql("SELECT * FROM marts.signal_performance").pl()
+    finally:
+        con.close()
+    r = one(perf, "regime:rising_oi_rising_price", "BTC", 1)
+    assert (r["n_events"], r["baseline_n"]) == (1, 2)  # regime known on days 1-3; day 3 has no next close
+    assert r["mean_forward_return"] == pytest.approx(127.5 / 136 - 1)
+    assert r["hit_rate"] == 0.0 and r["expected_sign"] == 1
+    assert list(perf.columns[:3]) == ["signal", "asset", "horizon_days"]
+    assert perf.select(pl.struct("signal", "asset", "horizon_days").is_duplicated().any()).item() is False

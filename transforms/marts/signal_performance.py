@@ -1,0 +1,425 @@
+"""marts.signal_performance [signal, asset, horizon_days]: what happened after each signal fired.
+
+For every signal of marts.daily_signals (SIGNALS below: the flags, each OI/price regime and
+each signal_state) and every asset (plus asset = 'ALL', all assets pooled), over each
+horizon h of [performance] horizons_days:
+
+- events: days D the signal fired; forward return r = close(D + h) / close(D) - 1 (calendar
+  days; an event without a close h days later is left out), max drawdown over the closes
+  D .. D + h (largest fall from a running peak, a positive fraction);
+- baseline: every day in the same period on which the signal *could* have fired (its inputs
+  exist that day, e.g. funding for a funding rule), event days included: the unconditional
+  mean of the same forward return;
+- hit_rate: share of events whose forward return has the sign the claim predicts
+  (expected_sign, +1 up / -1 down; a zero return is a miss); NULL where no direction is
+  claimed (then compare mean_abs_forward_return with baseline_mean_abs_return: the seed's
+  "sharp moves"); baseline_hit_rate is the same share over baseline days;
+- t_stat = (mean_forward_return - baseline_mean_return) / (sd of event returns / sqrt(n)).
+  Consecutive event days have overlapping forward windows, so for h > 1 (and for long
+  streaks) the t-stat overstates significance; n_episodes counts runs of consecutive days.
+
+Forward returns use later prices by design (this is the evaluation); the signals themselves
+are point-in-time (tests/test_point_in_time.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import polars as pl
+
+from perpwatch.settings import signal_settings
+
+TABLE = "marts.signal_performance"
+INPUTS = ["marts.daily_signals"]
+POOLED = "ALL"
+
+REGIMES = {
+    "rising_oi_rising_price": (1, "seed", "rising OI with rising price = momentum"),
+    "falling_oi_falling_price": (1, "seed", "falling OI in a correction = exhaustion, mean reversion"),
+    "rising_oi_falling_price": (-1, "convention", "new shorts pressing a decline"),
+    "falling_oi_rising_price": (-1, "convention", "short-covering rally without new money fades"),
+    "flat": (0, "none", "moves inside the minimum-move band"),
+}
+STATES = {
+    "overheated": (-1, "seed", "funding and long/short extremes together precede cascades"),
+    "capitulation": (1, "seed", "long-liquidation surge in a deleveraging drop precedes a reversal"),
+    "short_squeeze": (-1, "seed", "short-liquidation surge in a rally precedes a reversal"),
+    "deleveraging": (1, "seed", "falling OI in a correction = exhaustion"),
+    "healthy_trend": (1, "seed", "rising OI with rising price = momentum"),
+    "crowded_trend": (0, "none", "momentum against crowded longs: no directional claim"),
+    "short_covering": (-1, "convention", "short-covering rally fades"),
+    "shorts_building": (-1, "convention", "new shorts pressing a decline"),
+    "neutral": (0, "none", "no rule fired"),
+}
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    event: pl.Expr  # True on days the signal fired
+    available: pl.Expr  # the signal's inputs exist that day: the baseline days
+    expected_sign: int  # +1 up, -1 down, 0 no directional claim
+    expected_from: str  # seed | convention | none
+    claim: str
+
+
+def signals(cfg: dict | None = None) -> list[Signal]:
+    """Every evaluated signal with its expected direction (docs/signals.md has the table)."""
+    cfg = cfg or signal_settings()
+    c = pl.col
+    funding = c("funding_rate_8h").is_not_null()
+    ls = c("ls_ratio").is_not_null()
+    liq = c("liquidation_zscore").is_not_null()
+    hm = c("cluster_above_distance").is_not_null() | c("cluster_below_distance").is_not_null()
+    near = cfg["alerts"]["heatmap_cluster_distance"]
+    lsc = cfg["long_short"]
+    out = [
+        Signal(
+            "overheating",
+            c("overheating"),
+            funding & ls,
+            -1,
+            "seed",
+            "funding extreme AND long/short above threshold precede liquidation cascades",
+        ),
+        Signal(
+            "cascade_risk_high",
+            c("cascade_risk") >= cfg["alerts"]["cascade_risk_warning"],
+            c("cascade_risk").is_not_null(),
+            -1,
+            "seed",
+            "cascade-risk score at or above the alert level",
+        ),
+        Signal(
+            "funding_extreme_high",
+            c("funding_extreme_direction") == 1,
+            funding,
+            -1,
+            "convention",
+            "very positive funding: crowded longs, downside",
+        ),
+        Signal(
+            "funding_extreme_low",
+            c("funding_extreme_direction") == -1,
+            funding,
+            1,
+            "convention",
+            "very negative funding: crowded shorts, upside",
+        ),
+        Signal(
+            "funding_absolute_high",
+            c("funding_extreme_absolute") & (c("funding_extreme_direction") == 1),
+            funding,
+            -1,
+            "seed",
+            "the seed's 0.5 %/8h rule alone",
+        ),
+        Signal(
+            "funding_percentile_high",
+            c("funding_extreme_percentile") & (c("funding_rate_8h") > 0),
+            funding,
+            -1,
+            "convention",
+            "the rolling-percentile rule alone (positive side)",
+        ),
+        Signal(
+            "ls_extreme_high",
+            c("ls_ratio") > lsc["extreme_ratio"],
+            ls,
+            -1,
+            "convention",
+            "long/short accounts above 1.5: crowded longs",
+        ),
+        Signal(
+            "ls_extreme_low",
+            c("ls_ratio") < lsc["extreme_ratio_low"],
+            ls,
+            1,
+            "convention",
+            "long/short accounts below 1/1.5: crowded shorts",
+        ),
+        Signal(
+            "ls_top_accounts_high",
+            c("ls_ratio_top_accounts") > lsc["top_accounts_extreme_ratio"],
+            c("ls_ratio_top_accounts").is_not_null(),
+            -1,
+            "convention",
+            "top-trader accounts crowded long",
+        ),
+        Signal(
+            "ls_top_accounts_low",
+            c("ls_ratio_top_accounts") < lsc["top_accounts_extreme_ratio_low"],
+            c("ls_ratio_top_accounts").is_not_null(),
+            1,
+            "convention",
+            "top-trader accounts crowded short",
+        ),
+        Signal(
+            "ls_top_positions_high",
+            c("ls_ratio_top_positions") > lsc["top_positions_extreme_ratio"],
+            c("ls_ratio_top_positions").is_not_null(),
+            -1,
+            "convention",
+            "top-trader positions crowded long",
+        ),
+        Signal(
+            "ls_top_positions_low",
+            c("ls_ratio_top_positions") < lsc["top_positions_extreme_ratio_low"],
+            c("ls_ratio_top_positions").is_not_null(),
+            1,
+            "convention",
+            "top-trader positions crowded short",
+        ),
+        Signal(
+            "liquidation_surge_long",
+            c("liquidation_surge") & (c("liquidation_dominant_side") == "long"),
+            liq,
+            1,
+            "seed",
+            "long-liquidation surge precedes a reversal (up)",
+        ),
+        Signal(
+            "liquidation_surge_short",
+            c("liquidation_surge") & (c("liquidation_dominant_side") == "short"),
+            liq,
+            -1,
+            "seed",
+            "short-liquidation surge precedes a reversal (down)",
+        ),
+        Signal(
+            "heatmap_cluster_near",
+            (c("cluster_above_distance") <= near) | (c("cluster_below_distance") <= near),
+            hm,
+            0,
+            "seed",
+            "bright heatmap bands near price precede sharp moves (no direction)",
+        ),
+        Signal(
+            "heatmap_cluster_above_near",
+            c("cluster_above_distance") <= near,
+            hm,
+            1,
+            "convention",
+            "price is drawn to a nearby cluster above",
+        ),
+        Signal(
+            "heatmap_cluster_below_near",
+            c("cluster_below_distance") <= near,
+            hm,
+            -1,
+            "convention",
+            "price is drawn to a nearby cluster below",
+        ),
+        Signal(
+            "basis_extreme_high",
+            c("basis_extreme") & (c("basis_annualized") > 0),
+            c("basis_annualized").is_not_null(),
+            -1,
+            "convention",
+            "rich futures premium mean-reverts",
+        ),
+        Signal(
+            "basis_extreme_low",
+            c("basis_extreme") & (c("basis_annualized") < 0),
+            c("basis_annualized").is_not_null(),
+            1,
+            "convention",
+            "futures discount mean-reverts",
+        ),
+        Signal(
+            "oi_to_mcap_extreme",
+            c("oi_to_mcap_extreme"),
+            c("oi_to_mcap_threshold").is_not_null(),
+            0,
+            "seed",
+            "OI far above its usual share of market cap = dislocation risk (no direction)",
+        ),
+        Signal(
+            "oi_milestone",
+            c("oi_milestone_crossed").is_not_null(),
+            c("oi_change_1d").is_not_null(),
+            0,
+            "none",
+            "an aggregate OI milestone crossed from below",
+        ),
+    ]
+    for regime, (sign, src, claim) in REGIMES.items():
+        out.append(
+            Signal(
+                f"regime:{regime}",
+                c("oi_price_regime") == regime,
+                c("oi_price_regime").is_not_null(),
+                sign,
+                src,
+                claim,
+            )
+        )
+    # a state is only informative where its inputs exist: the OI/price regime, or the
+    # funding + long/short pair behind "overheated"
+    state_inputs = c("oi_price_regime").is_not_null() | (funding & ls)
+    for state, (sign, src, claim) in STATES.items():
+        out.append(Signal(f"state:{state}", c("signal_state") == state, state_inputs, sign, src, claim))
+    return out
+
+
+def horizons(cfg: dict | None = None) -> list[int]:
+    cfg = cfg or signal_settings()
+    hs = cfg["performance"]["horizons_days"]
+    if not isinstance(hs, list) or not hs or not all(isinstance(h, int) and h >= 1 for h in hs):
+        raise ValueError(f"[performance] horizons_days must be a list of positive integers, got {hs!r}")
+    return sorted(set(hs))
+
+
+def forward_paths(daily: pl.DataFrame, hs: list[int]) -> pl.DataFrame:
+    """daily (asset, date, close_usd, ...) plus fwd_return_{h} and max_drawdown_{h} per horizon."""
+    top = max(hs)
+    closes = daily.select("asset", "date", pl.col("close_usd").alias("c"))
+    frame = daily.sort("asset", "date")
+    for k in range(1, top + 1):  # close k calendar days later (NULL when that day is missing)
+        frame = frame.join(
+            closes.with_columns(pl.col("date") - pl.duration(days=k)).rename({"c": f"__c{k}"}),
+            on=["asset", "date"],
+            how="left",
+        )
+    peak = pl.col("close_usd")
+    dd: pl.Expr = pl.lit(0.0)
+    cols = []
+    for k in range(1, top + 1):
+        ck = pl.col(f"__c{k}")
+        peak = pl.max_horizontal(peak, ck)
+        dd = pl.max_horizontal(dd, 1 - ck / peak)
+        if k in hs:
+            complete = pl.all_horizontal([pl.col(f"__c{j}").is_not_null() for j in range(1, k + 1)])
+            cols += [
+                (ck / pl.col("close_usd") - 1).alias(f"fwd_return_{k}"),
+                pl.when(complete).then(dd).alias(f"max_drawdown_{k}"),
+            ]
+    return frame.with_columns(cols).drop([f"__c{k}" for k in range(1, top + 1)])
+
+
+SCHEMA = {
+    "signal": pl.String,
+    "asset": pl.String,
+    "horizon_days": pl.Int64,
+    "expected_sign": pl.Int64,
+    "expected_from": pl.String,
+    "n_events": pl.Int64,
+    "n_episodes": pl.Int64,
+    "mean_forward_return": pl.Float64,
+    "median_forward_return": pl.Float64,
+    "baseline_n": pl.Int64,
+    "baseline_mean_return": pl.Float64,
+    "excess_return": pl.Float64,
+    "hit_rate": pl.Float64,
+    "baseline_hit_rate": pl.Float64,
+    "t_stat": pl.Float64,
+    "mean_max_drawdown": pl.Float64,
+    "baseline_mean_max_drawdown": pl.Float64,
+    "mean_abs_forward_return": pl.Float64,
+    "baseline_mean_abs_return": pl.Float64,
+    "first_date": pl.Date,
+    "last_date": pl.Date,
+    "claim": pl.String,
+}
+
+
+def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataFrame:
+    """The performance table for a daily_signals frame (pure: tests call it directly)."""
+    if daily.height == 0:
+        return pl.DataFrame(schema=SCHEMA)
+    # every signal's masks in one pass over the wide frame, then work on a narrow one
+    masks = daily.select(
+        "asset",
+        "date",
+        "close_usd",
+        *[s.available.fill_null(False).alias(f"__a{i}") for i, s in enumerate(sigs)],
+        *[
+            (s.event.fill_null(False) & s.available.fill_null(False)).alias(f"__e{i}")
+            for i, s in enumerate(sigs)
+        ],
+    )
+    paths = forward_paths(masks, hs).sort("asset", "date")
+    value_cols = [f"{k}_{h}" for h in hs for k in ("fwd_return", "max_drawdown")]
+    parts = []
+    for i, s in enumerate(sigs):
+        base = paths.select(
+            "asset",
+            "date",
+            *value_cols,
+            pl.col(f"__e{i}").alias("__event"),
+            pl.col(f"__a{i}").alias("__avail"),
+        ).filter(pl.col("__avail"))
+        if base.height == 0:
+            continue
+        prev_same_asset = pl.col("asset").shift(1) == pl.col("asset")
+        base = base.with_columns(  # an episode starts on an event day whose previous day was no event
+            (
+                pl.col("__event")
+                & ~(
+                    prev_same_asset.fill_null(False)
+                    & pl.col("__event").shift(1).fill_null(False)
+                    & (pl.col("date").shift(1) == pl.col("date") - pl.duration(days=1))
+                )
+            ).alias("__start")
+        )
+        pooled = base.with_columns(pl.lit(POOLED).alias("asset"))
+        both = pl.concat([base, pooled]) if base["asset"].n_unique() > 1 else base
+        for h in hs:
+            r, dd = pl.col(f"fwd_return_{h}"), pl.col(f"max_drawdown_{h}")
+            ev = pl.col("__event")
+            has_r = r.is_not_null()
+            sign = s.expected_sign
+            hit = (r.sign() == sign).cast(pl.Float64)
+            no_claim = pl.lit(None, dtype=pl.Float64)
+            agg = (
+                both.filter(has_r)
+                .group_by("asset")
+                .agg(
+                    ev.sum().cast(pl.Int64).alias("n_events"),
+                    (pl.col("__start") & ev).sum().cast(pl.Int64).alias("n_episodes"),
+                    r.filter(ev).mean().alias("mean_forward_return"),
+                    r.filter(ev).median().alias("median_forward_return"),
+                    r.filter(ev).std().alias("__sd"),
+                    pl.len().cast(pl.Int64).alias("baseline_n"),
+                    r.mean().alias("baseline_mean_return"),
+                    (hit.filter(ev).mean() if sign else no_claim).alias("hit_rate"),
+                    (hit.mean() if sign else no_claim).alias("baseline_hit_rate"),
+                    dd.filter(ev).mean().alias("mean_max_drawdown"),
+                    dd.mean().alias("baseline_mean_max_drawdown"),
+                    r.abs().filter(ev).mean().alias("mean_abs_forward_return"),
+                    r.abs().mean().alias("baseline_mean_abs_return"),
+                    pl.col("date").min().alias("first_date"),
+                    pl.col("date").max().alias("last_date"),
+                )
+            )
+            parts.append(
+                agg.with_columns(
+                    pl.lit(s.name).alias("signal"),
+                    pl.lit(h, dtype=pl.Int64).alias("horizon_days"),
+                    pl.lit(sign, dtype=pl.Int64).alias("expected_sign"),
+                    pl.lit(s.expected_from).alias("expected_from"),
+                    pl.lit(s.claim).alias("claim"),
+                    (pl.col("mean_forward_return") - pl.col("baseline_mean_return")).alias("excess_return"),
+                    pl.when((pl.col("n_events") >= 2) & (pl.col("__sd") > 0))
+                    .then(
+                        (pl.col("mean_forward_return") - pl.col("baseline_mean_return"))
+                        / (pl.col("__sd") / pl.col("n_events").cast(pl.Float64).sqrt())
+                    )
+                    .alias("t_stat"),
+                )
+            )
+    if not parts:
+        return pl.DataFrame(schema=SCHEMA)
+    return (
+        pl.concat(parts, how="diagonal_relaxed")
+        .select([pl.col(k).cast(v) for k, v in SCHEMA.items()])
+        .sort("signal", "asset", "horizon_days")
+    )
+
+
+def build(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    cfg = signal_settings()
+    daily = con.sql("SELECT * FROM marts.daily_signals").pl()
+    return evaluate(daily, signals(cfg), horizons(cfg))
