@@ -256,7 +256,8 @@ def value_open_interest(con, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
             LEFT JOIN staging.instruments i ON i.venue = n.venue AND i.instrument = n.instrument""").pl()
     finally:
         con.unregister("__oi_need")
-    df = df.join(px.with_columns(pl.col("__k").cast(df["__k"].dtype)), on="__k", how="left").with_columns(
+    df = df.join(px.with_columns(pl.col("__k").cast(df["__k"].dtype)), on="__k", how="left",
+                 maintain_order="left").with_columns(
         pl.coalesce("oi_base", pl.col("oi_usd") / pl.col("__px")).alias("oi_base"),
         pl.coalesce("oi_usd", pl.col("oi_base") * pl.col("__px")).alias("oi_usd"))
     return [df.drop("__k", "__px")]
@@ -400,6 +401,11 @@ def build_and_publish(con, publish: bool = False) -> dict[str, float]:
     timings = build_all(con)
     if publish:
         warehouse.publish(con=con)
+    from perpwatch import alerts   # webhook delivery of new alerts; disabled without PERPWATCH_ALERT_WEBHOOK
+
+    delivery = alerts.deliver(con)
+    for err in delivery.errors:
+        log.warning(err)
     return timings
 
 

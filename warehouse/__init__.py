@@ -94,7 +94,10 @@ def table_docs() -> dict:
     docs: dict = {}
     for path in [DOCS_FILE, *sorted(DOCS_FILE.with_name("docs.d").glob("*.toml"))]:
         with open(path, "rb") as f:
-            docs.update(tomllib.load(f))
+            for table, doc in tomllib.load(f).items():   # a table's columns may be documented in several files
+                entry = docs.setdefault(table, {"columns": {}})
+                entry.update({k: v for k, v in doc.items() if k != "columns"})
+                entry["columns"].update(doc.get("columns", {}))
     return docs
 
 
@@ -119,7 +122,7 @@ def apply_comments(con: duckdb.DuckDBPyConnection, only_existing: bool = True) -
         if table not in tables:
             continue
         current, is_view = tables[table]
-        if current != doc["description"]:      # only write what changed: no WAL churn on every connect
+        if "description" in doc and current != doc["description"]:      # only write what changed: no WAL churn on every connect
             con.execute(f"COMMENT ON {'VIEW' if is_view else 'TABLE'} {table} IS {_quote(doc['description'])}")
         for col, text in doc.get("columns", {}).items():
             if col in columns.get(table, {}) and columns[table][col] != text:
@@ -320,7 +323,8 @@ def publish(db=None, serving=None, exports=None, con=None) -> dict[str, str]:
     own = con is None
     con = con or connect(db)
     tmp = serving.with_name(f".{serving.name}.{os.getpid()}.tmp")
-    for stale in [*serving.parent.glob(f".{serving.name}.*.tmp"), *exports.glob(".*.parquet.*.tmp")]:
+    for stale in [*serving.parent.glob(f".{serving.name}.*.tmp"), *serving.parent.glob(f".{serving.name}.*.tmp.wal"),
+                  *exports.glob(".*.parquet.*.tmp")]:
         stale.unlink(missing_ok=True)   # left by a publisher that was killed mid-way
     try:
         con.execute(f"ATTACH {_quote(str(tmp))} AS __snap")

@@ -205,7 +205,8 @@ risk AS (
              AS cascade_share,
            funding_extreme_direction = 1 AND coalesce(ls_ratio > {{long_short.extreme_ratio}}, false) AS overheating
     FROM scored s
-)
+),
+final AS (
 SELECT date, asset, close_usd, return_1d,
        oi_usd, oi_venues, oi_change_1d, oi_change_7d, oi_price_regime,
        funding_rate_8h, funding_annualized, funding_rate_8h_max, funding_rate_8h_min, funding_instruments,
@@ -250,4 +251,13 @@ SELECT date, asset, close_usd, return_1d,
          ELSE 'neutral'
        END AS signal_state
 FROM risk
+)
+-- Institutional and cross-market context (marts.daily_institutional, as of D; ETF flows BTC only)
+SELECT f.*,
+       di.etf_flow_usd, di.etf_flow_5d_avg_usd, di.etf_flow_20d_avg_usd, di.etf_flow_momentum_usd,
+       di.etf_cumulative_flow_usd, di.etf_flow_streak_days,
+       di.corr_spx_30d, di.corr_spx_90d, di.corr_ndx_30d, di.corr_ndx_90d,
+       di.corr_gold_30d, di.corr_gold_90d, di.corr_dxy_30d, di.corr_dxy_90d, di.regime_spx_30d
+FROM final f
+LEFT JOIN marts.daily_institutional di USING (date, asset)
 ORDER BY asset, date
