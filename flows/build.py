@@ -18,4 +18,7 @@ def build_marts(db: str | None, publish: bool) -> dict[str, float]:
 @flow(name="perpwatch-build")
 def build(db: str | None = None, publish: bool = True) -> dict[str, float]:
     """Rebuild every mart from staging (and publish the serving snapshot)."""
-    return build_marts(db, publish)
+    timings = build_marts(db, publish)
+    from flows.artifacts import build_artifacts
+    build_artifacts(db)   # signals firing today, alerts, heatmap image (best effort)
+    return timings

@@ -20,7 +20,7 @@ import sources
 import warehouse
 from perpwatch import settings
 from perpwatch.assets import validate_asset, validate_instrument
-from perpwatch.validate import validate
+from perpwatch.validate import Failure, validate
 from sources.base import ParseContext, Stream
 from sources.http import BadPayload, Fetched, SourceError
 
@@ -64,6 +64,10 @@ class RunReport:
     stats: dict[tuple[str, str], DatasetStats] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # (source, stream, instrument) whose extraction, parsing or validation failed in this run: their
+    # watermarks stay put, so the next run re-reads the whole window (perpwatch/gaps.py, docs/reliability.md)
+    tainted: set[tuple[str, str, str]] = field(default_factory=set)
+    windows: dict = field(default_factory=dict)      # Stream -> (start, end) fetched in this run
 
     def stat(self, source: str, dataset: str) -> DatasetStats:
         return self.stats.setdefault((source, dataset), DatasetStats(source, dataset))
@@ -113,6 +117,7 @@ def parse_all(con, report: RunReport, payloads: Iterable[Fetched], ctx_instrumen
             frames = parse_payload(p.source, p.endpoint, p.params, p.body, p.fetched_at, ctx_instruments)
         except Exception as exc:  # a parser error quarantines this payload; the run goes on
             dataset = (p.stream or "unknown").split("/", 1)[0]
+            report.tainted.add((p.source, p.stream or "", p.instrument or ""))
             msg = f"{p.source} {p.endpoint} [{p.instrument or '-'}]: unparseable payload raw_id={p.raw_id}: {exc}"
             report.warnings.append(msg)
             st = report.stat(p.source, dataset)
@@ -174,6 +179,7 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
             report.stat(src, table).duplicate += n_all - (n_kept or 0)
         df = deduped
     outcome = validate(table, df.drop(INTERNAL, strict=False), now=now)
+    check_finite(df, outcome)
     df = df.with_row_index("__pos")
     if outcome.success:
         bad_groups = pl.DataFrame(schema={"_source": pl.Utf8, "_instrument": pl.Utf8})
@@ -195,6 +201,7 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
         st.quarantined += grp.height
         st.quarantined_batches += 1
         st.messages.append(msg)
+        report.tainted.update((src, stream, inst) for stream in grp["_stream"].unique().to_list())
         warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=src, dataset=table,
                              endpoint=",".join(endpoints), instrument=inst,
                              raw_ids=sorted(set(grp["raw_id"].to_list())), failed=failed, rows=grp.height,
@@ -211,7 +218,8 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
                 marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument")
                          .agg(pl.col(tcol).max().alias("last")))
                 for stream, inst, last in marks.iter_rows():
-                    warehouse.advance_watermark(con, src, stream, inst, last)
+                    if (src, stream, inst) not in report.tainted:   # a failed page: re-read it all next run
+                        warehouse.advance_watermark(con, src, stream, inst, last)
         st.loaded += res.loaded
         st.updated += res.updated
         st.duplicate += res.duplicate
@@ -221,13 +229,40 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
                 report.stat(src, table).validation = "failed"
 
 
+def check_finite(df: pl.DataFrame, outcome) -> None:
+    """NaN / infinity in any float column fails the row (GX's pandas path counts NaN as a missing
+    value, so a nullable column would let "NaN" from a venue through)."""
+    floats = [c for c, t in df.schema.items() if t in (pl.Float32, pl.Float64) and c not in INTERNAL]
+    if not floats:
+        return
+    flags = df.select([(pl.col(c).is_nan() | pl.col(c).is_infinite()).fill_null(False).alias(c) for c in floats])
+    for c in floats:
+        rows = flags[c].arg_true().to_list()
+        if rows:
+            outcome.success = False
+            outcome.bad_rows.update(rows)
+            outcome.failures.append(Failure("expect_column_values_to_be_finite", c, len(rows),
+                                            [str(v) for v in df[c].gather(rows[:3]).to_list()]))
+
+
 def enrich_open_interest_usd(con) -> int:
-    """OI rows without a USD value (venues reporting coins only) take the perp close of that hour."""
+    """OI rows with only one of oi_base / oi_usd (no price when they were loaded) are valued exactly
+    like value_open_interest does at load time, so the result does not depend on load order."""
     return con.execute("""
-        UPDATE staging.open_interest o SET oi_usd = o.oi_base * p.close
-        FROM staging.prices p
-        WHERE o.oi_usd IS NULL AND p.venue = o.venue AND p.instrument = o.instrument
-          AND p.kind = 'perp' AND p."interval" = '1h' AND p.ts = date_trunc('hour', o.ts)
+        UPDATE staging.open_interest o
+        SET oi_usd = coalesce(o.oi_usd, o.oi_base * x.px), oi_base = coalesce(o.oi_base, o.oi_usd / x.px)
+        FROM (
+            SELECT n.venue, n.instrument, n.ts,
+                   coalesce(p1.close, p0.open) / coalesce(i.multiplier, 1.0) AS px
+            FROM staging.open_interest n
+            LEFT JOIN staging.prices p1 ON p1.venue = n.venue AND p1.instrument = n.instrument
+                 AND p1.kind = 'perp' AND p1."interval" = '1h' AND p1.ts = date_trunc('hour', n.ts) - INTERVAL 1 HOUR
+            LEFT JOIN staging.prices p0 ON p0.venue = n.venue AND p0.instrument = n.instrument
+                 AND p0.kind = 'perp' AND p0."interval" = '1h' AND p0.ts = date_trunc('hour', n.ts)
+            LEFT JOIN staging.instruments i ON i.venue = n.venue AND i.instrument = n.instrument
+            WHERE (n.oi_usd IS NULL) <> (n.oi_base IS NULL)) x
+        WHERE x.px IS NOT NULL AND o.venue = x.venue AND o.instrument = x.instrument AND o.ts = x.ts
+          AND (o.oi_usd IS NULL) <> (o.oi_base IS NULL)
         RETURNING 1""").fetchall().__len__()
 
 
@@ -266,12 +301,14 @@ def value_open_interest(con, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
 # --------------------------------------------------------------------------- extraction
 
 def _window(con, stream: Stream, start: datetime | None, end: datetime) -> tuple[datetime, datetime]:
+    from perpwatch import gaps
+
+    gap = gaps.earliest_open(con, stream)       # rows missing inside stored history: re-read from there
     if start is not None:
-        return start, end
+        return (min(start, gap - overlap(stream)) if gap else start), end
     mark = warehouse.get_watermark(con, stream.source, stream.name, stream.instrument)
-    if mark is None:
-        return end - DEFAULT_LOOKBACK, end
-    return mark - overlap(stream), end
+    begin = end - DEFAULT_LOOKBACK if mark is None else mark - overlap(stream)
+    return (min(begin, gap - overlap(stream)) if gap else begin), end
 
 
 def extract_unit(module, client, streams: list[Stream], windows: dict[Stream, tuple[datetime, datetime]],
@@ -285,8 +322,10 @@ def extract_unit(module, client, streams: list[Stream], windows: dict[Stream, tu
                 got.append(page)
         except BadPayload as exc:
             # The bad page is already landed and in `got`: parsing quarantines it; paging stops here.
+            report.tainted.add((s.source, s.name, s.instrument))
             report.stat(s.source, s.dataset).messages.append(f"paging stopped: {exc}")
         except SourceError as exc:
+            report.tainted.add((s.source, s.name, s.instrument))
             msg = f"extract failed: {exc}"
             report.errors.append(msg)
             report.stat(s.source, s.dataset).messages.append(msg)
@@ -358,7 +397,9 @@ def plan_units(rc: RunContext, instruments: pl.DataFrame) -> dict[tuple[str, str
 
 
 def windows_for(rc: RunContext, streams: list[Stream]) -> dict[Stream, tuple[datetime, datetime]]:
-    return {s: _window(rc.con, s, rc.start, rc.end) for s in streams}
+    w = {s: _window(rc.con, s, rc.start, rc.end) for s in streams}
+    rc.report.windows.update(w)      # finish() checks these windows for gaps (perpwatch/gaps.py)
+    return w
 
 
 def run(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
@@ -401,7 +442,7 @@ def build_and_publish(con, publish: bool = False) -> dict[str, float]:
     timings = build_all(con)
     if publish:
         warehouse.publish(con=con)
-    from perpwatch import alerts   # webhook delivery of new alerts; disabled without PERPWATCH_ALERT_WEBHOOK
+    from perpwatch import alerts  # webhook delivery of new alerts; disabled without PERPWATCH_ALERT_WEBHOOK
 
     delivery = alerts.deliver(con)
     for err in delivery.errors:
@@ -424,6 +465,13 @@ def load_parsed(con, report: RunReport, payloads: list[Fetched], ctx_instruments
 
 
 def finish(con, report: RunReport) -> None:
+    if report.windows:
+        from perpwatch import gaps
+
+        try:
+            gaps.detect(con, report)
+        except Exception as exc:  # noqa: BLE001 - gap bookkeeping must not lose the run's record
+            report.errors.append(f"gap detection failed: {type(exc).__name__}: {exc}")
     t = report.totals()
     mismatch = [f"{s.source}/{s.dataset}: fetched {s.fetched} != loaded {s.loaded} + quarantined "
                 f"{s.quarantined} + duplicate {s.duplicate}"

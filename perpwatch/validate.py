@@ -21,6 +21,7 @@ import polars as pl
 SUITES_DIR = Path(os.environ.get("PERPWATCH_EXPECTATIONS", Path(__file__).resolve().parent.parent / "expectations"))
 FUTURE_TOLERANCE = timedelta(minutes=5)
 _lock = threading.Lock()
+LAST_RESULTS: dict = {}   # table -> this process's latest GX result (flows/artifacts.py renders Data Docs)
 
 
 @dataclass
@@ -98,6 +99,7 @@ def validate(table: str, df: pl.DataFrame, now: datetime | None = None) -> Outco
         batch = bd.get_batch(batch_parameters={"dataframe": _to_pandas(df)})
         res = batch.validate(suite, result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5},
                              expectation_parameters={"now": now.astimezone(UTC).replace(tzinfo=None)})
+        LAST_RESULTS[table] = res
     out = Outcome(table=table, success=bool(res.success), evaluated=len(res.results))
     for r in res.results:
         if r.success:

@@ -1,0 +1,52 @@
+"""Daily markets flow: spot ETF flows, macro closes, corporate treasuries, market caps.
+
+Runs after the US close (prefect.yaml: 22:30 America/New_York) over every provider module
+(sources.PROVIDER_MODULES) that this checkout has, from each stream's watermark.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import sources
+from perpwatch import pipeline
+
+
+def available_providers() -> list[str]:
+    """Provider names in registry order, for the modules that exist in this checkout."""
+    have = sources.available(("providers",))
+    return [name for name in sources.PROVIDER_MODULES if name in have]
+
+
+@task(cache_policy=NO_CACHE)
+def ingest_markets(providers: list[str], start: datetime | None, end: datetime | None,
+                   assets: list[str] | None, db: str | None) -> pipeline.RunReport:
+    return pipeline.run(kind="markets", start=start, end=end, venues=providers, assets=assets, db=db,
+                        build=False)
+
+
+@flow(name="perpwatch-markets", log_prints=False)
+def markets(providers: list[str] | None = None, start: datetime | None = None, end: datetime | None = None,
+            assets: list[str] | None = None, db: str | None = None, build: bool = False) -> dict:
+    """Ingest the institutional / traditional-market providers; optionally rebuild and publish marts."""
+    logger = get_run_logger()
+    chosen = providers or available_providers()
+    if not chosen:
+        logger.warning("no provider modules in this checkout (sources.PROVIDER_MODULES): nothing to do")
+        return {"run_id": None, "status": "skipped", "providers": []}
+    logger.info("markets ingest: %s", ", ".join(chosen))
+    report = ingest_markets(chosen, start, end, assets, db)
+    from flows.artifacts import run_artifacts
+    run_artifacts(report)
+    for msg in report.warnings + report.errors:
+        logger.warning(msg)
+    result = {"run_id": report.run_id, "status": report.status, "providers": chosen, **report.totals()}
+    if report.status == "failed":
+        raise RuntimeError(f"markets run {report.run_id} failed: {'; '.join(report.errors)[:500]}")
+    if build:
+        from flows.build import build as build_flow
+        result["marts"] = sorted(build_flow(db=db, publish=True))
+    return result

@@ -1,0 +1,271 @@
+"""`perpwatch status [--json]`: is the warehouse fresh, and did the last runs work?
+
+Per source and dataset (meta.watermarks) the newest timestamp loaded and its lag against the
+dataset's schedule (stale when older than MAX_LAG), row counts and newest timestamp per staging
+table, the last runs (meta.runs) and the quarantined batches nobody resolved yet.
+
+The warehouse is opened read-only; when a pipeline holds its write lock, the serving snapshot
+(PERPWATCH_SERVING_DB, as of the last publish) is read instead and the output says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+import warehouse
+from perpwatch import settings
+
+# How old the newest row of a dataset may be before it counts as stale. Hourly series run every hour
+# (prefect.yaml) and their last complete bar is ~1 h old; funding is paid every 8 h at most; the daily
+# providers publish on business days, after the US close, so a weekend plus a holiday is normal.
+MAX_LAG: dict[str, timedelta] = {
+    "prices": timedelta(hours=3),
+    "open_interest": timedelta(hours=3),
+    "long_short_ratio": timedelta(hours=3),
+    "liquidations": timedelta(hours=6),
+    "funding_rates": timedelta(hours=8 + 3),
+    "instruments": timedelta(days=2),
+    "market_caps": timedelta(days=2),
+    "treasury_holdings": timedelta(days=2),
+    "etf_flows": timedelta(days=4),
+    "macro_closes": timedelta(days=4),
+}
+DEFAULT_MAX_LAG = timedelta(days=2)
+SCHEDULE = {"prices": "hourly", "open_interest": "hourly", "long_short_ratio": "hourly",
+            "liquidations": "hourly", "funding_rates": "8h", "etf_flows": "business days",
+            "macro_closes": "business days"}
+TIME_COLUMNS = {"instruments": "as_of", "funding_rates": "funding_time", "etf_flows": "date",
+                "macro_closes": "date", "treasury_holdings": "as_of", "market_caps": "date"}
+STAGING = ["instruments", "prices", "open_interest", "funding_rates", "long_short_ratio", "liquidations",
+           "etf_flows", "macro_closes", "treasury_holdings", "market_caps"]
+
+
+# --------------------------------------------------------------------------- reading
+
+def open_readonly(db=None) -> tuple[duckdb.DuckDBPyConnection, Path, bool]:
+    """(connection, path, is_snapshot): the warehouse read-only, or the serving snapshot if locked."""
+    path = Path(db or settings.db_path())
+    if not path.exists():
+        raise FileNotFoundError(f"no warehouse at {path}: run `perpwatch backfill --start YYYY-MM-DD` "
+                                "(or `make demo`) first, or point --db / PERPWATCH_DB at it")
+    try:
+        return warehouse.connect(path, read_only=True, wait_s=0), path, False
+    except (warehouse.WarehouseLocked, duckdb.IOException) as exc:
+        serving = settings.serving_db_path()
+        if "lock" not in str(exc).lower() or not serving.exists():
+            raise
+        con = duckdb.connect(str(serving), read_only=True)
+        con.execute("SET TimeZone='UTC'")
+        return con, serving, True
+
+
+def table_exists(con, table: str) -> bool:
+    schema, name = table.split(".")
+    return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema=? AND table_name=? "
+                       "AND table_catalog = current_database()", [schema, name]).fetchone()[0] > 0
+
+
+def columns(con, table: str) -> list[str]:
+    schema, name = table.split(".")
+    return [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema=? AND table_name=? "
+        "AND table_catalog = current_database() ORDER BY ordinal_position", [schema, name]).fetchall()]
+
+
+def _as_utc(ts) -> datetime | None:
+    if ts is None:
+        return None
+    if isinstance(ts, datetime):
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    if isinstance(ts, date):
+        return datetime(ts.year, ts.month, ts.day, tzinfo=UTC)
+    return None
+
+
+def _lag_text(lag: timedelta | None) -> str:
+    if lag is None:
+        return "-"
+    secs = int(lag.total_seconds())
+    sign = "-" if secs < 0 else ""
+    secs = abs(secs)
+    if secs < 3600:
+        return f"{sign}{secs // 60}m"
+    if secs < 48 * 3600:
+        return f"{sign}{secs // 3600}h{(secs % 3600) // 60:02d}m"
+    return f"{sign}{secs // 86400}d{(secs % 86400) // 3600:02d}h"
+
+
+def freshness(con, now: datetime) -> list[dict]:
+    """One row per (source, dataset) from meta.watermarks: newest, lag, allowed lag, stale."""
+    if not table_exists(con, "meta.watermarks"):
+        return []
+    rows = con.execute("""
+        SELECT source, dataset, count(*) AS instruments, max(last_ts) AS newest, min(last_ts) AS oldest
+        FROM meta.watermarks GROUP BY source, dataset ORDER BY source, dataset""").fetchall()
+    out = []
+    for source, dataset, n, newest, oldest in rows:
+        base = dataset.split("/", 1)[0]
+        allowed = MAX_LAG.get(base, DEFAULT_MAX_LAG)
+        newest, oldest = _as_utc(newest), _as_utc(oldest)
+        lag = now - newest if newest else None
+        lagging = con.execute("SELECT count(*) FROM meta.watermarks WHERE source=? AND dataset=? AND last_ts < ?",
+                              [source, dataset, now - allowed]).fetchone()[0]
+        out.append({"source": source, "dataset": dataset, "schedule": SCHEDULE.get(base, "daily"),
+                    "instruments": n, "newest": newest, "lag_s": lag.total_seconds() if lag else None,
+                    "max_lag_s": allowed.total_seconds(), "stale": lag is None or lag > allowed,
+                    "instruments_lagging": lagging, "oldest": oldest})
+    return out
+
+
+def tables(con, now: datetime) -> list[dict]:
+    out = []
+    for name in STAGING:
+        full = f"staging.{name}"
+        if not table_exists(con, full):
+            continue
+        tcol = TIME_COLUMNS.get(name, "ts")
+        cols = columns(con, full)
+        who = "venue" if "venue" in cols else ("source" if "source" in cols else None)
+        n, newest, groups = con.execute(
+            f'SELECT count(*), max("{tcol}"), {f"count(DISTINCT {who})" if who else "NULL"} FROM {full}').fetchone()
+        newest = _as_utc(newest)
+        out.append({"table": full, "rows": n, "newest": newest, "by": who, "sources": groups,
+                    "lag_s": (now - newest).total_seconds() if newest else None})
+    return out
+
+
+def last_runs(con, limit: int = 10) -> list[dict]:
+    if not table_exists(con, "meta.runs"):
+        return []
+    rows = con.execute("""
+        SELECT run_id, kind, started_at, finished_at, status, rows_fetched, rows_loaded, rows_quarantined,
+               rows_duplicate, message
+        FROM meta.runs ORDER BY started_at DESC NULLS LAST LIMIT ?""", [limit]).fetchall()
+    keys = ["run_id", "kind", "started_at", "finished_at", "status", "fetched", "loaded", "quarantined",
+            "duplicate", "message"]
+    out = []
+    for r in rows:
+        d = dict(zip(keys, r, strict=True))
+        d["started_at"], d["finished_at"] = _as_utc(d["started_at"]), _as_utc(d["finished_at"])
+        d["seconds"] = (d["finished_at"] - d["started_at"]).total_seconds() \
+            if d["started_at"] and d["finished_at"] else None
+        out.append(d)
+    return out
+
+
+def open_quarantine(con, limit: int = 50) -> tuple[int, list[dict]]:
+    if not table_exists(con, "quarantine.batches"):
+        return 0, []
+    total = con.execute("SELECT count(*) FROM quarantine.batches WHERE resolved_at IS NULL").fetchone()[0]
+    rows = con.execute("""
+        SELECT batch_id, received_at, source, dataset, instrument, rows, message
+        FROM quarantine.batches WHERE resolved_at IS NULL ORDER BY received_at DESC LIMIT ?""", [limit]).fetchall()
+    keys = ["batch_id", "received_at", "source", "dataset", "instrument", "rows", "message"]
+    out = [dict(zip(keys, r, strict=True)) for r in rows]
+    for d in out:
+        d["received_at"] = _as_utc(d["received_at"])
+    return total, out
+
+
+def collect(con, now: datetime | None = None) -> dict:
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    fresh = freshness(con, now)
+    n_quarantined, quarantined = open_quarantine(con)
+    runs = last_runs(con)
+    return {"now": now, "freshness": fresh, "tables": tables(con, now), "runs": runs,
+            "quarantine_open": n_quarantined, "quarantine": quarantined,
+            "stale": sum(1 for f in fresh if f["stale"]),
+            "ok": not any(f["stale"] for f in fresh) and n_quarantined == 0
+            and (not runs or runs[0]["status"] in ("success", "warning", "running"))}
+
+
+# --------------------------------------------------------------------------- output
+
+def text_table(rows: list[list], headers: list[str], right: set[int] | None = None) -> str:
+    """Aligned plain-text table (numbers right-aligned by column index)."""
+    right = right or set()
+    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if i in right else v.ljust(w)
+                         for i, (v, w) in enumerate(zip(vals, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _ts(ts: datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def _short(text: str | None, n: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def render_text(st: dict, where: str) -> str:
+    out = [f"perpwatch status — {where} — {st['now']:%Y-%m-%d %H:%M} UTC", ""]
+    out.append(f"Freshness per source and dataset ({st['stale']} stale)")
+    if st["freshness"]:
+        out.append(text_table(
+            [[f["source"], f["dataset"], f["schedule"], f["instruments"], _ts(f["newest"]),
+              _lag_text(timedelta(seconds=f["lag_s"])) if f["lag_s"] is not None else "-",
+              _lag_text(timedelta(seconds=f["max_lag_s"])),
+              ("STALE" if f["stale"] else "ok")
+              + (f" ({f['instruments_lagging']}/{f['instruments']} instruments behind)"
+                 if f["instruments_lagging"] and not f["stale"] else "")]
+             for f in st["freshness"]],
+            ["source", "dataset", "schedule", "instr", "newest (UTC)", "lag", "max lag", "status"], {3, 5, 6}))
+    else:
+        out.append("  nothing loaded yet (meta.watermarks is empty)")
+    out += ["", "Staging tables"]
+    out.append(text_table(
+        [[t["table"], f"{t['rows']:,}", _ts(t["newest"]), t["sources"] if t["by"] else "-"] for t in st["tables"]],
+        ["table", "rows", "newest (UTC)", "venues/sources"], {1, 3}))
+    out += ["", "Last runs"]
+    if st["runs"]:
+        out.append(text_table(
+            [[r["run_id"], r["kind"], _ts(r["started_at"]),
+              f"{r['seconds']:.0f}s" if r["seconds"] is not None else "-", r["status"], r["fetched"], r["loaded"],
+              r["quarantined"], _short(r["message"], 60)] for r in st["runs"]],
+            ["run", "kind", "started (UTC)", "took", "status", "fetched", "loaded", "quar.", "message"],
+            {3, 5, 6, 7}))
+    else:
+        out.append("  no runs recorded")
+    out += ["", f"Open quarantined batches: {st['quarantine_open']}"]
+    if st["quarantine"]:
+        out.append(text_table(
+            [[q["batch_id"][:8], _ts(q["received_at"]), q["source"], q["dataset"], q["instrument"] or "-", q["rows"],
+              _short(q["message"], 80)] for q in st["quarantine"]],
+            ["batch", "received (UTC)", "source", "dataset", "instrument", "rows", "message"], {5}))
+        out.append("  (inspect: SELECT * FROM quarantine.batches WHERE resolved_at IS NULL)")
+    return "\n".join(out)
+
+
+def _jsonable(obj):
+    if isinstance(obj, datetime | date):
+        return obj.isoformat()
+    raise TypeError(type(obj).__name__)
+
+
+def main(args) -> int:
+    try:
+        con, path, snapshot = open_readonly(getattr(args, "db", None))
+    except (FileNotFoundError, warehouse.WarehouseLocked) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    try:
+        st = collect(con, getattr(args, "now", None))
+    finally:
+        con.close()
+    where = f"{path} (serving snapshot: the warehouse is locked by a running pipeline)" if snapshot else str(path)
+    if getattr(args, "json", False):
+        print(json.dumps({"warehouse": str(path), "snapshot": snapshot, **st}, default=_jsonable, indent=1))
+    else:
+        print(render_text(st, where))
+    return 0
