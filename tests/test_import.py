@@ -125,7 +125,8 @@ def test_daily_prices_feed_reference_close_and_oi_usd_derived(tmp_path):
                   "ts": [datetime(2024, 12, 31, 23, 0, tzinfo=UTC)], "oi_base": [80_000.0]}).write_parquet(oi)
     rep = imp(db, "open-interest", oi)
     assert rep.loaded == 1
-    assert q(db, "SELECT asset, oi_base, oi_usd FROM staging.open_interest") == [("BTC", 80_000.0, 80_000.0 * 93500)]
+    # valued at the price AT the snapshot: no bar ends at 23:00 here, so the open of the bar starting at 23:00
+    assert q(db, "SELECT asset, oi_base, oi_usd FROM staging.open_interest") == [("BTC", 80_000.0, 80_000.0 * 93000)]
     with warehouse.session(db) as con:
         from transforms import build_all
         build_all(con, only=["marts.reference_close"])

@@ -57,15 +57,19 @@ def order(models: dict[str, Model]) -> list[str]:
     return list(TopologicalSorter(graph).static_order())
 
 
-def _with_inputs(models: dict[str, Model], only: list[str]) -> set[str]:
-    """`only` plus every mart it reads, transitively."""
+def _with_inputs(con, models: dict[str, Model], only: list[str]) -> set[str]:
+    """`only` plus every mart it reads (transitively) that does not exist yet."""
+    existing = {f"{s}.{t}" for s, t in con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() UNION ALL "
+        "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database()").fetchall()}
     todo, seen = list(only), set()
     while todo:
         name = todo.pop()
         if name in seen or name not in models:
             continue
-        seen.add(name)
-        todo.extend(models[name].inputs)
+        if name in only or name not in existing:
+            seen.add(name)
+            todo.extend(models[name].inputs)
     return seen
 
 
@@ -86,7 +90,7 @@ def build_all(con, only: list[str] | None = None) -> dict[str, float]:
     """Rebuild every mart (or `only` and what they need), in dependency order. Returns seconds per table."""
     models = discover()
     timings: dict[str, float] = {}
-    wanted = _with_inputs(models, only) if only else None
+    wanted = _with_inputs(con, models, only) if only else None
     for name in order(models):
         if wanted is not None and name not in wanted:
             continue
