@@ -271,7 +271,8 @@ def value_open_interest(con, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
     (Bybit linear: coins; Bybit inverse: USD) from the perp's price per base coin at ts: the close of
     the 1h bar ending at ts, else the open of the bar starting at ts, / the instrument's multiplier.
     Done before the load so a re-fetched row equals the stored one (a rerun loads 0 rows). Rows
-    with no price stay as they are (USD is filled later by enrich_open_interest_usd)."""
+    with no price stay as they are (enrich_open_interest_usd values them once the price is loaded;
+    a row without oi_base fails validation and is quarantined)."""
     df = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     if "oi_base" not in df.columns or "oi_usd" not in df.columns:
         return frames

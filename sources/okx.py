@@ -1,0 +1,497 @@
+"""OKX v5 perpetual swaps: USDT-linear (BTC-USDT-SWAP) and USD-inverse (BTC-USD-SWAP), plus dated
+FUTURES prices for basis when listed.
+
+Endpoints (www.okx.com), limits and quirks from ../shared/fixtures/README.md §3:
+- /api/v5/public/instruments?instType=SWAP|FUTURES: ctVal x ctMult in ctValCcy per contract
+  (BTC-USDT-SWAP 0.01 BTC linear, BTC-USD-SWAP 100 USD inverse); state live -> trading. The list
+  holds only listed instruments: a known instrument missing from it is marked delisted.
+- /api/v5/public/funding-rate (instId=ANY, else per instrument): interval = nextFundingTime - fundingTime.
+- /api/v5/rubik/stat/contracts/open-interest-history: instId, period 1H, begin/end, limit 100, newest
+  first, rows [ts, oi (contracts), oiCcy (coin), oiUsd], at most the latest 1,440 rows.
+- /api/v5/public/funding-rate-history: limit 400, before/after = exclusive fundingTime cursors,
+  newest first, about 3 months deep. `realizedRate` (what was charged) wins over `fundingRate`.
+- /api/v5/rubik/stat/contracts/long-short-account-ratio-contract (accounts), ...-top-trader
+  (top_accounts), long-short-position-ratio-contract-top-trader (top_positions): rows [ts, ratio]
+  -> long_share = ratio / (1 + ratio). Top traders = top 5 % by position value (Binance: top 20 %).
+- candles: /api/v5/market/candles (latest 1,440 bars, limit 300) or /history-candles (limit 300);
+  mark: /mark-price-candles | /history-mark-price-candles; index: /index-candles |
+  /history-index-candles (instId = the swap's family, BTC-USDT / BTC-USD; stored under the swap's
+  instId so perp, mark and index join on instrument). bar=1H only: 1D bars are cut at UTC+8.
+  Rows [ts,o,h,l,c,vol(contracts),volCcy(coin),volCcyQuote,confirm]; confirm "0" = forming -> dropped.
+Errors: HTTP 429, or HTTP 200 with code != "0"; code 50011 = rate limit -> back off and retry; any
+other code raises naming endpoint, instId, code and msg. Budgets are per endpoint ("N per 2 s").
+
+Units of staging.open_interest rows from OKX: oi_contracts = oi; oi_base = oiCcy (else
+oi x contract size for linear); oi_usd = oiUsd (else oi x contract size for inverse). When both the
+reported and the contract-size value exist they must agree (0.5 %), or the page is refused: a wrong
+ctVal or a changed unit must not load silently.
+
+Example (GET /api/v5/public/open-interest, real 2022 row, BTC-USDT-SWAP, ctVal 0.01 BTC):
+    {"instId":"BTC-USDT-SWAP","oi":"2125419","oiCcy":"21254.19"}  -> 2,125,419 contracts = 21,254.19 BTC
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+
+from perpwatch import settings
+from perpwatch.assets import canonical
+from sources.base import ParseContext, Stream
+from sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
+from sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
+
+log = logging.getLogger("perpwatch.okx")
+
+SOURCE = "okx"
+VENUE = "okx"
+H = timedelta(hours=1)
+RUBIK_DEPTH = 1440 * H           # the latest 1,440 rows of the period
+FUNDING_DEPTH = timedelta(days=90)
+RECENT_CANDLES = 1440 * H        # /candles, /mark-price-candles, /index-candles serve the latest 1,440 bars
+RATE_LIMIT_CODES = {"50011", "50061"}
+# transient server-side errors in an HTTP 200 envelope (50001 service unavailable, 50004 endpoint timeout,
+# 50013 systems busy, 50026 system error): retried like a rate limit (found by the error200 fault)
+RETRY_CODES = RATE_LIMIT_CODES | {"50001", "50004", "50013", "50026"}
+MAX_RATE_RETRIES = 6
+UNIT_TOLERANCE = 0.005
+
+INSTRUMENTS = "/api/v5/public/instruments"
+FUNDING_NOW = "/api/v5/public/funding-rate"
+FUNDING_HISTORY = "/api/v5/public/funding-rate-history"
+OI_HISTORY = "/api/v5/rubik/stat/contracts/open-interest-history"
+RATIO_ENDPOINTS = {
+    "accounts": "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract",
+    "top_accounts": "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract-top-trader",
+    "top_positions": "/api/v5/rubik/stat/contracts/long-short-position-ratio-contract-top-trader",
+}
+# kind -> ((recent endpoint, limit), (history endpoint, limit))
+CANDLES = {
+    "perp": (("/api/v5/market/candles", 300), ("/api/v5/market/history-candles", 300)),
+    "future": (("/api/v5/market/candles", 300), ("/api/v5/market/history-candles", 300)),
+    "mark": (("/api/v5/market/mark-price-candles", 100), ("/api/v5/market/history-mark-price-candles", 100)),
+    "index": (("/api/v5/market/index-candles", 100), ("/api/v5/market/history-index-candles", 100)),
+}
+BARS = {"1H": ("1h", H), "1Dutc": ("1d", timedelta(days=1))}
+# requests per 2 s per endpoint (OKX docs), used at 80 %
+LIMITS = {
+    INSTRUMENTS: 20, FUNDING_NOW: 20, FUNDING_HISTORY: 10, OI_HISTORY: 10,
+    **{ep: 5 for ep in RATIO_ENDPOINTS.values()},
+    "/api/v5/market/candles": 40, "/api/v5/market/history-candles": 20,
+    "/api/v5/market/mark-price-candles": 20, "/api/v5/market/history-mark-price-candles": 10,
+    "/api/v5/market/index-candles": 20, "/api/v5/market/history-index-candles": 10,
+}
+QUOTES = {"linear": "USDT", "inverse": "USD"}   # which swaps we follow per margin type
+
+UNSUPPORTED = {
+    "liquidations": "REST liquidation-orders removed from the docs 2023-03-27 (recent days only); captured by "
+                    "the websocket collector (liquidation-orders channel)",
+}
+
+
+def make_client(lander, limits_scale: float = 1.0) -> VenueClient:
+    s = limits_scale
+    return VenueClient(
+        SOURCE,
+        bases={"": "OKX"},
+        lander=lander,
+        budgets={ep: Budget(f"okx {ep} per 2 s", max(1.0, n * 0.8 * s), 2.0) for ep, n in LIMITS.items()},
+    )
+
+
+# --------------------------------------------------------------------------- extraction
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def _body(page: Fetched) -> dict:
+    """The decoded v5 envelope of a page, or BadPayload (not JSON, or no code)."""
+    body = page.json()
+    if not isinstance(body, dict) or "code" not in body:
+        raise BadPayload(SOURCE, page.endpoint, page.params, f"no code/data envelope in raw_id {page.raw_id}: "
+                         f"{page.body[:120].decode('utf-8', 'replace')}")
+    return body
+
+
+def _get(cl: VenueClient, endpoint: str, params: dict, stream: str | None = None,
+         instrument: str | None = None) -> Fetched:
+    """cl.get plus OKX's HTTP-200 error envelope: code 50011 backs off and retries, any other
+    code != "0" raises naming endpoint, instId, code and msg."""
+    attempt = 0
+    while True:
+        attempt += 1
+        page = cl.get(endpoint, params, costs={endpoint: 1}, stream=stream, instrument=instrument)
+        try:
+            body = _body(page)
+        except BadPayload:
+            return page      # landed; the caller yields it (the parser quarantines it), then paging stops
+        code = str(body.get("code"))
+        if code == "0":
+            return page
+        what = f"code {code} {body.get('msg', '')!r} (raw_id {page.raw_id})"
+        if code in RETRY_CODES:
+            cl._count("rate_limited")
+            if attempt > MAX_RATE_RETRIES:
+                raise RateLimited(SOURCE, endpoint, params, f"{what} after {attempt} attempts", 200)
+            wait = min(30.0, 0.5 * 2 ** (attempt - 1))
+            if endpoint in cl.budgets:
+                cl.budgets[endpoint].block_for(wait)
+            log.warning("okx %s [%s]: %s, backing off %.1fs", endpoint, params.get("instId", "-"), what, wait)
+            time.sleep(wait)
+            continue
+        raise BadRequest(SOURCE, endpoint, params, what, 200)
+
+
+def _data(page: Fetched) -> list:
+    data = _body(page).get("data")
+    if not isinstance(data, list):
+        raise BadPayload(SOURCE, page.endpoint, page.params, f"data is {type(data).__name__} in raw_id {page.raw_id}")
+    return data
+
+
+def fetch_instruments(cl: VenueClient) -> list[Fetched]:
+    """SWAP and FUTURES listings, then the funding-rate snapshot (interval per swap) for every swap
+    (instId=ANY), or, where ANY is refused, for the configured assets' live swaps."""
+    out = [_get(cl, INSTRUMENTS, {"instType": "SWAP"}), _get(cl, INSTRUMENTS, {"instType": "FUTURES"})]
+    try:
+        out.append(_get(cl, FUNDING_NOW, {"instId": "ANY"}))
+        return out
+    except BadRequest as exc:
+        log.info("okx funding-rate instId=ANY refused (%s): asking per instrument", exc)
+    wanted = set(settings.assets())
+    for row in _data(out[0]):
+        inst = row.get("instId", "")
+        if row.get("state") == "live" and canonical(VENUE, inst)[0] in wanted:
+            try:
+                out.append(_get(cl, FUNDING_NOW, {"instId": inst}))
+            except BadRequest as exc:     # one instrument's snapshot missing: its interval comes from spacing
+                log.warning("okx funding-rate %s: %s", inst, exc)
+    return out
+
+
+def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
+    """Streams for the configured assets' trading USDT-linear and USD-inverse swaps (and futures prices)."""
+    if instruments.height == 0:
+        return []
+    rows = instruments.filter((pl.col("venue") == VENUE) & pl.col("asset").is_in(assets)
+                              & (pl.col("status") == "trading"))
+    out: list[Stream] = []
+    now = datetime.now(UTC)
+    for r in rows.iter_rows(named=True):
+        inst, margin = r["instrument"], r["margin"]
+        if margin not in QUOTES or r["quote"] != QUOTES[margin]:
+            continue
+        if r["kind"] == "future":
+            if r["expiry"] is None or r["expiry"] > now:
+                out.append(Stream(SOURCE, "prices", "prices/future", inst))
+            continue
+        if r["kind"] != "perp":
+            continue
+        step = timedelta(hours=r["funding_interval_hours"] or 8.0)
+        out.append(Stream(SOURCE, "funding_rates", "funding_rates", inst, step=step, history=FUNDING_DEPTH))
+        out.append(Stream(SOURCE, "open_interest", "open_interest", inst, history=RUBIK_DEPTH))
+        for pop in RATIO_ENDPOINTS:
+            out.append(Stream(SOURCE, "long_short_ratio", f"long_short_ratio/{pop}", inst, history=RUBIK_DEPTH))
+        for kind in ("perp", "mark", "index"):
+            out.append(Stream(SOURCE, "prices", f"prices/{kind}", inst))
+    return out
+
+
+def index_id(inst: str) -> str:
+    """The index a swap tracks: BTC-USDT-SWAP -> BTC-USDT, BTC-USD-SWAP -> BTC-USD."""
+    return inst.removesuffix("-SWAP")
+
+
+def _times(page: Fetched, key: str | int) -> list[int]:
+    try:
+        return [int(r[key]) for r in _data(page)]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise BadPayload(SOURCE, page.endpoint, page.params,
+                         f"rows without a usable {key!r} in raw_id {page.raw_id}: {exc!r}") from exc
+
+
+def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> Iterator[Fetched]:
+    """Fetch [start, end] of one stream, paging backward from `end` (OKX pages are newest first)."""
+    inst = stream.instrument
+    if stream.history is not None:
+        start = max(start, end - stream.history + H)
+    if start >= end:
+        return
+    lo, hi = _ms(start), _ms(end)
+    if stream.dataset in ("open_interest", "long_short_ratio"):
+        endpoint = OI_HISTORY if stream.dataset == "open_interest" else RATIO_ENDPOINTS[stream.name.split("/", 1)[1]]
+        upto = hi                                  # rubik begin/end are inclusive
+        while True:
+            page = _get(cl, endpoint, {"instId": inst, "period": "1H", "begin": lo, "end": upto, "limit": 100},
+                        stream=stream.name, instrument=inst)
+            yield page
+            times = _times(page, 0)
+            if len(times) < 100 or min(times) <= lo:
+                return
+            if min(times) > upto:
+                raise BadPayload(SOURCE, endpoint, page.params, f"page is newer than end={upto}")
+            upto = min(times) - 1
+    if stream.dataset == "funding_rates":
+        after = hi + 1                             # before/after are exclusive
+        while True:
+            page = _get(cl, FUNDING_HISTORY, {"instId": inst, "before": lo - 1, "after": after, "limit": 400},
+                        stream=stream.name, instrument=inst)
+            yield page
+            times = _times(page, "fundingTime")
+            if len(times) < 400 or min(times) <= lo:
+                return
+            if min(times) >= after:
+                raise BadPayload(SOURCE, FUNDING_HISTORY, page.params, f"page is not older than after={after}")
+            after = min(times)
+    if stream.dataset == "prices":
+        kind = stream.name.split("/", 1)[1]
+        (recent, recent_limit), (history, history_limit) = CANDLES[kind]
+        use_recent = start >= datetime.now(UTC) - RECENT_CANDLES + 2 * H
+        endpoint, limit = (recent, recent_limit) if use_recent else (history, history_limit)
+        inst_id = index_id(inst) if kind == "index" else inst
+        after = hi + 1
+        while True:
+            page = _get(cl, endpoint, {"instId": inst_id, "bar": "1H", "before": lo - 1, "after": after,
+                                       "limit": limit}, stream=stream.name, instrument=inst)
+            yield page
+            times = _times(page, 0)
+            if len(times) < limit or min(times) <= lo:
+                return
+            if min(times) >= after:
+                raise BadPayload(SOURCE, endpoint, page.params, f"page is not older than after={after}")
+            after = min(times)
+    raise ValueError(f"okx: no fetcher for dataset {stream.dataset!r}")
+
+
+INSTRUMENT_ENDPOINTS = (INSTRUMENTS, FUNDING_NOW)
+DATASETS = ("instruments", "funding_rates", "open_interest", "long_short_ratio", "prices")
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _rows(data, endpoint: str, params: dict) -> list | None:
+    """The `data` list of a v5 envelope; None for a rate-limited reply (it was retried); raises on errors."""
+    if not isinstance(data, dict) or "code" not in data:
+        raise ValueError(f"okx {endpoint}: expected a v5 envelope with code, got {str(data)[:120]}")
+    code = str(data["code"])
+    if code != "0":
+        if code in RETRY_CODES:
+            return None
+        raise ValueError(f"okx {endpoint} [{params.get('instId', params.get('instType', '-'))}]: code {code} "
+                         f"{data.get('msg', '')!r}")
+    rows = data.get("data")
+    if not isinstance(rows, list):
+        raise ValueError(f"okx {endpoint}: data is {type(rows).__name__}, expected a list")
+    return rows
+
+
+def _opt_num(df: pl.DataFrame, col: str) -> pl.Expr:
+    """Numeric string column that may be absent or empty ("") -> Float64 with nulls."""
+    if col not in df.columns:
+        return pl.lit(None, pl.Float64)
+    e = pl.col(col).cast(pl.Utf8).str.strip_chars()
+    return pl.when(e == "").then(None).otherwise(e).cast(pl.Float64)
+
+
+def _asset(ctx: ParseContext, inst: str) -> str:
+    return ctx.instrument(VENUE, inst).get("asset") or canonical(VENUE, inst)[0]
+
+
+def _arrays(rows: list, cols: list[str], endpoint: str, inst: str, min_width: int) -> pl.DataFrame:
+    if any(not isinstance(r, list) or len(r) < min_width for r in rows):
+        raise ValueError(f"okx {endpoint} [{inst}]: rows must be arrays of >= {min_width} fields, got {str(rows[0])[:80]}")
+    width = min(len(cols), max(len(r) for r in rows))      # short rows (older API versions) pad with nulls
+    return pl.DataFrame([[None if x is None else str(x) for x in r[:width]] + [None] * (width - len(r))
+                         for r in rows], schema={c: pl.Utf8 for c in cols[:width]}, orient="row")
+
+
+INSTRUMENT_SCHEMA = {"venue": pl.Utf8, "instrument": pl.Utf8, "asset": pl.Utf8, "quote": pl.Utf8, "settle": pl.Utf8,
+                     "margin": pl.Utf8, "kind": pl.Utf8, "contract_size": pl.Float64, "contract_unit": pl.Utf8,
+                     "multiplier": pl.Float64, "funding_interval_hours": pl.Float64, "expiry": UTC_MS,
+                     "status": pl.Utf8, "as_of": UTC_MS}
+STATE = {"live": "trading", "suspend": "suspended", "preopen": "prelaunch", "test": "test", "expired": "delisted"}
+KINDS = {"SWAP": "perp", "FUTURES": "future"}
+
+
+def _f(x) -> float | None:
+    try:
+        return float(x) if x not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_instruments(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+    """Listed instruments; a known instrument of the same instType missing from the list is delisted."""
+    rows_in = _rows(data, INSTRUMENTS, params)
+    if rows_in is None:
+        return {"instruments": pl.DataFrame(schema=INSTRUMENT_SCHEMA)}
+    rows, listed = [], set()
+    for s in rows_in:   # instrument metadata: a few hundred rows, not a hot path
+        kind = KINDS.get(s.get("instType", ""))
+        if kind is None:
+            continue
+        inst = s["instId"]
+        listed.add(inst)
+        family = s.get("instFamily") or s.get("uly") or inst
+        quote = family.split("-")[1].split("_")[0] if "-" in family else None
+        asset, mult = canonical(VENUE, inst)
+        ct_val, ct_mult = _f(s.get("ctVal")), _f(s.get("ctMult")) or 1.0
+        exp = _f(s.get("expTime"))
+        rows.append({
+            "venue": VENUE, "instrument": inst, "asset": asset, "quote": quote, "settle": s.get("settleCcy") or None,
+            "margin": "inverse" if s.get("ctType") == "inverse" else "linear", "kind": kind,
+            "contract_size": ct_val * ct_mult if ct_val is not None else None,
+            "contract_unit": "usd" if s.get("ctValCcy") == "USD" else "base", "multiplier": mult,
+            "funding_interval_hours": None,
+            "expiry": datetime.fromtimestamp(exp / 1000, UTC) if exp and kind == "future" else None,
+            "status": STATE.get(s.get("state", ""), str(s.get("state", "")).lower()), "as_of": ctx.fetched_at,
+        })
+    kind_here = KINDS.get(params.get("instType", ""))
+    if kind_here is not None and not params.get("instId") and not params.get("instFamily") and not params.get("uly"):
+        for (venue, inst), known in ctx.instruments.items():   # gone from a complete listing -> delisted
+            if venue == VENUE and inst not in listed and known.get("kind") == kind_here \
+                    and known.get("status") != "delisted":
+                rows.append({**{k: known.get(k) for k in INSTRUMENT_SCHEMA}, "status": "delisted",
+                             "as_of": ctx.fetched_at})
+    return {"instruments": pl.DataFrame(rows, schema=INSTRUMENT_SCHEMA)}
+
+
+def parse_funding_now(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+    """Funding interval per swap from the current snapshot: nextFundingTime - fundingTime."""
+    rows = _rows(data, FUNDING_NOW, params)
+    if not rows:
+        return {"instruments": pl.DataFrame()}
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    missing = [c for c in ("instId", "fundingTime", "nextFundingTime") if c not in df.columns]
+    if missing:
+        raise ValueError(f"okx {FUNDING_NOW}: missing field(s) {missing}")
+    hours = ((_opt_num(df, "nextFundingTime") - _opt_num(df, "fundingTime")) / 3_600_000.0).round(2)
+    return {"instruments": df.select(
+        pl.lit(VENUE).alias("venue"), pl.col("instId").alias("instrument"),
+        pl.when(hours.is_in([1.0, 2.0, 4.0, 6.0, 8.0])).then(hours).otherwise(None).alias("funding_interval_hours"))}
+
+
+def _check_units(df: pl.DataFrame, reported: str, computed: str, inst: str, field: str) -> None:
+    bad = df.filter(pl.col(reported).is_not_null() & pl.col(computed).is_not_null()
+                    & ((pl.col(reported) - pl.col(computed)).abs() > UNIT_TOLERANCE * pl.col(computed).abs() + 1e-9))
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise ValueError(f"okx {OI_HISTORY} [{inst}]: {bad.height} row(s) where {field}={r[reported]} "
+                         f"disagrees with contracts x contract size = {r[computed]} (ts {r['ts']}): wrong ctVal or unit")
+
+
+def parse_oi_history(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+    inst = params.get("instId", "")
+    rows = _rows(data, OI_HISTORY, params)
+    if not rows:
+        return {"open_interest": pl.DataFrame()}
+    df = _arrays(rows, ["ts", "oi", "oiCcy", "oiUsd"], OI_HISTORY, inst, 2)
+    info = ctx.instrument(VENUE, inst)
+    size, unit = info.get("contract_size"), info.get("contract_unit")
+    inverse = info.get("margin") == "inverse" or (not info and inst.split("-")[1:2] == ["USD"])
+    oi = num("oi")
+    df = df.with_columns(ts_ms("ts").alias("ts"), oi.alias("oi_contracts"), _opt_num(df, "oiCcy").alias("rep_base"),
+                         _opt_num(df, "oiUsd").alias("rep_usd"),
+                         (oi * size if size and unit == "base" else pl.lit(None, pl.Float64)).alias("ct_base"),
+                         (oi * size if size and unit == "usd" else pl.lit(None, pl.Float64)).alias("ct_usd"))
+    _check_units(df, "rep_base", "ct_base", inst, "oiCcy")
+    _check_units(df, "rep_usd", "ct_usd", inst, "oiUsd")
+    out = df.select(
+        pl.lit(VENUE).alias("venue"), pl.lit(inst).alias("instrument"), "ts", pl.lit(_asset(ctx, inst)).alias("asset"),
+        pl.lit("inverse" if inverse else "linear").alias("margin"), "oi_contracts",
+        pl.coalesce("rep_base", "ct_base").alias("oi_base"), pl.coalesce("rep_usd", "ct_usd").alias("oi_usd"))
+    return {"open_interest": out.sort("ts")}
+
+
+def parse_funding_history(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+    rows = _rows(data, FUNDING_HISTORY, params)
+    if not rows:
+        return {"funding_rates": pl.DataFrame()}
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    missing = [c for c in ("instId", "fundingRate", "fundingTime") if c not in df.columns]
+    if missing:
+        raise ValueError(f"okx {FUNDING_HISTORY} [{params.get('instId', '-')}]: missing field(s) {missing}")
+    inst = df["instId"][0]
+    known = ctx.instrument(VENUE, inst).get("funding_interval_hours") or 8.0
+    df = df.with_columns(ts_ms("fundingTime").dt.truncate("1h").alias("funding_time"),
+                         pl.coalesce(_opt_num(df, "realizedRate"), num("fundingRate")).alias("funding_rate"))
+    df = df.with_columns(interval_from_spacing(df, "funding_time", "instId", pl.lit(float(known)))
+                         .alias("interval_hours"))
+    out = df.select(
+        pl.lit(VENUE).alias("venue"), pl.col("instId").alias("instrument"), "funding_time",
+        pl.lit(_asset(ctx, inst)).alias("asset"), "funding_rate", "interval_hours",
+        *funding_derived(pl.col("funding_rate"), pl.col("interval_hours")),
+        pl.lit(None, pl.Float64).alias("mark_price"))
+    return {"funding_rates": out.sort("funding_time")}
+
+
+def _parse_ratio(population: str, endpoint: str):
+    def parse(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+        inst = params.get("instId", "")
+        rows = _rows(data, endpoint, params)
+        if not rows:
+            return {"long_short_ratio": pl.DataFrame()}
+        df = _arrays(rows, ["ts", "ratio"], endpoint, inst, 2)
+        ratio = num("ratio")
+        out = df.select(
+            pl.lit(VENUE).alias("venue"), pl.lit(inst).alias("instrument"), ts_ms("ts").alias("ts"),
+            pl.lit(population).alias("population"), pl.lit(_asset(ctx, inst)).alias("asset"),
+            (ratio / (1.0 + ratio)).alias("long_share"), (1.0 / (1.0 + ratio)).alias("short_share"),
+            ratio.alias("ratio"))
+        return {"long_short_ratio": out.sort("ts")}
+    return parse
+
+
+CANDLE_COLS = ["ts", "open", "high", "low", "close", "vol", "volCcy", "volCcyQuote", "confirm"]
+MARK_COLS = ["ts", "open", "high", "low", "close", "confirm"]
+
+
+def _parse_candles(kind: str, endpoint: str):
+    def parse(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+        inst_id = params.get("instId", "")
+        rows = _rows(data, endpoint, params)
+        if not rows:
+            return {"prices": pl.DataFrame()}
+        label, span = BARS.get(params.get("bar", "1m"), (None, None))
+        if label is None:      # 1m default or 1D (cut at UTC+8): never stored
+            raise ValueError(f"okx {endpoint} [{inst_id}]: unsupported bar {params.get('bar')!r} (use 1H or 1Dutc)")
+        inst = f"{inst_id}-SWAP" if kind == "index" else inst_id
+        traded = kind in ("perp", "future")
+        df = _arrays(rows, CANDLE_COLS if traded else MARK_COLS, endpoint, inst_id, 5)
+        info = ctx.instrument(VENUE, inst)
+        k = "future" if kind == "perp" and info.get("kind") == "future" else kind
+        if traded and "volCcy" in df.columns:
+            size = info.get("contract_size")
+            quote = _opt_num(df, "volCcyQuote")
+            if info.get("contract_unit") == "usd" and size:
+                quote = pl.coalesce(quote, num("vol") * size)          # inverse: contracts x USD per contract
+            vols = [num("volCcy").alias("volume_base"), pl.coalesce(quote, num("volCcy") * num("close")).alias("volume_usd")]
+        else:
+            vols = [pl.lit(None, pl.Float64).alias("volume_base"), pl.lit(None, pl.Float64).alias("volume_usd")]
+        out = df.select(
+            pl.lit(VENUE).alias("venue"), pl.lit(inst).alias("instrument"), pl.lit(k).alias("kind"),
+            pl.lit(label).alias("interval"), ts_ms("ts").alias("ts"), pl.lit(_asset(ctx, inst)).alias("asset"),
+            num("open").alias("open"), num("high").alias("high"), num("low").alias("low"),
+            num("close").alias("close"), *vols,
+            (pl.col("confirm") if "confirm" in df.columns else pl.lit(None, pl.Utf8)).alias("_confirm"))
+        # "0" = still forming; without the field, keep only bars closed when fetched
+        out = out.filter(pl.when(pl.col("_confirm").is_not_null()).then(pl.col("_confirm") != "0")
+                         .otherwise(pl.col("ts") + span <= pl.lit(ctx.fetched_at).cast(UTC_MS))).drop("_confirm")
+        return {"prices": out.with_columns(pl.lit(info.get("expiry"), UTC_MS).alias("expiry")).sort("ts")}
+    return parse
+
+
+PARSERS = {
+    INSTRUMENTS: parse_instruments,
+    FUNDING_NOW: parse_funding_now,
+    FUNDING_HISTORY: parse_funding_history,
+    OI_HISTORY: parse_oi_history,
+    **{ep: _parse_ratio(pop, ep) for pop, ep in RATIO_ENDPOINTS.items()},
+    **{ep: _parse_candles(kind, ep) for kind, pair in CANDLES.items() if kind != "future" for ep, _ in pair},
+}
+
