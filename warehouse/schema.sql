@@ -119,3 +119,12 @@ CREATE TABLE IF NOT EXISTS quarantine.batches (
     failed_expectations JSON, rows BIGINT, sample JSON, message VARCHAR,
     received_at TIMESTAMPTZ, resolved_at TIMESTAMPTZ
 );
+
+-- [source, dataset, instrument, gap_start] rows missing inside a stored series (perpwatch/gaps.py):
+-- open gaps widen the next run's window for that stream until they are filled or found unfillable.
+CREATE TABLE IF NOT EXISTS meta.gaps (
+    source VARCHAR NOT NULL, dataset VARCHAR NOT NULL, instrument VARCHAR NOT NULL,
+    gap_start TIMESTAMPTZ NOT NULL, gap_end TIMESTAMPTZ NOT NULL, missing BIGINT,
+    status VARCHAR NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, detected_at TIMESTAMPTZ,
+    detected_run VARCHAR, resolved_at TIMESTAMPTZ, resolved_run VARCHAR
+);
