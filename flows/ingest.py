@@ -29,7 +29,7 @@ def validate_and_load(rc, pages):
     pipeline.load_parsed(rc.con, rc.report, pages, rc.ctx_instruments)
 
 
-@flow(name="perpwatch-ingest", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=False)
+@flow(name="perpwatch-ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
 def ingest(start: datetime | None = None, end: datetime | None = None, venues: list[str] | None = None,
            assets: list[str] | None = None, db: str | None = None, kind: str = "run") -> dict:
     """Extract every configured source from its watermark (or the backfill window) and load it."""

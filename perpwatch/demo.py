@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from perpwatch import quiet
 
+DEMO_HISTORY_DAYS = 150
+
 
 def main() -> int:
     quiet.configure()
@@ -23,17 +25,28 @@ def main() -> int:
     try:
         import polars as pl
 
+        import sources
         import warehouse
-        from flows.daily import daily
+        from flows.build import build
+        from flows.ingest import ingest
         from perpwatch import settings
 
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         start = end - timedelta(days=30)
-        print(f"backfilling {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC for "
-              f"{','.join(settings.assets())} into {settings.db_path()} ...")
-        result = daily(start=start, end=end)
-        print(f"run {result['run_id']}: {result['status']} — fetched {result['fetched']}, loaded {result['loaded']}, "
-              f"duplicate {result['duplicate']}, quarantined {result['quarantined']}")
+        long_start = end - timedelta(days=DEMO_HISTORY_DAYS)
+        venues = list(sources.available(("venues",)))
+        providers = list(sources.available(("providers",)))
+        print(f"backfilling {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC for {','.join(settings.assets())} "
+              f"from {', '.join(venues)} into {settings.db_path()} ...")
+        # Prices, funding and the macro/ETF providers go back further so 30/90-day correlations have
+        # enough history; every venue's own history depth (Binance OI: 30 days) still applies.
+        results = [ingest(start=long_start, end=end, venues=["binance", *providers], kind="backfill"),
+                   ingest(start=start, end=end, venues=[v for v in venues if v != "binance"], kind="backfill")]
+        build(publish=True)
+        for result in results:
+            print(f"run {result['run_id']}: {result['status']} — fetched {result['fetched']}, "
+                  f"loaded {result['loaded']}, duplicate {result['duplicate']}, quarantined {result['quarantined']}")
+        status = "failed" if any(r["status"] == "failed" for r in results) else "ok"
         with warehouse.session(read_only=True) as con:
             df = con.sql("""
                 SELECT date, asset, round(close_usd, 2) AS close, round(return_1d * 100, 2) AS "ret%",
@@ -48,11 +61,47 @@ def main() -> int:
                        tbl_hide_column_data_types=True):
             print("\nmarts.daily_signals — last 7 days")
             print(df)
+        with warehouse.session(read_only=True) as con:
+            # the latest day: Hyperliquid and Deribit serve OI snapshots only, so they appear from today on
+            day = con.sql("SELECT max(date) FROM marts.open_interest_by_venue").fetchone()[0]
+            venues = con.sql("""
+                SELECT asset, venue, round(oi_usd / 1e9, 3) AS oi_bn, round(share * 100, 1) AS "share%",
+                       round(linear_oi_usd / 1e9, 3) AS linear_bn, round(inverse_oi_usd / 1e9, 3) AS inverse_bn,
+                       instruments
+                FROM marts.open_interest_by_venue WHERE date = ? ORDER BY asset, oi_usd DESC""", params=[day]).pl()
+            alerts = con.sql("""
+                SELECT date, asset, rule, severity, message FROM marts.alerts
+                WHERE date > (SELECT max(date) FROM marts.alerts) - 7 AND severity IN ('warning', 'critical')
+                ORDER BY date DESC, severity, asset LIMIT 12""").pl()
+            etf = con.sql("""
+                SELECT date, round(total_flow_usd / 1e6, 1) AS "flow_musd", round(flow_5d_avg_usd / 1e6, 1) AS "5d_avg",
+                       round(flow_20d_avg_usd / 1e6, 1) AS "20d_avg", round(cumulative_flow_usd / 1e9, 2) AS "cum_busd"
+                FROM marts.etf_flows_daily ORDER BY date DESC LIMIT 5""").pl()
+            corr = con.sql("""
+                SELECT asset, benchmark, window_days, round(correlation, 3) AS correlation, n_obs, date
+                FROM marts.cross_market_correlation
+                QUALIFY row_number() OVER (PARTITION BY asset, benchmark, window_days ORDER BY date DESC) = 1
+                ORDER BY asset, benchmark, window_days""").pl()
+            reports = settings.db_path().parent / "reports"
+            from perpwatch import heatmap, report
+            png = heatmap.render(con, "BTC", 7, reports / "heatmap_BTC.png")
+            html = report.write(con, reports / "report.html", str(settings.db_path()))
+        with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
+                       tbl_hide_column_data_types=True, fmt_str_lengths=110):
+            print(f"\nopen interest by venue — {day} (latest snapshot of the day, USD bn)")
+            print(venues)
+            print("\nalerts — last 7 days (warning and critical)")
+            print(alerts)
+            print("\nspot bitcoin ETF flows (US$ m) — latest days")
+            print(etf)
+            print("\ncross-market correlation of daily log returns — latest")
+            print(corr)
+        print(f"\nheatmap: {png}   report: {html}")
         print(f"\nwarehouse: {settings.db_path()}   BI snapshot: {settings.serving_db_path()}   "
               f"exports: {settings.exports_dir()}/   ({time.perf_counter() - t0:.1f}s)")
         print("query it:  .venv/bin/python -c \"import duckdb; print(duckdb.connect('data/serving.duckdb', "
               "read_only=True).sql('from marts.daily_signals limit 5'))\"")
-        return 0 if result["status"] != "failed" else 1
+        return 0 if status != "failed" else 1
     finally:
         sim.stop()
 

@@ -405,7 +405,7 @@ def windows_for(rc: RunContext, streams: list[Stream]) -> dict[Stream, tuple[dat
 
 def run(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
         venues: list[str] | None = None, assets: list[str] | None = None, db=None,
-        build: bool = True, publish: bool = False, max_workers: int = 4,
+        build: bool = True, publish: bool = False, max_workers: int = 8,
         progress: Callable[[str], None] | None = None) -> RunReport:
     """One pass over every configured source: extract from watermarks (or a backfill window)."""
     say = progress or (lambda _m: None)

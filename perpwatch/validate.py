@@ -57,10 +57,13 @@ def suite_definition(table: str) -> dict:
 
 @lru_cache(maxsize=1)
 def _context():
-    for name in ("great_expectations", "great_expectations.data_context.types.base",
-                 "great_expectations.data_context"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     import great_expectations as gx  # 2-3 s import: only when something is validated
+
+    # GX configures its loggers on import; quiet them afterwards (an INFO line per ephemeral context)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = {"globally": False}

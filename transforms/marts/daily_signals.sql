@@ -15,6 +15,17 @@ oi AS (            -- aggregate open interest, end of day, summed over venues
     FROM marts.open_interest_by_venue WHERE oi_usd IS NOT NULL
     GROUP BY date, asset
 ),
+oi_like AS (       -- OI changes like for like: only venues reporting on both days, so a venue whose
+                   -- history starts later (snapshot-only Hyperliquid/Deribit, Binance's 30 days) is not a move
+    SELECT v.date, v.asset,
+           sum(v.oi_usd) FILTER (WHERE v1.oi_usd IS NOT NULL) / nullif(sum(v1.oi_usd), 0) - 1 AS oi_change_1d,
+           sum(v.oi_usd) FILTER (WHERE v7.oi_usd IS NOT NULL) / nullif(sum(v7.oi_usd), 0) - 1 AS oi_change_7d
+    FROM marts.open_interest_by_venue v
+    LEFT JOIN marts.open_interest_by_venue v1 ON v1.asset = v.asset AND v1.venue = v.venue AND v1.date = v.date - 1
+    LEFT JOIN marts.open_interest_by_venue v7 ON v7.asset = v.asset AND v7.venue = v.venue AND v7.date = v.date - 7
+    WHERE v.oi_usd IS NOT NULL
+    GROUP BY v.date, v.asset
+),
 market AS (        -- sum over every tracked asset
     SELECT date, sum(oi_usd) AS market_oi_usd FROM oi GROUP BY date
 ),
@@ -90,8 +101,7 @@ joined AS (
     SELECT p.date, p.asset, p.close_usd,
            CASE WHEN lag(p.date) OVER w = p.date - 1 THEN p.close_usd / lag(p.close_usd) OVER w - 1 END AS return_1d,
            o.oi_usd, o.oi_venues,
-           o.oi_usd / nullif(o1.oi_usd, 0) - 1 AS oi_change_1d,
-           o.oi_usd / nullif(o7.oi_usd, 0) - 1 AS oi_change_7d,
+           lk.oi_change_1d, lk.oi_change_7d,
            mk.market_oi_usd,
            f.funding_rate_8h, f.funding_annualized, f.funding_rate_8h_max, f.funding_rate_8h_min,
            f.funding_instruments,
@@ -106,8 +116,7 @@ joined AS (
            hc.cluster_below_price, hc.cluster_below_usd, hc.cluster_below_distance
     FROM price p
     LEFT JOIN oi o USING (date, asset)
-    LEFT JOIN oi o1 ON o1.asset = p.asset AND o1.date = p.date - 1
-    LEFT JOIN oi o7 ON o7.asset = p.asset AND o7.date = p.date - 7
+    LEFT JOIN oi_like lk ON lk.asset = p.asset AND lk.date = p.date
     LEFT JOIN market mk ON mk.date = p.date
     LEFT JOIN funding f USING (date, asset)
     LEFT JOIN ls l USING (date, asset)
