@@ -14,10 +14,14 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "tables.md"
 
 def render() -> str:
     docs = warehouse.table_docs()
+    common = docs.pop("*", {}).get("columns", {})
     lines = ["# Warehouse tables", "",
              "Generated from `warehouse/docs.toml` and `warehouse/docs.d/*.toml` by `python -m perpwatch.docgen`;",
              "the same text is attached to the warehouse with `COMMENT ON` (query `duckdb_tables()` /",
              "`duckdb_columns()` `comment`). Grain (the key, never duplicated) in brackets.", ""]
+    lines += ["## Columns shared by many tables", "", "| column | meaning |", "|---|---|"]
+    lines += [f"| `{c}` | {t} |" for c, t in common.items()]
+    lines.append("")
     order = ["raw", "staging", "marts", "meta", "quarantine"]
     for schema in order:
         names = sorted(t for t in docs if t.startswith(schema + "."))
@@ -26,7 +30,7 @@ def render() -> str:
         lines += [f"## {schema}", ""]
         for name in names:
             d = docs[name]
-            lines += [f"### `{name}`", "", d["description"], ""]
+            lines += [f"### `{name}`", "", d.get("description", ""), ""]
             cols = d.get("columns", {})
             if cols:
                 lines += ["| column | meaning |", "|---|---|"]

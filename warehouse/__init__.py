@@ -118,7 +118,14 @@ def apply_comments(con: duckdb.DuckDBPyConnection, only_existing: bool = True) -
             "SELECT schema_name, table_name, column_name, comment FROM duckdb_columns() "
             f"WHERE database_name = current_database() AND schema_name IN {schemas}").fetchall():
         columns.setdefault(f"{s}.{t}", {})[col] = comment
-    for table, doc in table_docs().items():
+    docs = table_docs()
+    common = docs.get("*", {}).get("columns", {})
+    for table in tables:                          # columns every table shares (venue, asset, raw_id, ...)
+        if table not in docs:
+            docs[table] = {"columns": {}}
+        for col, text in common.items():
+            docs[table]["columns"].setdefault(col, text)
+    for table, doc in docs.items():
         if table not in tables:
             continue
         current, is_view = tables[table]
