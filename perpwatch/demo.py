@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from perpwatch import quiet
 
 DEMO_HISTORY_DAYS = 150
+DEMO_COLLECT_SECONDS = 8.0
 
 
 def main() -> int:
@@ -42,6 +43,11 @@ def main() -> int:
         # enough history; every venue's own history depth (Binance OI: 30 days) still applies.
         results = [ingest(start=long_start, end=end, venues=["binance", *providers], kind="backfill"),
                    ingest(start=start, end=end, venues=[v for v in venues if v != "binance"], kind="backfill")]
+        # Liquidations exist only as live websocket streams: capture a few seconds of them.
+        from perpwatch.collector import collect
+        cap = collect(seconds=DEMO_COLLECT_SECONDS, flush_every_s=2, progress=lambda _m: None)
+        print(f"liquidation streams ({', '.join(sorted(cap.messages)) or 'none'}): {cap.fetched} liquidations "
+              f"captured in {DEMO_COLLECT_SECONDS:.0f}s, {cap.loaded} loaded ({cap.status})")
         build(publish=True)
         for result in results:
             print(f"run {result['run_id']}: {result['status']} — fetched {result['fetched']}, "
