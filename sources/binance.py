@@ -119,7 +119,7 @@ def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> It
             rows = page.json()
             if len(rows) < 1000:
                 return
-            cursor = int(rows[-1]["fundingTime"]) + 1
+            cursor = max(int(r["fundingTime"]) for r in rows) + 1    # rows may come out of order
         return
     if stream.dataset in ("open_interest", "long_short_ratio"):
         endpoint = ("/futures/data/openInterestHist" if stream.dataset == "open_interest"
@@ -303,10 +303,15 @@ def parse_open_interest_hist_batch(bodies: Sequence[bytes], ctx: ParseContext) -
             pl.Series("__size", np.repeat(sizes, heights)),
             pl.Series("__mult", np.repeat(mults, heights)),
             pl.Series("__payload", np.repeat(pos, heights)))
+        cols = [*_oi_columns(pl.col("__asset"), pl.col("__size"), pl.col("__mult")), "__payload"]
         try:
-            out.append(frame.select(*_oi_columns(pl.col("__asset"), pl.col("__size"), pl.col("__mult")), "__payload"))
-        except Exception:   # noqa: BLE001 - a value that does not parse: let the per-page parser say which
-            rest.extend(int(i) for i in pos)
+            out.append(frame.select(cols))
+        except Exception:   # noqa: BLE001 - a value that does not parse: find the page(s) and leave
+            for i in pos:    # them to the per-page parser, which raises its usual error
+                try:
+                    out.append(frame.filter(pl.col("__payload") == i).select(cols))
+                except Exception:   # noqa: BLE001
+                    rest.append(int(i))
     if not out:
         return {}, sorted(rest)
     frame = out[0] if len(out) == 1 else pl.concat(out).sort("__payload", maintain_order=True)

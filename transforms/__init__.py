@@ -228,7 +228,12 @@ def build_incremental(con, since, only: list[str] | None = None) -> dict[str, fl
             col = p["column"] if ref in models else STAGING_TIME.get(ref, "ts")
             if col is None:
                 return
-            body = f"SELECT * FROM {qcat}.{schema}.\"{name}\" WHERE \"{col}\" >= DATE '{need[ref]:%Y-%m-%d}'"
+            typ = con.execute("SELECT data_type FROM information_schema.columns WHERE table_catalog = current_database() "
+                              "AND table_schema = ? AND table_name = ? AND column_name = ?", [schema, name, col]).fetchone()
+            # a TIMESTAMPTZ literal keeps the filter a plain range (zone maps); `>= DATE` would cast every row
+            lit = (f"TIMESTAMPTZ '{need[ref]:%Y-%m-%d} 00:00:00+00'" if typ and "TIME ZONE" in typ[0].upper()
+                   else f"DATE '{need[ref]:%Y-%m-%d}'")
+            body = f"SELECT * FROM {qcat}.{schema}.\"{name}\" WHERE \"{col}\" >= {lit}"
         con.execute(f"CREATE OR REPLACE VIEW __inc.{ref} AS {body}")
         cut.add(ref)
 

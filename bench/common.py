@@ -1,0 +1,162 @@
+"""Timing, memory and machine facts shared by the benchmark workloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Sample:
+    """Repeated measurements of one thing (seconds, or any unit)."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, v: float) -> None:
+        self.values.append(float(v))
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    @property
+    def lo(self) -> float:
+        return min(self.values) if self.values else float("nan")
+
+    @property
+    def hi(self) -> float:
+        return max(self.values) if self.values else float("nan")
+
+    def fmt(self, unit: str = "s", digits: int = 2) -> str:
+        if not self.values:
+            return "n/a"
+        if len(self.values) == 1:
+            return f"{self.median:.{digits}f} {unit} (1 run)"
+        return f"{self.median:.{digits}f} {unit} ({self.lo:.{digits}f}–{self.hi:.{digits}f}, n={len(self.values)})"
+
+    def as_dict(self) -> dict:
+        return {"median": self.median, "min": self.lo, "max": self.hi, "runs": self.values}
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (VmHWM), MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def machine() -> dict:
+    import duckdb
+    import polars as pl
+    import pyarrow as pa
+
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "duckdb": duckdb.__version__, "polars": pl.__version__,
+                "pyarrow": pa.__version__}
+    for mod in ("prefect", "great_expectations", "orjson", "requests"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            versions[mod] = "?"
+    return {"cores": os.cpu_count(), "memory": mem, "platform": platform.platform(), "versions": versions,
+            "loadavg": loadavg()}
+
+
+def run_child(args: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path = ROOT) -> dict:
+    """Run a child process; return its wall time, exit code, peak RSS (its own rusage) and output."""
+    # Launched through a tiny Python that only waits for it: on Linux a forked child's ru_maxrss
+    # starts at the forking process's high-water mark, so forking from this (big) process would
+    # report our peak, not the child's. The launcher's own footprint (~10 MB) is the floor instead.
+    args = [sys.executable, "-c", _LAUNCHER, *args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    # wait4 gives this child's own rusage (max RSS of it and the descendants it waited for)
+    out_chunks: list[bytes] = []
+    err_chunks: list[bytes] = []
+    import threading
+
+    def pump(src, dst):
+        for chunk in iter(lambda: src.read(65536), b""):
+            dst.append(chunk)
+
+    threads = [threading.Thread(target=pump, args=(proc.stdout, out_chunks), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, err_chunks), daemon=True)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    for t in threads:
+        t.join(timeout=5)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = b"".join(err_chunks).decode("utf-8", "replace")
+    peak = usage.ru_maxrss / 1024
+    lines = stderr.rstrip().splitlines()
+    if lines and lines[-1].startswith("__child_maxrss_kb="):
+        peak = int(lines[-1].split("=", 1)[1]) / 1024
+        stderr = "\n".join(lines[:-1])
+    return {"wall_s": wall, "returncode": proc.returncode, "peak_rss_mb": peak,
+            "stdout": b"".join(out_chunks).decode("utf-8", "replace"), "stderr": stderr}
+
+
+_LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[1:])\n"
+    "sys.stderr.write('\\n__child_maxrss_kb=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(rc)\n")
+
+
+def child_json(module: str, payload: dict, python: str = sys.executable, env: dict | None = None,
+               timeout: float = 1800) -> dict:
+    """Run `python -m module '<json>'` and parse the last stdout line as JSON (plus wall/peak RSS)."""
+    res = run_child([python, "-m", module, json.dumps(payload, default=str)], env=env, timeout=timeout)
+    if res["returncode"] != 0:
+        raise RuntimeError(f"{module} failed (exit {res['returncode']}):\n{res['stderr'][-3000:]}")
+    lines = [ln for ln in res["stdout"].splitlines() if ln.strip()]
+    out = json.loads(lines[-1])
+    out.setdefault("_wall_s", res["wall_s"])
+    out.setdefault("_peak_rss_mb", res["peak_rss_mb"])
+    return out

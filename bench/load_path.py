@@ -1,0 +1,319 @@
+"""Workload 1 — the load path: recorded openInterestHist pages -> parse -> normalise -> validate ->
+idempotent upsert, through the real code (sources.binance.PARSERS, perpwatch.validate.validate,
+warehouse.upsert, via pipeline.parse_all / pipeline.load_table), against baselines in the same run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import orjson
+import polars as pl
+
+from bench.common import ROOT, Sample
+from bench.payloads import ENDPOINT, oi_pages
+
+DLT_PIN = "dlt[duckdb]==1.31.0"
+BENCH_VENV = ROOT / ".bench-venv"
+
+
+def _fresh_db(path: Path):
+    import warehouse
+
+    for p in (path, path.with_name(path.name + ".wal")):
+        p.unlink(missing_ok=True)
+    return warehouse.connect(path)
+
+
+def _fetched(pages):
+    from sources.http import Fetched
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return [Fetched(i + 1, "binance", ENDPOINT, params, 200, body, "open_interest", params["symbol"], at)
+            for i, (params, body) in enumerate(pages)]
+
+
+def _ctx(pages) -> dict:
+    return {("binance", p["symbol"]): {"venue": "binance", "instrument": p["symbol"], "contract_size": 1.0}
+            for p, _ in pages}
+
+
+def batch_parse(fetched, ctx_instruments) -> list[pl.DataFrame]:
+    """What pipeline.parse_all does, with the batch fast path (the hook proposed to the lead):
+    one `PARSERS[endpoint].batch` call for all pages of an endpoint, per-page parse for the rest."""
+    import sources
+    from perpwatch.pipeline import parse_payload
+    from sources.base import ParseContext
+
+    parser = sources.get("binance").PARSERS[ENDPOINT]
+    ctx = ParseContext(fetched[0].fetched_at, ctx_instruments)
+    frames, rest = parser.batch([p.body for p in fetched], ctx)
+    out = []
+    df = frames.get("open_interest")
+    if df is not None:
+        pos = df["__payload"].to_numpy()
+        meta = pl.DataFrame({"raw_id": [p.raw_id for p in fetched], "_stream": [p.stream or "" for p in fetched],
+                             "_instrument": [p.instrument or "" for p in fetched]})
+        out.append(df.drop("__payload").with_columns(
+            meta["raw_id"].gather(pos), pl.lit("binance").alias("_source"), meta["_stream"].gather(pos),
+            meta["_instrument"].gather(pos), pl.lit(ENDPOINT).alias("_endpoint")))
+    for i in rest:   # exactly what parse_all does for one payload
+        p = fetched[i]
+        one = parse_payload(p.source, p.endpoint, p.params, p.body, p.fetched_at, ctx_instruments)["open_interest"]
+        if one.height:
+            out.append(one.with_columns(pl.lit(p.raw_id, pl.Int64).alias("raw_id"), pl.lit(p.source).alias("_source"),
+                                        pl.lit(p.stream or "").alias("_stream"), pl.lit(p.instrument).alias("_instrument"),
+                                        pl.lit(p.endpoint).alias("_endpoint")))
+    return out
+
+
+class _Stages:
+    """Wraps pipeline.validate and warehouse.upsert to time the stages of a load_table call."""
+
+    def __init__(self, validation: bool):
+        import warehouse
+        from perpwatch import pipeline
+        from perpwatch.validate import Outcome
+
+        self.pipeline, self.warehouse = pipeline, warehouse
+        self.orig_validate, self.orig_upsert = pipeline.validate, warehouse.upsert
+        self.t = {"validate": 0.0, "upsert": 0.0}
+
+        def v(table, df, now=None):
+            t0 = time.perf_counter()
+            try:
+                return self.orig_validate(table, df, now=now) if validation else Outcome(table, True, 0)
+            finally:
+                self.t["validate"] += time.perf_counter() - t0
+
+        def u(con, table, df):
+            t0 = time.perf_counter()
+            try:
+                return self.orig_upsert(con, table, df)
+            finally:
+                self.t["upsert"] += time.perf_counter() - t0
+
+        self.v, self.u = v, u
+
+    def __enter__(self):
+        self.pipeline.validate, self.warehouse.upsert = self.v, self.u
+        return self
+
+    def __exit__(self, *exc):
+        self.pipeline.validate, self.warehouse.upsert = self.orig_validate, self.orig_upsert
+
+
+def _perpwatch_once(db: Path, fetched, ctx, batch: bool, validation: bool) -> dict:
+    """One fresh load and one reload of the same pages. Returns seconds per stage and the load counts."""
+    from perpwatch import pipeline
+
+    con = _fresh_db(db)
+    out = {}
+    try:
+        for phase in ("fresh", "reload"):
+            report = pipeline.RunReport(run_id=f"bench-{phase}", kind="bench")
+            with _Stages(validation) as st:
+                t0 = time.perf_counter()
+                if batch:
+                    frames = batch_parse(fetched, ctx)
+                else:
+                    frames = pipeline.parse_all(con, report, fetched, ctx).frames["open_interest"]
+                t_parse = time.perf_counter() - t0
+                pipeline.load_table(con, report, "open_interest", frames)
+                total = time.perf_counter() - t0
+            s = report.stat("binance", "open_interest")
+            out[phase] = {"total": total, "parse": t_parse, "validate": st.t["validate"], "upsert": st.t["upsert"],
+                          "other": total - t_parse - st.t["validate"] - st.t["upsert"],
+                          "fetched": s.fetched, "loaded": s.loaded, "duplicate": s.duplicate,
+                          "quarantined": s.quarantined, "validation": s.validation}
+        out["rows_in_table"] = con.execute("SELECT count(*) FROM staging.open_interest").fetchone()[0]
+    finally:
+        con.close()
+    return out
+
+
+def _ceiling_once(db: Path, frame: pl.DataFrame) -> float:
+    import warehouse
+
+    con = _fresh_db(db)
+    try:
+        cols = [c for c in warehouse.table_columns(con, "staging.open_interest") if c in frame.columns]
+        collist = ", ".join(f'"{c}"' for c in cols)
+        t0 = time.perf_counter()
+        con.register("__arrow", frame.select(cols).to_arrow())
+        with warehouse.transaction(con):
+            con.execute(f"INSERT INTO staging.open_interest ({collist}) SELECT {collist} FROM __arrow")
+        took = time.perf_counter() - t0
+        con.unregister("__arrow")
+        return took
+    finally:
+        con.close()
+
+
+def _executemany_once(db: Path, pages) -> dict:
+    """A row-at-a-time loader: per page decode, normalise each row in Python, executemany
+    INSERT OR REPLACE into a table with a PRIMARY KEY on the grain, all in one transaction."""
+    import duckdb
+
+    for p in (db, db.with_name(db.name + ".wal")):
+        p.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    con.execute("""CREATE TABLE oi (venue VARCHAR, instrument VARCHAR, ts TIMESTAMPTZ, asset VARCHAR, margin VARCHAR,
+                   oi_contracts DOUBLE, oi_base DOUBLE, oi_usd DOUBLE, PRIMARY KEY (venue, instrument, ts))""")
+    out = {}
+    try:
+        for phase in ("fresh", "reload"):
+            t0 = time.perf_counter()
+            con.execute("BEGIN")
+            for _params, body in pages:
+                rows = [("binance", r["symbol"], datetime.fromtimestamp(int(r["timestamp"]) / 1000, UTC), r["symbol"][:-4],
+                         "linear", float(r["sumOpenInterest"]), float(r["sumOpenInterest"]),
+                         float(r["sumOpenInterestValue"])) for r in orjson.loads(body)]
+                con.executemany("INSERT OR REPLACE INTO oi VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.execute("COMMIT")
+            out[phase] = time.perf_counter() - t0
+        out["rows_in_table"] = con.execute("SELECT count(*) FROM oi").fetchone()[0]
+    finally:
+        con.close()
+    return out
+
+
+def ensure_dlt_venv(progress) -> Path:
+    """A separate venv with dlt pinned (never a perpwatch dependency): <repo>/.bench-venv."""
+    py = BENCH_VENV / "bin" / "python"
+    ok = py.exists() and subprocess.run([str(py), "-c", "import dlt, duckdb, orjson; assert dlt.__version__ == '1.31.0'"],
+                                        capture_output=True).returncode == 0
+    if not ok:
+        progress(f"creating {BENCH_VENV} with {DLT_PIN} (baseline only) ...")
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+        import duckdb
+
+        subprocess.run([str(py), "-m", "pip", "install", "-q", DLT_PIN, f"duckdb=={duckdb.__version__}",
+                        f"orjson=={orjson.__version__}"], check=True)
+    return py
+
+
+def _dlt(pages, workdir: Path, runs: int, progress) -> dict:
+    py = ensure_dlt_venv(progress)
+    pages_file = workdir / "dlt_pages.ndjson"
+    pages_file.write_bytes(b"\n".join(body for _, body in pages))
+    res = subprocess.run([str(py), str(ROOT / "bench" / "dlt_baseline.py"),
+                          json.dumps({"pages_file": str(pages_file), "workdir": str(workdir / "dlt"), "runs": runs})],
+                         capture_output=True, text=True, timeout=3600)
+    pages_file.unlink(missing_ok=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"dlt baseline failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _gx_without_datetime_between(frame: pl.DataFrame, runs: int) -> Sample:
+    """Diagnostic: the same GX suite minus the `ts <= now` between-expectation on a datetime column."""
+    from perpwatch import validate as V
+
+    spec = V.suite_definition("open_interest")
+    spec["expectations"] = [e for e in spec["expectations"]
+                            if not (e["type"] == "expect_column_values_to_be_between" and e["kwargs"].get("column") == "ts")]
+    tmp = Path(tempfile.mkdtemp(prefix="pw-bench-gx-"))
+    (tmp / "open_interest_bench_nodt.json").write_text(json.dumps(spec))
+    orig = V.SUITES_DIR
+    V.SUITES_DIR = tmp
+    s = Sample()
+    try:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            V.validate("open_interest_bench_nodt", frame)
+            s.add(time.perf_counter() - t0)
+    finally:
+        V.SUITES_DIR = orig
+        shutil.rmtree(tmp, ignore_errors=True)
+    return s
+
+
+def run(rows: int, runs: int, workdir: Path, dlt_rows: int | None, em_rows: int, progress=print) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pages = oi_pages(rows)
+    fetched = _fetched(pages)
+    ctx = _ctx(pages)
+    payload_mb = sum(len(b) for _, b in pages) / 1e6
+    progress(f"load path: {rows:,} rows in {len(pages)} pages ({payload_mb:.0f} MB JSON) generated in "
+             f"{time.perf_counter() - t0:.1f}s")
+    from perpwatch import validate as V
+
+    # warm GX once (its 2-3 s import and context creation are start-up cost, reported in the e2e section)
+    warm = batch_parse(fetched[:2], ctx)[0].drop(["_source", "_stream", "_instrument", "_endpoint"])
+    V.validate("open_interest", warm.with_columns(pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at")))
+
+    variants = {"per_page_validated": (False, True), "per_page_novalidation": (False, False),
+                "batch_validated": (True, True), "batch_novalidation": (True, False)}
+    results: dict[str, list[dict]] = {k: [] for k in variants}
+    for r in range(runs):
+        for name, (batch, validation) in variants.items():
+            results[name].append(_perpwatch_once(workdir / "load.duckdb", fetched, ctx, batch, validation))
+            progress(f"  run {r + 1}/{runs} {name}: fresh {results[name][-1]['fresh']['total']:.2f}s, "
+                     f"reload {results[name][-1]['reload']['total']:.2f}s")
+    # the frame the upsert sees (normalised + raw_id + ingested_at), for the ceiling and the GX diagnostic
+    norm = pl.concat(batch_parse(fetched, ctx)).drop(["_source", "_stream", "_instrument", "_endpoint"]).with_columns(
+        pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"))
+    ceiling = Sample()
+    for _ in range(runs):
+        ceiling.add(_ceiling_once(workdir / "ceiling.duckdb", norm))
+    progress(f"  arrow ceiling: {ceiling.fmt()}")
+    gx_nodt = _gx_without_datetime_between(norm, max(1, min(runs, 2)))
+    progress(f"  GX suite without the datetime between-expectation: {gx_nodt.fmt()}")
+    em_pages = pages[: max(1, em_rows // 500)]
+    em = [_executemany_once(workdir / "em.duckdb", em_pages) for _ in range(runs)]
+    progress(f"  executemany ({sum(len(orjson.loads(b)) for _, b in em_pages):,} rows): "
+             f"{[round(x['fresh'], 2) for x in em]}")
+    dlt = None
+    if dlt_rows:
+        dlt_pages = pages[: max(1, dlt_rows // 500)]
+        try:
+            dlt = _dlt(dlt_pages, workdir, runs, progress)
+            dlt["rows"] = sum(len(orjson.loads(b)) for _, b in dlt_pages)
+            progress(f"  dlt merge ({dlt['rows']:,} rows): {[round(x['fresh_s'], 2) for x in dlt['runs']]}")
+        except Exception as exc:  # noqa: BLE001 - reported, the rest of the bench goes on
+            dlt = {"error": str(exc)[:500]}
+            progress(f"  dlt baseline failed: {exc}")
+    for p in workdir.glob("*.duckdb*"):
+        p.unlink(missing_ok=True)
+    em_n = sum(len(orjson.loads(b)) for _, b in em_pages)
+    return {"rows": rows, "pages": len(pages), "payload_mb": payload_mb, "variants": results,
+            "ceiling": ceiling.as_dict(), "gx_without_datetime_between": gx_nodt.as_dict(),
+            "executemany": {"rows": em_n, "runs": em}, "dlt": dlt}
+
+
+def summarise(res: dict) -> dict:
+    """Medians, rows/s and the targets of issue 8."""
+    rows = res["rows"]
+    s = {}
+    for name, runs in res["variants"].items():
+        for phase in ("fresh", "reload"):
+            tot = Sample([r[phase]["total"] for r in runs])
+            s[f"{name}.{phase}"] = {"total": tot.as_dict(), "rows_per_s": rows / tot.median,
+                                    **{k: float(np.median([r[phase][k] for r in runs]))
+                                       for k in ("parse", "validate", "upsert", "other")},
+                                    "loaded": runs[-1][phase]["loaded"], "duplicate": runs[-1][phase]["duplicate"],
+                                    "quarantined": runs[-1][phase]["quarantined"]}
+    ceil = res["ceiling"]["median"]
+    s["ceiling"] = {"total": res["ceiling"], "rows_per_s": rows / ceil}
+    em = res["executemany"]
+    s["executemany"] = {"rows": em["rows"], "fresh": Sample([r["fresh"] for r in em["runs"]]).as_dict(),
+                        "reload": Sample([r["reload"] for r in em["runs"]]).as_dict()}
+    s["executemany"]["rows_per_s"] = em["rows"] / s["executemany"]["fresh"]["median"]
+    if res.get("dlt") and "runs" in res["dlt"]:
+        d = res["dlt"]
+        s["dlt"] = {"rows": d["rows"], "version": d["dlt"], "fresh": Sample([r["fresh_s"] for r in d["runs"]]).as_dict(),
+                    "reload": Sample([r["reload_s"] for r in d["runs"]]).as_dict(),
+                    "rows_in_table": d["runs"][-1]["rows_in_table"]}
+        s["dlt"]["rows_per_s"] = d["rows"] / s["dlt"]["fresh"]["median"]
+    elif res.get("dlt"):
+        s["dlt"] = res["dlt"]
+    return s

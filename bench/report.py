@@ -1,0 +1,274 @@
+"""BENCHMARKS.md from the results of `python -m perpwatch.bench` (numbers only from this run)."""
+
+from __future__ import annotations
+
+
+def _s(d: dict | None, unit: str = "s", digits: int = 2) -> str:
+    if not d or d.get("median") is None:
+        return "n/a"
+    runs = d.get("runs") or []
+    if len(runs) <= 1:
+        return f"{d['median']:.{digits}f} {unit}"
+    return f"{d['median']:.{digits}f} {unit} ({d['min']:.{digits}f}–{d['max']:.{digits}f})"
+
+
+def _n(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k"
+    return f"{x:.0f}"
+
+
+def _ok(b: bool | None) -> str:
+    return "n/a" if b is None else ("**met**" if b else "**missed**")
+
+
+def render(r: dict) -> str:
+    m = r["machine"]
+    v = m["versions"]
+    out: list[str] = []
+    w = out.append
+    w("# perpwatch benchmarks (issue 8)\n")
+    w(f"Produced by `make bench`, i.e. `{r['command'].strip()}` (`--size {r['size']}`), started {r['started'][:19]} UTC, "
+      f"{r['total_s'] / 60:.1f} min of benchmarks"
+      + ("; " + ", ".join(f"the {w} section is from the run started {t[:19]} UTC" for w, t in r["from_earlier_run"].items())
+         if r.get("from_earlier_run") else "") + ". Numbers are medians with (min–max) over the runs stated; every baseline ran in the "
+      "same invocation as the contender. Raw numbers: `data/bench/results-" + r["size"] + ".json`.\n")
+    w(f"Machine: {m['cores']} cores, {m['memory']} RAM, {m['platform']}; Python {v['python']}, DuckDB {v['duckdb']}, "
+      f"Polars {v['polars']}, PyArrow {v['pyarrow']}, Prefect {v['prefect']}, Great Expectations {v['great_expectations']}, "
+      f"orjson {v['orjson']}. Load average at start {m['loadavg']}; "
+      + ", ".join(f"after {k}: {x}" for k, x in (r.get("loadavg_after") or {}).items())
+      + " (a shared 2-core machine: other processes were running, so treat ±30 % as noise).\n")
+    targets: list[tuple[str, str, bool | None]] = []
+    sections: list[str] = []
+
+    if "load" in r:
+        s = r["load"]["summary"]
+        raw = r["load"]["raw"]
+        rows = raw["rows"]
+        bf, bv = s["batch_novalidation.fresh"], s["batch_validated.fresh"]
+        pf, pv = s["per_page_novalidation.fresh"], s["per_page_validated.fresh"]
+        ceil = s["ceiling"]
+        sec = [f"## 1. Load path: {rows:,} open-interest rows, {raw['pages']:,} Binance `openInterestHist` pages of 500 "
+               f"({raw['payload_mb']:.0f} MB JSON)\n",
+               "Pages as the venue returns them (numbers as strings, integer timestamps) go through the real code: "
+               "`pipeline.parse_all` (per page: orjson → `sources.binance.PARSERS[...]`) or the batch parser "
+               "(`PARSERS[...].batch`, all pages at once), then `pipeline.load_table` (GX validation via "
+               "`perpwatch.validate.validate`, quarantine, `warehouse.upsert` with the watermarks in one transaction) "
+               "into a fresh file-backed warehouse (**fresh**), then the same pages again (**reload**: every row a "
+               "duplicate, nothing changes). Stage columns are medians of the fresh load.\n",
+               "| path | fresh | rows/s | reload | parse | validate | upsert | other (load_table glue) |",
+               "|---|---|---|---|---|---|---|---|"]
+        for key, label in (("batch_novalidation", "perpwatch, batch parse, no validation"),
+                           ("batch_validated", "perpwatch, batch parse, GX validation"),
+                           ("per_page_novalidation", "perpwatch, per-page parse (pipeline today), no validation"),
+                           ("per_page_validated", "perpwatch, per-page parse (pipeline today), GX validation")):
+            f, rl = s[f"{key}.fresh"], s[f"{key}.reload"]
+            sec.append(f"| {label} | {_s(f['total'])} | {_n(f['rows_per_s'])} | {_s(rl['total'])} | {f['parse']:.2f} s | "
+                       f"{f['validate']:.2f} s | {f['upsert']:.2f} s | {f['other']:.2f} s |")
+        sec.append(f"| DuckDB ingest of the normalised rows from Arrow (ceiling) | {_s(ceil['total'])} | {_n(ceil['rows_per_s'])} | – | – | – | – | – |")
+        em = s["executemany"]
+        sec.append(f"| row-at-a-time `executemany` INSERT OR REPLACE, PK on the grain ({em['rows']:,}-row sample) | "
+                   f"{_s(em['fresh'])} | {_n(em['rows_per_s'])} | {_s(em['reload'])} | – | – | – | – |")
+        d = s.get("dlt")
+        if d and "rows_per_s" in d:
+            sec.append(f"| dlt {d['version']} DuckDB destination, `merge` on the grain ({d['rows']:,}-row sample, "
+                       f"separate venv) | {_s(d['fresh'])} | {_n(d['rows_per_s'])} | {_s(d['reload'])} | – | – | – | – |")
+        elif d:
+            sec.append(f"| dlt | failed: {d.get('error', '?')[:200]} | | | | | | |")
+        else:
+            sec.append("| dlt | not run at this size (`--dlt` to force) | | | | | | |")
+        gx = raw["gx_without_datetime_between"]
+        sec.append("")
+        sec.append(f"Loads: fresh {bf['loaded']:,} loaded / {bf['duplicate']:,} duplicate / {bf['quarantined']:,} "
+                   f"quarantined; reload {s['batch_novalidation.reload']['loaded']:,} loaded / "
+                   f"{s['batch_novalidation.reload']['duplicate']:,} duplicate. Diagnostic: the same GX suite without "
+                   f"its one between-expectation on the `ts` datetime column validates the {rows:,} rows in "
+                   f"{_s(gx)} (GX evaluates that expectation with a per-row Python function, "
+                   "`column_values_between.py` `is_between` via `Series.map`).\n")
+        sections.append("\n".join(sec))
+        best = min(bf["total"]["median"], pf["total"]["median"])
+        best_v = min(bv["total"]["median"], pv["total"]["median"])
+        if d and "rows_per_s" in d:
+            targets.append(("1 Load: ≥ 50× dlt (rows/s, fresh, with GX validation)",
+                            f"{rows / best_v / d['rows_per_s']:.0f}× (validated); {rows / best / d['rows_per_s']:.0f}× without "
+                            f"validation; dlt {_n(d['rows_per_s'])} rows/s", rows / best_v / d["rows_per_s"] >= 50))
+        targets.append(("1 Load: ≥ 1 M rows/s without validation (fresh)",
+                        f"{_n(rows / bf['total']['median'])} rows/s batch parse, {_n(rows / pf['total']['median'])} per-page; "
+                        f"reload {_n(s['batch_novalidation.reload']['rows_per_s'])}", rows / best >= 1e6))
+        add = (bv["total"]["median"] - bf["total"]["median"]) / bf["total"]["median"]
+        targets.append(("1 Load: validation adds ≤ 30 %", f"+{add * 100:.0f} % (batch path; GX {bv['validate']:.2f} s)",
+                        add <= 0.30))
+        ratio = best / ceil["total"]["median"]
+        targets.append(("1 Load: within 3× of the Arrow ceiling (no validation)",
+                        f"{ratio:.1f}× ({best:.2f} s vs {ceil['total']['median']:.2f} s); upsert alone "
+                        f"{bf['upsert'] / ceil['total']['median']:.1f}×", ratio <= 3))
+
+    if "marts" in r:
+        mm = r["marts"]
+        sizes = sorted(mm["sizes"], key=lambda k: int(k))
+        full = sizes[-1]
+        sec = [f"## 2. Marts at scale: {mm['days']} days × up to {full} assets × 5 venues, hourly\n",
+               "Staging generated with DuckDB SQL (`bench/gen_warehouse.py`: range + hash noise, random-walk prices) "
+               "straight into the warehouse schema; the smaller sizes are the first N assets cut from the full one. "
+               f"DuckDB `memory_limit={mm['duckdb']['memory_limit']}`, `threads={mm['duckdb']['threads']}` (half the "
+               "RAM, both cores; the build runs alone in a fresh process so its peak RSS is its own). "
+               "`transforms.build_all` rebuilds every mart in dependency order.\n"]
+        if mm["skip"]:
+            hm = mm["heatmap"]
+            sec.append(f"**Not in these timings: {', '.join(mm['skip'])}.** The liquidation heatmap is a Python fold "
+                       f"over every asset-hour: {hm['days']} days × {hm['assets']} assets ({hm['asset_hours']:,} "
+                       f"asset-hours) take {_s(hm['seconds'])} and write {hm['rows'] or 0:,} rows, so the full size "
+                       f"would take ~{hm['extrapolated_full_s'] / 3600:.1f} h and ~{hm['extrapolated_full_rows'] / 1e9:.1f} "
+                       "billion rows. For the timings below the two tables are replaced by empty stand-ins of the "
+                       "right schema (daily_signals joins the clusters).\n")
+        if mm.get("rss_method") != "own":
+            sec.append("**Peak RSS caveat for this section:** measured with `wait4` on a child forked from the bench "
+                       "process, which on Linux starts from the parent's high-water mark (the load workload's ~7 GB), "
+                       "so these peak RSS figures are upper bounds, not the builds' own; the harness now launches "
+                       "children through a small launcher (bench/common.py) and later runs report their own peak.\n")
+        sec += ["| size | staging rows | full rebuild | peak RSS | heaviest marts (median s) |", "|---|---|---|---|---|"]
+        base = mm["sizes"][sizes[0]]["total"]["median"]
+        for k in sizes:
+            z = mm["sizes"][k]
+            top = sorted(z["per_mart"].items(), key=lambda kv: -kv[1]["median"])[:4]
+            mult = int(k) / int(sizes[0])
+            sec.append(f"| {mult:.0f}× = {k} assets | {z['staging_rows'] / 1e6:.1f} M | {_s(z['total'])} "
+                       f"(×{z['total']['median'] / base:.2f}) | {_s(z['peak_rss_mb'], 'MB', 0)} | "
+                       + ", ".join(f"{n.split('.')[1]} {x['median']:.1f}" for n, x in top) + " |")
+        gen = mm["generation"].get(full) or mm["generation"].get(int(full)) or {}
+        sec.append(f"\nGenerating the full staging took {gen.get('_seconds', 0):.0f} s"
+                   f"{' (reused from an earlier run)' if gen.get('_reused') else ''}.\n")
+        if mm.get("diagnostics"):
+            sec.append("Where the rebuild time goes (same warehouse, read-only, same DuckDB settings):\n")
+            sec.append("| query | seconds |")
+            sec.append("|---|---|")
+            for q, t in mm["diagnostics"].items():
+                sec.append(f"| {q} | {t:.2f} |")
+            sec.append("")
+        inc = mm["incremental"]
+        wh = inc["with_headers"]
+        sec.append(f"**Daily incremental pass** (one more day landed in every staging table, then "
+                   f"`transforms.build_incremental(con, since={inc['since']})`): as the marts are today (no mart "
+                   f"has opted in yet, so every mart is rebuilt in full) {inc['as_is']['total_s']:.1f} s; with the "
+                   f"proposed opt-in headers ({', '.join(n for n, p in wh['plan'].items() if p['mode'] in ('incremental', 'view') and p.get('lookback') is not None)}) "
+                   f"{_s(wh['total'])}, peak RSS {_s(wh['peak_rss_mb'], 'MB', 0)}:\n")
+        sec.append("| mart | mode | seconds |")
+        sec.append("|---|---|---|")
+        for n, x in sorted(wh["per_mart"].items(), key=lambda kv: -kv[1]["median"]):
+            p = wh["plan"].get(n, {})
+            mode = p.get("mode", "?") + (f" (lookback {p['lookback']} d)" if p.get("mode") == "incremental" and p.get("lookback") else "")
+            if p.get("mode") == "full":
+                mode += f" — {p.get('reason')}"
+            sec.append(f"| {n} | {mode} | {x['median']:.2f} |")
+        sections.append("\n".join(sec))
+        z = mm["sizes"][full]
+        targets.append((f"2 Marts: full rebuild < 20 s at {full} assets × {mm['days']} d"
+                        + (" (heatmap marts excluded, see §2)" if mm["skip"] else ""),
+                        f"{_s(z['total'])}; peak RSS {_s(z['peak_rss_mb'], 'MB', 0)}", z["total"]["median"] < 20))
+        if len(sizes) >= 3:
+            r2 = mm["sizes"][sizes[1]]["total"]["median"] / base
+            r4 = mm["sizes"][sizes[2]]["total"]["median"] / base
+            targets.append(("2 Marts: 1×/2×/4× linear", f"×{r2:.2f} at 2×, ×{r4:.2f} at 4× (base {sizes[0]} assets, {base:.1f} s)",
+                            r2 <= 2.4 and r4 <= 4.8))
+        targets.append(("2 Marts: daily incremental < 2 s", f"{_s(wh['total'])} with the proposed headers; "
+                        f"{inc['as_is']['total_s']:.1f} s as the marts are", wh["total"]["median"] < 2))
+
+    if "extract" in r:
+        e = r["extract"]
+        fl = e["floor"]
+        pw = e["perpwatch"][-1]
+        sq = e["sequential"][-1]
+        sec = [f"## 3. Extraction: 30-day backfill, {e['instruments']} Binance instruments × 4 datasets\n",
+               f"Simulator with Binance's limit shapes, {e['latency_ms']:.0f} ms latency per request, "
+               f"`limits_scale={e['limits_scale']}` (capacities) and `window_scale={e['window_scale']}` (windows: 5 min → "
+               f"{300 * e['window_scale']:.0f} s), the client's budget windows scaled the same way: the ratios "
+               "hold, the run is short. Datasets: open interest, global long/short accounts, funding, perp klines "
+               "(1 h). Each contender gets a fresh simulator (same pre-generated market).\n",
+               "| contender | wall | requests | 429 | 418 |", "|---|---|---|---|---|",
+               f"| perpwatch (`pipeline.refresh_instruments` + `plan_units` + `extract_unit` on 4 threads, budgets, raw landing) | "
+               f"{_s(e['perpwatch_wall'])} | {pw['requests']} | {sum(x['429'] for x in e['perpwatch'])} | {sum(x['418'] for x in e['perpwatch'])} |",
+               f"| sequential `requests` loop, sleep Retry-After on 429 (ccxt-style) | {_s(e['sequential_wall'])} | "
+               f"{sq['requests']} | {sum(x['429'] for x in e['sequential'])} | {sum(x['418'] for x in e['sequential'])} |",
+               "",
+               "Floor the limits allow (cost ÷ allowed rate per bucket, the simulator's capacities): "
+               + ", ".join(f"{b} {fl['used'][b]:.0f} → {t:.1f} s" for b, t in fl["rate_floor_s"].items())
+               + f"; latency floor (busiest unit's pages back to back) {fl['latency_floor_s']:.1f} s. "
+               f"**Floor = {fl['floor_s']:.1f} s ({fl['binding']})**. The server's windows are fixed and wall-clock "
+               "aligned, so a client can burst across a window edge and land slightly under this steady-rate floor.\n"]
+        sections.append("\n".join(sec))
+        ratio = e["perpwatch_wall"]["median"] / fl["floor_s"]
+        n429 = sum(x["429"] for x in e["perpwatch"])
+        n418 = sum(x["418"] for x in e["perpwatch"])
+        targets.append(("3 Extraction: wall ≤ 1.1× floor", f"{ratio:.2f}× ({e['perpwatch_wall']['median']:.1f} s vs "
+                        f"{fl['floor_s']:.1f} s); sequential loop {e['sequential_wall']['median'] / fl['floor_s']:.2f}×",
+                        ratio <= 1.1))
+        targets.append(("3 Extraction: zero 429 and zero 418", f"429: {n429}, 418: {n418} over {len(e['perpwatch'])} runs",
+                        n429 == 0 and n418 == 0))
+
+    if "e2e" in r:
+        x = r["e2e"]
+        sec = ["## 4. End to end\n"]
+        if x.get("demo"):
+            sec.append(f"`python -m perpwatch.demo` (what `make demo` runs after install; simulator, 30-day backfill of "
+                       f"BTC/ETH/SOL through the Prefect flows, marts, publish), fresh warehouse and fresh PREFECT_HOME "
+                       f"each run: **{_s(x['demo_wall'])}**, peak RSS **{_s(x['demo_rss'], 'MB', 0)}**"
+                       f" (exit codes {[d['ok'] for d in x['demo']]}).\n")
+            targets.append(("4 E2E: demo pipeline < 60 s", _s(x["demo_wall"]), x["demo_wall"]["median"] < 60))
+            targets.append(("4 E2E: demo peak RSS < 1 GB", _s(x["demo_rss"], "MB", 0), x["demo_rss"]["median"] < 1024))
+        from bench.common import Sample
+
+        pr, gx = x["prefect"], x["gx"]
+        S = lambda rows, k: Sample([q[k] for q in rows]).as_dict()  # noqa: E731
+        sec.append("| start-up cost (fresh process) | median (min–max) |")
+        sec.append("|---|---|")
+        sec.append(f"| `import prefect` | {_s(S(pr, 'import_s'))} |")
+        sec.append(f"| first flow run, fresh PREFECT_HOME (DB migrations) | {_s(S(pr, 'first_flow_s'))} |")
+        sec.append(f"| second flow run, same process | {_s(S(pr, 'second_flow_s'))} |")
+        sec.append(f"| `import great_expectations` | {_s(S(gx, 'import_s'))} |")
+        sec.append(f"| `gx.get_context(mode='ephemeral')` | {_s(S(gx, 'context_s'))} |")
+        sec.append(f"| first `perpwatch.validate.validate` (suite load + 1 k rows) | {_s(S(gx, 'first_validate_1k_s'))} |")
+        sections.append("\n".join(sec))
+
+    w("## Targets\n")
+    w("| target | measured | |")
+    w("|---|---|---|")
+    for t, meas, ok in targets:
+        w(f"| {t} | {meas} | {_ok(ok)} |")
+    w("")
+    out.extend(sections)
+    out.append(NOTES)
+    return "\n".join(out) + "\n"
+
+
+NOTES = """## Why the misses miss, and what would close them
+
+- **Load path, rows/s and the 3× ceiling.** Without validation the time splits into parse (JSON decode
+  of the pages: the batch path decodes each page straight from bytes with polars, inferring dtypes
+  over all rows so that its output is exactly the per-page parser's), `warehouse.upsert` (its
+  fresh-load floor is the Arrow ingest itself; the rest is the duplicate check and the classifying
+  join) and `pipeline.load_table` glue (the "other" column: diagonal concat, per-source filters, two
+  watermark statements per stream). What would close it: decode with a typed schema once the venue's
+  shape is asserted (about half the parse time), wire the batch parser into `pipeline.parse_all` (the
+  patch was handed to the lead; the per-page row is what a run does today), and trim `load_table`'s
+  copies.
+- **Validation ≤ 30 %.** One expectation dominates: `expect_column_values_to_be_between` on the `ts`
+  datetime column, which GX evaluates row by row in Python (see the diagnostic under the load table:
+  the rest of the suite costs a fraction). What would close it: check `ts <= now` vectorised (polars)
+  before GX, hand GX the column as epoch integers, or use `expect_column_max_to_be_between`.
+- **dlt.** dlt normalises row by row in Python and merges through staging tables; it ran on a sample
+  (its rate does not improve with size) and is compared in rows/s.
+- **Marts full rebuild.** See the diagnostics in §2: `ts::DATE` on a TIMESTAMPTZ column goes through
+  ICU for every row, and `QUALIFY row_number() OVER (PARTITION BY …, ts::DATE ORDER BY ts DESC) = 1`
+  sorts the whole table; `arg_max(struct, ts)` grouped by the epoch day gives the same last-of-day row
+  many times faster. reference_close and open_interest_by_venue (both in that pattern) are most of the
+  rebuild; rewriting them is for their authors (proposed to the lead). The liquidation heatmap cannot
+  run over 5 years × 200 assets as a full rebuild at all; it needs its own incremental fold (its
+  docstring says it can run hour by hour) and a bounded history.
+- **Incremental < 2 s.** Needs the marts to opt in (`-- incremental: <date col> lookback <days>`, the
+  proposed headers are listed in §2 and were checked against a full rebuild by
+  tests/test_bench_smoke.py); Python marts (signal_performance, oi_milestones,
+  cross_market_correlation, the heatmap pair), views and marts that depend on all history (alerts'
+  streaks) are rebuilt in full by `build_incremental` until they get an incremental entry point.
+"""

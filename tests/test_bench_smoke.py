@@ -1,0 +1,227 @@
+"""The benchmark harness runs and writes sane numbers (`--size tiny`); the fast paths it introduced
+(batch openInterestHist parser, set-based upsert, incremental mart builds) give exactly what the
+straightforward versions give. A benchmark is not a test: no timing is asserted here."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pytest
+
+import transforms
+import warehouse
+from sources import binance
+from sources.base import ParseContext
+from warehouse import KEYS, PROVENANCE, LoadResult, table_columns
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = Path(__file__).resolve().parent / "fixtures" / "binance"
+
+
+def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
+    out = tmp_path / "BENCH.md"
+    res = subprocess.run([sys.executable, "-m", "perpwatch.bench", "--size", "tiny", "--only", "load,marts,extract",
+                          "--workdir", str(tmp_path), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "results-tiny.json").read_text())
+    s = r["load"]["summary"]
+    rows = r["load"]["raw"]["rows"]
+    assert rows == 10_000 and r["load"]["raw"]["pages"] == 20
+    for v in ("batch_novalidation", "batch_validated", "per_page_novalidation", "per_page_validated"):
+        fresh, reload = s[f"{v}.fresh"], s[f"{v}.reload"]
+        assert (fresh["loaded"], fresh["duplicate"], fresh["quarantined"]) == (rows, 0, 0)
+        assert (reload["loaded"], reload["duplicate"]) == (0, rows)        # idempotent
+        assert 0 < fresh["total"]["median"] < 60 and fresh["rows_per_s"] > 0
+    assert all(x["rows_in_table"] == rows for x in r["load"]["raw"]["variants"]["batch_validated"])
+    assert s["executemany"]["rows"] == 500 and s["ceiling"]["rows_per_s"] > s["executemany"]["rows_per_s"]
+    m = r["marts"]
+    assert sorted(int(k) for k in m["sizes"]) == [1, 2, 4]
+    # 20 days x 5 venues x 24 h of open interest per asset
+    assert m["generation"]["4"]["open_interest"] == 4 * 5 * 20 * 24
+    assert m["sizes"]["4"]["mart_rows"]["marts.reference_close"] == 4 * 20
+    plan = m["incremental"]["with_headers"]["plan"]
+    assert plan["marts.daily_signals"]["mode"] == "incremental" and plan["marts.alerts"]["mode"] == "full"
+    e = r["extract"]
+    pw = e["perpwatch"][0]
+    assert pw["errors"] == [] and pw["429"] == 0 and pw["418"] == 0
+    # 3 instruments: 2 OI + 2 long/short pages each (30 days of 1 h in pages of 500), 1 funding, 1 klines, + 2 info
+    assert pw["requests"] == 3 * 6 + 2 and e["sequential"][0]["pages"] == 3 * 6 + 1
+    assert e["floor"]["floor_s"] > 0
+    text = out.read_text()
+    assert "## Targets" in text and "## 1. Load path" in text and "## 3. Extraction" in text
+
+
+# --------------------------------------------------------------------------- batch parser == per page
+
+def _page(rows):
+    return orjson.dumps(rows)
+
+
+def test_batch_parser_matches_per_page_parser():
+    ctx = ParseContext(datetime(2026, 1, 1, tzinfo=UTC), {("binance", "ETHUSDT"): {"contract_size": 2.0}})
+    fixture = (FIX / "futures_data_openInterestHist.json").read_bytes()         # string timestamps
+    eth = _page([{"symbol": "ETHUSDT", "sumOpenInterest": "10.5", "sumOpenInterestValue": "31500.0",
+                  "timestamp": 1_700_000_000_000 + i * 3_600_000} for i in range(3)])
+    nums = _page([{"symbol": "1000PEPEUSDT", "sumOpenInterest": 7, "sumOpenInterestValue": 1.5e3, "timestamp": 1}])
+    bad = _page([{"symbol": "BTCUSDT", "sumOpenInterest": "x", "sumOpenInterestValue": "1", "timestamp": 1}])
+    bodies = [fixture, b"[]", eth, b'{"code":-1130,"msg":"bad"}', nums, bad]
+    frames, rest = binance.parse_open_interest_hist_batch(bodies, ctx)
+    df = frames["open_interest"]
+    assert rest == [1, 3, 5]            # empty, not a list, a bad value: left to the per-page parser
+    for pos in (0, 2, 4):
+        want = binance.parse_open_interest_hist(orjson.loads(bodies[pos]), {}, ctx)["open_interest"]
+        got = df.filter(pl.col("__payload") == pos).drop("__payload")
+        assert got.equals(want) and got.schema == want.schema
+    e = df.filter(pl.col("__payload") == 2).row(0, named=True)
+    assert (e["asset"], e["oi_base"], e["oi_contracts"], e["oi_usd"]) == ("ETH", 10.5, 5.25, 31500.0)
+    p = df.filter(pl.col("__payload") == 4).row(0, named=True)
+    assert (p["asset"], p["oi_base"], p["oi_contracts"]) == ("PEPE", 7000.0, 7.0)   # 1 unit = 1000 PEPE
+    with pytest.raises(Exception):      # noqa: B017 - the per-page parser still rejects the bad page
+        binance.parse_open_interest_hist(orjson.loads(bad), {}, ctx)
+
+
+# --------------------------------------------------------------------------- upsert == reference
+
+def _reference_upsert(con, table, df):
+    """The straightforward version: dedupe, drop identical, replace changed, insert (RETURNING rows)."""
+    key = KEYS[table]
+    if df.height == 0:
+        return LoadResult()
+    cols = [c for c in table_columns(con, table) if c in df.columns]
+    con.register("__r", df.select(cols).with_row_index("__i").to_arrow())
+    qk = ", ".join(f'"{k}"' for k in key)
+    on = " AND ".join(f't."{k}" = b."{k}"' for k in key)
+    same = " AND ".join(f't."{c}" IS NOT DISTINCT FROM b."{c}"' for c in cols if c not in key and c not in PROVENANCE) or "TRUE"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE __rb AS SELECT * FROM __r QUALIFY row_number() OVER (PARTITION BY {qk} ORDER BY __i DESC) = 1")
+    deduped = con.execute("SELECT count(*) FROM __rb").fetchone()[0]
+    identical = len(con.execute(f"DELETE FROM __rb b USING {table} t WHERE {on} AND {same} RETURNING 1").fetchall())
+    updated = len(con.execute(f"DELETE FROM {table} t USING __rb b WHERE {on} RETURNING 1").fetchall())
+    collist = ", ".join(f'"{c}"' for c in cols)
+    inserted = con.execute(f"INSERT INTO {table} ({collist}) SELECT {collist} FROM __rb").fetchone()[0]
+    con.unregister("__r")
+    con.execute("DROP TABLE __rb")
+    return LoadResult(inserted, updated, df.height - deduped + identical)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _liq(rng, n):
+    return pl.DataFrame({
+        "venue": [rng.choice(["binance", "bybit"]) for _ in range(n)], "instrument": [rng.choice("AB") for _ in range(n)],
+        "ts": [T0 + timedelta(minutes=rng.randrange(4)) for _ in range(n)], "side": [rng.choice(["long", "short"]) for _ in range(n)],
+        "price": [rng.choice([1.0, 2.0, 0.0, float("nan")]) for _ in range(n)], "qty_base": [rng.choice([1.0, 2.0]) for _ in range(n)],
+        "asset": [rng.choice(["X", None]) for _ in range(n)], "usd": [rng.choice([1.0, None]) for _ in range(n)],
+        "raw_id": [rng.randrange(5) for _ in range(n)]},
+        schema={"venue": pl.String, "instrument": pl.String, "ts": pl.Datetime("us", "UTC"), "side": pl.String,
+                "price": pl.Float64, "qty_base": pl.Float64, "asset": pl.String, "usd": pl.Float64, "raw_id": pl.Int64})
+
+
+def _oi(rng, n):
+    return pl.DataFrame({
+        "venue": ["binance"] * n, "instrument": [rng.choice("ABC") for _ in range(n)],
+        "ts": [T0 + timedelta(hours=rng.randrange(12)) for _ in range(n)], "asset": ["X"] * n,
+        "oi_base": [rng.choice([1.0, 2.0, None]) for _ in range(n)], "oi_usd": [rng.choice([5.0, 6.0]) for _ in range(n)],
+        "raw_id": [rng.randrange(5) for _ in range(n)]},
+        schema={"venue": pl.String, "instrument": pl.String, "ts": pl.Datetime("us", "UTC"), "asset": pl.String,
+                "oi_base": pl.Float64, "oi_usd": pl.Float64, "raw_id": pl.Int64})
+
+
+def test_upsert_counts_by_hand():
+    con = warehouse.connect(":memory:")
+    a = pl.DataFrame({"venue": ["binance"] * 3, "instrument": ["A", "A", "B"], "ts": [T0, T0, T0],
+                      "oi_usd": [1.0, 2.0, 3.0], "raw_id": [1, 2, 3]})
+    with warehouse.transaction(con):
+        assert warehouse.upsert(con, "staging.open_interest", a) == LoadResult(2, 0, 1)   # A repeats: last wins
+    b = a.with_columns(pl.Series("oi_usd", [2.0, 2.0, 4.0]), pl.Series("raw_id", [9, 9, 9]))
+    with warehouse.transaction(con):
+        assert warehouse.upsert(con, "staging.open_interest", b) == LoadResult(1, 1, 2)   # A same, B changed
+    assert con.execute("SELECT instrument, oi_usd, raw_id FROM staging.open_interest ORDER BY 1").fetchall() == \
+        [("A", 2.0, 2), ("B", 4.0, 9)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_upsert_matches_reference(seed):
+    rng = random.Random(seed)
+    for _ in range(25):
+        table, gen = rng.choice([("staging.liquidations", _liq), ("staging.open_interest", _oi)])
+        seed_rows = gen(rng, rng.randrange(0, 6))
+        batches = [gen(rng, rng.randrange(0, 12)) for _ in range(rng.randrange(1, 4))]
+        one_tx = rng.random() < 0.5
+        states = []
+        for fn in (_reference_upsert, warehouse.upsert):
+            con = warehouse.connect(":memory:")
+            if seed_rows.height:      # may hold a repeated key, as a damaged table would
+                con.register("s", seed_rows.to_arrow())
+                cols = ", ".join(f'"{c}"' for c in seed_rows.columns)
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM s")
+            results = []
+            if one_tx:
+                con.execute("BEGIN")
+            for b in batches:
+                if not one_tx:
+                    con.execute("BEGIN")
+                results.append(fn(con, table, b))
+                if not one_tx:
+                    con.execute("COMMIT")
+            if one_tx:
+                con.execute("COMMIT")
+            rows = sorted(map(repr, con.execute(f"SELECT * EXCLUDE (ingested_at) FROM {table}").fetchall()))
+            states.append((results, rows))
+        assert states[0] == states[1]
+
+
+# --------------------------------------------------------------------------- incremental == full
+
+def _close(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def test_incremental_build_matches_full_rebuild(tmp_path, monkeypatch):
+    from bench.gen_warehouse import append_day, generate
+    from bench.marts import HEATMAP, marts_with_headers
+    from perpwatch.heatmap import CLUSTER_SCHEMA, OUTPUT_SCHEMA
+
+    monkeypatch.setattr(transforms, "HERE", marts_with_headers(tmp_path / "m"))
+    end = datetime(2026, 11, 20, tzinfo=UTC)
+    cons = []
+    for name in ("inc", "full"):
+        con = warehouse.connect(tmp_path / f"{name}.duckdb")
+        generate(con, 420, 2, end=end)       # longer than daily_signals' lookback (365 + 8 days)
+        for t, schema in zip(HEATMAP, (OUTPUT_SCHEMA, CLUSTER_SCHEMA), strict=True):
+            con.register("e", pl.DataFrame(schema=schema).to_arrow())
+            con.execute(f"CREATE TABLE {t} AS SELECT * FROM e")
+        cons.append(con)
+    inc, full = cons
+    only = [n for n in transforms.order(transforms.discover()) if n not in HEATMAP]
+    for n in only:                           # build_all(only=) would pull the heatmap back in
+        transforms._build_model(inc, n, transforms.discover()[n])
+    for con in cons:
+        assert append_day(con, end) > 0
+    plan = transforms.incremental_plan(inc, date(2026, 11, 20))
+    assert plan["marts.daily_signals"]["mode"] == "incremental" and plan["marts.daily_signals"]["lookback"] >= 30
+    assert plan["marts.carry"]["mode"] == "view" and plan["marts.alerts"]["mode"] == "full"
+    transforms.build_incremental(inc, date(2026, 11, 20), only=only)
+    for n in only:
+        transforms._build_model(full, n, transforms.discover()[n])
+    for name in ("marts.reference_close", "marts.open_interest_by_venue", "marts.daily_institutional",
+                 "marts.daily_signals", "marts.alerts"):
+        cols = table_columns(full, name)
+        q = f"SELECT {', '.join(chr(34) + c + chr(34) for c in cols)} FROM {name}"
+        a = sorted(inc.execute(q).fetchall(), key=lambda r: tuple(map(str, r[:4])))
+        b = sorted(full.execute(q).fetchall(), key=lambda r: tuple(map(str, r[:4])))
+        assert len(a) == len(b) > 0, name
+        assert any(r[0] == date(2026, 11, 20) for r in b if isinstance(r[0], date)) or name == "marts.alerts"
+        for x, y in zip(a, b, strict=True):
+            assert all(_close(u, v) for u, v in zip(x, y, strict=True)), (name, x, y)
