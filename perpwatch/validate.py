@@ -84,13 +84,20 @@ def _suite_and_batchdef(table: str):
     return suite, asset.add_batch_definition_whole_dataframe(f"{table}_batch")
 
 
+def _epoch_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
 def _to_pandas(df: pl.DataFrame):
+    """Times go to GX as epoch milliseconds (Int64): GX checks a between-expectation on a datetime
+    column row by row in Python (~3 s per million rows), on integers vectorised. Dates: midnight UTC."""
     conv = []
     for name, dtype in df.schema.items():
-        if isinstance(dtype, pl.Datetime) and dtype.time_zone:
-            conv.append(pl.col(name).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
+        if isinstance(dtype, pl.Datetime):
+            col = pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC")
+            conv.append(col.dt.epoch("ms"))
         elif dtype == pl.Date:
-            conv.append(pl.col(name).cast(pl.Datetime("ms")))
+            conv.append(pl.col(name).cast(pl.Datetime("ms")).dt.epoch("ms"))
     return (df.with_columns(conv) if conv else df).to_pandas()
 
 
@@ -101,7 +108,7 @@ def validate(table: str, df: pl.DataFrame, now: datetime | None = None) -> Outco
         suite, bd = _suite_and_batchdef(table)
         batch = bd.get_batch(batch_parameters={"dataframe": _to_pandas(df)})
         res = batch.validate(suite, result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5},
-                             expectation_parameters={"now": now.astimezone(UTC).replace(tzinfo=None)})
+                             expectation_parameters={"now": _epoch_ms(now)})
         LAST_RESULTS[table] = res
     out = Outcome(table=table, success=bool(res.success), evaluated=len(res.results))
     for r in res.results:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -23,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from .common import Request, Response, Venue, text_response
+from .faults import Faults
 from .market import Market, to_ms
 
 # module name -> venue classes it provides (looked up lazily so partial builds still run)
@@ -129,15 +132,43 @@ class _Handler(BaseHTTPRequestHandler):
                           self.client_address[0])
             if sim.latency_ms > 0:
                 time.sleep(sim.latency_ms / 1000.0)
-            try:
-                resp = venue.handle(req)
-            except Exception as e:  # noqa: BLE001 - never kill the server thread
-                import traceback
 
-                traceback.print_exc()
-                resp = text_response(f"internal error: {e!r}", 500)
+            def handle(venue=venue, req=req) -> Response:
+                try:
+                    return venue.handle(req)
+                except Exception as e:  # noqa: BLE001 - never kill the server thread
+                    import traceback
+
+                    traceback.print_exc()
+                    return text_response(f"internal error: {e!r}", 500)
+
+            faults = sim.faults
+            resp, reset = faults.serve(prefix, req, handle) if faults is not None else (handle(), None)
+            if reset is not None:          # injected connection reset
+                sim.stats.record(prefix, 0)
+                self._reset(resp, reset == "mid")
+                return
         sim.stats.record(prefix if venue is not None else "?", resp.status)
-        self._send(resp)
+        try:
+            self._send(resp)
+        except (BrokenPipeError, ConnectionResetError):   # the client gave up (timed out) meanwhile
+            self.close_connection = True
+
+    def _reset(self, resp: Response, mid_body: bool) -> None:
+        """Reset the connection (RST), optionally after the headers and half of the body."""
+        try:
+            if mid_body:
+                self.send_response(resp.status)
+                self.send_header("Content-Type", resp.content_type)
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.end_headers()
+                self.wfile.write(resp.body[: len(resp.body) // 2])
+                self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+        self.close_connection = True
 
     def _send(self, resp: Response) -> None:
         self.send_response(resp.status)
@@ -171,8 +202,11 @@ class SimServer:
     def __init__(self, port: int = 0, seed: int = 7, now: datetime | None = None, latency_ms: float = 0,
                  limits_scale: float = 1.0, universe=None, window_scale: float = 1.0,
                  ws_port: int | None = 0, ws_speed: float = 60.0, ws_drop_after: int | None = None,
-                 market: Market | None = None):
+                 market: Market | None = None, faults=None, fault_rate: float = 0.05,
+                 fault_seed: int | None = None):
         self.seed = seed
+        self.faults: Faults | None = None
+        self.set_faults(faults, fault_rate, fault_seed)
         self.market = market or Market(seed, universe)
         self.universe = self.market.universe
         self.fixed_now = now
@@ -238,6 +272,17 @@ class SimServer:
         self.fixed_now = now
         self._fixed_now_ms = to_ms(now) if now is not None else None
 
+    # faults --------------------------------------------------------------
+    def set_faults(self, faults=None, rate: float = 0.05, seed: int | None = None, **options) -> Faults | None:
+        """Turn fault injection on (profiles 'all' / 'NAME,NAME' / a Faults) or off (None)."""
+        if faults is None or isinstance(faults, Faults):
+            self.faults = faults
+        else:
+            self.faults = Faults(faults, rate, self.seed if seed is None else seed, **options)
+        if self.faults is not None and not self.faults.profiles:
+            self.faults = None
+        return self.faults
+
     # env -----------------------------------------------------------------
     def env(self) -> dict[str, str]:
         out = {k: f"{self.base_url}/{p}" for k, p in HTTP_ENV.items()}
@@ -266,7 +311,9 @@ def start(port: int = 0, seed: int = 7, now: datetime | None = None, latency_ms:
     Extra keyword arguments: ``window_scale`` (multiplies rate-limit windows, default 1.0),
     ``ws_port`` (websocket port, 0 = ephemeral, None = no websocket server), ``ws_speed``
     (market seconds per wall second for liquidation replay, default 60), ``ws_drop_after``
-    (close each websocket after N data messages).
+    (close each websocket after N data messages), ``faults`` ('all' or 'NAME,NAME' or a
+    ``simulator.faults.Faults``), ``fault_rate`` (share of request attempts faulted, default 0.05),
+    ``fault_seed`` (default: ``seed``); see simulator/faults.py.
     """
     return SimServer(port=port, seed=seed, now=now, latency_ms=latency_ms, limits_scale=limits_scale,
                      universe=universe, **kwargs)
@@ -295,8 +342,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ws-drop-after", type=int, default=None)
     ap.add_argument("--universe", default=None, help="comma separated assets, e.g. BTC,ETH,SOL")
     ap.add_argument("--synthetic", type=int, default=0, help="add N synthetic assets S001..")
+    ap.add_argument("--faults", default=None, help="fault profiles NAME[,NAME] or all (see simulator/faults.py)")
+    ap.add_argument("--fault-rate", type=float, default=0.05, help="share of request attempts faulted")
+    ap.add_argument("--fault-seed", type=int, default=None, help="seed of the fault draws (default: --seed)")
     ap.add_argument("--env", action="store_true", help="print export lines and exit")
     a = ap.parse_args(argv)
+    if a.faults:
+        from .faults import parse_profiles
+
+        try:
+            parse_profiles(a.faults)
+        except ValueError as exc:
+            ap.error(str(exc))
     universe = a.universe.split(",") if a.universe else None
     if a.synthetic:
         from .market import DEFAULT_UNIVERSE, synthetic
@@ -314,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     now = parse_now(a.now) if a.now else None
     sim = start(port=a.port, seed=a.seed, now=now, latency_ms=a.latency_ms, limits_scale=a.limits_scale,
                 universe=universe, window_scale=a.window_scale, ws_port=ws_port, ws_speed=a.ws_speed,
-                ws_drop_after=a.ws_drop_after)
+                ws_drop_after=a.ws_drop_after, faults=a.faults, fault_rate=a.fault_rate,
+                fault_seed=a.fault_seed)
     for k, v in sim.env().items():
         print(f"export {k}={v}")
+    if sim.faults is not None:
+        print(f"# faults: {', '.join(sim.faults.profiles)} at rate {sim.faults.rate} (seed {sim.faults.seed})",
+              file=sys.stderr)
     sys.stdout.flush()
     stop = threading.Event()
 

@@ -117,6 +117,8 @@ class WSServer:
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         speed = float(q.get("speed", self.speed)) if self.sim.fixed_now is not None else 1.0
         drop = int(q["drop_after"]) if "drop_after" in q else self.drop_after
+        if drop is None and self.sim.faults is not None:      # fault profile ws_disconnect
+            drop = self.sim.faults.ws_drop_after(self.connections)
         seg = parts.path.strip("/").split("/")
         kind = seg[0] if seg else ""
         state = {"sent": 0, "drop": drop, "subs": set(), "speed": speed}

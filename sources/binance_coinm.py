@@ -130,7 +130,7 @@ def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> It
             rows = page.json()
             if not isinstance(rows, list) or len(rows) < FUNDING_LIMIT:
                 return
-            cursor = int(rows[-1]["fundingTime"]) + 1
+            cursor = max(int(r["fundingTime"]) for r in rows) + 1    # rows may come out of order
         return
     if stream.dataset == "open_interest":
         pair = stream.param("pair", sym.rsplit("_", 1)[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -23,6 +24,36 @@ from perpwatch import settings
 log = logging.getLogger("perpwatch.http")
 
 SECRET_HEADER = re.compile(r"(key|token|secret|signature|auth)", re.I)
+# Transport failures worth a retry: refused/reset connections, timeouts, and a body cut short by a
+# reset after the headers (requests raises ChunkedEncodingError for that, not ConnectionError).
+TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+             requests.exceptions.ContentDecodingError)
+
+
+SECRET_QUERY = re.compile(r"([?&][^=&\s\"']*(?:key|token|secret|signature|auth)[^=&\s\"']*=)[^&\s\"']+", re.I)
+
+
+class _RedactQuery(logging.Filter):
+    """urllib3 logs every request line with its query string at DEBUG: hide secret parameters
+    (e.g. Stooq's apikey, sent through the session's params) before the record is formatted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(SECRET_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in args)
+        if isinstance(record.msg, str):
+            record.msg = SECRET_QUERY.sub(r"\1***", record.msg)
+        return True
+
+
+for _name in ("urllib3.connectionpool", "urllib3.util.retry", "requests"):
+    logging.getLogger(_name).addFilter(_RedactQuery())
+
+
+def default_timeout() -> tuple[float, float]:
+    """(connect, read) seconds; PERPWATCH_HTTP_TIMEOUT overrides the read timeout (default 30 s)."""
+    read = float(os.environ.get("PERPWATCH_HTTP_TIMEOUT") or 30.0)
+    return (min(5.0, read), read)
 
 
 class SourceError(RuntimeError):
@@ -142,7 +173,7 @@ class VenueClient:
     """Rate-limited HTTP client for one source. Every response is landed via `lander`."""
 
     def __init__(self, source: str, bases: dict[str, str], lander: Lander | None,
-                 budgets: dict[str, Budget] | None = None, timeout: tuple[float, float] = (5.0, 30.0),
+                 budgets: dict[str, Budget] | None = None, timeout: tuple[float, float] | None = None,
                  max_retries: int = 6, headers: dict[str, str] | None = None,
                  usage_header: tuple[str, str] | None = None):
         # bases: endpoint prefix -> settings URL name; "" is the default.
@@ -150,8 +181,10 @@ class VenueClient:
         self.bases = bases
         self.lander = lander
         self.budgets = budgets or {}
-        self.timeout = timeout
+        self.timeout = timeout or default_timeout()
         self.max_retries = max_retries
+        self._blocked_until = 0.0      # after a 429/418: no request of this client before this (monotonic)
+        self._block_lock = threading.Lock()
         self.usage_header = usage_header
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": "perpwatch/0.1 (+https://github.com/perpwatch)"})
@@ -170,6 +203,29 @@ class VenueClient:
         with self._stats_lock:
             self.stats[key] += 1
 
+    def block_for(self, seconds: float) -> None:
+        """Hold every request of this client (all threads, budgeted or not) for `seconds`."""
+        with self._block_lock:
+            self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
+        for b in self.budgets.values():
+            b.block_for(seconds)
+
+    def _wait_unblocked(self) -> None:
+        while True:
+            with self._block_lock:
+                wait = self._blocked_until - time.monotonic()
+            if wait <= 0:
+                return
+            time.sleep(min(wait, 1.0))
+
+    def scrub(self, text: str) -> str:
+        """Replace secret header / session-parameter values (API keys) in a message with ***."""
+        secrets = [v for k, v in {**self._secret_headers, **(self.session.params or {})}.items()
+                   if v and SECRET_HEADER.search(str(k))]
+        for v in secrets:
+            text = text.replace(str(v), "***")
+        return SECRET_QUERY.sub(r"\1***", text)
+
     def request(self, method: str, endpoint: str, params: dict | None = None, body: dict | None = None,
                 costs: dict[str, float] | None = None, stream: str | None = None,
                 instrument: str | None = None, ok_statuses: tuple[int, ...] = (200,)) -> Fetched:
@@ -179,6 +235,7 @@ class VenueClient:
         attempt = 0
         while True:
             attempt += 1
+            self._wait_unblocked()
             for name, cost in (costs or {}).items():
                 if name in self.budgets and cost > 0:
                     self.budgets[name].acquire(cost)
@@ -186,9 +243,11 @@ class VenueClient:
             try:
                 resp = self.session.request(method, url, params=params if method == "GET" else None,
                                             json=body, timeout=self.timeout, headers=self._secret_headers)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except TRANSIENT as exc:
                 if attempt > self.max_retries:
-                    raise ServerError(self.source, endpoint, landed_params, f"connection failed: {exc}") from exc
+                    raise ServerError(self.source, endpoint, landed_params,
+                                      self.scrub(f"connection failed: {type(exc).__name__}: {exc}")) from None
+                log.info("%s %s: %s, retrying", self.source, endpoint, type(exc).__name__)
                 self._backoff(attempt, None)
                 continue
             fetched_at = datetime.now(UTC)
@@ -205,12 +264,12 @@ class VenueClient:
                 return Fetched(raw_id, self.source, endpoint, landed_params, status, content, stream,
                                instrument, fetched_at)
             retry_after = _retry_after(resp)
-            snippet = content[:200].decode("utf-8", "replace")
+            snippet = self.scrub(content[:200].decode("utf-8", "replace"))
             if status in (429, 418) or (status == 403 and b"too frequent" in content.lower()):
                 self._count("banned" if status == 418 else "rate_limited")
                 wait = retry_after if retry_after is not None else min(60.0, 2.0 ** attempt)
-                for b in self.budgets.values():
-                    b.block_for(wait)
+                wait += random.uniform(0, 0.1 * wait + 0.05)     # jitter: threads do not return in lockstep
+                self.block_for(wait)                              # every thread of this client waits
                 if attempt > self.max_retries:
                     cls = Banned if status == 418 else RateLimited
                     raise cls(self.source, endpoint, landed_params, f"HTTP {status} after {attempt} attempts: {snippet}", status)

@@ -121,7 +121,7 @@ def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> It
             rows = page.json()
             if not isinstance(rows, list) or len(rows) < FUNDING_LIMIT:
                 return
-            cursor = int(rows[-1]["time"]) + 1
+            cursor = max(int(r["time"]) for r in rows) + 1    # rows may come out of order
         return
     if stream.dataset == "prices":
         cursor = start
