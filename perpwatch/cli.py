@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--now", help="freeze the simulator clock at this ISO time")
-    p.add_argument("--faults", help="fault profiles NAME[,NAME] or all")
+    p.add_argument("--faults", help="fault profiles NAME[,NAME] or all (see docs/reliability.md)")
+    p.add_argument("--fault-rate", type=float, help="share of request attempts faulted (default 0.05)")
+    p.add_argument("--fault-seed", type=int, help="seed of the fault draws (default: --seed)")
     p.add_argument("--env", action="store_true", help="print the export lines for this port and exit")
 
     p = sub.add_parser("import", help="load a CSV/Parquet/vendor file through validate -> load")
@@ -159,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             argv2 += ["--now", args.now]
         if args.faults:
             argv2 += ["--faults", args.faults]
+        if args.fault_rate is not None:
+            argv2 += ["--fault-rate", str(args.fault_rate)]
+        if args.fault_seed is not None:
+            argv2 += ["--fault-seed", str(args.fault_seed)]
         if args.env:
             argv2.append("--env")
         return sim_main(argv2)

@@ -177,8 +177,11 @@ def collect(con, now: datetime | None = None) -> dict:
     fresh = freshness(con, now)
     n_quarantined, quarantined = open_quarantine(con)
     runs = last_runs(con)
+    from perpwatch import gaps
+
+    open_gaps = gaps.open_gaps(con).head(50).to_dicts()
     return {"now": now, "freshness": fresh, "tables": tables(con, now), "runs": runs,
-            "quarantine_open": n_quarantined, "quarantine": quarantined,
+            "quarantine_open": n_quarantined, "quarantine": quarantined, "gaps": open_gaps,
             "stale": sum(1 for f in fresh if f["stale"]),
             "ok": not any(f["stale"] for f in fresh) and n_quarantined == 0
             and (not runs or runs[0]["status"] in ("success", "warning", "running"))}
@@ -244,6 +247,13 @@ def render_text(st: dict, where: str) -> str:
               _short(q["message"], 80)] for q in st["quarantine"]],
             ["batch", "received (UTC)", "source", "dataset", "instrument", "rows", "message"], {5}))
         out.append("  (inspect: SELECT * FROM quarantine.batches WHERE resolved_at IS NULL)")
+    gaps = st.get("gaps") or []
+    out += ["", f"Gaps in stored series (re-requested by the next run): {len(gaps)}"]
+    if gaps:
+        out.append(text_table(
+            [[g["source"], g["dataset"], g["instrument"], _ts(g["gap_start"]), _ts(g["gap_end"]),
+              "window" if g["missing"] is None else g["missing"], g["status"], g["attempts"]] for g in gaps],
+            ["source", "dataset", "instrument", "from (UTC)", "to (UTC)", "missing", "status", "attempts"], {5, 7}))
     return "\n".join(out)
 
 

@@ -299,3 +299,22 @@ def test_duckdb_snapshot_is_readable_while_warehouse_is_written(wh, tmp_path):
         con.close()
     finally:
         writer.close()
+
+
+def test_status_reports_open_gaps(tmp_path):
+    from datetime import UTC, datetime
+
+    import warehouse
+    from perpwatch import status
+
+    con = warehouse.connect(tmp_path / "g.duckdb")
+    try:
+        con.execute("INSERT INTO meta.gaps (source, dataset, instrument, gap_start, gap_end, missing, status, attempts) "
+                    "VALUES ('bybit', 'open_interest', 'BTCUSDT', '2026-11-18 03:00+00', '2026-11-18 05:00+00', 3, 'open', 1)")
+        st = status.collect(con, now=datetime(2026, 11, 20, tzinfo=UTC))
+        text = status.render_text(st, "test")
+    finally:
+        con.close()
+    assert [(g["source"], g["instrument"], g["missing"]) for g in st["gaps"]] == [("bybit", "BTCUSDT", 3)]
+    assert "Gaps in stored series (re-requested by the next run): 1" in text
+    assert "2026-11-18 03:00" in text and "open_interest" in text
