@@ -310,7 +310,7 @@ def test_status_reports_open_gaps(tmp_path):
     con = warehouse.connect(tmp_path / "g.duckdb")
     try:
         con.execute("INSERT INTO meta.gaps (source, dataset, instrument, gap_start, gap_end, missing, status, attempts) "
-                    "VALUES ('bybit', 'open_interest', 'BTCUSDT', '2026-11-18 03:00+00', '2026-11-18 05:00+00', 3, 'open', 1)")
+                    "VALUES ('bybit', 'open_interest', 'BTCUSDT', '2026-11-18 03:00:00+00', '2026-11-18 05:00:00+00', 3, 'open', 1)")
         st = status.collect(con, now=datetime(2026, 11, 20, tzinfo=UTC))
         text = status.render_text(st, "test")
     finally:
