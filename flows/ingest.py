@@ -17,9 +17,8 @@ def refresh_instruments(rc):
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def extract(rc, source: str, dataset: str, streams):
-    pages = pipeline.extract_unit(rc.modules[source], rc.clients[source], streams,
-                                  pipeline.windows_for(rc, streams), rc.report)
+def extract(rc, source: str, dataset: str, streams, windows):
+    pages = pipeline.extract_unit(rc.modules[source], rc.clients[source], streams, windows, rc.report)
     rc.report.stat(source, dataset).payloads += len(pages)
     return pages
 
@@ -38,7 +37,9 @@ def ingest(start: datetime | None = None, end: datetime | None = None, venues: l
     try:
         instruments = refresh_instruments(rc)
         units = pipeline.plan_units(rc, instruments)
-        futures = [extract.submit(rc, src, ds, streams) for (src, ds), streams in units.items()]
+        windows = {key: pipeline.windows_for(rc, ss) for key, ss in units.items()}   # DuckDB reads here
+        futures = [extract.submit(rc, src, ss[0].dataset, ss, windows[(src, kind)])
+                   for (src, kind), ss in units.items()]
         pages = [p for f in futures for p in f.result()]
         validate_and_load(rc, pages)
     except Exception as exc:

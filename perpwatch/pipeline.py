@@ -384,7 +384,9 @@ def refresh_instruments(rc: RunContext) -> pl.DataFrame:
 
 
 def plan_units(rc: RunContext, instruments: pl.DataFrame) -> dict[tuple[str, str], list[Stream]]:
-    """Coarse units of work, one per (source, dataset), each with its streams and windows."""
+    """Coarse units of work, one per (source, stream kind) — e.g. ("okx", "long_short_ratio/accounts") —
+    each with its instruments' streams. Venues budget per endpoint, so kinds run in parallel while
+    the instruments of one kind share its budget in sequence. `streams[0].dataset` is the table."""
     units: dict[tuple[str, str], list[Stream]] = defaultdict(list)
     for name, m in rc.modules.items():
         for s in m.plan(instruments, rc.assets):
@@ -393,7 +395,7 @@ def plan_units(rc: RunContext, instruments: pl.DataFrame) -> dict[tuple[str, str
             except ValueError as exc:
                 rc.report.warnings.append(f"{name}: skipped stream {s.name}: {exc}")
                 continue
-            units[(name, s.dataset)].append(s)
+            units[(name, s.name)].append(s)
     return dict(units)
 
 
@@ -415,14 +417,15 @@ def run(kind: str = "run", start: datetime | None = None, end: datetime | None =
         say(f"instruments: {instruments.height} known across {len(rc.modules)} sources")
         units = plan_units(rc, instruments)
         fetched: list[Fetched] = []
+        windows = {key: windows_for(rc, ss) for key, ss in units.items()}   # DuckDB reads on this thread
         with ThreadPoolExecutor(max_workers=max_workers) as pool:
-            futures = {pool.submit(extract_unit, rc.modules[n], rc.clients[n], ss, windows_for(rc, ss), rc.report):
-                       (n, d) for (n, d), ss in units.items()}
-            for fut, (n, d) in futures.items():
+            futures = {pool.submit(extract_unit, rc.modules[n], rc.clients[n], ss, windows[(n, k)], rc.report):
+                       (n, k, ss[0].dataset) for (n, k), ss in units.items()}
+            for fut, (n, k, d) in futures.items():
                 pages = fut.result()
                 rc.report.stat(n, d).payloads += len(pages)
                 fetched += pages
-                say(f"fetched {n} {d}: {len(pages)} pages")
+                say(f"fetched {n} {k}: {len(pages)} pages")
         load_parsed(rc.con, rc.report, fetched, rc.ctx_instruments)
     except Exception as exc:
         rc.report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")

@@ -1,13 +1,16 @@
 -- grain: date, asset
 -- Reference daily close per asset (UTC day), used by every return computation.
--- Precedence (lower wins): Binance spot, Binance USDT perp, Binance COIN-M perp, Bybit perp, OKX perp, other venues'
--- perps, then any imported daily spot series (interval '1d', e.g. `perpwatch import prices`)
+-- Precedence (lower wins): Binance spot, Binance USDT perp, Binance COIN-M perp, Bybit perp, OKX perp,
+-- other venues' perps, then any imported daily spot series (interval '1d', e.g. `perpwatch import prices`)
 -- for days no venue covers. A day's close is the last hourly close inside that day.
+-- UTC days by epoch arithmetic and arg_max (no time-zone library and no window sort per row).
 WITH hourly AS (
-    SELECT venue, instrument, kind, asset, ts::DATE AS date, close,
-           row_number() OVER (PARTITION BY venue, instrument, kind, ts::DATE ORDER BY ts DESC) AS rn
+    SELECT venue, instrument, kind, asset,
+           DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date,
+           arg_max(close, ts) AS close
     FROM staging.prices
     WHERE "interval" = '1h' AND kind IN ('spot', 'perp') AND close > 0
+    GROUP BY venue, instrument, kind, asset, date
 ),
 daily AS (
     SELECT date, asset, venue, kind, close,
@@ -17,9 +20,10 @@ daily AS (
                 WHEN venue = 'bybit' AND kind = 'perp' THEN 4
                 WHEN venue = 'okx' AND kind = 'perp' THEN 5
                 ELSE 6 END AS precedence
-    FROM hourly WHERE rn = 1
+    FROM hourly
     UNION ALL
-    SELECT ts::DATE AS date, asset, venue, kind, close, 7 AS precedence
+    SELECT DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date,
+           asset, venue, kind, close, 7 AS precedence
     FROM staging.prices
     WHERE "interval" = '1d' AND kind IN ('spot', 'perp') AND close > 0
 )
