@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="rebuild the marts from staging and publish the serving snapshot")
     _common(p, venues=False)
     p.add_argument("--no-publish", action="store_true")
+    p.add_argument("--since", type=_date, help="incremental: recompute date-partitioned marts from this day on "
+                                               "(marts with an `-- incremental:` header; the rest in full)")
 
     p = sub.add_parser("replay", help="rebuild staging from the landed raw payloads, no network")
     _common(p, venues=False)
@@ -140,7 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         import warehouse
         from perpwatch import pipeline
         with warehouse.session(args.db) as con:
-            timings = pipeline.build_and_publish(con, publish=not args.no_publish)
+            if args.since:
+                from transforms import build_incremental
+                timings = build_incremental(con, args.since.date())
+                if not args.no_publish:
+                    warehouse.publish(con=con)
+            else:
+                timings = pipeline.build_and_publish(con, publish=not args.no_publish)
         for name, secs in timings.items():
             print(f"{name:40s} {secs:6.2f}s")
         return 0

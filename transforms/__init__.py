@@ -173,7 +173,10 @@ def incremental_plan(con, since, models: dict[str, Model] | None = None) -> dict
     plan: dict[str, dict] = {}
     for n in names:
         m, spec = models[n], specs[n]
-        if spec is None:
+        if m.kind == "python" and getattr(importlib.import_module(f"transforms.marts.{m.path.stem}"),
+                                          "INCREMENTAL", None) == "skip":
+            plan[n] = {"mode": "skip", "reason": "evaluation over all history: refreshed by full builds only"}
+        elif spec is None:
             plan[n] = {"mode": "full", "reason": "python mart" if m.kind == "python" else
                        ("view" if m.view else "no incremental header")}
         elif m.view:
@@ -244,6 +247,8 @@ def build_incremental(con, since, only: list[str] | None = None) -> dict[str, fl
             if only and name not in only:
                 continue
             m, p = models[name], plan[name]
+            if p["mode"] == "skip":
+                continue
             if p["mode"] != "incremental":
                 timings[name] = _build_model(con, name, m)
                 continue

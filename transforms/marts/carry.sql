@@ -1,4 +1,5 @@
 -- view
+-- incremental: date
 -- grain: date, venue, instrument
 -- Carry screen for arbitrage: what holding each perp or dated future short earns per year.
 -- Perps: the day's mean annualised funding (settlements with funding_time inside the UTC day),

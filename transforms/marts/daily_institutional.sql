@@ -1,3 +1,4 @@
+-- incremental: date lookback 11
 -- grain: date, asset
 -- Institutional and cross-market inputs per asset per UTC day, for marts.daily_signals to join on
 -- [date, asset]. Every value is as of day D (no look-ahead): the market cap of D (else the latest of

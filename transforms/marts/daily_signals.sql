@@ -1,3 +1,4 @@
+-- incremental: date lookback greatest({{funding.percentile_window_days}}, {{liquidations.zscore_window_days}}, {{leverage.oi_to_mcap_window_days}}) + 8
 -- grain: date, asset          time column: date (UTC day)
 -- One row per asset per UTC day that has a reference close, computed only from data
 -- timestamped inside or before that day (tests/test_point_in_time.py proves it): every

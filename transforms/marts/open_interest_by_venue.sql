@@ -1,3 +1,4 @@
+-- incremental: date
 -- grain: date, asset, venue
 -- Perpetual open interest in USD at the end of each UTC day per venue: the last snapshot inside
 -- the day for each perpetual instrument (dated futures are left out: the headline number is

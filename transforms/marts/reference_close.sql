@@ -1,3 +1,4 @@
+-- incremental: date
 -- grain: date, asset
 -- Reference daily close per asset (UTC day), used by every return computation.
 -- Precedence (lower wins): Binance spot, Binance USDT perp, Binance COIN-M perp, Bybit perp, OKX perp,

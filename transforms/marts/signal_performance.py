@@ -31,6 +31,8 @@ import polars as pl
 
 from perpwatch.settings import signal_settings
 
+# An event study over all history, not a daily signal: `build_incremental` leaves it to full builds.
+INCREMENTAL = "skip"
 TABLE = "marts.signal_performance"
 INPUTS = ["marts.daily_signals"]
 POOLED = "ALL"
