@@ -128,7 +128,8 @@ def test_soak_under_faults_converges_to_the_clean_warehouse(tmp_path, monkeypatc
     # parallel and in storage order, and the two warehouses stored the same rows in a different order
     # (2 runs against 24), so a sum can differ in its last bits (seen: 1e-16 relative in
     # daily_signals.oi_usd). Exports are compared byte for byte where they match, else as frames:
-    # same shape, same non-float values, floats equal to 1e-12 relative.
+    # same shape, same non-float values, floats equal to 1e-9 relative (the heatmap folds pro-rata
+    # scalings over hundreds of hours, so its rounding grows past 1e-12; seen: 1.2e-12).
     a, b = publish(ref, tmp_path / "pub_ref"), publish(soak, tmp_path / "pub_soak")
     assert len(a) >= 10 and sorted(a) == sorted(b)
     identical = [n for n in a if a[n] == b[n]]
@@ -145,7 +146,7 @@ def test_soak_under_faults_converges_to_the_clean_warehouse(tmp_path, monkeypatc
                     == (True, True), (name, c)
                 diff = both.filter(pl.col("a").is_not_nan()).select(
                     ((pl.col("a") - pl.col("b")).abs() / pl.max_horizontal(pl.col("a").abs(), pl.lit(1.0))).max()).item()
-                assert diff is None or diff <= 1e-12, (name, c, diff)
+                assert diff is None or diff <= 1e-9, (name, c, diff)
             else:
                 assert x[c].equals(y[c]), (name, c)
 
