@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-INSTRUMENT_PATTERN = re.compile(r"^[A-Za-z0-9_:\-./]{1,40}$")
+INSTRUMENT_PATTERN = re.compile(r"^[A-Za-z0-9_:\-.]{1,40}$")   # no "/": names never form paths
 ASSET_PATTERN = re.compile(r"^[A-Z0-9]{1,20}$")
 QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "USD")
 _MULTIPLIER = re.compile(r"^(1000000|100000|10000|1000|100|k)(?=[A-Z])")

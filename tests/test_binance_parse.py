@@ -124,7 +124,7 @@ def test_names_are_validated_before_use():
     from perpwatch.assets import canonical, validate_asset, validate_instrument
 
     assert validate_instrument("BTC-USDT-SWAP") == "BTC-USDT-SWAP"
-    for bad in ["BTC USDT", "../etc/passwd;", "BTC'; DROP TABLE x;--", "", "A" * 41]:
+    for bad in ["BTC USDT", "../etc/passwd;", "../x", "a/b", "BTC'; DROP TABLE x;--", "", "A" * 41]:
         with pytest.raises(ValueError):
             validate_instrument(bad)
     with pytest.raises(ValueError):
