@@ -376,7 +376,12 @@ def refresh_instruments(rc: RunContext) -> pl.DataFrame:
         try:
             payloads += m.fetch_instruments(rc.clients[name])
         except SourceError as exc:
-            rc.report.errors.append(f"instruments failed: {exc}")
+            venue = getattr(m, "VENUE", name)
+            known = rc.con.execute("SELECT count(*) FROM staging.instruments WHERE venue = ?", [venue]).fetchone()[0]
+            if known:   # degraded, not failed: this run plans from the instruments stored by earlier runs
+                rc.report.warnings.append(f"instruments not refreshed, using the {known} stored: {exc}")
+            else:
+                rc.report.errors.append(f"instruments failed: {exc}")
     parsed = parse_all(rc.con, rc.report, payloads, instrument_context(rc.con))
     load_table(rc.con, rc.report, "instruments", parsed.frames.get("instruments", []))
     rc.ctx_instruments = instrument_context(rc.con)

@@ -201,3 +201,27 @@ def test_daily_row_uses_no_later_data(env, tmp_path):
         assert truncated.height == 2
         assert truncated.equals(full.filter(pl.col("date") == day.date()))
     os.environ.pop("PERPWATCH_DB", None)
+
+
+def test_instrument_refresh_failure_falls_back_to_stored_instruments(env, tmp_path, monkeypatch):
+    db = tmp_path / "w.duckdb"
+    first = pipeline.run(kind="backfill", start=NOW - timedelta(days=1), end=NOW, venues=["bybit"], assets=["BTC"],
+                         db=db, build=False)
+    assert first.status == "success", first.errors
+    proxy = FaultProxy(env.base_url)
+    try:
+        monkeypatch.setenv("PERPWATCH_URL_BYBIT", proxy.base_url + "/bybit")
+        proxy.add("/v5/market/instruments-info", "truncate")
+        second = pipeline.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=["bybit"],
+                              assets=["BTC"], db=db, build=False)
+    finally:
+        proxy.stop()
+    # the listing could not be read: a warning naming it, and the run still extends the stored history
+    assert second.status == "warning", second.errors
+    assert any("instruments not refreshed" in w and "/v5/market/instruments-info" in w for w in second.warnings)
+    assert second.totals()["loaded"] > 0
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT min(ts) FROM staging.open_interest").fetchone()[0] == NOW - timedelta(days=2)
+    finally:
+        con.close()
