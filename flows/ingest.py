@@ -7,6 +7,7 @@ from datetime import datetime
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from perpwatch import pipeline
 
@@ -35,13 +36,15 @@ def ingest(start: datetime | None = None, end: datetime | None = None, venues: l
     logger = get_run_logger()
     rc = pipeline.open_run(kind, start, end, venues, assets, db)
     try:
-        instruments = refresh_instruments(rc)
+        # quote(): Prefect must not walk the run context (its dicts change under the extract threads:
+        # "dictionary changed size during iteration") nor the page lists (large)
+        instruments = refresh_instruments(quote(rc))
         units = pipeline.plan_units(rc, instruments)
         windows = {key: pipeline.windows_for(rc, ss) for key, ss in units.items()}   # DuckDB reads here
-        futures = [extract.submit(rc, src, ss[0].dataset, ss, windows[(src, kind)])
+        futures = [extract.submit(quote(rc), src, ss[0].dataset, quote(ss), quote(windows[(src, kind)]))
                    for (src, kind), ss in units.items()]
         pages = [p for f in futures for p in f.result()]
-        validate_and_load(rc, pages)
+        validate_and_load(quote(rc), quote(pages))
     except Exception as exc:
         rc.report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
         raise
