@@ -208,6 +208,9 @@ class Collector:
         self.open_timeout_s = open_timeout_s
         self.lock_wait_s = lock_wait_s
         self.say = say
+        # One flush at a time: the timed flusher, a full buffer and the final flush can overlap, and two
+        # transactions in one process updating the same watermark rows conflict ("Conflict on update").
+        self._flush_lock = threading.Lock()
         self.report = pipeline.RunReport(
             run_id=f"collect-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", kind="collect")
         self.stats = CollectStats(run_id=self.report.run_id, started_at=datetime.now(UTC))
@@ -280,6 +283,10 @@ class Collector:
 
     def flush_sync(self, taken: dict[str, _Buffer]) -> bool:
         """Land each venue's batch as one raw payload and load it. False = warehouse locked, retry later."""
+        with self._flush_lock:
+            return self._flush_locked(taken)
+
+    def _flush_locked(self, taken: dict[str, _Buffer]) -> bool:
         try:
             con = warehouse.connect(self.db, wait_s=self.lock_wait_s)
         except warehouse.WarehouseLocked as exc:
