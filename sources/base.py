@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import polars as pl
+
 
 @dataclass(frozen=True)
 class Stream:
@@ -34,3 +36,15 @@ class ParseContext:
 
     def instrument(self, venue: str, instrument: str) -> dict:
         return self.instruments.get((venue, instrument), {})
+
+
+def tradable(instruments: pl.DataFrame, venue: str, assets: list[str], **equals: str) -> list[dict]:
+    """The venue's trading instruments of the configured assets (plus column == value filters), as rows.
+
+    Every venue's plan() starts here; delisted instruments are never planned, their history stays."""
+    if instruments.height == 0:
+        return []
+    cond = (pl.col("venue") == venue) & pl.col("asset").is_in(assets) & (pl.col("status") == "trading")
+    for col, value in equals.items():
+        cond &= pl.col(col) == value
+    return list(instruments.filter(cond).iter_rows(named=True))

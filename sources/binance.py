@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from perpwatch.assets import canonical
-from sources.base import ParseContext, Stream
+from sources.base import ParseContext, Stream, tradable
 from sources.http import Budget, Fetched, VenueClient
 from sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
@@ -53,18 +53,23 @@ UNSUPPORTED = {
 }
 
 
+def futures_budgets(host: str, s: float = 1.0) -> dict[str, Budget]:
+    """Binance futures limits (fapi and dapi alike), kept 5-10 % under the published ones."""
+    return {
+        "weight": Budget(f"binance {host} weight/min", 2400 * 0.9 * s, 60.0),
+        "futures_data": Budget(f"binance {host} futures/data per 5 min", 1000 * 0.95 * s, 300.0),
+        "funding": Budget(f"binance {host} fundingRate per 5 min", 500 * 0.95 * s, 300.0),
+    }
+
+
 def make_client(lander, limits_scale: float = 1.0) -> VenueClient:
     s = limits_scale
     return VenueClient(
         SOURCE,
         bases={"": "BINANCE_FAPI", "/api/": "BINANCE_SPOT"},
         lander=lander,
-        budgets={
-            "weight": Budget("binance weight/min", 2400 * 0.9 * s, 60.0),
-            "futures_data": Budget("binance futures/data per 5 min", 1000 * 0.95 * s, 300.0),
-            "funding": Budget("binance fundingRate per 5 min", 500 * 0.95 * s, 300.0),
-            "spot_weight": Budget("binance spot weight/min", 6000 * 0.9 * s, 60.0),
-        },
+        budgets={**futures_budgets("fapi", s),
+                 "spot_weight": Budget("binance spot weight/min", 6000 * 0.9 * s, 60.0)},
         usage_header=("X-MBX-USED-WEIGHT-1M", "weight"),
     )
 
@@ -80,11 +85,8 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
     """Streams for the configured assets' trading instruments."""
-    rows = instruments.filter((pl.col("venue") == VENUE) & pl.col("asset").is_in(assets)
-                              & (pl.col("status") == "trading") & (pl.col("margin") == "linear")
-                              & (pl.col("quote") == "USDT"))
     out: list[Stream] = []
-    for r in rows.iter_rows(named=True):
+    for r in tradable(instruments, VENUE, assets, margin="linear", quote="USDT"):
         sym = r["instrument"]
         if r["kind"] == "future":
             out.append(Stream(SOURCE, "prices", "prices/future", sym))

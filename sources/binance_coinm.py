@@ -37,8 +37,8 @@ import polars as pl
 
 from perpwatch.assets import canonical
 from sources import binance
-from sources.base import ParseContext, Stream
-from sources.http import Budget, Fetched, VenueClient
+from sources.base import ParseContext, Stream, tradable
+from sources.http import Fetched, VenueClient
 from sources.normalize import UTC_MS, num, ts_ms
 
 SOURCE = "binance_coinm"
@@ -70,11 +70,7 @@ def make_client(lander, limits_scale: float = 1.0) -> VenueClient:
         SOURCE,
         bases={"": "BINANCE_DAPI"},
         lander=lander,
-        budgets={
-            "weight": Budget("binance dapi weight/min", 2400 * 0.9 * s, 60.0),
-            "futures_data": Budget("binance dapi futures/data per 5 min", 1000 * 0.95 * s, 300.0),
-            "funding": Budget("binance dapi fundingRate per 5 min", 500 * 0.95 * s, 300.0),
-        },
+        budgets=binance.futures_budgets("dapi", s),
         usage_header=("X-MBX-USED-WEIGHT-1M", "weight"),
     )
 
@@ -90,12 +86,8 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
     """Streams for the configured assets' trading COIN-M instruments (inverse, USD-quoted)."""
-    if instruments.height == 0:
-        return []
-    rows = instruments.filter((pl.col("venue") == VENUE) & pl.col("asset").is_in(assets)
-                              & (pl.col("status") == "trading") & (pl.col("margin") == "inverse"))
     out: list[Stream] = []
-    for r in rows.iter_rows(named=True):
+    for r in tradable(instruments, VENUE, assets, margin="inverse"):
         sym = r["instrument"]
         if r["kind"] == "future":
             out.append(Stream(SOURCE, "prices", "prices/future", sym))

@@ -47,7 +47,7 @@ import polars as pl
 
 from perpwatch import settings
 from perpwatch.assets import canonical
-from sources.base import ParseContext, Stream
+from sources.base import ParseContext, Stream, tradable
 from sources.http import BadRequest, Budget, Fetched, VenueClient
 from sources.normalize import UTC_MS, funding_derived
 
@@ -121,13 +121,9 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
     """Funding + perp prices per perpetual, prices per dated future, one OI snapshot per currency."""
-    if instruments.height == 0:
-        return []
-    rows = instruments.filter((pl.col("venue") == VENUE) & pl.col("asset").is_in(assets)
-                              & (pl.col("status") == "trading") & (pl.col("margin") == "inverse"))
     out: list[Stream] = []
     currencies = set()
-    for r in rows.iter_rows(named=True):
+    for r in tradable(instruments, VENUE, assets, margin="inverse"):
         name = r["instrument"]
         currencies.add(name.split("-", 1)[0])
         if r["kind"] == "future":

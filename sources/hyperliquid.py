@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.assets import canonical
-from sources.base import ParseContext, Stream
+from sources.base import ParseContext, Stream, tradable
 from sources.http import Budget, Fetched, VenueClient
 from sources.normalize import UTC_MS, funding_derived, num, ts_ms
 
@@ -81,12 +81,8 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
     """Funding and candles per trading coin of the configured assets, plus one venue-wide OI snapshot."""
-    if instruments.height == 0:
-        return []
-    rows = instruments.filter((pl.col("venue") == VENUE) & pl.col("asset").is_in(assets)
-                              & (pl.col("status") == "trading") & (pl.col("kind") == "perp"))
     out: list[Stream] = []
-    for r in rows.iter_rows(named=True):
+    for r in tradable(instruments, VENUE, assets, kind="perp"):
         coin = r["instrument"]
         out.append(Stream(SOURCE, "funding_rates", "funding_rates", coin))
         out.append(Stream(SOURCE, "prices", "prices/perp", coin, history=CANDLE_DEPTH))

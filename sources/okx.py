@@ -41,7 +41,7 @@ import polars as pl
 
 from perpwatch import settings
 from perpwatch.assets import canonical
-from sources.base import ParseContext, Stream
+from sources.base import ParseContext, Stream, tradable
 from sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
 from sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
@@ -176,13 +176,9 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
     """Streams for the configured assets' trading USDT-linear and USD-inverse swaps (and futures prices)."""
-    if instruments.height == 0:
-        return []
-    rows = instruments.filter((pl.col("venue") == VENUE) & pl.col("asset").is_in(assets)
-                              & (pl.col("status") == "trading"))
     out: list[Stream] = []
     now = datetime.now(UTC)
-    for r in rows.iter_rows(named=True):
+    for r in tradable(instruments, VENUE, assets):
         inst, margin = r["instrument"], r["margin"]
         if margin not in QUOTES or r["quote"] != QUOTES[margin]:
             continue
