@@ -9,14 +9,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import Sample, run_child
+from perpwatch.bench.common import Sample, run_child
 
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
          "PREFECT_TASKS_DEFAULT_NO_CACHE": "true", "DO_NOT_TRACK": "1"}
 
 
 def _probe(kind: str, env: dict) -> dict:
-    res = run_child([sys.executable, "-m", "bench.startup_probe", kind], env=env, timeout=600)
+    res = run_child([sys.executable, "-m", "perpwatch.bench.startup_probe", kind], env=env, timeout=600)
     if res["returncode"] != 0:
         raise RuntimeError(f"startup probe {kind} failed:\n{res['stderr'][-2000:]}")
     out = json.loads(res["stdout"].strip().splitlines()[-1])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import Sample
+from perpwatch.bench.common import Sample
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 STREAMS = ("open_interest", "long_short_ratio/accounts", "funding_rates", "prices/perp")
@@ -25,7 +25,7 @@ COST = {"/fapi/v1/exchangeInfo": {"weight": 1}, "/fapi/v1/fundingInfo": {"weight
 
 
 def _market(n: int):
-    from simulator.market import Market, hour_of, synthetic
+    from perpwatch.simulator.market import Market, hour_of, synthetic
 
     m = Market(7, synthetic(n))
     h = hour_of(int(NOW.timestamp() * 1000))
@@ -35,7 +35,7 @@ def _market(n: int):
 
 
 def _sim(market, latency_ms: float, limits_scale: float, window_scale: float):
-    from simulator.server import start
+    from perpwatch.simulator.server import start
 
     return start(port=0, seed=7, now=NOW, latency_ms=latency_ms, limits_scale=limits_scale,
                  window_scale=window_scale, ws_port=None, market=market)
@@ -44,8 +44,8 @@ def _sim(market, latency_ms: float, limits_scale: float, window_scale: float):
 def perpwatch_once(market, n: int, latency_ms: float, ls: float, ws: float, workdir: Path) -> dict:
     """The pipeline's own extraction: open_run -> refresh_instruments -> plan_units -> extract_unit on
     4 threads (one per source x dataset), every response landed in raw.payloads."""
-    import sources.binance as binance
-    from perpwatch import pipeline
+    import perpwatch.sources.binance as binance
+    from perpwatch.ingest import pipeline
 
     sim = _sim(market, latency_ms, ls, ws)
     old_env = {k: os.environ.get(k) for k in sim.env()}

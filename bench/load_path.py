@@ -1,5 +1,5 @@
 """Workload 1 — the load path: recorded openInterestHist pages -> parse -> normalise -> validate ->
-idempotent upsert, through the real code (sources.binance.PARSERS, perpwatch.validate.validate,
+idempotent upsert, through the real code (sources.binance.PARSERS, perpwatch.ingest.validate.validate,
 warehouse.upsert, via pipeline.parse_all / pipeline.load_table), against baselines in the same run."""
 
 from __future__ import annotations
@@ -17,23 +17,22 @@ import numpy as np
 import orjson
 import polars as pl
 
-from bench.common import ROOT, Sample
-from bench.payloads import ENDPOINT, oi_pages
+from perpwatch.bench.common import ROOT, Sample
+from perpwatch.bench.payloads import ENDPOINT, oi_pages
 
 DLT_PIN = "dlt[duckdb]==1.31.0"
 BENCH_VENV = ROOT / ".bench-venv"
 
 
 def _fresh_db(path: Path):
-    import warehouse
-
+    from perpwatch import warehouse
     for p in (path, path.with_name(path.name + ".wal")):
         p.unlink(missing_ok=True)
     return warehouse.connect(path)
 
 
 def _fetched(pages):
-    from sources.http import Fetched
+    from perpwatch.sources.http import Fetched
 
     at = datetime(2026, 1, 1, tzinfo=UTC)
     return [Fetched(i + 1, "binance", ENDPOINT, params, 200, body, "open_interest", params["symbol"], at)
@@ -48,9 +47,9 @@ def _ctx(pages) -> dict:
 def batch_parse(fetched, ctx_instruments) -> list[pl.DataFrame]:
     """What pipeline.parse_all does, with the batch fast path (the hook proposed to the lead):
     one `PARSERS[endpoint].batch` call for all pages of an endpoint, per-page parse for the rest."""
-    import sources
-    from perpwatch.pipeline import parse_payload
-    from sources.base import ParseContext
+    from perpwatch import sources
+    from perpwatch.ingest.pipeline import parse_payload
+    from perpwatch.sources.base import ParseContext
 
     parser = sources.get("binance").PARSERS[ENDPOINT]
     ctx = ParseContext(fetched[0].fetched_at, ctx_instruments)
@@ -78,9 +77,9 @@ class _Stages:
     """Wraps pipeline.validate and warehouse.upsert to time the stages of a load_table call."""
 
     def __init__(self, validation: bool):
-        import warehouse
-        from perpwatch import pipeline
-        from perpwatch.validate import Outcome
+        from perpwatch import warehouse
+        from perpwatch.ingest import pipeline
+        from perpwatch.ingest.validate import Outcome
 
         self.pipeline, self.warehouse = pipeline, warehouse
         self.orig_validate, self.orig_upsert = pipeline.validate, warehouse.upsert
@@ -112,7 +111,7 @@ class _Stages:
 
 def _perpwatch_once(db: Path, fetched, ctx, batch: bool, validation: bool) -> dict:
     """One fresh load and one reload of the same pages. Returns seconds per stage and the load counts."""
-    from perpwatch import pipeline
+    from perpwatch.ingest import pipeline
 
     con = _fresh_db(db)
     out = {}
@@ -140,8 +139,7 @@ def _perpwatch_once(db: Path, fetched, ctx, batch: bool, validation: bool) -> di
 
 
 def _ceiling_once(db: Path, frame: pl.DataFrame) -> float:
-    import warehouse
-
+    from perpwatch import warehouse
     con = _fresh_db(db)
     try:
         cols = [c for c in warehouse.table_columns(con, "staging.open_interest") if c in frame.columns]
@@ -215,7 +213,7 @@ def _dlt(pages, workdir: Path, runs: int, progress) -> dict:
 
 def _gx_without_datetime_between(frame: pl.DataFrame, runs: int) -> Sample:
     """Diagnostic: the same GX suite minus the `ts <= now` between-expectation on a datetime column."""
-    from perpwatch import validate as V
+    from perpwatch.ingest import validate as V
 
     spec = V.suite_definition("open_interest")
     spec["expectations"] = [e for e in spec["expectations"]
@@ -245,7 +243,7 @@ def run(rows: int, runs: int, workdir: Path, dlt_rows: int | None, em_rows: int,
     payload_mb = sum(len(b) for _, b in pages) / 1e6
     progress(f"load path: {rows:,} rows in {len(pages)} pages ({payload_mb:.0f} MB JSON) generated in "
              f"{time.perf_counter() - t0:.1f}s")
-    from perpwatch import validate as V
+    from perpwatch.ingest import validate as V
 
     # warm GX once (its 2-3 s import and context creation are start-up cost, reported in the e2e section)
     warm = batch_parse(fetched[:2], ctx)[0].drop(["_source", "_stream", "_instrument", "_endpoint"])

@@ -10,8 +10,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from bench.common import ROOT, Sample, child_json
-from bench.gen_warehouse import END, append_day, generate
+from perpwatch.bench.common import ROOT, Sample, child_json
+from perpwatch.bench.gen_warehouse import END, append_day, generate
 
 HEATMAP = ["marts.liquidation_heatmap", "marts.daily_heatmap_clusters"]
 # Proposed opt-in headers (the mart files belong to their authors; the bench applies them to a copy).
@@ -53,8 +53,7 @@ def _stamp(days: int, assets: int) -> str:
 def warehouse_for(workdir: Path, days: int, assets: int, progress, source: Path | None = None) -> tuple[Path, dict]:
     """A generated warehouse, reused when the generator and schema did not change. A smaller one is cut
     from `source` (same generator, the first `assets` assets) instead of generated again."""
-    import warehouse
-
+    from perpwatch import warehouse
     path = workdir / f"marts_{days}d_{assets}a.duckdb"
     stamp = path.with_suffix(".stamp")
     want = _stamp(days, assets)
@@ -89,7 +88,7 @@ def warehouse_for(workdir: Path, days: int, assets: int, progress, source: Path 
 
 
 def _build(db: Path, mode: str, skip, since=None, marts_dir=None) -> dict:
-    return child_json("bench.marts_child", {"db": str(db), "mode": mode, "since": since, "skip": skip,
+    return child_json("perpwatch.bench.marts_child", {"db": str(db), "mode": mode, "since": since, "skip": skip,
                                             "marts_dir": str(marts_dir) if marts_dir else None, **DUCKDB_SETTINGS},
                       timeout=3600)
 
@@ -151,8 +150,7 @@ def run(days: int, assets: list[int], runs: int, workdir: Path, heatmap_probe: t
     out["diagnostics"] = _diagnostics(full_db)
     progress("  diagnostics: " + ", ".join(f"{k} {v:.2f}s" for k, v in out["diagnostics"].items()))
     # daily incremental pass on the full warehouse: one more day landed, then build from that day
-    import warehouse
-
+    from perpwatch import warehouse
     con = warehouse.connect(full_db)
     try:
         last = con.execute("SELECT max(ts) FROM staging.open_interest").fetchone()[0]

@@ -1,4 +1,4 @@
-"""One timed mart build in a fresh process: `python -m bench.marts_child '<json>'` prints one JSON line.
+"""One timed mart build in a fresh process: `python -m perpwatch.bench.marts_child '<json>'` prints one JSON line.
 
 args: db, mode ("full" | "incremental"), since (ISO date, incremental), marts_dir (optional copy of
 transforms/marts with opt-in headers), memory_limit, threads, skip (marts replaced by empty stand-ins).
@@ -18,9 +18,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import polars as pl
 
-    import transforms
-    import warehouse
-    from bench.common import peak_rss_mb
+    from perpwatch import transforms, warehouse
+    from perpwatch.bench.common import peak_rss_mb
 
     if a.get("marts_dir"):
         transforms.HERE = Path(a["marts_dir"])
@@ -28,7 +27,7 @@ def main() -> None:
     con.execute(f"SET memory_limit='{a.get('memory_limit', '12GB')}'; SET threads={int(a.get('threads', 2))}")
     skip = set(a.get("skip") or [])
     if skip:
-        from perpwatch.heatmap import CLUSTER_SCHEMA, OUTPUT_SCHEMA
+        from perpwatch.transforms.heatmap import CLUSTER_SCHEMA, OUTPUT_SCHEMA
 
         stand_in = {"marts.liquidation_heatmap": OUTPUT_SCHEMA, "marts.daily_heatmap_clusters": CLUSTER_SCHEMA}
         for name in skip:

@@ -55,7 +55,7 @@ def render(r: dict) -> str:
                "Pages as the venue returns them (numbers as strings, integer timestamps) go through the real code: "
                "`pipeline.parse_all` (per page: orjson → `sources.binance.PARSERS[...]`) or the batch parser "
                "(`PARSERS[...].batch`, all pages at once), then `pipeline.load_table` (GX validation via "
-               "`perpwatch.validate.validate`, quarantine, `warehouse.upsert` with the watermarks in one transaction) "
+               "`perpwatch.ingest.validate.validate`, quarantine, `warehouse.upsert` with the watermarks in one transaction) "
                "into a fresh file-backed warehouse (**fresh**), then the same pages again (**reload**: every row a "
                "duplicate, nothing changes). Stage columns are medians of the fresh load.\n",
                "| path | fresh | rows/s | reload | parse | validate | upsert | other (load_table glue) |",
@@ -217,7 +217,7 @@ def render(r: dict) -> str:
                        f" (exit codes {[d['ok'] for d in x['demo']]}).\n")
             targets.append(("4 E2E: demo pipeline < 60 s", _s(x["demo_wall"]), x["demo_wall"]["median"] < 60))
             targets.append(("4 E2E: demo peak RSS < 1 GB", _s(x["demo_rss"], "MB", 0), x["demo_rss"]["median"] < 1024))
-        from bench.common import Sample
+        from perpwatch.bench.common import Sample
 
         pr, gx = x["prefect"], x["gx"]
         S = lambda rows, k: Sample([q[k] for q in rows]).as_dict()  # noqa: E731
@@ -228,7 +228,7 @@ def render(r: dict) -> str:
         sec.append(f"| second flow run, same process | {_s(S(pr, 'second_flow_s'))} |")
         sec.append(f"| `import great_expectations` | {_s(S(gx, 'import_s'))} |")
         sec.append(f"| `gx.get_context(mode='ephemeral')` | {_s(S(gx, 'context_s'))} |")
-        sec.append(f"| first `perpwatch.validate.validate` (suite load + 1 k rows) | {_s(S(gx, 'first_validate_1k_s'))} |")
+        sec.append(f"| first `perpwatch.ingest.validate.validate` (suite load + 1 k rows) | {_s(S(gx, 'first_validate_1k_s'))} |")
         sections.append("\n".join(sec))
 
     w("## Targets\n")

@@ -1,8 +1,8 @@
-"""Start-up costs measured in a fresh process: `python -m bench.startup_probe prefect|gx` prints JSON.
+"""Start-up costs measured in a fresh process: `python -m perpwatch.bench.startup_probe prefect|gx` prints JSON.
 
 prefect: `import prefect`, then the first and second run of a trivial flow (PREFECT_HOME is whatever
 the caller set: a fresh empty folder means the first run pays the database migrations).
-gx: `import great_expectations`, then an ephemeral context, then perpwatch.validate's first call
+gx: `import great_expectations`, then an ephemeral context, then perpwatch.ingest.validate's first call
 (suite load + 1 k-row validation of staging.open_interest)."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def gx_probe() -> dict:
 
     import polars as pl
 
-    from perpwatch.validate import validate
+    from perpwatch.ingest.validate import validate
     df = pl.DataFrame({"venue": ["binance"] * 1000, "instrument": ["BTCUSDT"] * 1000,
                        "ts": [datetime(2026, 1, 1, tzinfo=UTC)] * 1000, "asset": ["BTC"] * 1000,
                        "margin": ["linear"] * 1000, "oi_contracts": [1.0] * 1000, "oi_base": [1.0] * 1000,

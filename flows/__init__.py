@@ -1,1 +1,1 @@
-"""Prefect flows: thin wiring of perpwatch.pipeline functions into tasks."""
+"""Prefect flows: thin wiring of perpwatch.ingest.pipeline functions into tasks."""

@@ -15,7 +15,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from perpwatch.pipeline import RunReport
+from perpwatch.ingest.pipeline import RunReport
 
 log = logging.getLogger("perpwatch")
 HEATMAP_DAYS = 7
@@ -41,7 +41,7 @@ def validation_table(report: RunReport) -> list[dict]:
 
 def gx_docs_dir() -> Path:
     """Where Great Expectations Data Docs go: PERPWATCH_GX_DOCS, else data/gx_docs (next to the exports)."""
-    from perpwatch import settings
+    from perpwatch.core import settings
 
     return Path(os.environ.get("PERPWATCH_GX_DOCS", settings.exports_dir().parent / "gx_docs")).resolve()
 
@@ -49,7 +49,7 @@ def gx_docs_dir() -> Path:
 def build_data_docs(run_id: str, folder: Path | None = None) -> Path | None:
     """Render this process's latest validation result per staging table as GX Data Docs
     (folder/index.html; the previous run's pages are replaced). None when nothing was validated."""
-    from perpwatch import validate
+    from perpwatch.ingest import validate
 
     results = dict(validate.LAST_RESULTS)
     validate.LAST_RESULTS.clear()
@@ -136,9 +136,9 @@ def build_artifacts(db=None, out_dir: Path | None = None) -> dict:
     art = _prefect_artifacts()
     made: dict = {}
     try:
-        from perpwatch import report as rep
-        from perpwatch.heatmap import render
-        from perpwatch.status import open_readonly, table_exists
+        from perpwatch.serving import report as rep
+        from perpwatch.serving.status import open_readonly, table_exists
+        from perpwatch.transforms.heatmap import render
 
         con, _path, _snap = open_readonly(db)
     except Exception as exc:

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 
-from flows.build import build as build_flow
-from flows.ingest import ingest
-from perpwatch import progress
+from perpwatch.core import progress
+from perpwatch.flows.build import build as build_flow
+from perpwatch.flows.ingest import ingest
 
 
 def utc(ts: datetime) -> datetime:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-import warehouse
-from perpwatch import pipeline
+from perpwatch import warehouse
+from perpwatch.ingest import pipeline
 
 
 @task(cache_policy=NO_CACHE)
@@ -19,6 +19,6 @@ def build_marts(db: str | None, publish: bool) -> dict[str, float]:
 def build(db: str | None = None, publish: bool = True) -> dict[str, float]:
     """Rebuild every mart from staging (and publish the serving snapshot)."""
     timings = build_marts(db, publish)
-    from flows.artifacts import build_artifacts
+    from perpwatch.flows.artifacts import build_artifacts
     build_artifacts(db)   # signals firing today, alerts, heatmap image (best effort)
     return timings

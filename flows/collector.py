@@ -18,7 +18,7 @@ def collector(seconds: float = 3540.0, venues: list[str] | None = None, assets: 
               db: str | None = None) -> dict:
     """Capture liquidation streams for `seconds`, landing and loading them in short batches."""
     logger = get_run_logger()
-    from perpwatch.collector import collect
+    from perpwatch.ingest.collector import collect
 
     stop = threading.Event()
     previous = {}

@@ -6,8 +6,8 @@ from datetime import datetime
 
 from prefect import flow
 
-from flows.build import build
-from flows.ingest import ingest
+from perpwatch.flows.build import build
+from perpwatch.flows.ingest import ingest
 
 
 @flow(name="perpwatch-daily")

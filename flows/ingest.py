@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from perpwatch import pipeline
+from perpwatch.ingest import pipeline
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
@@ -51,7 +51,7 @@ def ingest(start: datetime | None = None, end: datetime | None = None, venues: l
     finally:
         pipeline.finish(rc.con, rc.report)
         rc.con.close()
-        from flows.artifacts import run_artifacts
+        from perpwatch.flows.artifacts import run_artifacts
         run_artifacts(rc.report)
     for w in rc.report.warnings + rc.report.errors:
         logger.warning(w)

@@ -11,8 +11,8 @@ from datetime import datetime
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-import sources
-from perpwatch import pipeline
+from perpwatch import sources
+from perpwatch.ingest import pipeline
 
 
 def available_providers() -> list[str]:
@@ -39,7 +39,7 @@ def markets(providers: list[str] | None = None, start: datetime | None = None, e
         return {"run_id": None, "status": "skipped", "providers": []}
     logger.info("markets ingest: %s", ", ".join(chosen))
     report = ingest_markets(chosen, start, end, assets, db)
-    from flows.artifacts import run_artifacts
+    from perpwatch.flows.artifacts import run_artifacts
     run_artifacts(report)
     for msg in report.warnings + report.errors:
         logger.warning(msg)
@@ -47,6 +47,6 @@ def markets(providers: list[str] | None = None, start: datetime | None = None, e
     if report.status == "failed":
         raise RuntimeError(f"markets run {report.run_id} failed: {'; '.join(report.errors)[:500]}")
     if build:
-        from flows.build import build as build_flow
+        from perpwatch.flows.build import build as build_flow
         result["marts"] = sorted(build_flow(db=db, publish=True))
     return result

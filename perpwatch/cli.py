@@ -7,7 +7,7 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from perpwatch import quiet
+from perpwatch.core import quiet
 
 
 def _date(s: str) -> datetime:
@@ -115,14 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         start = getattr(args, "start", None)
         end = getattr(args, "end", None)
         if args.no_prefect:
-            from perpwatch import pipeline, progress
+            from perpwatch.core import progress
+            from perpwatch.ingest import pipeline
             with progress.reporter(args.cmd) as say:
                 report = pipeline.run(kind=args.cmd, start=start, end=end, venues=args.venues, assets=args.assets,
                                       db=args.db, build=not args.no_build, publish=not args.no_build, progress=say)
             _print_report(report)
             return 0 if report.status != "failed" else 1
         if args.cmd == "backfill":   # chunked (30 days) with a progress bar on a terminal
-            from flows.backfill import backfill
+            from perpwatch.flows.backfill import backfill
             try:
                 res = backfill(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db,
                                build=not args.no_build)
@@ -131,19 +132,19 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(json.dumps(res))
             return 0
-        from flows.build import build
-        from flows.ingest import ingest
+        from perpwatch.flows.build import build
+        from perpwatch.flows.ingest import ingest
         res = ingest(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db, kind=args.cmd)
         print(json.dumps(res))
         if not args.no_build:
             build(db=args.db, publish=True)
         return 0 if res["status"] != "failed" else 1
     if args.cmd == "build":
-        import warehouse
-        from perpwatch import pipeline
+        from perpwatch import warehouse
+        from perpwatch.ingest import pipeline
         with warehouse.session(args.db) as con:
             if args.since:
-                from transforms import build_incremental
+                from perpwatch.transforms import build_incremental
                 timings = build_incremental(con, args.since.date())
                 if not args.no_publish:
                     warehouse.publish(con=con)
@@ -153,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:40s} {secs:6.2f}s")
         return 0
     if args.cmd == "replay":
-        import warehouse
-        from perpwatch import pipeline, progress
+        from perpwatch import warehouse
+        from perpwatch.core import progress
+        from perpwatch.ingest import pipeline
         with progress.reporter("replay") as say:
             report = pipeline.replay(args.db, progress=say)
         _print_report(report)
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline.build_and_publish(con, publish=True)
         return 0 if report.status != "failed" else 1
     if args.cmd == "sim":
-        from simulator.server import main as sim_main
+        from perpwatch.simulator.server import main as sim_main
         argv2 = ["--port", str(args.port), "--seed", str(args.seed)]
         if args.now:
             argv2 += ["--now", args.now]
@@ -177,23 +179,23 @@ def main(argv: list[str] | None = None) -> int:
             argv2.append("--env")
         return sim_main(argv2)
     if args.cmd == "import":
-        from perpwatch.importer import main as import_main
+        from perpwatch.ingest.importer import main as import_main
         return import_main(args)
     if args.cmd == "heatmap":
-        import warehouse
-        from perpwatch.heatmap import render
+        from perpwatch import warehouse
+        from perpwatch.transforms.heatmap import render
         with warehouse.session(args.db, read_only=True) as con:
             out = render(con, args.asset.upper(), args.days, args.output)
         print(out)
         return 0
     if args.cmd == "status":
-        from perpwatch.status import main as status_main
+        from perpwatch.serving.status import main as status_main
         return status_main(args)
     if args.cmd == "report":
-        from perpwatch.report import main as report_main
+        from perpwatch.serving.report import main as report_main
         return report_main(args)
     if args.cmd == "collect":
-        from perpwatch.collector import main as collect_main
+        from perpwatch.ingest.collector import main as collect_main
         return collect_main(args)
     return 2
 

@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from perpwatch import quiet
+from perpwatch.core import quiet
 
 DEMO_HISTORY_DAYS = 150
 DEMO_COLLECT_SECONDS = 8.0
@@ -18,7 +18,7 @@ def main() -> int:
     quiet.configure()
     os.environ.setdefault("PERPWATCH_ASSETS", "BTC,ETH,SOL")
     t0 = time.perf_counter()
-    from simulator.server import start
+    from perpwatch.simulator.server import start
 
     sim = start(port=0, seed=int(os.environ.get("PERPWATCH_SIM_SEED", "7")))
     os.environ.update(sim.env())
@@ -26,11 +26,10 @@ def main() -> int:
     try:
         import polars as pl
 
-        import sources
-        import warehouse
-        from flows.build import build
-        from flows.ingest import ingest
-        from perpwatch import settings
+        from perpwatch import sources, warehouse
+        from perpwatch.core import settings
+        from perpwatch.flows.build import build
+        from perpwatch.flows.ingest import ingest
 
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         start = end - timedelta(days=30)
@@ -44,7 +43,7 @@ def main() -> int:
         results = [ingest(start=long_start, end=end, venues=["binance", *providers], kind="backfill"),
                    ingest(start=start, end=end, venues=[v for v in venues if v != "binance"], kind="backfill")]
         # Liquidations exist only as live websocket streams: capture a few seconds of them.
-        from perpwatch.collector import collect
+        from perpwatch.ingest.collector import collect
         cap = collect(seconds=DEMO_COLLECT_SECONDS, flush_every_s=2, progress=lambda _m: None)
         print(f"liquidation streams ({', '.join(sorted(cap.messages)) or 'none'}): {cap.fetched} liquidations "
               f"captured in {DEMO_COLLECT_SECONDS:.0f}s, {cap.loaded} loaded ({cap.status})")
@@ -89,7 +88,7 @@ def main() -> int:
                 QUALIFY row_number() OVER (PARTITION BY asset, benchmark, window_days ORDER BY date DESC) = 1
                 ORDER BY asset, benchmark, window_days""").pl()
             reports = settings.db_path().parent / "reports"
-            from perpwatch import heatmap, report
+            from perpwatch.transforms import heatmap, report
             png = heatmap.render(con, "BTC", 7, reports / "heatmap-BTC.png")
             html = report.write(con, reports / "report.html", str(settings.db_path()))
         with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200, tbl_hide_dataframe_shape=True,

@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perpwatch.settings import ROOT
+from perpwatch.core.settings import ROOT
 
 POOL = "perpwatch"
 # Work queue -> concurrency limit. `warehouse` serialises every job that writes DuckDB (one writer
@@ -67,7 +67,7 @@ def environment(home: Path, api_url: str, base: dict | None = None) -> dict[str,
     env["PREFECT_HOME"] = str(home)
     env["PREFECT_API_URL"] = api_url
     # Flow-run logs go to the server (the UI's run pages) at INFO, whatever the CLI defaults say
-    # (the Makefile and perpwatch.quiet keep interactive commands at WARNING).
+    # (the Makefile and perpwatch.core.quiet keep interactive commands at WARNING).
     env["PREFECT_LOGGING_LEVEL"] = env.get("PERPWATCH_DEPLOY_LOG_LEVEL", "INFO")
     env["PREFECT_LOGGING_TO_API_ENABLED"] = "true"
     env.setdefault("PYTHONUNBUFFERED", "1")

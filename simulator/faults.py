@@ -4,7 +4,7 @@
     sim.faults.injected            # Counter: profile -> responses it changed
     sim.set_faults(None)           # back to clean answers
 
-CLI: ``python -m simulator --faults 429,truncate,gap --fault-rate 0.1 --fault-seed 3`` (``--faults all``).
+CLI: ``python -m perpwatch.simulator --faults 429,truncate,gap --fault-rate 0.1 --fault-seed 3`` (``--faults all``).
 
 Every request attempt draws its own fault from ``hash(seed, method, path, query, body, attempt)``,
 where ``attempt`` counts the identical requests seen so far. A retry of the same request (or the

@@ -1,12 +1,12 @@
 """Loopback HTTP (+ websocket) server speaking the venues' public market-data APIs.
 
-    from simulator.server import start
+    from perpwatch.simulator.server import start
     sim = start(port=0, seed=7, now=datetime(2026, 11, 20, tzinfo=timezone.utc))
     os.environ.update(sim.env())
     ...
     sim.stop()
 
-CLI: ``python -m simulator --port 8900 --seed 7 [--now 2026-11-20T00:00Z] [--env]``.
+CLI: ``python -m perpwatch.simulator --port 8900 --seed 7 [--now 2026-11-20T00:00Z] [--env]``.
 """
 
 from __future__ import annotations
@@ -220,9 +220,9 @@ class SimServer:
         self.venues: dict[str, Venue] = {}
         for modname in VENUE_MODULES:
             try:
-                mod = importlib.import_module(f"simulator.{modname}")
+                mod = importlib.import_module(f"perpwatch.simulator.{modname}")
             except ModuleNotFoundError as e:
-                if e.name == f"simulator.{modname}":
+                if e.name == f"perpwatch.simulator.{modname}":
                     continue
                 raise
             for cls in getattr(mod, "VENUES", []):
@@ -244,7 +244,7 @@ class SimServer:
             try:
                 from .ws import WSServer
             except ModuleNotFoundError as e:
-                if e.name != "simulator.ws":
+                if e.name != "perpwatch.simulator.ws":
                     raise
             else:
                 self.ws = WSServer(self, ws_port, speed=ws_speed, drop_after=ws_drop_after)
@@ -330,7 +330,7 @@ def parse_now(s: str) -> datetime:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulator", description="perpwatch venue simulator")
+    ap = argparse.ArgumentParser(prog="python -m perpwatch.simulator", description="perpwatch venue simulator")
     ap.add_argument("--port", type=int, default=8900)
     ap.add_argument("--ws-port", type=int, default=None, help="websocket port (default: port+1)")
     ap.add_argument("--seed", type=int, default=7)

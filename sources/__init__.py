@@ -16,29 +16,29 @@ from __future__ import annotations
 import importlib
 
 VENUE_MODULES = {
-    "binance": "sources.binance",
-    "binance_coinm": "sources.binance_coinm",
-    "bybit": "sources.bybit",
-    "okx": "sources.okx",
-    "hyperliquid": "sources.hyperliquid",
-    "deribit": "sources.deribit",
+    "binance": "perpwatch.sources.binance",
+    "binance_coinm": "perpwatch.sources.binance_coinm",
+    "bybit": "perpwatch.sources.bybit",
+    "okx": "perpwatch.sources.okx",
+    "hyperliquid": "perpwatch.sources.hyperliquid",
+    "deribit": "perpwatch.sources.deribit",
 }
 
 
 # Institutional / traditional-market providers: same interface, run alongside the venues.
 PROVIDER_MODULES = {
-    "farside": "sources.farside",
-    "sosovalue": "sources.sosovalue",
-    "coingecko": "sources.coingecko",
-    "fred": "sources.fred",
-    "stooq": "sources.stooq",
+    "farside": "perpwatch.sources.farside",
+    "sosovalue": "perpwatch.sources.sosovalue",
+    "coingecko": "perpwatch.sources.coingecko",
+    "fred": "perpwatch.sources.fred",
+    "stooq": "perpwatch.sources.stooq",
 }
 ALL_MODULES = {**VENUE_MODULES, **PROVIDER_MODULES,
                # websocket batches landed by perpwatch/collector.py (parsed by replay, not run by `perpwatch run`)
-               "binance_ws": "sources.liquidations", "bybit_ws": "sources.liquidations",
-               "okx_ws": "sources.liquidations",
+               "binance_ws": "perpwatch.sources.liquidations", "bybit_ws": "perpwatch.sources.liquidations",
+               "okx_ws": "perpwatch.sources.liquidations",
                # files landed by `perpwatch import` (endpoint "file:<kind>"), re-parsed by replay
-               "import": "sources.imports"}
+               "import": "perpwatch.sources.imports"}
 
 
 def available(kinds: tuple[str, ...] = ("venues", "providers")) -> dict[str, object]:

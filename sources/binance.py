@@ -23,10 +23,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from perpwatch.assets import canonical
-from sources.base import ParseContext, Stream, tradable
-from sources.http import Budget, Fetched, VenueClient
-from sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
+from perpwatch.core.assets import canonical
+from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.http import Budget, Fetched, VenueClient
+from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
 SOURCE = "binance"
 VENUE = "binance"

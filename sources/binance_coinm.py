@@ -35,11 +35,11 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from perpwatch.assets import canonical
-from sources import binance
-from sources.base import ParseContext, Stream, tradable
-from sources.http import Fetched, VenueClient
-from sources.normalize import UTC_MS, num, ts_ms
+from perpwatch.core.assets import canonical
+from perpwatch.sources import binance
+from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.http import Fetched, VenueClient
+from perpwatch.sources.normalize import UTC_MS, num, ts_ms
 
 SOURCE = "binance_coinm"
 VENUE = "binance"

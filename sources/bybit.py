@@ -41,10 +41,10 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from perpwatch.assets import canonical
-from sources.base import ParseContext, Stream, tradable
-from sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
-from sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
+from perpwatch.core.assets import canonical
+from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
+from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
 log = logging.getLogger("perpwatch.bybit")
 

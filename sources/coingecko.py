@@ -29,9 +29,9 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from sources.base import ParseContext, Stream
-from sources.http import Budget, Fetched, VenueClient
-from sources.normalize import UTC_MS
+from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.http import Budget, Fetched, VenueClient
+from perpwatch.sources.normalize import UTC_MS
 
 SOURCE = "coingecko"
 VENUE = "coingecko"

@@ -45,11 +45,11 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from perpwatch import settings
-from perpwatch.assets import canonical
-from sources.base import ParseContext, Stream, tradable
-from sources.http import BadRequest, Budget, Fetched, VenueClient
-from sources.normalize import UTC_MS, funding_derived
+from perpwatch.core import settings
+from perpwatch.core.assets import canonical
+from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.http import BadRequest, Budget, Fetched, VenueClient
+from perpwatch.sources.normalize import UTC_MS, funding_derived
 
 SOURCE = "deribit"
 VENUE = "deribit"

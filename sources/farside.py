@@ -30,8 +30,8 @@ from html.parser import HTMLParser
 
 import polars as pl
 
-from sources.base import ParseContext, Stream
-from sources.http import Budget, Fetched, VenueClient
+from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.http import Budget, Fetched, VenueClient
 
 SOURCE = "farside"
 VENUE = "farside"

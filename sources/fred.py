@@ -29,8 +29,8 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from sources.base import ParseContext, Stream
-from sources.http import Budget, Fetched, VenueClient
+from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.http import Budget, Fetched, VenueClient
 
 SOURCE = "fred"
 VENUE = "fred"

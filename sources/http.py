@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import requests
 
-from perpwatch import settings
+from perpwatch.core import settings
 
 log = logging.getLogger("perpwatch.http")
 

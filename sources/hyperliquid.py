@@ -3,7 +3,7 @@
 Facts from ../shared/fixtures/README.md §4 and the recorded payloads:
 - `{"type":"metaAndAssetCtxs"}` -> `[meta, assetCtxs]`, aligned by index (ctx i is universe[i]).
   Perps are USDC-settled and linear; sizes are in coins (contract_size 1 base).  `kPEPE` = 1,000 PEPE
-  (multiplier from `perpwatch.assets.canonical`), HIP-3 builder markets are `dex:COIN`.
+  (multiplier from `perpwatch.core.assets.canonical`), HIP-3 builder markets are `dex:COIN`.
   `isDelisted` -> status "delisted".  Funding is hourly (interval 1h).
 - Open interest: there is **no OI history endpoint**.  The assetCtxs snapshot gives the current
   `openInterest` (coins) and prices; each run stores it as one `open_interest` row per coin at
@@ -41,10 +41,10 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from perpwatch.assets import canonical
-from sources.base import ParseContext, Stream, tradable
-from sources.http import Budget, Fetched, VenueClient
-from sources.normalize import UTC_MS, funding_derived, num, ts_ms
+from perpwatch.core.assets import canonical
+from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.http import Budget, Fetched, VenueClient
+from perpwatch.sources.normalize import UTC_MS, funding_derived, num, ts_ms
 
 SOURCE = "hyperliquid"
 VENUE = "hyperliquid"

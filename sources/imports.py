@@ -11,7 +11,7 @@ Accepted files, per kind (column names are case-insensitive):
   (warehouse/schema.sql). Columns left out that the pipeline derives are derived the same way as for
   fetched data: funding `interval_hours` from settlement spacing (fallback: the instrument's known
   interval, else 8) then `rate_8h`/`rate_annualized` (sources.normalize.funding_derived); `asset` from
-  the instrument (perpwatch.assets.canonical); liquidation `usd` = price x qty; long/short `ratio`
+  the instrument (perpwatch.core.assets.canonical); liquidation `usd` = price x qty; long/short `ratio`
   from the shares or the shares from the ratio; `oi_usd` is filled after the load from the perp close
   of that hour when prices are known (pipeline.enrich_open_interest_usd). Missing key columns come
   from --venue / --asset / --series.
@@ -53,10 +53,10 @@ from pathlib import PurePath
 
 import polars as pl
 
-from perpwatch.assets import canonical
-from sources import coingecko, farside, fred, sosovalue, stooq
-from sources.base import ParseContext
-from sources.normalize import UTC_MS, funding_derived, interval_from_spacing
+from perpwatch.core.assets import canonical
+from perpwatch.sources import coingecko, farside, fred, sosovalue, stooq
+from perpwatch.sources.base import ParseContext
+from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing
 
 SOURCE = "import"
 VENUE = "import"
@@ -103,7 +103,7 @@ def staging_schema() -> dict[str, dict[str, str]]:
     """table -> {column: DuckDB type}, read from warehouse/schema.sql (in-memory DuckDB)."""
     import duckdb
 
-    from warehouse import SCHEMA_FILE
+    from perpwatch.warehouse import SCHEMA_FILE
     con = duckdb.connect()
     try:
         con.execute(SCHEMA_FILE.read_text())
@@ -118,7 +118,7 @@ def staging_schema() -> dict[str, dict[str, str]]:
 
 
 def keys(table: str) -> list[str]:
-    from warehouse import KEYS
+    from perpwatch.warehouse import KEYS
     return KEYS[f"staging.{table}"]
 
 
@@ -271,7 +271,7 @@ def _fmt_set(values) -> str:
 
 def suite_problems(df: pl.DataFrame, table: str, now: datetime) -> list[dict]:
     """Row-level twins of the expectation suite's column checks, naming each failing row."""
-    from perpwatch.validate import suite_definition
+    from perpwatch.ingest.validate import suite_definition
 
     problems: list[dict] = []
     limit = (now + FUTURE_TOLERANCE).astimezone(UTC)

@@ -43,9 +43,9 @@ import re
 
 import polars as pl
 
-from perpwatch.assets import canonical
-from sources.base import ParseContext
-from sources.normalize import UTC_MS, num, ts_ms
+from perpwatch.core.assets import canonical
+from perpwatch.sources.base import ParseContext
+from perpwatch.sources.normalize import UTC_MS, num, ts_ms
 
 SOURCE = "binance_ws"       # the module serves three sources; see SOURCES
 VENUE = None

@@ -24,9 +24,9 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from sources.base import ParseContext, Stream
-from sources.farside import TOTAL_TICKER
-from sources.http import Budget, Fetched, VenueClient
+from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.farside import TOTAL_TICKER
+from perpwatch.sources.http import Budget, Fetched, VenueClient
 
 SOURCE = "sosovalue"
 VENUE = "sosovalue"

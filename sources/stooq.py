@@ -28,9 +28,9 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from sources.base import ParseContext, Stream
-from sources.http import BadPayload, Budget, Fetched, VenueClient
-from sources.normalize import UTC_MS, ts_ms
+from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.http import BadPayload, Budget, Fetched, VenueClient
+from perpwatch.sources.normalize import UTC_MS, ts_ms
 
 SOURCE = "stooq"
 VENUE = "stooq"

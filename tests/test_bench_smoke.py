@@ -16,11 +16,10 @@ import orjson
 import polars as pl
 import pytest
 
-import transforms
-import warehouse
-from sources import binance
-from sources.base import ParseContext
-from warehouse import KEYS, PROVENANCE, LoadResult, table_columns
+from perpwatch import transforms, warehouse
+from perpwatch.sources import binance
+from perpwatch.sources.base import ParseContext
+from perpwatch.warehouse import KEYS, PROVENANCE, LoadResult, table_columns
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = Path(__file__).resolve().parent / "fixtures" / "binance"
@@ -189,9 +188,9 @@ def _close(a, b):
 
 
 def test_incremental_build_matches_full_rebuild(tmp_path, monkeypatch):
-    from bench.gen_warehouse import append_day, generate
-    from bench.marts import HEATMAP, marts_with_headers
-    from perpwatch.heatmap import CLUSTER_SCHEMA, OUTPUT_SCHEMA
+    from perpwatch.bench.gen_warehouse import append_day, generate
+    from perpwatch.bench.marts import HEATMAP, marts_with_headers
+    from perpwatch.transforms.heatmap import CLUSTER_SCHEMA, OUTPUT_SCHEMA
 
     monkeypatch.setattr(transforms, "HERE", marts_with_headers(tmp_path / "m"))
     end = datetime(2026, 11, 20, tzinfo=UTC)

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sources import binance
-from sources.base import ParseContext
+from perpwatch.sources import binance
+from perpwatch.sources.base import ParseContext
 
 FETCHED = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -121,7 +121,7 @@ def test_truncated_and_missing_fields_raise_clear_errors():
 
 
 def test_names_are_validated_before_use():
-    from perpwatch.assets import canonical, validate_asset, validate_instrument
+    from perpwatch.core.assets import canonical, validate_asset, validate_instrument
 
     assert validate_instrument("BTC-USDT-SWAP") == "BTC-USDT-SWAP"
     for bad in ["BTC USDT", "../etc/passwd;", "../x", "a/b", "BTC'; DROP TABLE x;--", "", "A" * 41]:

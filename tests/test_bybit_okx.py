@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 import requests
 
-import warehouse
-from perpwatch import pipeline
-from sources import bybit, okx
-from sources.base import ParseContext, Stream
-from sources.http import BadRequest, Fetched, RateLimited
+from perpwatch import warehouse
+from perpwatch.ingest import pipeline
+from perpwatch.sources import bybit, okx
+from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.http import BadRequest, Fetched, RateLimited
 
 FETCHED = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -442,7 +442,7 @@ START = NOW - timedelta(days=3)
 
 @pytest.fixture(scope="module")
 def sim():
-    from simulator.server import start
+    from perpwatch.simulator.server import start
     s = start(port=0, seed=7, now=NOW, ws_port=None)
     yield s
     s.stop()

@@ -17,12 +17,11 @@ import orjson
 import polars as pl
 import pytest
 
-import sources
-import warehouse
-from perpwatch import collector, pipeline
-from sources import liquidations as liq
-from sources.base import ParseContext
-from sources.http import Fetched
+from perpwatch import sources, warehouse
+from perpwatch.ingest import collector, pipeline
+from perpwatch.sources import liquidations as liq
+from perpwatch.sources.base import ParseContext
+from perpwatch.sources.http import Fetched
 
 FETCHED = datetime(2026, 11, 20, tzinfo=UTC)
 GRAIN = ["venue", "instrument", "ts", "side", "price", "qty_base"]
@@ -338,7 +337,7 @@ def _seed_okx_instruments(db, fixture) -> bool:
     instruments body landed raw and loaded by sources.okx, so replay knows it too. Without sources.okx
     in the checkout the rows go straight to staging (replay then cannot size OKX). True = via raw."""
     with warehouse.session(db) as con:
-        if importlib.util.find_spec("sources.okx") is not None:
+        if importlib.util.find_spec("perpwatch.sources.okx") is not None:
             okx = sources.get("okx")
             ep = next((e for e in okx.INSTRUMENT_ENDPOINTS if "instruments" in e), None)
             if ep is not None:
@@ -456,13 +455,13 @@ def test_collector_reconnects_lands_raw_loads_once_and_replays(venues_server, tm
 
 # --------------------------------------------------------------------------- the simulator
 
-@pytest.mark.skipif(importlib.util.find_spec("simulator.ws") is None, reason="simulator websockets not built yet")
+@pytest.mark.skipif(importlib.util.find_spec("perpwatch.simulator.ws") is None, reason="simulator websockets not built yet")
 def test_collector_against_simulator_with_drops(tmp_path, monkeypatch):
-    from simulator.server import start
+    from perpwatch.simulator.server import start
 
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     sim = start(port=0, seed=7, now=now, universe=["BTC", "ETH", "SOL"], ws_speed=3600, ws_drop_after=12)
-    venues = ["binance", "bybit"] + (["okx"] if importlib.util.find_spec("sources.okx") else [])
+    venues = ["binance", "bybit"] + (["okx"] if importlib.util.find_spec("perpwatch.sources.okx") else [])
     try:
         for k, v in sim.env().items():
             monkeypatch.setenv(k, v)

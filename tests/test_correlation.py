@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-import warehouse
-from transforms import build_all
-from transforms.marts import cross_market_correlation as cmc
+from perpwatch import warehouse
+from perpwatch.transforms import build_all
+from perpwatch.transforms.marts import cross_market_correlation as cmc
 
 START = date(2024, 1, 1)
 DAYS = 200

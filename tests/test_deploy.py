@@ -42,7 +42,7 @@ def trigger(stack: deploy.Stack, start: datetime) -> str:
 
 
 def test_make_deploy_runs_the_daily_deployment(tmp_path):
-    from simulator.server import start as start_sim
+    from perpwatch.simulator.server import start as start_sim
 
     t0 = time.monotonic()
     canary = f"pw-canary-{uuid.uuid4().hex}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import warehouse
-from perpwatch import docgen
-from transforms import build_all
+from perpwatch import warehouse
+from perpwatch.serving import docgen
+from perpwatch.transforms import build_all
 
 SCHEMAS = "('raw','staging','marts','meta','quarantine')"
 
@@ -31,4 +31,4 @@ def test_every_table_and_column_has_a_comment(tmp_path):
 
 
 def test_tables_md_is_generated_from_the_docs():
-    assert docgen.OUT.read_text() == docgen.render(), "run: .venv/bin/python -m perpwatch.docgen"
+    assert docgen.OUT.read_text() == docgen.render(), "run: .venv/bin/python -m perpwatch.serving.docgen"

@@ -13,14 +13,14 @@ import orjson
 import polars as pl
 import pytest
 
-import warehouse
-from perpwatch import gaps, pipeline
-from simulator.common import Request
-from simulator.faults import PROFILES, SPECS, Faults, mutate, parse_profiles
-from simulator.server import main as sim_main
-from simulator.server import start
-from sources import binance, bybit, okx
-from sources.http import BadPayload, Budget, VenueClient
+from perpwatch import warehouse
+from perpwatch.ingest import gaps, pipeline
+from perpwatch.simulator.common import Request
+from perpwatch.simulator.faults import PROFILES, SPECS, Faults, mutate, parse_profiles
+from perpwatch.simulator.server import main as sim_main
+from perpwatch.simulator.server import start
+from perpwatch.sources import binance, bybit, okx
+from perpwatch.sources.http import BadPayload, Budget, VenueClient
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 START = NOW - timedelta(days=3)
@@ -339,7 +339,7 @@ def test_data_faults_are_caught_and_a_rerun_converges(env, tmp_path, monkeypatch
 
 
 def test_gap_bookkeeping_fill_unfillable_and_tainted(tmp_path):
-    from sources.base import Stream
+    from perpwatch.sources.base import Stream
 
     db = tmp_path / "g.duckdb"
     s = Stream("okx", "open_interest", "open_interest", "BTC-USDT-SWAP")
@@ -457,7 +457,7 @@ def test_backfill_under_tight_limits_is_never_banned(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- websockets
 
 def test_collector_reconnects_through_ws_disconnects(tmp_path, monkeypatch):
-    from perpwatch import collector
+    from perpwatch.ingest import collector
 
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     s = start(port=0, seed=7, now=now, universe=["BTC", "ETH", "SOL"], ws_speed=3600, faults="ws_disconnect",

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from perpwatch.heatmap import (
+from perpwatch.transforms.heatmap import (
     COLORMAP,
     OUTPUT_SCHEMA,
     daily_clusters,
@@ -24,7 +24,7 @@ from perpwatch.heatmap import (
     render,
     step,
 )
-from transforms.marts import liquidation_heatmap as transform
+from perpwatch.transforms.marts import liquidation_heatmap as transform
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2024, 3, 1, tzinfo=UTC)

@@ -10,8 +10,8 @@ import orjson
 import polars as pl
 import pytest
 
-from sources import binance, binance_coinm, deribit, hyperliquid
-from sources.base import ParseContext, Stream
+from perpwatch.sources import binance, binance_coinm, deribit, hyperliquid
+from perpwatch.sources.base import ParseContext, Stream
 
 FETCHED = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -284,7 +284,7 @@ def test_coinm_klines_volume_columns_and_index_label(fixture):
 
 
 def test_coinm_replay_routes_same_path_by_source(fixture):
-    from perpwatch.pipeline import parse_payload
+    from perpwatch.ingest.pipeline import parse_payload
 
     body = (json.dumps(fixture("binance_coinm/dapi_futures_data_openInterestHist.perpetual.simulator.json"))
             .encode())
@@ -340,7 +340,7 @@ EXPECTED = {
 
 @pytest.fixture
 def sim(monkeypatch):
-    from simulator.server import start
+    from perpwatch.simulator.server import start
 
     s = start(port=0, seed=7, now=NOW)
     for k, v in s.env().items():
@@ -359,8 +359,8 @@ def _away_from_hour_boundary():
 
 
 def test_end_to_end_against_simulator(sim, tmp_path):
-    import warehouse
-    from perpwatch import pipeline
+    from perpwatch import warehouse
+    from perpwatch.ingest import pipeline
 
     db = tmp_path / "w.duckdb"
     _away_from_hour_boundary()
@@ -412,7 +412,7 @@ def test_end_to_end_against_simulator(sim, tmp_path):
 
 
 def test_deribit_error_envelope_names_method_and_instrument(sim):
-    from sources.http import BadRequest
+    from perpwatch.sources.http import BadRequest
 
     cl = deribit.make_client(None)
     with pytest.raises(BadRequest, match=r"get_funding_rate_history \[BTC-25DEC26\]: error -32602: Invalid params"):

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import warehouse
-from perpwatch import cli, pipeline
-from perpwatch.importer import ImportRefused, import_file
+from perpwatch import cli, warehouse
+from perpwatch.ingest import pipeline
+from perpwatch.ingest.importer import ImportRefused, import_file
 
 DATA = Path(__file__).resolve().parent / "fixtures" / "shared_data"
 
@@ -75,7 +75,7 @@ def test_real_etf_totals_csv_blank_line_and_no_trailing_newline(tmp_path):
                  "WHERE ticker = 'TOTAL'") == [(40, 9594.7, date(2024, 1, 11), date(2024, 3, 8))]
     assert q(db, "SELECT flow_usd FROM staging.etf_flows WHERE date = '2024-01-16'") == [(-52_700_000.0,)]
     with warehouse.session(db) as con:
-        from transforms import build_all
+        from perpwatch.transforms import build_all
         build_all(con, only=["marts.etf_flows_daily"])
         last = con.execute("SELECT cumulative_flow_usd, n_tickers, total_basis FROM marts.etf_flows_daily "
                            "ORDER BY date DESC LIMIT 1").fetchone()
@@ -128,7 +128,7 @@ def test_daily_prices_feed_reference_close_and_oi_usd_derived(tmp_path):
     # valued at the price AT the snapshot: no bar ends at 23:00 here, so the open of the bar starting at 23:00
     assert q(db, "SELECT asset, oi_base, oi_usd FROM staging.open_interest") == [("BTC", 80_000.0, 80_000.0 * 93000)]
     with warehouse.session(db) as con:
-        from transforms import build_all
+        from perpwatch.transforms import build_all
         build_all(con, only=["marts.reference_close"])
         got = con.execute("SELECT date, close_usd, source_venue FROM marts.reference_close WHERE asset = 'BTC' "
                           "AND date IN ('2024-12-30', '2024-12-31') ORDER BY date").fetchall()

@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from sources import coingecko, farside, fred, sosovalue, stooq
-from sources.base import ParseContext
+from perpwatch.sources import coingecko, farside, fred, sosovalue, stooq
+from perpwatch.sources.base import ParseContext
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -235,9 +235,9 @@ def test_paxg_daily_klines_closed_candles_only():
 # --------------------------------------------------------------------------- providers end to end
 
 def test_providers_against_simulator_land_validate_load_and_replay(tmp_path, monkeypatch):
-    import warehouse
-    from perpwatch import pipeline
-    from simulator.server import start
+    from perpwatch import warehouse
+    from perpwatch.ingest import pipeline
+    from perpwatch.simulator.server import start
 
     now = datetime(2026, 11, 20, tzinfo=UTC)
     sim = start(port=0, seed=7, now=now)

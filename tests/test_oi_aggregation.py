@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import pytest
 
-import warehouse
-from perpwatch import pipeline
-from simulator.server import start
+from perpwatch import warehouse
+from perpwatch.ingest import pipeline
+from perpwatch.simulator.server import start
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 VENUES = ["binance", "binance_coinm", "bybit", "okx", "hyperliquid", "deribit"]

@@ -10,9 +10,9 @@ import duckdb
 import polars as pl
 import pytest
 
-import warehouse
-from perpwatch import pipeline
-from simulator.server import start
+from perpwatch import warehouse
+from perpwatch.ingest import pipeline
+from perpwatch.simulator.server import start
 from tests.faultproxy import FaultProxy
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)

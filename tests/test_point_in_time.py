@@ -21,9 +21,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-import warehouse
-from perpwatch.settings import SIGNALS_FILE
-from transforms import build_all
+from perpwatch import warehouse
+from perpwatch.core.settings import SIGNALS_FILE
+from perpwatch.transforms import build_all
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 MARTS = [
@@ -110,8 +110,8 @@ def synthetic_market_caps(con) -> None:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    from perpwatch import pipeline
-    from simulator.server import start
+    from perpwatch.ingest import pipeline
+    from perpwatch.simulator.server import start
 
     tmp = tmp_path_factory.mktemp("pit")
     db = tmp / "full.duckdb"

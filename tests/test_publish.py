@@ -16,8 +16,8 @@ import duckdb
 import polars as pl
 import pytest
 
-import warehouse
-from perpwatch import pipeline
+from perpwatch import warehouse
+from perpwatch.ingest import pipeline
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -58,7 +58,7 @@ def counts(db: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sim():
-    from simulator.server import start
+    from perpwatch.simulator.server import start
 
     s = start(port=0, seed=7, now=NOW)
     old = {k: os.environ.get(k) for k in s.env()}

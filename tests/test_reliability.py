@@ -15,9 +15,9 @@ import duckdb
 import polars as pl
 import pytest
 
-import warehouse
-from simulator.server import start
-from transforms import build_all
+from perpwatch import warehouse
+from perpwatch.simulator.server import start
+from perpwatch.transforms import build_all
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,13 +12,14 @@ import orjson
 import polars as pl
 import pytest
 
-import warehouse
-from perpwatch import gaps, pipeline, status
-from simulator.common import Response
-from simulator.faults import Faults
-from simulator.server import start
-from sources import coingecko, sosovalue, stooq
-from sources.http import ServerError, VenueClient
+from perpwatch import warehouse
+from perpwatch.ingest import gaps, pipeline
+from perpwatch.serving import status
+from perpwatch.simulator.common import Response
+from perpwatch.simulator.faults import Faults
+from perpwatch.simulator.server import start
+from perpwatch.sources import coingecko, sosovalue, stooq
+from perpwatch.sources.http import ServerError, VenueClient
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 MARKER = "SECRET-MARKER-7e1c"
@@ -134,7 +135,7 @@ def test_hostile_instrument_names_are_refused(env, tmp_path):
     assert all("expect_column_values_to_match_regex on instrument" in m for _, m in q)
     assert not [s for s in f.seen if "DROP" in s or "x=1" in s or "BTC USDT" in s]
     # and the planner's own check: a stream for such a name is skipped with a warning
-    rc = pipeline.RunContext(None, pipeline.RunReport("t", "run"), {"binance": __import__("sources.binance").binance},
+    rc = pipeline.RunContext(None, pipeline.RunReport("t", "run"), {"binance": __import__("perpwatch.sources.binance", fromlist=["binance"])},
                              {}, ["BTC"], None, NOW)
     inst = pl.DataFrame([{"venue": "binance", "instrument": bad, "asset": "BTC", "status": "trading",
                           "margin": "linear", "quote": "USDT", "kind": "perp"} for bad in ["BTCUSDT", *InjectSymbols.BAD]])
@@ -161,7 +162,7 @@ def test_sql_identifiers_from_allow_lists_values_as_parameters(tmp_path):
         warehouse.advance_watermark(con, evil, "open_interest", evil, NOW)
         assert warehouse.get_watermark(con, evil, "open_interest", evil) == NOW
         # gap bookkeeping reads only allow-listed tables; a stream of another dataset is ignored
-        from sources.base import Stream
+        from perpwatch.sources.base import Stream
 
         holes = gaps.find_holes(con, {Stream(evil, "staging.prices; --", "x", evil): (NOW, NOW)})
         assert holes.height == 0

@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import warehouse
-from transforms import build_all
-from transforms.marts import signal_performance as sp
+from perpwatch import warehouse
+from perpwatch.transforms import build_all
+from perpwatch.transforms.marts import signal_performance as sp
 
 ROOT = Path(__file__).resolve().parent.parent
 D0 = date(2026, 1, 5)

@@ -24,10 +24,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import warehouse
-from perpwatch import alerts as delivery
-from perpwatch.settings import SIGNALS_FILE
-from transforms import build_all
+from perpwatch import warehouse
+from perpwatch.core.settings import SIGNALS_FILE
+from perpwatch.serving import alerts as delivery
+from perpwatch.transforms import build_all
 
 MARTS = [
     "marts.reference_close",

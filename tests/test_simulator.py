@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from simulator.server import HTTP_ENV, WS_ENV, start
+from perpwatch.simulator.server import HTTP_ENV, WS_ENV, start
 
 FIX = Path("/work/shared/fixtures")
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -570,7 +570,7 @@ def test_env_names(sim):
 
 
 def test_cli_env(capsys):
-    from simulator.server import main
+    from perpwatch.simulator.server import main
 
     assert main(["--port", "8123", "--env"]) == 0
     out = capsys.readouterr().out

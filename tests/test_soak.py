@@ -13,10 +13,10 @@ import duckdb
 import polars as pl
 import pytest
 
-import warehouse
-from perpwatch import gaps, pipeline
-from simulator.faults import DATA, TRANSPORT, Faults
-from simulator.server import start
+from perpwatch import warehouse
+from perpwatch.ingest import gaps, pipeline
+from perpwatch.simulator.faults import DATA, TRANSPORT, Faults
+from perpwatch.simulator.server import start
 
 T0 = datetime(2026, 11, 10, tzinfo=UTC)
 VENUES = ["binance", "bybit", "okx"]

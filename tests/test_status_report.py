@@ -17,8 +17,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import warehouse
-from perpwatch import pipeline, progress, report, status
+from perpwatch import warehouse
+from perpwatch.core import progress
+from perpwatch.ingest import pipeline
+from perpwatch.serving import report, status
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 TITLES = ["Today's signals", "Alerts", "Open interest vs price", "Funding by venue", "Long/short ratio",
@@ -27,7 +29,7 @@ TITLES = ["Today's signals", "Alerts", "Open interest vs price", "Funding by ven
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    from simulator.server import start
+    from perpwatch.simulator.server import start
 
     sim = start(port=0, seed=7, now=NOW)
     old = {k: os.environ.get(k) for k in sim.env()}
@@ -304,8 +306,8 @@ def test_duckdb_snapshot_is_readable_while_warehouse_is_written(wh, tmp_path):
 def test_status_reports_open_gaps(tmp_path):
     from datetime import UTC, datetime
 
-    import warehouse
-    from perpwatch import status
+    from perpwatch import warehouse
+    from perpwatch.serving import status
 
     con = warehouse.connect(tmp_path / "g.duckdb")
     try:

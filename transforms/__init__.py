@@ -15,8 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
-import warehouse
-from perpwatch.settings import signal_settings
+from perpwatch import warehouse
+from perpwatch.core.settings import signal_settings
 
 HERE = Path(__file__).resolve().parent
 REF = re.compile(r"\b(staging|marts)\.([a-z_][a-z0-9_]*)\b")
@@ -47,7 +47,7 @@ def discover() -> dict[str, Model]:
     for path in sorted((HERE / "marts").glob("*.py")):
         if path.stem.startswith("_"):
             continue
-        mod = importlib.import_module(f"transforms.marts.{path.stem}")
+        mod = importlib.import_module(f"perpwatch.transforms.marts.{path.stem}")
         models[mod.TABLE] = Model(mod.TABLE, path, set(mod.INPUTS), "python")
     return models
 
@@ -110,7 +110,7 @@ def _build_model(con, name: str, m: Model) -> float:
             else:
                 con.execute(f"CREATE OR REPLACE TABLE {name} AS {sql}")
         else:
-            mod = importlib.import_module(f"transforms.marts.{m.path.stem}")
+            mod = importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}")
             df: pl.DataFrame = mod.build(con)
             con.register("__mart", df.to_arrow())
             con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __mart")
@@ -173,7 +173,7 @@ def incremental_plan(con, since, models: dict[str, Model] | None = None) -> dict
     plan: dict[str, dict] = {}
     for n in names:
         m, spec = models[n], specs[n]
-        if m.kind == "python" and getattr(importlib.import_module(f"transforms.marts.{m.path.stem}"),
+        if m.kind == "python" and getattr(importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}"),
                                           "INCREMENTAL", None) == "skip":
             plan[n] = {"mode": "skip", "reason": "evaluation over all history: refreshed by full builds only"}
         elif spec is None:

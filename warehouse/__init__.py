@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from perpwatch import settings
+from perpwatch.core import settings
 
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
 DOCS_FILE = Path(__file__).with_name("docs.toml")

@@ -24,7 +24,7 @@ import math
 
 import polars as pl
 
-from perpwatch.settings import signal_settings
+from perpwatch.core.settings import signal_settings
 
 TABLE = "marts.cross_market_correlation"
 INPUTS = ["marts.reference_close", "staging.macro_closes"]

@@ -13,12 +13,12 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from perpwatch.heatmap import daily_clusters
+from perpwatch.transforms.heatmap import daily_clusters
 
 TABLE = "marts.daily_heatmap_clusters"
 INPUTS = ["marts.liquidation_heatmap"]
 
 
 def build(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """One row per (date, asset) with heatmap rows; see perpwatch.heatmap.daily_clusters."""
+    """One row per (date, asset) with heatmap rows; see perpwatch.transforms.heatmap.daily_clusters."""
     return daily_clusters(con)

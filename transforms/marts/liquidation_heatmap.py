@@ -11,7 +11,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from perpwatch.heatmap import build_heatmap
+from perpwatch.transforms.heatmap import build_heatmap
 
 TABLE = "marts.liquidation_heatmap"
 INPUTS = ["staging.prices", "staging.open_interest"]

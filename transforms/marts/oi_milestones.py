@@ -15,7 +15,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from perpwatch.settings import signal_settings
+from perpwatch.core.settings import signal_settings
 
 TABLE = "marts.oi_milestones"
 INPUTS = ["marts.open_interest_by_venue"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from perpwatch.settings import signal_settings
+from perpwatch.core.settings import signal_settings
 
 # An event study over all history, not a daily signal: `build_incremental` leaves it to full builds.
 INCREMENTAL = "skip"

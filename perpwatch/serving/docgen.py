@@ -1,22 +1,22 @@
 """Write docs/tables.md from the warehouse table docs (warehouse/docs.toml + docs.d/*.toml).
 
-    .venv/bin/python -m perpwatch.docgen
+    .venv/bin/python -m perpwatch.serving.docgen
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import warehouse
+from perpwatch import warehouse
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "tables.md"
+OUT = Path(__file__).resolve().parents[2] / "docs" / "tables.md"
 
 
 def render() -> str:
     docs = warehouse.table_docs()
     common = docs.pop("*", {}).get("columns", {})
     lines = ["# Warehouse tables", "",
-             "Generated from `warehouse/docs.toml` and `warehouse/docs.d/*.toml` by `python -m perpwatch.docgen`;",
+             "Generated from `warehouse/docs.toml` and `warehouse/docs.d/*.toml` by `python -m perpwatch.serving.docgen`;",
              "the same text is attached to the warehouse with `COMMENT ON` (query `duckdb_tables()` /",
              "`duckdb_columns()` `comment`). Grain (the key, never duplicated) in brackets.", ""]
     lines += ["## Columns shared by many tables", "", "| column | meaning |", "|---|---|"]

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import polars as pl
 
-import warehouse
-from perpwatch import pipeline
-from sources import imports
-from sources.base import ParseContext
+from perpwatch import warehouse
+from perpwatch.ingest import pipeline
+from perpwatch.sources import imports
+from perpwatch.sources.base import ParseContext
 
 DEFAULT_MAX_MB = 512
 LISTED = 20        # problems printed / named in a quarantine message
@@ -248,7 +248,7 @@ def main(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m perpwatch.importer", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m perpwatch.ingest.importer", description=__doc__.split("\n")[0])
     ap.add_argument("kind", help=", ".join(imports.KINDS))
     ap.add_argument("file")
     ap.add_argument("--db")
@@ -263,6 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from perpwatch import quiet
+    from perpwatch.core import quiet
     quiet.configure()
     sys.exit(main(build_parser().parse_args()))

@@ -7,7 +7,7 @@ import tomllib
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the repository (perpwatch/core/settings.py)
 SIGNALS_FILE = Path(__file__).with_name("signals.toml")
 
 DEFAULT_URLS = {

@@ -137,7 +137,7 @@ class Params:
 
 def heatmap_settings() -> dict:
     """The [heatmap] section of perpwatch/signals.toml."""
-    from perpwatch.settings import signal_settings
+    from perpwatch.core.settings import signal_settings
 
     return dict(signal_settings()["heatmap"])
 

@@ -45,8 +45,7 @@ GAP_COLUMNS = ["source", "dataset", "instrument", "gap_start", "gap_end", "missi
 
 
 def _venue(source: str) -> str:
-    import sources
-
+    from perpwatch import sources
     try:
         return getattr(sources.get(source), "VENUE", source)
     except KeyError:
@@ -110,8 +109,8 @@ def find_holes(con, windows: dict) -> pl.DataFrame:
 
 def detect(con, report) -> dict[str, int]:
     """Record new holes of the streams this run fetched, fill or give up old ones. Returns counts."""
-    import warehouse
-    from perpwatch.pipeline import overlap
+    from perpwatch import warehouse
+    from perpwatch.ingest.pipeline import overlap
 
     windows = report.windows
     holes = find_holes(con, windows)

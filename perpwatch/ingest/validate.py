@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-SUITES_DIR = Path(os.environ.get("PERPWATCH_EXPECTATIONS", Path(__file__).resolve().parent.parent / "expectations"))
+SUITES_DIR = Path(os.environ.get("PERPWATCH_EXPECTATIONS", Path(__file__).resolve().parents[2] / "expectations"))
 FUTURE_TOLERANCE = timedelta(minutes=5)
 _lock = threading.Lock()
 LAST_RESULTS: dict = {}   # table -> this process's latest GX result (flows/artifacts.py renders Data Docs)

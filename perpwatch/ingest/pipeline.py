@@ -16,13 +16,12 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import polars as pl
 
-import sources
-import warehouse
-from perpwatch import settings
-from perpwatch.assets import validate_asset, validate_instrument
-from perpwatch.validate import Failure, validate
-from sources.base import ParseContext, Stream
-from sources.http import BadPayload, Fetched, SourceError
+from perpwatch import sources, warehouse
+from perpwatch.core import settings
+from perpwatch.core.assets import validate_asset, validate_instrument
+from perpwatch.ingest.validate import Failure, validate
+from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.http import BadPayload, Fetched, SourceError
 
 log = logging.getLogger("perpwatch")
 
@@ -302,7 +301,7 @@ def value_open_interest(con, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
 # --------------------------------------------------------------------------- extraction
 
 def _window(con, stream: Stream, start: datetime | None, end: datetime) -> tuple[datetime, datetime]:
-    from perpwatch import gaps
+    from perpwatch.ingest import gaps
 
     gap = gaps.earliest_open(con, stream)       # rows missing inside stored history: re-read from there
     if start is not None:
@@ -446,12 +445,14 @@ def run(kind: str = "run", start: datetime | None = None, end: datetime | None =
 
 
 def build_and_publish(con, publish: bool = False) -> dict[str, float]:
-    from transforms import build_all
+    from perpwatch.transforms import build_all
 
     timings = build_all(con)
     if publish:
         warehouse.publish(con=con)
-    from perpwatch import alerts  # webhook delivery of new alerts; disabled without PERPWATCH_ALERT_WEBHOOK
+    from perpwatch.serving import (
+        alerts,  # webhook delivery of new alerts; disabled without PERPWATCH_ALERT_WEBHOOK
+    )
 
     delivery = alerts.deliver(con)
     for err in delivery.errors:
@@ -475,7 +476,7 @@ def load_parsed(con, report: RunReport, payloads: list[Fetched], ctx_instruments
 
 def finish(con, report: RunReport) -> None:
     if report.windows:
-        from perpwatch import gaps
+        from perpwatch.ingest import gaps
 
         try:
             gaps.detect(con, report)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import duckdb
 
-import warehouse
-from perpwatch import settings
+from perpwatch import warehouse
+from perpwatch.core import settings
 
 # How old the newest row of a dataset may be before it counts as stale. Hourly series run every hour
 # (prefect.yaml) and their last complete bar is ~1 h old; funding is paid every 8 h at most; the daily
@@ -177,7 +177,7 @@ def collect(con, now: datetime | None = None) -> dict:
     fresh = freshness(con, now)
     n_quarantined, quarantined = open_quarantine(con)
     runs = last_runs(con)
-    from perpwatch import gaps
+    from perpwatch.ingest import gaps
 
     open_gaps = gaps.open_gaps(con).head(50).to_dicts()
     return {"now": now, "freshness": fresh, "tables": tables(con, now), "runs": runs,

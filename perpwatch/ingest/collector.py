@@ -44,14 +44,14 @@ from datetime import UTC, datetime
 
 import orjson
 
-import sources
-import warehouse
-from perpwatch import pipeline, settings
-from perpwatch.assets import validate_asset
-from sources import liquidations
-from sources.http import Fetched
+from perpwatch import sources, warehouse
+from perpwatch.core import settings
+from perpwatch.core.assets import validate_asset
+from perpwatch.ingest import pipeline
+from perpwatch.sources import liquidations
+from perpwatch.sources.http import Fetched
 
-log = logging.getLogger("perpwatch.collector")
+log = logging.getLogger("perpwatch.ingest.collector")
 
 DATASET = "liquidations"
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only re-render the report from a results-<size>.json of an earlier run")
     a = ap.parse_args(argv)
     if a.render:
-        from bench import report
+        from perpwatch.bench import report
 
         results = json.loads(Path(a.render).read_text())
         out = Path(a.out) if a.out else (ROOT / "BENCHMARKS.md" if results["size"] == "full"
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from bench import report
-    from bench.common import machine
+    from perpwatch.bench import report
+    from perpwatch.bench.common import machine
 
     cfg = json.loads(json.dumps(SIZES[a.size]))
     if a.size == "tiny" and a.dlt:
@@ -104,28 +104,28 @@ def main(argv: list[str] | None = None) -> int:
         say(f"== {w}")
         c = cfg[w]
         if w == "load":
-            from bench import load_path
+            from perpwatch.bench import load_path
 
             res = load_path.run(c["rows"], c["runs"], workdir, c["dlt_rows"], c["em_rows"], progress=say)
             results["load"] = {"raw": res, "summary": load_path.summarise(res)}
         elif w == "marts":
-            from bench import marts
+            from perpwatch.bench import marts
 
             results["marts"] = marts.run(c["days"], c["assets"], c["runs"], workdir, tuple(c["heatmap_probe"]),
                                          c["heatmap_at_scale"], progress=say)
         elif w == "extract":
-            from bench import extract
+            from perpwatch.bench import extract
 
             results["extract"] = extract.run(c["n"], c["runs"], c["latency_ms"], c["limits_scale"], c["window_scale"],
                                              workdir, progress=say)
         elif w == "e2e":
-            from bench import e2e
+            from perpwatch.bench import e2e
 
             results["e2e"] = e2e.run(c["runs"], c["demo"], progress=say)
         if isinstance(results.get(w), dict):
             results[w]["rss_method"] = "own"     # child peak RSS measured through the launcher (bench.common)
         results.setdefault("seconds", {})[w] = time.perf_counter() - t0
-        results.setdefault("loadavg_after", {})[w] = __import__("bench.common", fromlist=["loadavg"]).loadavg()
+        results.setdefault("loadavg_after", {})[w] = __import__("perpwatch.bench.common", fromlist=["loadavg"]).loadavg()
         results["total_s"] = sum(results["seconds"].values())
         res_path.write_text(json.dumps(results, indent=1, default=str))    # a killed run keeps what it has
     results["total_s"] = sum(results.get("seconds", {}).values())

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import polars as pl
 
-import warehouse
-from perpwatch import settings
-from perpwatch.status import collect as collect_status
-from perpwatch.status import columns, open_readonly, table_exists
+from perpwatch import warehouse
+from perpwatch.core import settings
+from perpwatch.serving.status import collect as collect_status
+from perpwatch.serving.status import columns, open_readonly, table_exists
 
 DAYS = 90                       # chart window
 HEATMAP_DAYS = 7
@@ -244,10 +244,10 @@ def chart_liquidations(con, names: list[str], since: date) -> str | None:
 
 
 def chart_heatmaps(con, names: list[str]) -> list[tuple[str, str]]:
-    """(asset, base64 PNG) for each asset with heatmap rows, drawn by perpwatch.heatmap.render."""
+    """(asset, base64 PNG) for each asset with heatmap rows, drawn by perpwatch.transforms.heatmap.render."""
     if not names or not table_exists(con, "marts.liquidation_heatmap"):
         return []
-    from perpwatch.heatmap import render
+    from perpwatch.transforms.heatmap import render
 
     have = {r[0] for r in con.execute("SELECT DISTINCT asset FROM marts.liquidation_heatmap").fetchall()}
     out = []

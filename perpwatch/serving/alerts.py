@@ -1,6 +1,6 @@
 """Deliver new rows of marts.alerts to a webhook, each alert once.
 
-    PERPWATCH_ALERT_WEBHOOK=https://hooks.example/... python -m perpwatch.alerts [--db FILE]
+    PERPWATCH_ALERT_WEBHOOK=https://hooks.example/... python -m perpwatch.serving.alerts [--db FILE]
 
 Each undelivered alert (no row with its (ts, asset, rule) in meta.alert_deliveries) whose
 day ended at most [alerts] delivery_max_age_hours ago is POSTed as one JSON object, oldest
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import duckdb
 import requests
 
-from perpwatch.settings import signal_settings
+from perpwatch.core.settings import signal_settings
 
 WEBHOOK_ENV = "PERPWATCH_ALERT_WEBHOOK"
 ALERTS = "marts.alerts"
@@ -157,9 +157,8 @@ def deliver(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warehouse
-
-    p = argparse.ArgumentParser(prog="python -m perpwatch.alerts", description=__doc__.split("\n\n")[0])
+    from perpwatch import warehouse
+    p = argparse.ArgumentParser(prog="python -m perpwatch.serving.alerts", description=__doc__.split("\n\n")[0])
     p.add_argument("--db", help="warehouse file (default $PERPWATCH_DB)")
     p.add_argument("--min-severity", choices=SEVERITIES, default="info")
     p.add_argument("--dry-run", action="store_true", help="list what would be sent, send nothing")

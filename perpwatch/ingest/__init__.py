@@ -1,0 +1,1 @@
+"""Ingest engine: plan -> extract -> land -> parse -> validate -> load, gaps, replay, import, stream capture."""

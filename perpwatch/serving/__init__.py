@@ -1,0 +1,1 @@
+"""Serving: what users read — status, report, alert delivery, PNG rendering, table docs."""
