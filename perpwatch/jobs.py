@@ -1,0 +1,1 @@
+"""Jobs: what a command or a flow runs — ingest, backfill, build, publish, deliver — as plain functions."""
