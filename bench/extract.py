@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,23 +55,22 @@ def perpwatch_once(market, n: int, latency_ms: float, ls: float, ws: float, work
     try:
         assets = [a for a in market.universe]
         t0 = time.perf_counter()
-        rc = pipeline.open_run("bench", NOW - timedelta(days=30), NOW, ["binance"], assets, db)
-        lander = rc.clients["binance"].lander
-        cl = binance.make_client(lander, limits_scale=ls)
-        for b in cl.budgets.values():
-            b.window_s *= ws            # the simulator's windows are scaled the same way
-        rc.clients["binance"] = cl
-        instruments = pipeline.refresh_instruments(rc)
-        units = {k: [s for s in ss if s.name in STREAMS] for k, ss in pipeline.plan_units(rc, instruments).items()}
-        units = {k: ss for k, ss in units.items() if ss}
-        pages = []
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            futs = [pool.submit(pipeline.extract_unit, rc.modules[s], rc.clients[s], ss, pipeline.windows_for(rc, ss),
-                                rc.report) for (s, _d), ss in units.items()]
-            for f in futs:
-                pages += f.result()
+        made = {}
+
+        def scaled(module, lander):
+            cl = made["binance"] = binance.make_client(lander, limits_scale=ls)
+            for b in cl.budgets.values():
+                b.window_s *= ws            # the simulator's windows are scaled the same way
+            return cl
+
+        plan = pipeline.prepare("bench", NOW - timedelta(days=30), NOW, ["binance"], assets, db,
+                                client_factory=scaled)
+        units = {(u.source, u.kind): u for u in plan.units if u.kind in STREAMS}
+        pages = [p for r in pipeline.Runner(max_workers=4).map(pipeline.extract, [(plan.run_id, u)
+                                                                              for u in units.values()])
+                 for p in r.pages]
         wall = time.perf_counter() - t0
-        rc.con.close()
+        pipeline.finish(plan.report, db)
         stats = sim.stats.as_dict()
         per_unit = {d: sum(1 for p in pages if p.stream and p.stream.split("/")[0] == d.split("/")[0]) for _s, d in units}
         endpoints: dict[str, int] = {}
@@ -81,9 +79,9 @@ def perpwatch_once(market, n: int, latency_ms: float, ls: float, ws: float, work
         endpoints["/fapi/v1/exchangeInfo"] = 1
         endpoints["/fapi/v1/fundingInfo"] = 1
         return {"wall_s": wall, "requests": sum(stats["requests"].values()), "429": stats["429"], "418": stats["418"],
-                "pages": len(pages), "errors": rc.report.errors[:3], "endpoints": endpoints,
-                "streams": sum(len(ss) for ss in units.values()), "per_unit_pages": per_unit,
-                "client_waited_s": {k: round(b.waited_s, 1) for k, b in cl.budgets.items()}}
+                "pages": len(pages), "errors": plan.report.errors[:3], "endpoints": endpoints,
+                "streams": sum(len(u.streams) for u in units.values()), "per_unit_pages": per_unit,
+                "client_waited_s": {k: round(b.waited_s, 1) for k, b in made["binance"].budgets.items()}}
     finally:
         for k, v in old_env.items():
             if v is None:

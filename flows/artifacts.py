@@ -137,8 +137,8 @@ def build_artifacts(db=None, out_dir: Path | None = None) -> dict:
     made: dict = {}
     try:
         from perpwatch.serving import report as rep
+        from perpwatch.serving.render import render
         from perpwatch.serving.status import open_readonly, table_exists
-        from perpwatch.transforms.heatmap import render
 
         con, _path, _snap = open_readonly(db)
     except Exception as exc:

@@ -1,63 +1,38 @@
-"""Manual backfill: a window split into chunks, oldest first, each an ingest run; then build + publish.
-
-Chunks keep memory bounded (one chunk's payloads at a time) and make a long backfill resumable:
-a chunk that loaded stays loaded when a later one fails. Run it from the deployment
+"""Manual backfill: perpwatch.jobs.backfill (chunks oldest first, each an ingest run; then build,
+publish, deliver) with every step a Prefect task. Run it from the deployment
 (`prefect deployment run 'perpwatch-backfill/manual' --param start=2026-01-01`) or call it.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from perpwatch import jobs
 from perpwatch.core import progress
-from perpwatch.flows.build import build as build_flow
-from perpwatch.flows.ingest import ingest
+from perpwatch.flows.ingest import PrefectRunner
 
 
-def utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-def chunks(start: datetime, end: datetime, days: int) -> list[tuple[datetime, datetime]]:
-    """[start, end) cut into consecutive windows of `days` days (the last one shorter)."""
-    if days < 1:
-        raise ValueError("chunk_days must be >= 1")
-    start, end = utc(start), utc(end)
-    if end <= start:
-        raise ValueError(f"backfill window is empty: start {start:%Y-%m-%d %H:%M} >= end {end:%Y-%m-%d %H:%M}")
-    out, cur, step = [], start, timedelta(days=days)
-    while cur < end:
-        out.append((cur, min(cur + step, end)))
-        cur += step
-    return out
-
-
-@flow(name="perpwatch-backfill", log_prints=False)
+@flow(name="perpwatch-backfill", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
 def backfill(start: datetime, end: datetime | None = None, venues: list[str] | None = None,
-             assets: list[str] | None = None, db: str | None = None, chunk_days: int = 30,
+             assets: list[str] | None = None, db: str | None = None, chunk_days: int = jobs.CHUNK_DAYS,
              build: bool = True, publish: bool = True) -> dict:
     """Backfill [start, end) (default end: now) for `venues` (default: $PERPWATCH_VENUES /
     $PERPWATCH_PROVIDERS, else every source in this checkout)."""
     logger = get_run_logger()
-    windows = chunks(start, end or datetime.now(UTC), chunk_days)
-    totals = {"fetched": 0, "loaded": 0, "duplicate": 0, "quarantined": 0}
-    runs, failed = [], []
-    with progress.bar(len(windows), "backfill", unit="chunk") as bar:
-        for i, (s, e) in enumerate(windows, 1):
-            logger.info("backfill chunk %d/%d: %s .. %s", i, len(windows), f"{s:%Y-%m-%d %H:%M}", f"{e:%Y-%m-%d %H:%M}")
-            res = ingest(start=s, end=e, venues=venues, assets=assets, db=db, kind="backfill")
-            runs.append(res["run_id"])
-            for k in totals:
-                totals[k] += res.get(k, 0)
-            if res["status"] == "failed":
-                failed.append(res["run_id"])
-            bar.advance(1, f"{e:%Y-%m-%d} loaded {totals['loaded']}")
-    result = {"runs": runs, "status": "failed" if failed else "success", "chunks": len(windows), **totals}
-    if build:
-        result["marts"] = sorted(build_flow(db=db, publish=publish))
-    if failed:
-        raise RuntimeError(f"backfill: {len(failed)} of {len(windows)} chunks failed ({', '.join(failed)}); "
+    n = len(jobs.chunks(start, end or datetime.now(jobs.UTC), chunk_days))
+    with progress.bar(n, "backfill", unit="chunk") as bar:
+        def advance(i, total, rep):
+            logger.info("backfill chunk %d/%d: %s", i, total, rep.status)
+            for w in rep.warnings + rep.errors:
+                logger.warning(w)
+            bar.advance(1, f"chunk {i}/{total} {rep.status}")
+
+        res = jobs.backfill(start, end, venues, assets, db, chunk_days, build, publish,
+                            runner=PrefectRunner(), progress=advance)
+    if res.failed:
+        raise RuntimeError(f"backfill: {len(res.failed)} of {res.chunks} chunks failed ({', '.join(res.failed)}); "
                            "see perpwatch status and meta.runs")
-    return result
+    return res.as_dict()

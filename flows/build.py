@@ -1,24 +1,19 @@
-"""Build flow: rebuild marts in dependency order, then publish the BI snapshot and exports."""
+"""Build flow: build the marts, publish the BI snapshot and exports, deliver alerts — explicit steps."""
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from datetime import datetime
 
-from perpwatch import warehouse
-from perpwatch.ingest import pipeline
+from prefect import flow
 
-
-@task(cache_policy=NO_CACHE)
-def build_marts(db: str | None, publish: bool) -> dict[str, float]:
-    with warehouse.session(db) as con:
-        return pipeline.build_and_publish(con, publish)
+from perpwatch import jobs
+from perpwatch.flows.ingest import PrefectRunner
 
 
 @flow(name="perpwatch-build")
-def build(db: str | None = None, publish: bool = True) -> dict[str, float]:
-    """Rebuild every mart from staging (and publish the serving snapshot)."""
-    timings = build_marts(db, publish)
+def build(db: str | None = None, publish: bool = True, since: datetime | None = None) -> dict[str, float]:
+    """Rebuild every mart from staging (from `since` on for opted-in marts), publish, deliver alerts."""
+    done = jobs.after_load(db, True, publish, since=since, runner=PrefectRunner())
     from perpwatch.flows.artifacts import build_artifacts
     build_artifacts(db)   # signals firing today, alerts, heatmap image (best effort)
-    return timings
+    return done.marts

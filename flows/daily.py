@@ -1,4 +1,4 @@
-"""Daily parent flow: ingest everything, then build and publish."""
+"""Daily parent flow: ingest everything, then build, publish and deliver alerts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Ingest flow: instruments -> concurrent extraction per (source, dataset) -> validate -> load."""
+"""Ingest flow: the engine's one ingest path (perpwatch.jobs.ingest) with each step a Prefect task.
+
+Tasks take plain parameters (run id, a Unit of frozen streams, page references) and return plain
+results; clients and the landing connection stay inside the engine, keyed by run id.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,35 @@ from datetime import datetime
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 
+from perpwatch import jobs
 from perpwatch.ingest import pipeline
 
+prepare_task = task(pipeline.prepare, name="prepare", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+extract_task = task(pipeline.extract, name="extract", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+load_task = task(pipeline.load, name="validate-and-load", cache_policy=NO_CACHE)
+build_task = task(jobs.build, name="build-marts", cache_policy=NO_CACHE)
+publish_task = task(jobs.publish, name="publish", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[5])
+deliver_task = task(jobs.deliver, name="deliver-alerts", cache_policy=NO_CACHE)
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def refresh_instruments(rc):
-    return pipeline.refresh_instruments(rc)
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def extract(rc, source: str, dataset: str, streams, windows):
-    pages = pipeline.extract_unit(rc.modules[source], rc.clients[source], streams, windows, rc.report)
-    rc.report.stat(source, dataset).payloads += len(pages)
-    return pages
+TASKS = {pipeline.prepare: prepare_task, pipeline.extract: extract_task, pipeline.load: load_task,
+         jobs.build: build_task, jobs.publish: publish_task, jobs.deliver: deliver_task}
 
 
-@task(cache_policy=NO_CACHE)
-def validate_and_load(rc, pages):
-    pipeline.load_parsed(rc.con, rc.report, pages, rc.ctx_instruments)
+class PrefectRunner(pipeline.Runner):
+    """Each engine step as a Prefect task of the current flow run; extraction units run concurrently
+    on the flow's task runner. Same steps, same order, same error handling as the in-process runner."""
+
+    def call(self, fn, *args):
+        return TASKS[fn](*args)
+
+    def map(self, fn, items: list[tuple]) -> list:
+        futures = [TASKS[fn].submit(*args) for args in items]
+        return [f.result() for f in futures]
+
+
+def outcome(report: pipeline.RunReport) -> dict:
+    return {"run_id": report.run_id, "status": report.status, **report.totals()}
 
 
 @flow(name="perpwatch-ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
@@ -34,25 +47,9 @@ def ingest(start: datetime | None = None, end: datetime | None = None, venues: l
            assets: list[str] | None = None, db: str | None = None, kind: str = "run") -> dict:
     """Extract every configured source from its watermark (or the backfill window) and load it."""
     logger = get_run_logger()
-    rc = pipeline.open_run(kind, start, end, venues, assets, db)
-    try:
-        # quote(): Prefect must not walk the run context (its dicts change under the extract threads:
-        # "dictionary changed size during iteration") nor the page lists (large)
-        instruments = refresh_instruments(quote(rc))
-        units = pipeline.plan_units(rc, instruments)
-        windows = {key: pipeline.windows_for(rc, ss) for key, ss in units.items()}   # DuckDB reads here
-        futures = [extract.submit(quote(rc), src, ss[0].dataset, quote(ss), quote(windows[(src, kind)]))
-                   for (src, kind), ss in units.items()]
-        pages = [p for f in futures for p in f.result()]
-        validate_and_load(quote(rc), quote(pages))
-    except Exception as exc:
-        rc.report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
-        raise
-    finally:
-        pipeline.finish(rc.con, rc.report)
-        rc.con.close()
-        from perpwatch.flows.artifacts import run_artifacts
-        run_artifacts(rc.report)
-    for w in rc.report.warnings + rc.report.errors:
+    report = jobs.ingest(kind, start, end, venues, assets, db, runner=PrefectRunner())
+    from perpwatch.flows.artifacts import run_artifacts
+    run_artifacts(report)
+    for w in report.warnings + report.errors:
         logger.warning(w)
-    return {"run_id": rc.report.run_id, "status": rc.report.status, **rc.report.totals()}
+    return outcome(report)

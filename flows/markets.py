@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from perpwatch import sources
-from perpwatch.ingest import pipeline
+from perpwatch import jobs, sources
+from perpwatch.flows.ingest import PrefectRunner, outcome
 
 
 def available_providers() -> list[str]:
@@ -21,14 +21,7 @@ def available_providers() -> list[str]:
     return [name for name in sources.PROVIDER_MODULES if name in have]
 
 
-@task(cache_policy=NO_CACHE)
-def ingest_markets(providers: list[str], start: datetime | None, end: datetime | None,
-                   assets: list[str] | None, db: str | None) -> pipeline.RunReport:
-    return pipeline.run(kind="markets", start=start, end=end, venues=providers, assets=assets, db=db,
-                        build=False)
-
-
-@flow(name="perpwatch-markets", log_prints=False)
+@flow(name="perpwatch-markets", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
 def markets(providers: list[str] | None = None, start: datetime | None = None, end: datetime | None = None,
             assets: list[str] | None = None, db: str | None = None, build: bool = False) -> dict:
     """Ingest the institutional / traditional-market providers; optionally rebuild and publish marts."""
@@ -38,12 +31,12 @@ def markets(providers: list[str] | None = None, start: datetime | None = None, e
         logger.warning("no provider modules in this checkout (sources.PROVIDER_MODULES): nothing to do")
         return {"run_id": None, "status": "skipped", "providers": []}
     logger.info("markets ingest: %s", ", ".join(chosen))
-    report = ingest_markets(chosen, start, end, assets, db)
+    report = jobs.ingest("markets", start, end, chosen, assets, db, runner=PrefectRunner())
     from perpwatch.flows.artifacts import run_artifacts
     run_artifacts(report)
     for msg in report.warnings + report.errors:
         logger.warning(msg)
-    result = {"run_id": report.run_id, "status": report.status, "providers": chosen, **report.totals()}
+    result = {**outcome(report), "providers": chosen}
     if report.status == "failed":
         raise RuntimeError(f"markets run {report.run_id} failed: {'; '.join(report.errors)[:500]}")
     if build:

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="one incremental pass: extract -> land -> validate -> load -> build -> publish")
     _common(p)
+    p.add_argument("--end", type=_date, help="run as of this time (UTC; default now): windows end here")
     p.add_argument("--no-build", action="store_true", help="skip building marts")
     p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect")
 
@@ -108,61 +109,68 @@ def _print_report(report) -> None:
         print(f"  WARNING {w}", file=sys.stderr)
 
 
+def _ingest_command(args) -> int:
+    """`run` and `backfill`: the same jobs with or without Prefect (--no-prefect runs them in process)."""
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    if args.no_prefect:
+        from perpwatch import jobs
+        from perpwatch.core import progress
+        if args.cmd == "backfill":
+            with progress.reporter("backfill") as say:
+                res = jobs.backfill(start, end, args.venues, args.assets, args.db, build=not args.no_build,
+                                    progress=lambda i, n, rep: say(f"chunk {i}/{n}: {rep.run_id} {rep.status}"))
+            print(json.dumps(res.as_dict()))
+            if res.failed:
+                print(f"backfill failed: {len(res.failed)} of {res.chunks} chunks failed "
+                      f"({', '.join(res.failed)}); see perpwatch status and meta.runs", file=sys.stderr)
+                return 1
+            return 0
+        with progress.reporter(args.cmd) as say:
+            report = jobs.run(args.cmd, start, end, args.venues, args.assets, args.db, build=not args.no_build,
+                              publish=not args.no_build, progress=say)
+        _print_report(report)
+        return 0 if report.status != "failed" else 1
+    if args.cmd == "backfill":   # chunked (30 days) with a progress bar on a terminal
+        from perpwatch.flows.backfill import backfill
+        try:
+            res = backfill(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db,
+                           build=not args.no_build)
+        except RuntimeError as exc:
+            print(f"backfill failed: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(res, default=str))
+        return 0
+    from perpwatch.flows.build import build
+    from perpwatch.flows.ingest import ingest
+    res = ingest(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db, kind=args.cmd)
+    print(json.dumps(res))
+    if not args.no_build:
+        build(db=args.db, publish=True)
+    return 0 if res["status"] != "failed" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet.configure()
     if args.cmd in ("run", "backfill"):
-        start = getattr(args, "start", None)
-        end = getattr(args, "end", None)
-        if args.no_prefect:
-            from perpwatch.core import progress
-            from perpwatch.ingest import pipeline
-            with progress.reporter(args.cmd) as say:
-                report = pipeline.run(kind=args.cmd, start=start, end=end, venues=args.venues, assets=args.assets,
-                                      db=args.db, build=not args.no_build, publish=not args.no_build, progress=say)
-            _print_report(report)
-            return 0 if report.status != "failed" else 1
-        if args.cmd == "backfill":   # chunked (30 days) with a progress bar on a terminal
-            from perpwatch.flows.backfill import backfill
-            try:
-                res = backfill(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db,
-                               build=not args.no_build)
-            except RuntimeError as exc:
-                print(f"backfill failed: {exc}", file=sys.stderr)
-                return 1
-            print(json.dumps(res))
-            return 0
-        from perpwatch.flows.build import build
-        from perpwatch.flows.ingest import ingest
-        res = ingest(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db, kind=args.cmd)
-        print(json.dumps(res))
-        if not args.no_build:
-            build(db=args.db, publish=True)
-        return 0 if res["status"] != "failed" else 1
+        return _ingest_command(args)
     if args.cmd == "build":
-        from perpwatch import warehouse
-        from perpwatch.ingest import pipeline
-        with warehouse.session(args.db) as con:
-            if args.since:
-                from perpwatch.transforms import build_incremental
-                timings = build_incremental(con, args.since.date())
-                if not args.no_publish:
-                    warehouse.publish(con=con)
-            else:
-                timings = pipeline.build_and_publish(con, publish=not args.no_publish)
-        for name, secs in timings.items():
+        from perpwatch import jobs
+        done = jobs.after_load(args.db, True, not args.no_publish, since=args.since)
+        for name, secs in done.marts.items():
             print(f"{name:40s} {secs:6.2f}s")
+        if done.delivery.get("enabled"):
+            print(f"alerts delivered: {done.delivery['sent']}, pending {done.delivery['pending']}")
         return 0
     if args.cmd == "replay":
-        from perpwatch import warehouse
+        from perpwatch import jobs
         from perpwatch.core import progress
         from perpwatch.ingest import pipeline
         with progress.reporter("replay") as say:
             report = pipeline.replay(args.db, progress=say)
         _print_report(report)
         if not args.no_build:
-            with warehouse.session(args.db) as con:
-                pipeline.build_and_publish(con, publish=True)
+            jobs.after_load(args.db, True, True)
         return 0 if report.status != "failed" else 1
     if args.cmd == "sim":
         from perpwatch.simulator.server import main as sim_main
@@ -180,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         return sim_main(argv2)
     if args.cmd == "import":
         from perpwatch.ingest.importer import main as import_main
-        return import_main(args)
+        code = import_main(args)
+        if code == 0 and not args.no_build:
+            from perpwatch import jobs
+            jobs.after_load(args.db, True, True)
+        return code
     if args.cmd == "heatmap":
         from perpwatch import warehouse
-        from perpwatch.transforms.heatmap import render
+        from perpwatch.serving.render import render
         with warehouse.session(args.db, read_only=True) as con:
             out = render(con, args.asset.upper(), args.days, args.output)
         print(out)

@@ -88,8 +88,8 @@ def main() -> int:
                 QUALIFY row_number() OVER (PARTITION BY asset, benchmark, window_days ORDER BY date DESC) = 1
                 ORDER BY asset, benchmark, window_days""").pl()
             reports = settings.db_path().parent / "reports"
-            from perpwatch.transforms import heatmap, report
-            png = heatmap.render(con, "BTC", 7, reports / "heatmap-BTC.png")
+            from perpwatch.serving import render, report
+            png = render.render(con, "BTC", 7, reports / "heatmap-BTC.png")
             html = report.write(con, reports / "report.html", str(settings.db_path()))
         with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
                        tbl_hide_column_data_types=True, fmt_str_lengths=110):

@@ -53,6 +53,7 @@ from pathlib import PurePath
 
 import polars as pl
 
+from perpwatch.core import tables
 from perpwatch.core.assets import canonical
 from perpwatch.sources import coingecko, farside, fred, sosovalue, stooq
 from perpwatch.sources.base import ParseContext
@@ -118,8 +119,7 @@ def staging_schema() -> dict[str, dict[str, str]]:
 
 
 def keys(table: str) -> list[str]:
-    from perpwatch.warehouse import KEYS
-    return KEYS[f"staging.{table}"]
+    return tables.key(table)
 
 
 # --------------------------------------------------------------------------- reading files

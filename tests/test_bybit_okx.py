@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import requests
 
-from perpwatch import warehouse
+from perpwatch import jobs, warehouse
 from perpwatch.ingest import pipeline
 from perpwatch.sources import bybit, okx
 from perpwatch.sources.base import ParseContext, Stream
@@ -474,10 +474,10 @@ def staging_counts(db, venue: str) -> dict[tuple[str, str], int]:
 
 
 def run_twice(db, venue):
-    r1 = pipeline.run(kind="backfill", start=START, end=NOW, venues=[venue], assets=["BTC"], db=db, build=False)
+    r1 = jobs.run(kind="backfill", start=START, end=NOW, venues=[venue], assets=["BTC"], db=db, build=False)
     assert r1.status == "success", r1.errors + r1.warnings
     c1 = staging_counts(db, venue)
-    r2 = pipeline.run(kind="backfill", start=START, end=NOW, venues=[venue], assets=["BTC"], db=db, build=False)
+    r2 = jobs.run(kind="backfill", start=START, end=NOW, venues=[venue], assets=["BTC"], db=db, build=False)
     assert r2.status == "success", r2.errors + r2.warnings
     assert r2.totals()["loaded"] == 0 and r2.totals()["fetched"] == r1.totals()["fetched"]
     assert staging_counts(db, venue) == c1

@@ -13,7 +13,7 @@ import orjson
 import polars as pl
 import pytest
 
-from perpwatch import warehouse
+from perpwatch import jobs, warehouse
 from perpwatch.ingest import gaps, pipeline
 from perpwatch.simulator.common import Request
 from perpwatch.simulator.faults import PROFILES, SPECS, Faults, mutate, parse_profiles
@@ -249,7 +249,7 @@ def clean_backfill(sim, tmp_path_factory):
     os.environ.update(sim.env())
     os.environ["PERPWATCH_PROVIDERS"] = ""
     try:
-        r = pipeline.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=["BTC", "SOL"], db=db,
+        r = jobs.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=["BTC", "SOL"], db=db,
                          build=False)
     finally:
         for k, v in old.items():
@@ -281,7 +281,7 @@ def test_data_faults_are_caught_and_a_rerun_converges(env, tmp_path, monkeypatch
         ("/futures/data/topLongShortPositionRatio", B, "429", once),
     ], timeout_s=1.5, retry_after=1.0))
     db = tmp_path / "faulty.duckdb"
-    r1 = pipeline.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=["BTC", "SOL"], db=db,
+    r1 = jobs.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=["BTC", "SOL"], db=db,
                       build=False)
     env.set_faults(None)
     assert r1.status == "warning", r1.errors
@@ -326,7 +326,7 @@ def test_data_faults_are_caught_and_a_rerun_converges(env, tmp_path, monkeypatch
     con.close()
     assert duplicate_keys(db) == 0
     # the same backfill again, without faults: everything arrives, the gap is filled, nothing is lost
-    r2 = pipeline.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=["BTC", "SOL"], db=db,
+    r2 = jobs.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=["BTC", "SOL"], db=db,
                       build=False)
     assert r2.status == "success", r2.errors + r2.warnings
     with warehouse.session(db, read_only=True) as con:
@@ -392,7 +392,7 @@ def test_reconciliation_mismatch_fails_the_run_loudly(env, tmp_path, monkeypatch
 
     monkeypatch.setattr(warehouse, "upsert", lossy)
     db = tmp_path / "w.duckdb"
-    r = pipeline.run(kind="backfill", start=NOW - timedelta(days=1), end=NOW, venues=["binance"], assets=["BTC"],
+    r = jobs.run(kind="backfill", start=NOW - timedelta(days=1), end=NOW, venues=["binance"], assets=["BTC"],
                      db=db, build=False)
     assert r.status == "failed"
     assert re.search(r"reconciliation failed: binance/funding_rates: fetched (\d+) != loaded (\d+) \+ quarantined 0 "
@@ -435,7 +435,7 @@ def test_backfill_under_tight_limits_is_never_banned(tmp_path, monkeypatch):
                 return cl
             monkeypatch.setattr(mod, "make_client", scaled)
         t0 = time.monotonic()
-        r = pipeline.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=["binance", "bybit", "okx"],
+        r = jobs.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=["binance", "bybit", "okx"],
                          assets=["BTC"], db=tmp_path / "w.duckdb", build=False)
         took = time.monotonic() - t0
         stats = s.stats.as_dict()

@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from perpwatch.serving.render import COLORMAP, render
 from perpwatch.transforms.heatmap import (
-    COLORMAP,
     OUTPUT_SCHEMA,
     daily_clusters,
     estimate_levels,
@@ -21,7 +21,6 @@ from perpwatch.transforms.heatmap import (
     load_bars,
     nearest_clusters,
     new_state,
-    render,
     step,
 )
 from perpwatch.transforms.marts import liquidation_heatmap as transform

@@ -10,6 +10,7 @@ import orjson
 import polars as pl
 import pytest
 
+from perpwatch import jobs
 from perpwatch.sources import binance, binance_coinm, deribit, hyperliquid
 from perpwatch.sources.base import ParseContext, Stream
 
@@ -364,7 +365,7 @@ def test_end_to_end_against_simulator(sim, tmp_path):
 
     db = tmp_path / "w.duckdb"
     _away_from_hour_boundary()
-    first = pipeline.run(kind="backfill", start=NOW - timedelta(days=3), end=NOW, venues=VENUES,
+    first = jobs.run(kind="backfill", start=NOW - timedelta(days=3), end=NOW, venues=VENUES,
                          assets=["BTC"], db=db, build=True)
     assert first.status == "success", first.errors + first.warnings
     loaded = {k: s.loaded for k, s in first.stats.items()}
@@ -389,7 +390,7 @@ def test_end_to_end_against_simulator(sim, tmp_path):
         con.close()
     assert staged["hyperliquid/BTC"] == 72 and staged["deribit/BTC-PERPETUAL"] == 72
 
-    again = pipeline.run(kind="backfill", start=NOW - timedelta(days=3), end=NOW, venues=VENUES,
+    again = jobs.run(kind="backfill", start=NOW - timedelta(days=3), end=NOW, venues=VENUES,
                          assets=["BTC"], db=db, build=False)
     assert again.status == "success", again.errors + again.warnings
     assert again.totals()["loaded"] == 0

@@ -19,7 +19,7 @@ DATA = Path(__file__).resolve().parent / "fixtures" / "shared_data"
 
 
 def imp(db, kind, path, **kw):
-    return import_file(kind, path, db=db, build=False, **kw)
+    return import_file(kind, path, db=db, **kw)
 
 
 def q(db, sql, *args):

@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from perpwatch import jobs
 from perpwatch.sources import coingecko, farside, fred, sosovalue, stooq
 from perpwatch.sources.base import ParseContext
 
@@ -248,7 +249,7 @@ def test_providers_against_simulator_land_validate_load_and_replay(tmp_path, mon
         monkeypatch.setenv("STOOQ_API_KEY", "stq-never-landed")
         monkeypatch.setenv("PERPWATCH_ASSETS", "BTC")
         db = tmp_path / "w.duckdb"
-        rep = pipeline.run(start=now - timedelta(days=20), end=now, db=db, build=False,
+        rep = jobs.run(start=now - timedelta(days=20), end=now, db=db, build=False,
                            venues=["farside", "sosovalue", "coingecko", "fred", "stooq"])
     finally:
         sim.stop()

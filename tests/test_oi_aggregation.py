@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import pytest
 
-from perpwatch import warehouse
-from perpwatch.ingest import pipeline
+from perpwatch import jobs, warehouse
 from perpwatch.simulator.server import start
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -89,7 +88,7 @@ def test_aggregate_oi_equals_independent_sum_and_shares_sum_to_one(tmp_path, mon
         for k, v in sim.env().items():
             monkeypatch.setenv(k, v)
         db = tmp_path / "w.duckdb"
-        report = pipeline.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=VENUES,
+        report = jobs.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=VENUES,
                               assets=["BTC"], db=db)
     finally:
         sim.stop()

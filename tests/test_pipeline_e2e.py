@@ -10,7 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from perpwatch import warehouse
+from perpwatch import jobs, transforms, warehouse
 from perpwatch.ingest import pipeline
 from perpwatch.simulator.server import start
 from tests.faultproxy import FaultProxy
@@ -55,7 +55,7 @@ def table(db, name: str, drop=("ingested_at", "raw_id", "as_of")) -> pl.DataFram
 
 
 def backfill(db, **kw):
-    return pipeline.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=ASSETS, db=db, **kw)
+    return jobs.run(kind="backfill", start=START, end=NOW, venues=["binance"], assets=ASSETS, db=db, **kw)
 
 
 def test_backfill_counts_rerun_and_replay(env, tmp_path):
@@ -160,7 +160,7 @@ def test_bad_input_is_quarantined_and_the_rest_loads(env, tmp_path, monkeypatch)
                        "AND dataset IN ('funding_rates','open_interest','long_short_ratio/accounts')").fetchone()[0] == 0
     con.close()
     monkeypatch.setenv("PERPWATCH_URL_BINANCE_FAPI", env.env()["PERPWATCH_URL_BINANCE_FAPI"])
-    clean = pipeline.run(kind="run", end=NOW, venues=["binance"], assets=ASSETS, db=db, build=False)
+    clean = jobs.run(kind="run", end=NOW, venues=["binance"], assets=ASSETS, db=db, build=False)
     assert clean.status == "success", clean.errors
     assert counts(db)["funding_rates"] >= 9 + 18
 
@@ -196,7 +196,7 @@ def test_daily_row_uses_no_later_data(env, tmp_path):
                            ("funding_rates", "funding_time"), ("liquidations", "ts")):
                 con.execute(f"DELETE FROM staging.{t} WHERE {col} >= ?", [end])
             con.execute("DELETE FROM staging.prices WHERE ts + INTERVAL 1 HOUR > ?", [end])
-            pipeline.build_and_publish(con)
+            transforms.build_all(con)
         truncated = table(cut, "marts.daily_signals").filter(pl.col("date") == day.date())
         assert truncated.height == 2
         assert truncated.equals(full.filter(pl.col("date") == day.date()))
@@ -205,14 +205,14 @@ def test_daily_row_uses_no_later_data(env, tmp_path):
 
 def test_instrument_refresh_failure_falls_back_to_stored_instruments(env, tmp_path, monkeypatch):
     db = tmp_path / "w.duckdb"
-    first = pipeline.run(kind="backfill", start=NOW - timedelta(days=1), end=NOW, venues=["bybit"], assets=["BTC"],
+    first = jobs.run(kind="backfill", start=NOW - timedelta(days=1), end=NOW, venues=["bybit"], assets=["BTC"],
                          db=db, build=False)
     assert first.status == "success", first.errors
     proxy = FaultProxy(env.base_url)
     try:
         monkeypatch.setenv("PERPWATCH_URL_BYBIT", proxy.base_url + "/bybit")
         proxy.add("/v5/market/instruments-info", "truncate")
-        second = pipeline.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=["bybit"],
+        second = jobs.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=["bybit"],
                               assets=["BTC"], db=db, build=False)
     finally:
         proxy.stop()

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from perpwatch import warehouse
+from perpwatch import jobs, warehouse
 from perpwatch.core.settings import SIGNALS_FILE
 from perpwatch.transforms import build_all
 
@@ -110,7 +110,6 @@ def synthetic_market_caps(con) -> None:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    from perpwatch.ingest import pipeline
     from perpwatch.simulator.server import start
 
     tmp = tmp_path_factory.mktemp("pit")
@@ -123,7 +122,7 @@ def full(tmp_path_factory):
         try:
             for k, v in sim.env().items():
                 mp.setenv(k, v)
-            report = pipeline.run(
+            report = jobs.run(
                 kind="backfill",
                 start=NOW - timedelta(days=30),
                 end=NOW,

@@ -113,7 +113,7 @@ def test_working_directory_is_recorded_at_deploy_time(spec):
 def test_backfill_chunks():
     from datetime import UTC, datetime
 
-    from perpwatch.flows.backfill import chunks
+    from perpwatch.jobs import chunks
 
     got = chunks(datetime(2026, 1, 1), datetime(2026, 3, 5, tzinfo=UTC), 30)
     assert [(a.date().isoformat(), b.date().isoformat()) for a, b in got] == [

@@ -16,8 +16,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from perpwatch import warehouse
-from perpwatch.ingest import pipeline
+from perpwatch import jobs, transforms, warehouse
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -83,7 +82,7 @@ def start_reader(serving: Path, mode: str, stop: Path) -> subprocess.Popen:
 def test_readers_see_old_or_new_snapshot_never_an_error(sim, tmp_path):
     db, serving, exports = tmp_path / "w.duckdb", tmp_path / "serving.duckdb", tmp_path / "exports"
     run = dict(venues=["binance"], assets=["BTC"], db=db, build=True, publish=False)
-    pipeline.run(kind="backfill", start=NOW - timedelta(days=10), end=NOW - timedelta(days=4), **run)
+    jobs.run(kind="backfill", start=NOW - timedelta(days=10), end=NOW - timedelta(days=4), **run)
     warehouse.publish(db=db, serving=serving, exports=exports)
     v1 = counts(serving)
     assert v1 == counts(db) and v1[1] == v1[2] == 7        # BTC signals for 2026-11-10 .. 2026-11-16
@@ -92,9 +91,9 @@ def test_readers_see_old_or_new_snapshot_never_an_error(sim, tmp_path):
     try:
         time.sleep(0.5)
         # the pipeline loads more while the readers query, then builds and publishes; then publishes again
-        pipeline.run(kind="backfill", start=NOW - timedelta(days=4), end=NOW, **run)
+        jobs.run(kind="backfill", start=NOW - timedelta(days=4), end=NOW, **run)
         with warehouse.session(db) as con:
-            pipeline.build_and_publish(con, publish=False)
+            transforms.build_all(con)
         warehouse.publish(db=db, serving=serving, exports=exports)
         time.sleep(0.5)
         warehouse.publish(db=db, serving=serving, exports=exports)
@@ -127,7 +126,7 @@ def test_readers_see_old_or_new_snapshot_never_an_error(sim, tmp_path):
 
 def test_parquet_exports_equal_the_marts(sim, tmp_path):
     db, serving, exports = tmp_path / "w.duckdb", tmp_path / "serving.duckdb", tmp_path / "exports"
-    pipeline.run(kind="backfill", start=NOW - timedelta(days=5), end=NOW, venues=["binance"], assets=["BTC"],
+    jobs.run(kind="backfill", start=NOW - timedelta(days=5), end=NOW, venues=["binance"], assets=["BTC"],
                  db=db, build=True, publish=False)
     written = warehouse.publish(db=db, serving=serving, exports=exports)
     con = warehouse.connect(db, read_only=True)      # TimeZone UTC, like the exports

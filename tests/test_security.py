@@ -12,13 +12,13 @@ import orjson
 import polars as pl
 import pytest
 
-from perpwatch import warehouse
+from perpwatch import jobs, warehouse
 from perpwatch.ingest import gaps, pipeline
 from perpwatch.serving import status
 from perpwatch.simulator.common import Response
 from perpwatch.simulator.faults import Faults
 from perpwatch.simulator.server import start
-from perpwatch.sources import coingecko, sosovalue, stooq
+from perpwatch.sources import binance, coingecko, sosovalue, stooq
 from perpwatch.sources.http import ServerError, VenueClient
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -65,12 +65,12 @@ def test_keys_never_reach_raw_landing_records_or_logs(env, tmp_path, monkeypatch
     monkeypatch.setattr(VenueClient, "_backoff", lambda self, attempt, retry_after: self._count("retries"))
     env.set_faults(Faults("5xx,truncate,reset", rate=0.3, seed=2))
     db = tmp_path / "w.duckdb"
-    r1 = pipeline.run(kind="backfill", start=NOW - timedelta(days=10), end=NOW,
+    r1 = jobs.run(kind="backfill", start=NOW - timedelta(days=10), end=NOW,
                       venues=["sosovalue", "coingecko", "stooq"], assets=["BTC"], db=db, build=False)
     assert env.faults.injected                               # the error paths ran too
     # and a source that cannot connect at all: the error message carries the request URL
     monkeypatch.setenv("PERPWATCH_URL_STOOQ", "http://127.0.0.1:9/stooq")
-    r2 = pipeline.run(kind="backfill", start=NOW - timedelta(days=10), end=NOW, venues=["stooq"], assets=["BTC"],
+    r2 = jobs.run(kind="backfill", start=NOW - timedelta(days=10), end=NOW, venues=["stooq"], assets=["BTC"],
                       db=db, build=False)
     assert r2.status == "failed" and any("connection failed" in e for e in r2.errors)
     cl = stooq.make_client(None)
@@ -121,7 +121,7 @@ class InjectSymbols(Faults):
 def test_hostile_instrument_names_are_refused(env, tmp_path):
     f = env.set_faults(InjectSymbols())
     db = tmp_path / "w.duckdb"
-    r = pipeline.run(kind="backfill", start=NOW - timedelta(days=1), end=NOW, venues=["binance"], assets=["BTC"],
+    r = jobs.run(kind="backfill", start=NOW - timedelta(days=1), end=NOW, venues=["binance"], assets=["BTC"],
                      db=db, build=False)
     env.set_faults(None)
     assert r.status == "warning", r.errors
@@ -135,14 +135,13 @@ def test_hostile_instrument_names_are_refused(env, tmp_path):
     assert all("expect_column_values_to_match_regex on instrument" in m for _, m in q)
     assert not [s for s in f.seen if "DROP" in s or "x=1" in s or "BTC USDT" in s]
     # and the planner's own check: a stream for such a name is skipped with a warning
-    rc = pipeline.RunContext(None, pipeline.RunReport("t", "run"), {"binance": __import__("perpwatch.sources.binance", fromlist=["binance"])},
-                             {}, ["BTC"], None, NOW)
+    report = pipeline.RunReport("t", "run")
     inst = pl.DataFrame([{"venue": "binance", "instrument": bad, "asset": "BTC", "status": "trading",
                           "margin": "linear", "quote": "USDT", "kind": "perp"} for bad in ["BTCUSDT", *InjectSymbols.BAD]])
-    units = pipeline.plan_units(rc, inst)
+    units = pipeline.plan_units({"binance": binance}, report, inst, ["BTC"])
     planned = {s.instrument for ss in units.values() for s in ss}
     assert planned == {"BTCUSDT"}
-    assert sum("skipped stream" in w for w in rc.report.warnings) == 9 * len(InjectSymbols.BAD)
+    assert sum("skipped stream" in w for w in report.warnings) == 9 * len(InjectSymbols.BAD)
 
 
 def test_sql_identifiers_from_allow_lists_values_as_parameters(tmp_path):

@@ -13,7 +13,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from perpwatch import warehouse
+from perpwatch import jobs, transforms, warehouse
 from perpwatch.ingest import gaps, pipeline
 from perpwatch.simulator.faults import DATA, TRANSPORT, Faults
 from perpwatch.simulator.server import start
@@ -57,7 +57,7 @@ def duplicate_keys(db: Path) -> int:
 def publish(db: Path, out: Path) -> dict[str, str]:
     """Build the marts, publish, and hash every Parquet export."""
     with warehouse.session(db) as con:
-        pipeline.build_and_publish(con)
+        transforms.build_all(con)
         warehouse.publish(con=con, serving=out / "serving.duckdb", exports=out / "exports")
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "exports").glob("*.parquet"))}
 
@@ -74,7 +74,7 @@ def test_soak_under_faults_converges_to_the_clean_warehouse(tmp_path, monkeypatc
 
         def run(db: Path, now: datetime) -> pipeline.RunReport:
             sim.set_now(now)
-            return pipeline.run(kind="run", end=now, venues=VENUES, assets=ASSETS, db=db, build=False)
+            return jobs.run(kind="run", end=now, venues=VENUES, assets=ASSETS, db=db, build=False)
 
         # the reference: fault-free, the first run and one catch-up run over the same period
         ref = tmp_path / "ref.duckdb"

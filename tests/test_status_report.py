@@ -17,9 +17,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from perpwatch import warehouse
+from perpwatch import jobs, warehouse
 from perpwatch.core import progress
-from perpwatch.ingest import pipeline
 from perpwatch.serving import report, status
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -36,7 +35,7 @@ def built(tmp_path_factory) -> Path:
     os.environ.update(sim.env())
     db = tmp_path_factory.mktemp("wh") / "perpwatch.duckdb"
     try:
-        rep = pipeline.run(kind="backfill", start=NOW - timedelta(days=10), end=NOW, venues=["binance"],
+        rep = jobs.run(kind="backfill", start=NOW - timedelta(days=10), end=NOW, venues=["binance"],
                            assets=["BTC"], db=db, build=True, publish=False)
         assert rep.status == "success", rep.errors + rep.warnings
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from perpwatch import warehouse
+from perpwatch.core import tables
 from perpwatch.core.settings import signal_settings
 
 HERE = Path(__file__).resolve().parent
@@ -135,10 +136,16 @@ def _build_model(con, name: str, m: Model) -> float:
 # does not exist yet or whose columns changed. After editing signals.toml, run build_all.
 
 INCREMENTAL = re.compile(r"^--\s*incremental:\s*([a-z_][a-z0-9_]*)(?:\s+lookback\s+(.+?))?\s*$", re.I)
-# time column of each staging table (default ts); instruments have none and are read whole
-STAGING_TIME = {"staging.funding_rates": "funding_time", "staging.etf_flows": "date",
-                "staging.macro_closes": "date", "staging.treasury_holdings": "as_of",
-                "staging.market_caps": "date", "staging.instruments": None}
+
+
+def input_time_column(ref: str) -> str | None:
+    """Column an incremental build cuts an input table on: a staging table's registry time column
+    (None for snapshot tables such as instruments, read whole); other inputs default to ts."""
+    schema, name = ref.split(".", 1)
+    if schema == "staging" and name in tables.BY_NAME:
+        t = tables.BY_NAME[name]
+        return None if t.snapshot else t.time_column
+    return "ts"
 
 
 def incremental_spec(con, model: Model) -> tuple[str, int] | None:
@@ -228,7 +235,7 @@ def build_incremental(con, since, only: list[str] | None = None) -> dict[str, fl
         elif ref in models and p.get("mode") != "incremental":
             return                      # rebuilt in full: no promised date column, read it whole
         else:
-            col = p["column"] if ref in models else STAGING_TIME.get(ref, "ts")
+            col = p["column"] if ref in models else input_time_column(ref)
             if col is None:
                 return
             typ = con.execute("SELECT data_type FROM information_schema.columns WHERE table_catalog = current_database() "

@@ -21,26 +21,15 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from perpwatch.core import settings
+from perpwatch.core import settings, tables
 
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
 DOCS_FILE = Path(__file__).with_name("docs.toml")
 
-# Grain of every loadable table: the upsert key. Identifiers used in SQL come only from here.
-KEYS: dict[str, list[str]] = {
-    "staging.instruments": ["venue", "instrument"],
-    "staging.funding_rates": ["venue", "instrument", "funding_time"],
-    "staging.open_interest": ["venue", "instrument", "ts"],
-    "staging.long_short_ratio": ["venue", "instrument", "ts", "population"],
-    "staging.liquidations": ["venue", "instrument", "ts", "side", "price", "qty_base"],
-    "staging.prices": ["venue", "instrument", "kind", "interval", "ts"],
-    "staging.etf_flows": ["date", "ticker"],
-    "staging.macro_closes": ["date", "series"],
-    "staging.treasury_holdings": ["as_of", "company"],
-    "staging.market_caps": ["date", "asset"],
-}
-# Columns that record provenance, not content: a reload that differs only here is a duplicate.
-PROVENANCE = {"raw_id", "ingested_at", "as_of"}
+# Grain of every loadable table (the upsert key) and the provenance columns come from the registry
+# (perpwatch/core/tables.py); identifiers used in SQL come only from there.
+KEYS: dict[str, list[str]] = {t.qualified: list(t.key) for t in tables.STAGING}
+PROVENANCE = tables.PROVENANCE
 
 
 class WarehouseLocked(RuntimeError):

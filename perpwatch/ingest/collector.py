@@ -257,7 +257,7 @@ class Collector:
                 self.report.warnings.append(f"{v.source}: {len(fails)} failed connection attempts "
                                             f"(last: {fails[-1]})")
         with warehouse.session(self.db, read_only=False) as con:
-            pipeline.finish(con, self.report)
+            pipeline.record(con, self.report)
         t = self.report.totals()
         s = self.stats
         s.status, s.finished_at = self.report.status, datetime.now(UTC)

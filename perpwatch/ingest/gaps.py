@@ -21,7 +21,8 @@ look exactly like a later listing. Pages that fail (parse error, bad values, ext
 handled before this: their stream's watermark does not move (``RunReport.tainted``), so the next
 run re-reads the whole window anyway.
 
-SQL identifiers come only from ``GRID`` below; every value is a parameter or a registered frame.
+SQL identifiers come only from the table registry (``perpwatch/core/tables.py``, each table's ``gap_grid``);
+every value is a parameter or a registered frame.
 """
 
 from __future__ import annotations
@@ -30,16 +31,24 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from perpwatch import warehouse
+from perpwatch.core import tables
+
 MAX_ATTEMPTS = 3
 HOUR = timedelta(hours=1)
 
-# dataset -> (table, time column, column matched against the stream name's suffix, extra condition)
-GRID: dict[str, tuple[str, str, str | None, str]] = {
-    "prices": ("staging.prices", "ts", "kind", "AND t.\"interval\" = '1h'"),
-    "open_interest": ("staging.open_interest", "ts", None, ""),
-    "long_short_ratio": ("staging.long_short_ratio", "ts", "population", ""),
-    "funding_rates": ("staging.funding_rates", "funding_time", None, ""),
-}
+
+
+def grid() -> dict[str, tables.Table]:
+    """Staging tables whose series have a regular grid (registry ``gap_grid``), by dataset name."""
+    return {t.name: t for t in tables.STAGING if t.gap_grid is not None}
+
+
+def overlap(stream) -> timedelta:
+    """Re-read a little before the watermark so late corrections and page edges are caught."""
+    return max(stream.step * 2, timedelta(hours=3))
+
+
 GAP_COLUMNS = ["source", "dataset", "instrument", "gap_start", "gap_end", "missing", "status", "attempts",
                "detected_at", "detected_run", "resolved_at", "resolved_run"]
 
@@ -66,12 +75,13 @@ def find_holes(con, windows: dict) -> pl.DataFrame:
     missing (one row per hole)."""
     rows = []
     for s, (start, end) in windows.items():
-        if s.dataset not in GRID:
+        t = grid().get(s.dataset)
+        if t is None:
             continue
         suffix = s.name.split("/", 1)[1] if "/" in s.name else None
-        if GRID[s.dataset][2] is not None and suffix is None:
+        if t.gap_grid.selector is not None and suffix is None:
             continue
-        step = max(s.step, HOUR) if s.dataset == "funding_rates" else HOUR
+        step = max(s.step, HOUR) if t.gap_grid.step == "stream" else HOUR
         rows.append({"source": s.source, "venue": _venue(s.source), "dataset": s.name, "instrument": s.instrument,
                      "tbl": s.dataset, "sel": suffix or "", "lo": start - 2 * step, "hi": end})
     out = []
@@ -82,12 +92,12 @@ def find_holes(con, windows: dict) -> pl.DataFrame:
     frame = pl.DataFrame(rows, schema_overrides={"lo": pl.Datetime("us", "UTC"), "hi": pl.Datetime("us", "UTC")})
     con.register("__gap_windows", frame.to_arrow())
     try:
-        for tbl, (table, tcol, selcol, extra) in GRID.items():
+        for tbl, entry in grid().items():
+            table, tcol, selcol, extra = entry.qualified, entry.time_column, entry.gap_grid.selector, \
+                entry.gap_grid.condition
             sel = f"AND t.{selcol} = w.sel" if selcol else ""
-            if tbl == "funding_rates":     # a settlement is missing when the spacing exceeds the interval
-                step_h = "t.interval_hours"
-            else:
-                step_h = "1.0"
+            # on a "stream" grid (funding) a settlement is missing when the spacing exceeds its interval
+            step_h = "t.interval_hours" if entry.gap_grid.step == "stream" else "1.0"
             out.append(con.execute(f"""
                 SELECT source, dataset, instrument,
                        prev + to_microseconds(CAST(round(step_h * 3600e6) AS BIGINT)) AS gap_start,
@@ -109,9 +119,6 @@ def find_holes(con, windows: dict) -> pl.DataFrame:
 
 def detect(con, report) -> dict[str, int]:
     """Record new holes of the streams this run fetched, fill or give up old ones. Returns counts."""
-    from perpwatch import warehouse
-    from perpwatch.ingest.pipeline import overlap
-
     windows = report.windows
     holes = find_holes(con, windows)
     checked = {(s.source, s.name, s.instrument) for s in windows}

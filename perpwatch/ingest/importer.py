@@ -133,8 +133,9 @@ def quarantine_problems(con, rep: ImportReport, run: pipeline.RunReport, bad: li
 
 
 def import_file(kind: str, path: str | Path, db=None, venue: str | None = None, asset: str | None = None,
-                series: str | None = None, tz_offset: str | float | None = None, build: bool = True,
-                publish: bool = True, max_mb: float | None = None) -> ImportReport:
+                series: str | None = None, tz_offset: str | float | None = None,
+                max_mb: float | None = None) -> ImportReport:
+    """Land the file, parse, validate, load. Building marts afterwards is the caller's step (perpwatch.jobs)."""
     kind = imports.kind_of(kind)
     body = read_checked(path, max_bytes(max_mb))
     resolved = str(Path(path).resolve())
@@ -171,7 +172,7 @@ def import_file(kind: str, path: str | Path, db=None, venue: str | None = None, 
                                      dataset=rep.table, endpoint=endpoint, instrument=None, raw_ids=[rep.raw_id],
                                      failed=[{"expectation": "parse", "message": str(exc)}], rows=0,
                                      sample=[body[:300].decode("utf-8", "replace")], message=msg)
-            pipeline.finish(con, run)
+            pipeline.record(con, run)
             rep.status = run.status
             return rep
         rep.fmt, rep.notes, rep.problems = res.fmt, res.notes, res.problems
@@ -191,14 +192,12 @@ def import_file(kind: str, path: str | Path, db=None, venue: str | None = None, 
             pipeline.load_table(con, run, rep.table, [frame], move_watermarks=False)
             if rep.table in ("prices", "open_interest"):
                 pipeline.enrich_open_interest_usd(con)
-        pipeline.finish(con, run)
+        pipeline.record(con, run)
         st = run.stat(imports.SOURCE, rep.table)
         rep.rows, rep.loaded, rep.updated = st.fetched, st.loaded, st.updated
         rep.duplicate, rep.quarantined = st.duplicate, st.quarantined
         rep.status = run.status
         rep.errors = list(run.errors)
-        if build and rep.status != "failed":
-            pipeline.build_and_publish(con, publish=publish)
     finally:
         con.close()
     return rep
@@ -235,8 +234,7 @@ def main(args) -> int:
     try:
         rep = import_file(args.kind, args.file, db=getattr(args, "db", None), venue=getattr(args, "venue", None),
                           asset=getattr(args, "asset", None), series=getattr(args, "series", None),
-                          tz_offset=getattr(args, "tz_offset", None), build=not getattr(args, "no_build", False),
-                          max_mb=getattr(args, "max_size", None))
+                          tz_offset=getattr(args, "tz_offset", None), max_mb=getattr(args, "max_size", None))
     except ImportRefused as exc:
         print(f"import refused: {exc}", file=sys.stderr)
         return 2

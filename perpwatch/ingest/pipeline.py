@@ -17,27 +17,17 @@ import orjson
 import polars as pl
 
 from perpwatch import sources, warehouse
-from perpwatch.core import settings
+from perpwatch.core import settings, tables
 from perpwatch.core.assets import validate_asset, validate_instrument
+from perpwatch.ingest import gaps
 from perpwatch.ingest.validate import Failure, validate
 from perpwatch.sources.base import ParseContext, Stream
 from perpwatch.sources.http import BadPayload, Fetched, SourceError
 
 log = logging.getLogger("perpwatch")
 
-# Load order: instruments first (parsers need contract sizes), prices before open interest
-# (OI without a USD value is valued from the perp close).
-TABLE_ORDER = ["instruments", "prices", "open_interest", "funding_rates", "long_short_ratio", "liquidations",
-               "etf_flows", "macro_closes", "treasury_holdings", "market_caps"]
-TIME_COLUMN = {"funding_rates": "funding_time", "etf_flows": "date", "macro_closes": "date",
-               "treasury_holdings": "as_of", "market_caps": "date"}
 INTERNAL = ["_source", "_stream", "_instrument", "_endpoint"]
 DEFAULT_LOOKBACK = timedelta(days=30)
-
-
-def overlap(stream: Stream) -> timedelta:
-    """Re-read a little before the watermark so late corrections and page edges are caught."""
-    return max(stream.step * 2, timedelta(hours=3))
 
 
 @dataclass
@@ -70,6 +60,24 @@ class RunReport:
 
     def stat(self, source: str, dataset: str) -> DatasetStats:
         return self.stats.setdefault((source, dataset), DatasetStats(source, dataset))
+
+    def merge(self, part: RunReport) -> RunReport:
+        """Fold what one step of this run learned (a fragment with the same run_id) into this report."""
+        for (src, ds), st in part.stats.items():
+            mine = self.stat(src, ds)
+            for k in ("payloads", "fetched", "loaded", "duplicate", "updated", "quarantined", "quarantined_batches"):
+                setattr(mine, k, getattr(mine, k) + getattr(st, k))
+            if st.validation != "skipped":
+                mine.validation = st.validation
+            mine.messages += st.messages
+        self.errors += part.errors
+        self.warnings += part.warnings
+        self.tainted |= part.tainted
+        self.windows.update(part.windows)
+        return self
+
+    def fragment(self) -> RunReport:
+        return RunReport(self.run_id, self.kind)
 
     def totals(self) -> dict[str, int]:
         s = self.stats.values()
@@ -166,7 +174,8 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
         df = merge_instruments(df)
     df = df.with_columns(pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"))
     full = f"staging.{table}"
-    key = warehouse.KEYS[full]
+    entry = tables.table(table)
+    key = list(entry.key)
     for src in df["_source"].unique().to_list():
         report.stat(src, table).fetched += int((df["_source"] == src).sum())
     # Overlapping pages and re-fetched windows repeat keys across payloads: the newest payload wins,
@@ -212,8 +221,8 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
         st.validation = "passed" if outcome.success else "partial"
         with warehouse.transaction(con):
             res = warehouse.upsert(con, full, part.drop(INTERNAL + ["__pos"], strict=False))
-            if move_watermarks and table != "instruments":
-                tcol = TIME_COLUMN.get(table, "ts")
+            if move_watermarks and entry.watermarked:
+                tcol = entry.time_column
                 marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument")
                          .agg(pl.col(tcol).max().alias("last")))
                 for stream, inst, last in marks.iter_rows():
@@ -301,14 +310,12 @@ def value_open_interest(con, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
 # --------------------------------------------------------------------------- extraction
 
 def _window(con, stream: Stream, start: datetime | None, end: datetime) -> tuple[datetime, datetime]:
-    from perpwatch.ingest import gaps
-
     gap = gaps.earliest_open(con, stream)       # rows missing inside stored history: re-read from there
     if start is not None:
-        return (min(start, gap - overlap(stream)) if gap else start), end
+        return (min(start, gap - gaps.overlap(stream)) if gap else start), end
     mark = warehouse.get_watermark(con, stream.source, stream.name, stream.instrument)
-    begin = end - DEFAULT_LOOKBACK if mark is None else mark - overlap(stream)
-    return (min(begin, gap - overlap(stream)) if gap else begin), end
+    begin = end - DEFAULT_LOOKBACK if mark is None else mark - gaps.overlap(stream)
+    return (min(begin, gap - gaps.overlap(stream)) if gap else begin), end
 
 
 def extract_unit(module, client, streams: list[Stream], windows: dict[Stream, tuple[datetime, datetime]],
@@ -332,138 +339,263 @@ def extract_unit(module, client, streams: list[Stream], windows: dict[Stream, tu
     return got
 
 
-@dataclass
-class RunContext:
-    """State of one run shared by its steps (plain functions, wired by pipeline.run or the flows)."""
+# --------------------------------------------------------------------------- one ingest path
+#
+# `ingest()` is the only way a run happens: `perpwatch run/backfill --no-prefect`, the Prefect flows
+# (flows/ingest.py, via a PrefectRunner) and the collector's REST siblings all call it. Its steps take
+# plain values (a run id, a Unit of frozen Streams, raw ids) and return plain values (a report fragment,
+# page references); rate-limited clients and the landing connection live per run in this process
+# (`_RunResources`), looked up by run id — never passed between steps or tasks.
 
-    con: object
+
+@dataclass(frozen=True)
+class Unit:
+    """One coarse unit of extraction: a (source, stream kind) with its instruments' streams and windows.
+
+    Venues budget per endpoint, so kinds run in parallel while the instruments of one kind share its
+    budget in sequence."""
+
+    source: str
+    kind: str                      # e.g. "long_short_ratio/accounts"
+    dataset: str                   # the staging table
+    streams: tuple[Stream, ...]
+    windows: tuple[tuple[datetime, datetime], ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    kind: str
+    db: str | None
+    units: tuple[Unit, ...]
+    report: RunReport              # what preparing learned (instrument load, planning warnings)
+
+
+@dataclass(frozen=True)
+class PageRef:
+    """A landed page, by reference: the load step reads its body back from raw.payloads."""
+
+    raw_id: int
+    source: str
+    endpoint: str
+    status: int
+    stream: str | None
+    instrument: str | None
+
+
+@dataclass(frozen=True)
+class Extracted:
+    pages: tuple[PageRef, ...]
     report: RunReport
-    modules: dict
-    clients: dict
-    assets: list[str]
-    start: datetime | None
-    end: datetime
-    ctx_instruments: dict = field(default_factory=dict)
 
 
-def open_run(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
-             venues: list[str] | None = None, assets: list[str] | None = None, db=None) -> RunContext:
+class _RunResources:
+    """Per run, per process: the landing connection and one rate-limited client per source."""
+
+    def __init__(self, run_id: str, db, chosen: list[str], client_factory=None):
+        available = sources.available()
+        self.con = warehouse.connect(db)
+        self.lander = warehouse.Lander(self.con, run_id)
+        self.modules = {name: available[name] for name in chosen}
+        make = client_factory or (lambda module, lander: module.make_client(lander))
+        self.clients = {name: make(m, self.lander) for name, m in self.modules.items()}
+
+    def close(self) -> None:
+        for cl in self.clients.values():
+            getattr(getattr(cl, "session", None), "close", lambda: None)()
+        self.con.close()
+
+
+_RESOURCES: dict[str, _RunResources] = {}
+
+
+def _resources(run_id: str) -> _RunResources:
+    try:
+        return _RESOURCES[run_id]
+    except KeyError:
+        raise RuntimeError(f"run {run_id} is not open in this process (steps of a run share its process)") from None
+
+
+def choose_sources(venues: list[str] | None) -> list[str]:
     available = sources.available()
     if venues:
-        chosen = venues
+        chosen = list(venues)
     else:
         chosen = settings.venues(list(sources.available(("venues",)))) + \
             settings.providers(list(sources.available(("providers",))))
     unknown = [v for v in chosen if v not in available]
     if unknown:
         raise ValueError(f"unknown or unimplemented venues {unknown}; available: {sorted(available)}")
-    end = (end or datetime.now(UTC)).astimezone(UTC)
-    report = RunReport(run_id=f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", kind=kind)
-    con = warehouse.connect(db)
-    warehouse.start_run(con, report.run_id, kind)
-    lander = warehouse.Lander(con, report.run_id)
-    modules = {name: available[name] for name in chosen}
-    clients = {name: m.make_client(lander) for name, m in modules.items()}
+    return chosen
+
+
+def prepare(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
+            venues: list[str] | None = None, assets: list[str] | None = None, db=None,
+            client_factory=None) -> Plan:
+    """Open the run: record it, refresh instruments, plan units and their windows (DuckDB reads here).
+
+    `client_factory(module, lander)` replaces `module.make_client(lander)` (benchmarks scale budgets)."""
+    chosen = choose_sources(venues)
     assets = [validate_asset(a) for a in (assets or settings.assets())]
-    return RunContext(con, report, modules, clients, assets,
-                      start.astimezone(UTC) if start else None, end)
+    end = (end or datetime.now(UTC)).astimezone(UTC)
+    start = start.astimezone(UTC) if start else None
+    report = RunReport(run_id=f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", kind=kind)
+    res = _RESOURCES[report.run_id] = _RunResources(report.run_id, db, chosen, client_factory)
+    con = res.con
+    warehouse.start_run(con, report.run_id, kind)
+    try:
+        instruments = _refresh_instruments(con, res, report)
+        units = []
+        for (name, kind_), streams in plan_units(res.modules, report, instruments, assets).items():
+            windows = tuple(_window(con, s, start, end) for s in streams)
+            report.windows.update(zip(streams, windows, strict=True))   # finish() checks these for gaps
+            units.append(Unit(name, kind_, streams[0].dataset, tuple(streams), windows))
+    except Exception as exc:
+        report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
+        finish(report, db)
+        raise
+    return Plan(report.run_id, kind, str(db) if db else None, tuple(units), report)
 
 
-def refresh_instruments(rc: RunContext) -> pl.DataFrame:
+def _refresh_instruments(con, res: _RunResources, report: RunReport) -> pl.DataFrame:
     payloads: list[Fetched] = []
-    for name, m in rc.modules.items():
+    for name, m in res.modules.items():
         try:
-            payloads += m.fetch_instruments(rc.clients[name])
+            payloads += m.fetch_instruments(res.clients[name])
         except SourceError as exc:
             venue = getattr(m, "VENUE", name)
-            known = rc.con.execute("SELECT count(*) FROM staging.instruments WHERE venue = ?", [venue]).fetchone()[0]
+            known = con.execute("SELECT count(*) FROM staging.instruments WHERE venue = ?", [venue]).fetchone()[0]
             if known:   # degraded, not failed: this run plans from the instruments stored by earlier runs
-                rc.report.warnings.append(f"instruments not refreshed, using the {known} stored: {exc}")
+                report.warnings.append(f"instruments not refreshed, using the {known} stored: {exc}")
             else:
-                rc.report.errors.append(f"instruments failed: {exc}")
-    parsed = parse_all(rc.con, rc.report, payloads, instrument_context(rc.con))
-    load_table(rc.con, rc.report, "instruments", parsed.frames.get("instruments", []))
-    rc.ctx_instruments = instrument_context(rc.con)
-    return rc.con.sql("SELECT * FROM staging.instruments").pl()
+                report.errors.append(f"instruments failed: {exc}")
+    parsed = parse_all(con, report, payloads, instrument_context(con))
+    load_table(con, report, "instruments", parsed.frames.get("instruments", []))
+    return con.sql("SELECT * FROM staging.instruments").pl()
 
 
-def plan_units(rc: RunContext, instruments: pl.DataFrame) -> dict[tuple[str, str], list[Stream]]:
-    """Coarse units of work, one per (source, stream kind) — e.g. ("okx", "long_short_ratio/accounts") —
-    each with its instruments' streams. Venues budget per endpoint, so kinds run in parallel while
-    the instruments of one kind share its budget in sequence. `streams[0].dataset` is the table."""
+def plan_units(modules: dict, report: RunReport, instruments: pl.DataFrame,
+               assets: list[str]) -> dict[tuple[str, str], list[Stream]]:
+    """Streams per (source, stream kind); names that fail the strict instrument pattern are skipped."""
     units: dict[tuple[str, str], list[Stream]] = defaultdict(list)
-    for name, m in rc.modules.items():
-        for s in m.plan(instruments, rc.assets):
+    for name, m in modules.items():
+        for s in m.plan(instruments, assets):
             try:   # names from venues end up in URLs, file names and logs: strict pattern first
                 validate_instrument(s.instrument)
             except ValueError as exc:
-                rc.report.warnings.append(f"{name}: skipped stream {s.name}: {exc}")
+                report.warnings.append(f"{name}: skipped stream {s.name}: {exc}")
                 continue
             units[(name, s.name)].append(s)
     return dict(units)
 
 
-def windows_for(rc: RunContext, streams: list[Stream]) -> dict[Stream, tuple[datetime, datetime]]:
-    w = {s: _window(rc.con, s, rc.start, rc.end) for s in streams}
-    rc.report.windows.update(w)      # finish() checks these windows for gaps (perpwatch/gaps.py)
-    return w
+def extract(run_id: str, unit: Unit) -> Extracted:
+    """Fetch (and land) every page of one unit. An instrument that fails is reported; the others go on."""
+    res = _resources(run_id)
+    report = RunReport(run_id, "part")
+    pages = extract_streams(res.modules[unit.source], res.clients[unit.source], unit.streams, unit.windows, report)
+    report.stat(unit.source, unit.dataset).payloads += len(pages)
+    return Extracted(tuple(PageRef(p.raw_id, p.source, p.endpoint, p.status, p.stream, p.instrument)
+                           for p in pages), report)
 
 
-def run(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
-        venues: list[str] | None = None, assets: list[str] | None = None, db=None,
-        build: bool = True, publish: bool = False, max_workers: int = 8,
-        progress: Callable[[str], None] | None = None) -> RunReport:
-    """One pass over every configured source: extract from watermarks (or a backfill window)."""
-    say = progress or (lambda _m: None)
-    rc = open_run(kind, start, end, venues, assets, db)
+def extract_streams(module, client, streams, windows, report: RunReport) -> list[Fetched]:
+    got: list[Fetched] = []
+    for s, (start, end) in zip(streams, windows, strict=True):
+        try:
+            for page in module.fetch(client, s, start, end):
+                got.append(page)
+        except BadPayload as exc:
+            # The bad page is already landed and in `got`: parsing quarantines it; paging stops here.
+            report.tainted.add((s.source, s.name, s.instrument))
+            report.stat(s.source, s.dataset).messages.append(f"paging stopped: {exc}")
+        except SourceError as exc:
+            report.tainted.add((s.source, s.name, s.instrument))
+            msg = f"extract failed: {exc}"
+            report.errors.append(msg)
+            report.stat(s.source, s.dataset).messages.append(msg)
+    return got
+
+
+def read_pages(con, refs: Iterable[PageRef]) -> list[Fetched]:
+    """The landed payloads behind page references, in the order given (the later payload wins a key)."""
+    refs = list(refs)
+    if not refs:
+        return []
+    con.register("__refs", pl.DataFrame({"raw_id": [r.raw_id for r in refs]}).to_arrow())
     try:
-        instruments = refresh_instruments(rc)
-        say(f"instruments: {instruments.height} known across {len(rc.modules)} sources")
-        units = plan_units(rc, instruments)
-        fetched: list[Fetched] = []
-        windows = {key: windows_for(rc, ss) for key, ss in units.items()}   # DuckDB reads on this thread
-        with ThreadPoolExecutor(max_workers=max_workers) as pool:
-            futures = {pool.submit(extract_unit, rc.modules[n], rc.clients[n], ss, windows[(n, k)], rc.report):
-                       (n, k, ss[0].dataset) for (n, k), ss in units.items()}
-            for fut, (n, k, d) in futures.items():
-                pages = fut.result()
-                rc.report.stat(n, d).payloads += len(pages)
-                fetched += pages
-                say(f"fetched {n} {k}: {len(pages)} pages")
-        load_parsed(rc.con, rc.report, fetched, rc.ctx_instruments)
+        rows = {r[0]: r[1:] for r in con.execute(
+            "SELECT p.raw_id, p.params, p.fetched_at, p.body, p.encoding FROM raw.payloads p "
+            "JOIN __refs USING (raw_id)").fetchall()}
+    finally:
+        con.unregister("__refs")
+    out = []
+    for r in refs:
+        params, fetched_at, body, enc = rows[r.raw_id]
+        out.append(Fetched(r.raw_id, r.source, r.endpoint, orjson.loads(params) if params else {}, r.status,
+                           warehouse.payload_body(body, enc), r.stream, r.instrument, fetched_at))
+    return out
+
+
+def load(run_id: str, db, pages: Iterable[PageRef], tainted: frozenset = frozenset()) -> RunReport:
+    """Parse the landed pages, validate, load on the grain; watermarks of untainted streams move."""
+    report = RunReport(run_id, "part")
+    report.tainted |= set(tainted)
+    with warehouse.session(db) as con:
+        load_parsed(con, report, read_pages(con, pages), instrument_context(con))
+    report.tainted -= set(tainted)
+    return report
+
+
+class Runner:
+    """How the steps of a run execute: here, in this process (threads for extraction). flows/ingest.py
+    supplies a Runner that makes each step a Prefect task; the steps and their order are the same."""
+
+    def __init__(self, max_workers: int = 8):
+        self.max_workers = max_workers
+
+    def call(self, fn, *args):
+        return fn(*args)
+
+    def map(self, fn, items: list[tuple]) -> list:
+        if not items:
+            return []
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            futures = [pool.submit(fn, *args) for args in items]
+            return [f.result() for f in futures]
+
+
+def ingest(kind: str = "run", start: datetime | None = None, end: datetime | None = None,
+           venues: list[str] | None = None, assets: list[str] | None = None, db=None,
+           runner: Runner | None = None, progress: Callable[[str], None] | None = None) -> RunReport:
+    """One pass over the configured sources: from each stream's watermark, or over [start, end)."""
+    say = progress or (lambda _m: None)
+    runner = runner or Runner()
+    db = str(db) if db else None
+    plan = runner.call(prepare, kind, start, end, venues, assets, db)
+    report = plan.report
+    try:
+        say(f"planned {len(plan.units)} units across {len({u.source for u in plan.units})} sources")
+        results = runner.map(extract, [(plan.run_id, u) for u in plan.units])
+        pages: list[PageRef] = []
+        for u, r in zip(plan.units, results, strict=True):
+            report.merge(r.report)
+            pages += r.pages
+            say(f"fetched {u.source} {u.kind}: {len(r.pages)} pages")
+        report.merge(runner.call(load, plan.run_id, db, tuple(pages), frozenset(report.tainted)))
     except Exception as exc:
-        rc.report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
-        finish(rc.con, rc.report)
-        rc.con.close()
+        report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
+        finish(report, db)
         raise
-    finish(rc.con, rc.report)
-    say(f"loaded: {rc.report.totals()} status={rc.report.status}")
-    if build:
-        build_and_publish(rc.con, publish)
-    rc.con.close()
-    return rc.report
-
-
-def build_and_publish(con, publish: bool = False) -> dict[str, float]:
-    from perpwatch.transforms import build_all
-
-    timings = build_all(con)
-    if publish:
-        warehouse.publish(con=con)
-    from perpwatch.serving import (
-        alerts,  # webhook delivery of new alerts; disabled without PERPWATCH_ALERT_WEBHOOK
-    )
-
-    delivery = alerts.deliver(con)
-    for err in delivery.errors:
-        log.warning(err)
-    return timings
+    finish(report, db)
+    say(f"loaded: {report.totals()} status={report.status}")
+    return report
 
 
 def load_parsed(con, report: RunReport, payloads: list[Fetched], ctx_instruments: dict,
                 move_watermarks: bool = True) -> None:
     parsed = parse_all(con, report, payloads, ctx_instruments)
-    for table in TABLE_ORDER:
+    for table in tables.LOAD_ORDER:
         if table in parsed.frames:
             frames = parsed.frames[table]
             if table == "open_interest":
@@ -474,10 +606,22 @@ def load_parsed(con, report: RunReport, payloads: list[Fetched], ctx_instruments
     enrich_open_interest_usd(con)
 
 
-def finish(con, report: RunReport) -> None:
-    if report.windows:
-        from perpwatch.ingest import gaps
+def finish(report: RunReport, db=None) -> None:
+    """Close the run: gap detection, reconciliation, status, meta.runs — then release its resources."""
+    res = _RESOURCES.pop(report.run_id, None)
+    try:
+        if res is not None:
+            record(res.con, report)
+        else:
+            with warehouse.session(db) as con:
+                record(con, report)
+    finally:
+        if res is not None:
+            res.close()
 
+
+def record(con, report: RunReport) -> None:
+    if report.windows:
         try:
             gaps.detect(con, report)
         except Exception as exc:  # noqa: BLE001 - gap bookkeeping must not lose the run's record
@@ -512,7 +656,7 @@ def replay(db=None, progress: Callable[[str], None] | None = None) -> RunReport:
     try:
         warehouse.start_run(con, report.run_id, "replay")
         with warehouse.transaction(con):
-            for table in TABLE_ORDER:
+            for table in tables.LOAD_ORDER:
                 con.execute(f"DELETE FROM staging.{table}")
         known = set(sources.ALL_MODULES)
         rows = con.execute("""SELECT raw_id, source, endpoint, params, fetched_at, http_status, body, encoding
@@ -532,7 +676,7 @@ def replay(db=None, progress: Callable[[str], None] | None = None) -> RunReport:
         rest = [p for p in payloads if not _is_instrument_endpoint(p)]
         load_parsed(con, report, rest, ctx, move_watermarks=False)
     finally:
-        finish(con, report)
+        record(con, report)
         con.close()
     return report
 

@@ -244,10 +244,10 @@ def chart_liquidations(con, names: list[str], since: date) -> str | None:
 
 
 def chart_heatmaps(con, names: list[str]) -> list[tuple[str, str]]:
-    """(asset, base64 PNG) for each asset with heatmap rows, drawn by perpwatch.transforms.heatmap.render."""
+    """(asset, base64 PNG) for each asset with heatmap rows, drawn by perpwatch.serving.render."""
     if not names or not table_exists(con, "marts.liquidation_heatmap"):
         return []
-    from perpwatch.transforms.heatmap import render
+    from perpwatch.serving.render import render
 
     have = {r[0] for r in con.execute("SELECT DISTINCT asset FROM marts.liquidation_heatmap").fetchall()}
     out = []

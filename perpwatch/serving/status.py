@@ -18,31 +18,12 @@ from pathlib import Path
 import duckdb
 
 from perpwatch import warehouse
-from perpwatch.core import settings
+from perpwatch.core import settings, tables
 
-# How old the newest row of a dataset may be before it counts as stale. Hourly series run every hour
-# (prefect.yaml) and their last complete bar is ~1 h old; funding is paid every 8 h at most; the daily
-# providers publish on business days, after the US close, so a weekend plus a holiday is normal.
-MAX_LAG: dict[str, timedelta] = {
-    "prices": timedelta(hours=3),
-    "open_interest": timedelta(hours=3),
-    "long_short_ratio": timedelta(hours=3),
-    "liquidations": timedelta(hours=6),
-    "funding_rates": timedelta(hours=8 + 3),
-    "instruments": timedelta(days=2),
-    "market_caps": timedelta(days=2),
-    "treasury_holdings": timedelta(days=2),
-    "etf_flows": timedelta(days=4),
-    "macro_closes": timedelta(days=4),
-}
+# How old the newest row of a dataset may be (max_lag), its schedule and time column: the table
+# registry (perpwatch/core/tables.py). Watermark datasets outside the registry default to 2 days.
 DEFAULT_MAX_LAG = timedelta(days=2)
-SCHEDULE = {"prices": "hourly", "open_interest": "hourly", "long_short_ratio": "hourly",
-            "liquidations": "hourly", "funding_rates": "8h", "etf_flows": "business days",
-            "macro_closes": "business days"}
-TIME_COLUMNS = {"instruments": "as_of", "funding_rates": "funding_time", "etf_flows": "date",
-                "macro_closes": "date", "treasury_holdings": "as_of", "market_caps": "date"}
-STAGING = ["instruments", "prices", "open_interest", "funding_rates", "long_short_ratio", "liquidations",
-           "etf_flows", "macro_closes", "treasury_holdings", "market_caps"]
+STAGING = list(tables.LOAD_ORDER)
 
 
 # --------------------------------------------------------------------------- reading
@@ -109,26 +90,25 @@ def freshness(con, now: datetime) -> list[dict]:
         FROM meta.watermarks GROUP BY source, dataset ORDER BY source, dataset""").fetchall()
     out = []
     for source, dataset, n, newest, oldest in rows:
-        base = dataset.split("/", 1)[0]
-        allowed = MAX_LAG.get(base, DEFAULT_MAX_LAG)
+        entry = tables.BY_NAME.get(dataset.split("/", 1)[0])
+        allowed = entry.max_lag if entry else DEFAULT_MAX_LAG
         newest, oldest = _as_utc(newest), _as_utc(oldest)
         lag = now - newest if newest else None
         lagging = con.execute("SELECT count(*) FROM meta.watermarks WHERE source=? AND dataset=? AND last_ts < ?",
                               [source, dataset, now - allowed]).fetchone()[0]
-        out.append({"source": source, "dataset": dataset, "schedule": SCHEDULE.get(base, "daily"),
+        out.append({"source": source, "dataset": dataset, "schedule": entry.schedule if entry else "daily",
                     "instruments": n, "newest": newest, "lag_s": lag.total_seconds() if lag else None,
                     "max_lag_s": allowed.total_seconds(), "stale": lag is None or lag > allowed,
                     "instruments_lagging": lagging, "oldest": oldest})
     return out
 
 
-def tables(con, now: datetime) -> list[dict]:
+def staging_tables(con, now: datetime) -> list[dict]:
     out = []
-    for name in STAGING:
-        full = f"staging.{name}"
+    for t in tables.STAGING:
+        full, tcol = t.qualified, t.time_column
         if not table_exists(con, full):
             continue
-        tcol = TIME_COLUMNS.get(name, "ts")
         cols = columns(con, full)
         who = "venue" if "venue" in cols else ("source" if "source" in cols else None)
         n, newest, groups = con.execute(
@@ -180,7 +160,7 @@ def collect(con, now: datetime | None = None) -> dict:
     from perpwatch.ingest import gaps
 
     open_gaps = gaps.open_gaps(con).head(50).to_dicts()
-    return {"now": now, "freshness": fresh, "tables": tables(con, now), "runs": runs,
+    return {"now": now, "freshness": fresh, "tables": staging_tables(con, now), "runs": runs,
             "quarantine_open": n_quarantined, "quarantine": quarantined, "gaps": open_gaps,
             "stale": sum(1 for f in fresh if f["stale"]),
             "ok": not any(f["stale"] for f in fresh) and n_quarantined == 0
