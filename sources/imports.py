@@ -440,8 +440,7 @@ def shape_generic(df: pl.DataFrame, table: str, params: dict, ctx: ParseContext,
     frame, problems = convert(df, table, offset or 0.0)
     bad = {p["row"] for p in problems}
     frame = frame.filter(~pl.col("_row").is_in(sorted(bad)))
-    lit = {"venue": _infer_venue(params) if table not in ("etf_flows", "macro_closes", "treasury_holdings",
-                                                          "market_caps") else None,
+    lit = {"venue": _infer_venue(params) if not tables.table(table).provider else None,
            "asset": _infer_asset(params), "series": params.get("series")}
     for col, val in lit.items():
         if col in types and val:
@@ -512,7 +511,7 @@ def derive(df: pl.DataFrame, table: str, ctx: ParseContext) -> pl.DataFrame:
             df = df.with_columns(pl.lit("1d" if daily else "1h").alias("interval"))
     if table == "treasury_holdings" and not has("as_of"):
         df = df.with_columns(pl.lit(ctx.fetched_at.astimezone(UTC).date(), pl.Date).alias("as_of"))
-    if table in ("etf_flows", "macro_closes", "treasury_holdings", "market_caps") and not has("source"):
+    if tables.table(table).provider and not has("source"):
         df = df.with_columns(pl.lit(SOURCE).alias("source"))
     if table == "etf_flows" and has("ticker"):
         df = df.with_columns(pl.col("ticker").str.to_uppercase())

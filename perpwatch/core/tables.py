@@ -36,6 +36,7 @@ class Table:
     snapshot: bool = False         # a dimension read whole (incremental builds never filter it)
     gap_grid: GapGrid | None = None   # a regular series checked for holes
     watermarked: bool = True       # loads move meta.watermarks (instruments do not)
+    provider: bool = False         # rows of a data provider (no venue/instrument columns)
 
     @property
     def qualified(self) -> str:
@@ -64,10 +65,11 @@ STAGING: tuple[Table, ...] = (
           gap_grid=GapGrid("population")),
     Table("liquidations", ("venue", "instrument", "ts", "side", "price", "qty_base"), "ts", timedelta(hours=6),
           "hourly"),
-    Table("etf_flows", ("date", "ticker"), "date", timedelta(days=4), "business days"),
-    Table("macro_closes", ("date", "series"), "date", timedelta(days=4), "business days"),
-    Table("treasury_holdings", ("as_of", "company"), "as_of", timedelta(days=2), "daily"),
-    Table("market_caps", ("date", "asset"), "date", timedelta(days=2), "daily"),
+    Table("etf_flows", ("date", "ticker"), "date", timedelta(days=4), "business days",
+          provider=True),
+    Table("macro_closes", ("date", "series"), "date", timedelta(days=4), "business days", provider=True),
+    Table("treasury_holdings", ("as_of", "company"), "as_of", timedelta(days=2), "daily", provider=True),
+    Table("market_caps", ("date", "asset"), "date", timedelta(days=2), "daily", provider=True),
 )
 
 BY_NAME: dict[str, Table] = {t.name: t for t in STAGING}
