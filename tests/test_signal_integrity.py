@@ -1,3 +1,4 @@
+# ruff: noqa: F401, F811  (pytest fixtures imported from tests/test_signals.py)
 """Issue 13: alerts only for finished days, coverage changes that are not market moves, and
 liquidation capture gaps that are missing data, not quiet days. Expected values are written out.
 
