@@ -421,3 +421,19 @@ def test_render_errors_clearly_without_rows(tmp_path):
     write_mart(con)
     with pytest.raises(ValueError, match="no heatmap rows for asset 'DOGE'"):
         render(con, "DOGE", 7, tmp_path / "x.png")
+
+
+def test_a_traded_through_level_is_removed_once_not_also_scaled_off():
+    """Issue 13: the hour that trades through the long level and shows the OI drop it caused."""
+    entry = 100.0
+    long_level = entry * (1 - 0.1 + 0.004)  # 90.4, $600k; short level 109.6, $400k
+    rows = [bar(0, 100, 100.5, 99.5, 100, 10_000_000), bar(1, 99, 102, 98, 100, 11_000_000)]
+    state, _ = step(new_state(ONE_TIER), bars_frame(rows))
+    # price falls through 90.4 and OI drops by exactly the $600k liquidated: 11.0M -> 10.4M
+    state, hm = step(state, bars_frame([bar(2, 100, 101, long_level, 95, 10_400_000)]))
+    # the short level keeps its $400k: survivors stand for 11.0M - 0.6M = 10.4M of OI, all still open.
+    # (Scaling them by the full drop as well, 10.4 / 11.0, would have left $378,182: double counting.)
+    assert hm["est_liquidation_usd"].to_list() == [pytest.approx(400_000)]
+    # a drop beyond the liquidations (to 5.2M) scales survivors by 5.2 / 10.4 = 0.5 only
+    state, hm = step(state, bars_frame([bar(3, 95, 105, 94, 96, 5_200_000)]))
+    assert hm["est_liquidation_usd"].to_list() == [pytest.approx(200_000)]

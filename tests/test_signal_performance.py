@@ -44,24 +44,81 @@ def one(df: pl.DataFrame, signal: str, asset: str, h: int) -> dict:
     return out.row(0, named=True)
 
 
+def reference_hac_t(y, x, dates, lag):
+    """Reference Newey-West t of b in y = a + b x: plain numpy, scores summed per date, Bartlett weights."""
+    import numpy as np
+
+    y, x, dates = np.asarray(y, float), np.asarray(x, float), np.asarray(dates)
+    X = np.column_stack([np.ones_like(y), x])
+    b = np.linalg.inv(X.T @ X) @ X.T @ y
+    u = y - X @ b
+    uniq = np.unique(dates)
+    G = np.array([(X[dates == d] * u[dates == d][:, None]).sum(axis=0) for d in uniq])
+    S = sum(np.outer(G[t], G[t]) for t in range(len(uniq)))
+    for k in range(1, lag + 1):
+        w = 1 - k / (lag + 1)
+        for t in range(k, len(uniq)):
+            S = S + w * (np.outer(G[t], G[t - k]) + np.outer(G[t - k], G[t]))
+    B = np.linalg.inv(X.T @ X)
+    return b[1] / math.sqrt((B @ S @ B)[1, 1])
+
+
+def test_hac_t_stat_matches_a_reference_on_overlapping_windows():
+    """h = 3 forward returns of events on days 2, 3 (one episode) and 10 overlap: lag 2 Newey-West."""
+    closes = {i: 100.0 + 3 * ((i * 7) % 5) - (4 if i in (4, 5, 12) else 0) for i in range(16)}
+    out = sp.evaluate(frame("BTC", closes, flags={2, 3, 10}), [SIG_DOWN], [3])
+    r = one(out, "down_after", "BTC", 3)
+    fwd = {i: closes[i + 3] / closes[i] - 1 for i in range(13)}
+    # baseline: days with a 3-day return and no event within 2 days: 6, 7 (0, 1, 4, 5, 8, 9, 11, 12 are near)
+    base_days = [6, 7]
+    assert (r["n_events"], r["n_episodes"], r["baseline_n"]) == (3, 2, 2)
+    days = [2, 3, 10] + base_days
+    y, x = [fwd[i] for i in days], [1, 1, 1, 0, 0]
+    t = reference_hac_t(y, x, days, 2)
+    assert r["t_stat"] == pytest.approx(t, rel=1e-9)
+    naive = (sum(y[:3]) / 3 - sum(y[3:]) / 2) / (statistics.stdev(y[:3]) / math.sqrt(3))
+    assert abs(r["t_stat"] - naive) > 1e-6          # not the old iid t
+    assert r["se_method"] == "newey_west" and r["n_tests"] == 1
+
+
+def test_pooled_t_stat_clusters_same_day_events_by_date():
+    closes = {i: 100.0 + 3 * ((i * 7) % 5) for i in range(12)}
+    eth = {i: 50.0 + 2 * ((i * 3) % 4) for i in range(12)}
+    daily = pl.concat([frame("BTC", closes, flags={2, 8}), frame("ETH", eth, flags={2, 8})])
+    out = sp.evaluate(daily, [SIG_DOWN], [1])
+    r = one(out, "down_after", "ALL", 1)
+    ys, xs, ds = [], [], []
+    for c in (closes, eth):
+        for i in range(11):
+            ys.append(c[i + 1] / c[i] - 1)
+            xs.append(1.0 if i in (2, 8) else 0.0)
+            ds.append(i)
+    assert r["t_stat"] == pytest.approx(reference_hac_t(ys, xs, ds, 0), rel=1e-9)
+    assert r["se_method"] == "driscoll_kraay_by_date"
+
+
 def test_event_and_baseline_statistics_by_hand():
     daily = frame("BTC", CLOSES, flags={1, 2, 4, 9})  # day 9 has no close 1 day later: not an event
     out = sp.evaluate(daily, [SIG_DOWN], [1, 2])
     r = one(out, "down_after", "BTC", 1)
     events = [99 / 110 - 1, 0.0, 90 / 120 - 1]  # -0.1, 0, -0.25
     base = [0.1, 99 / 110 - 1, 0.0, 120 / 99 - 1, 90 / 120 - 1, 0.0, 100 / 90 - 1, 0.0, 0.0]
-    assert (r["n_events"], r["n_episodes"], r["baseline_n"]) == (3, 2, 9)  # days 1-2 are one episode
+    # baseline: available days outside event windows (h = 1: the non-event days 0, 3, 5, 6, 7, 8)
+    assert (r["n_events"], r["n_episodes"], r["baseline_n"]) == (3, 2, 6)  # days 1-2 are one episode
     assert r["mean_forward_return"] == pytest.approx(-0.35 / 3)
     assert r["median_forward_return"] == pytest.approx(-0.1)
-    assert r["baseline_mean_return"] == pytest.approx(sum(base) / 9)
-    assert r["excess_return"] == pytest.approx(-0.35 / 3 - sum(base) / 9)
+    base = [b for i, b in enumerate(base) if i not in (1, 2, 4)]   # events left out of the baseline
+    assert r["baseline_mean_return"] == pytest.approx(sum(base) / 6)
+    assert r["excess_return"] == pytest.approx(-0.35 / 3 - sum(base) / 6)
     assert r["hit_rate"] == pytest.approx(2 / 3)  # a zero return is a miss
-    assert r["baseline_hit_rate"] == pytest.approx(2 / 9)
-    sd = statistics.stdev(events)
-    assert r["t_stat"] == pytest.approx((-0.35 / 3 - sum(base) / 9) / (sd / math.sqrt(3)))
+    assert r["baseline_hit_rate"] == pytest.approx(0 / 6)
+    # h = 1: lag 0, so the HAC variance is White's: sum of squared OLS scores, sandwich
+    y = events + base
+    x = [1.0] * 3 + [0.0] * 6
+    assert r["t_stat"] == pytest.approx(reference_hac_t(y, x, list(range(9)), 0))
     assert r["mean_max_drawdown"] == pytest.approx((0.1 + 0.0 + 0.25) / 3)
     assert r["mean_abs_forward_return"] == pytest.approx(0.35 / 3)
-    assert r["baseline_mean_abs_return"] == pytest.approx(sum(abs(x) for x in base) / 9)
+    assert r["baseline_mean_abs_return"] == pytest.approx(sum(abs(x) for x in base) / 6)
     assert (r["first_date"], r["last_date"]) == (D0, D0 + timedelta(days=8))
     assert (r["expected_sign"], r["expected_from"]) == (-1, "seed")
 
@@ -72,7 +129,9 @@ def test_event_and_baseline_statistics_by_hand():
     assert r2["mean_max_drawdown"] == pytest.approx(0.35 / 3)
     # baseline day 3: 99 -> 120 -> 90 falls 25 % from the new peak, not 9 % from the entry
     mdd = [0.1, 0.1, 0.0, 0.25, 0.25, 0.0, 0.0, 0.0]  # days 0..7
-    assert r2["baseline_mean_max_drawdown"] == pytest.approx(sum(mdd) / 8)
+    # h = 2 baseline: days 0, 3, 5 lie within 1 day of an event (1, 2, 4): only days 6, 7 remain
+    assert r2["baseline_n"] == 2
+    assert r2["baseline_mean_max_drawdown"] == pytest.approx((mdd[6] + mdd[7]) / 2)
 
 
 def test_missing_days_break_forward_windows_and_availability_defines_the_baseline():
@@ -80,9 +139,9 @@ def test_missing_days_break_forward_windows_and_availability_defines_the_baselin
     daily = frame("ETH", {0: 100, 1: 200, 3: 100, 4: 50, 5: 50}, flags={1, 3}, avail={1, 3, 4})
     out = sp.evaluate(daily, [SIG_DOWN], [1, 2])
     r1 = one(out, "down_after", "ETH", 1)
-    assert (r1["n_events"], r1["baseline_n"]) == (1, 2)  # day 1 dropped; baseline = available days 3, 4
+    assert (r1["n_events"], r1["baseline_n"]) == (1, 1)  # day 1 dropped; baseline = available non-event day 4
     assert r1["mean_forward_return"] == pytest.approx(-0.5)
-    assert r1["baseline_mean_return"] == pytest.approx((-0.5 + 0.0) / 2)
+    assert r1["baseline_mean_return"] == pytest.approx(0.0)  # day 4: 50 -> 50
     r2 = one(out, "down_after", "ETH", 2)
     assert r2["n_events"] == 2  # day 1 (100 / 200 - 1) and day 3 (50 / 100 - 1)
     assert r2["mean_forward_return"] == pytest.approx(-0.5)
@@ -97,7 +156,7 @@ def test_no_direction_claim_has_no_hit_rate_and_pooled_rows():
     assert r["hit_rate"] is None and r["baseline_hit_rate"] is None
     assert r["mean_abs_forward_return"] == pytest.approx((0.1 + 0.25) / 2)
     pooled = one(out, "size_after", "ALL", 1)
-    assert (pooled["n_events"], pooled["n_episodes"], pooled["baseline_n"]) == (3, 3, 18)
+    assert (pooled["n_events"], pooled["n_episodes"], pooled["baseline_n"]) == (3, 3, 15)
     assert pooled["mean_forward_return"] == pytest.approx((99 / 110 - 1 + 0.0 + 90 / 120 - 1) / 3)
     assert sorted(out["asset"].unique()) == ["ALL", "BTC", "ETH"]
 
@@ -156,7 +215,7 @@ def test_mart_builds_from_daily_signals():
     finally:
         con.close()
     r = one(perf, "regime:rising_oi_rising_price", "BTC", 1)
-    assert (r["n_events"], r["baseline_n"]) == (1, 2)  # regime known on days 1-3; day 3 has no next close
+    assert (r["n_events"], r["baseline_n"]) == (1, 1)  # regime known on days 1-3; day 3 has no next close
     assert r["mean_forward_return"] == pytest.approx(127.5 / 136 - 1)
     assert r["hit_rate"] == 0.0 and r["expected_sign"] == 1
     assert list(perf.columns[:3]) == ["signal", "asset", "horizon_days"]

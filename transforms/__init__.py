@@ -6,10 +6,12 @@ Build order comes from declared inputs: the schema-qualified names a SQL file re
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import re
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from graphlib import TopologicalSorter
 from pathlib import Path
 
@@ -22,6 +24,14 @@ from perpwatch.core.settings import signal_settings
 HERE = Path(__file__).resolve().parent
 REF = re.compile(r"\b(staging|marts)\.([a-z_][a-z0-9_]*)\b")
 PARAM = re.compile(r"\{\{\s*([a-z_]+)\.([a-z_0-9]+)\s*\}\}")
+# The build's clock: `{{build.now_us}}` in a SQL mart is this instant (epoch microseconds, UTC).
+# build_all/build_incremental set it from their `now` argument (tests inject e.g. 03:00 UTC);
+# it decides which days are complete (docs/signals.md, "Completeness").
+BUILD_NOW: contextvars.ContextVar[datetime | None] = contextvars.ContextVar("build_now", default=None)
+
+
+def build_now() -> datetime:
+    return (BUILD_NOW.get() or datetime.now(UTC)).astimezone(UTC)
 
 
 @dataclass
@@ -79,6 +89,9 @@ def render_sql(text: str) -> str:
     cfg = signal_settings()
 
     def sub(m: re.Match) -> str:
+        if m.group(1) == "build" and m.group(2) == "now_us":
+            now = build_now()
+            return str(int(now.timestamp()) * 1_000_000 + now.microsecond)
         value = cfg[m.group(1)][m.group(2)]
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"setting {m.group(1)}.{m.group(2)} must be a number, got {value!r}")
@@ -87,8 +100,17 @@ def render_sql(text: str) -> str:
     return PARAM.sub(sub, text)
 
 
-def build_all(con, only: list[str] | None = None) -> dict[str, float]:
-    """Rebuild every mart (or `only` and what they need), in dependency order. Returns seconds per table."""
+def build_all(con, only: list[str] | None = None, now: datetime | None = None) -> dict[str, float]:
+    """Rebuild every mart (or `only` and what they need), in dependency order. Returns seconds per table.
+    `now`: the build's clock (default: the wall clock), which decides the `complete` flags."""
+    token = BUILD_NOW.set(now or datetime.now(UTC))
+    try:
+        return _build_all(con, only)
+    finally:
+        BUILD_NOW.reset(token)
+
+
+def _build_all(con, only: list[str] | None) -> dict[str, float]:
     models = discover()
     timings: dict[str, float] = {}
     wanted = _with_inputs(con, models, only) if only else None
@@ -212,8 +234,16 @@ def incremental_plan(con, since, models: dict[str, Model] | None = None) -> dict
     return plan
 
 
-def build_incremental(con, since, only: list[str] | None = None) -> dict[str, float]:
+def build_incremental(con, since, only: list[str] | None = None, now: datetime | None = None) -> dict[str, float]:
     """Recompute opted-in marts from `since` (a date) on; rebuild the rest in full. Seconds per table."""
+    token = BUILD_NOW.set(now or datetime.now(UTC))
+    try:
+        return _build_incremental(con, since, only)
+    finally:
+        BUILD_NOW.reset(token)
+
+
+def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
     models = discover()
     plan = incremental_plan(con, since, models)
     need = plan.pop("__need__")

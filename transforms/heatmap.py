@@ -254,8 +254,9 @@ def step(state: HeatmapState, bars: pl.DataFrame) -> tuple[HeatmapState, pl.Data
                 continue
             # 1. price trades through levels opened in earlier hours
             lp_keep = np.searchsorted(lp, lo, "left")  # long dies when low <= level
-            lp, lu = lp[:lp_keep], lu[:lp_keep]
             sp_drop = np.searchsorted(sp, h, "right")  # short dies when high >= level
+            removed = float(lu[lp_keep:].sum() + su[:sp_drop].sum())  # USD liquidated by the move
+            lp, lu = lp[:lp_keep], lu[:lp_keep]
             sp, su = sp[sp_drop:], su[sp_drop:]
             # 2. open-interest change
             if oi == oi:  # not NaN
@@ -263,7 +264,11 @@ def step(state: HeatmapState, bars: pl.DataFrame) -> tuple[HeatmapState, pl.Data
                 if prev is not None and prev > 0:
                     d = oi - prev
                     if d < 0:
-                        ratio = max(oi, 0.0) / prev
+                        # the traded-through levels above already account for `removed` of the drop:
+                        # survivors stand for prev - removed of OI and are scaled to what is left
+                        # (never up), so a liquidated level is not removed AND scaled off again
+                        rest = prev - removed
+                        ratio = min(max(oi, 0.0) / rest, 1.0) if rest > 0 else 0.0
                         if ratio > 0:
                             lu, su = lu * ratio, su * ratio
                         else:

@@ -128,3 +128,15 @@ CREATE TABLE IF NOT EXISTS meta.gaps (
     status VARCHAR NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, detected_at TIMESTAMPTZ,
     detected_run VARCHAR, resolved_at TIMESTAMPTZ, resolved_run VARCHAR
 );
+
+-- Publication time of provider rows (docs/signals.md, "Publication time"): when a row dated D became
+-- known. NULL = the [availability] lag of perpwatch/signals.toml applies; marts join on it, not on date.
+ALTER TABLE staging.etf_flows ADD COLUMN IF NOT EXISTS available_at TIMESTAMPTZ;
+ALTER TABLE staging.macro_closes ADD COLUMN IF NOT EXISTS available_at TIMESTAMPTZ;
+ALTER TABLE staging.treasury_holdings ADD COLUMN IF NOT EXISTS available_at TIMESTAMPTZ;
+
+-- [venue, hour] seconds each liquidation websocket stream was connected inside each UTC hour
+-- (perpwatch/collector.py). Hours without a row were not captured: marts treat them as missing, not zero.
+CREATE TABLE IF NOT EXISTS meta.liquidation_coverage (
+    venue VARCHAR NOT NULL, hour TIMESTAMPTZ NOT NULL, covered_s DOUBLE NOT NULL, updated_at TIMESTAMPTZ
+);

@@ -1,15 +1,24 @@
-"""Deliver new rows of marts.alerts to a webhook, each alert once.
+"""Deliver marts.alerts to a webhook: final alerts once, provisional ones explicitly, changes as revisions.
 
     PERPWATCH_ALERT_WEBHOOK=https://hooks.example/... python -m perpwatch.serving.alerts [--db FILE]
 
-Each undelivered alert (no row with its (ts, asset, rule) in meta.alert_deliveries) whose
-day ended at most [alerts] delivery_max_age_hours ago is POSTed as one JSON object, oldest
-first; a 2xx answer records it in meta.alert_deliveries. The first failure stops the run and
-leaves that alert and the later ones for the next run, so delivery is in order and at least
-once (a crash between the answer and the record can repeat one alert). The body carries the
-alert's columns plus a `text` line, which Slack- and Mattermost-style incoming webhooks show
-as is. The webhook URL often embeds a secret: it is never logged or stored, errors name
-only its host.
+meta.alert_deliveries is a log of what was sent, one row per message; the latest row of an alert
+key (ts, asset, rule) is its delivered state: status (provisional | final | withdrawn), severity
+and message. Each run compares marts.alerts (only days whose end lies at most [alerts]
+delivery_max_age_hours back) with that state and sends, oldest first:
+
+- `final`: an alert of a complete day (marts.alerts.complete) never sent as final, or whose
+  severity or message differs from what was sent (a rebuild with late data: `revised` = true);
+- `provisional`: an alert of an unfinished day, only when [alerts] deliver_provisional = 1,
+  and again when its content changes;
+- `withdrawn`: a key whose last delivery was not a withdrawal and that is no longer in
+  marts.alerts, once its day is complete (or it was sent as final): the rule stopped firing.
+
+A rebuild that reproduces the same alerts sends nothing; one that changes or drops them sends the
+change. A 2xx answer appends the row; the first failure stops the run and leaves the rest for the
+next one (in order, at least once). The body carries the alert's columns, `status`, `revised` and a
+`text` line (Slack/Mattermost style). The webhook URL often embeds a secret: it is never logged or
+stored, errors name only its host.
 """
 
 from __future__ import annotations
@@ -38,7 +47,13 @@ CREATE TABLE IF NOT EXISTS {DELIVERIES} (
     ts TIMESTAMPTZ NOT NULL, asset VARCHAR NOT NULL, rule VARCHAR NOT NULL,
     delivered_at TIMESTAMPTZ NOT NULL, http_status INTEGER
 );
+ALTER TABLE {DELIVERIES} ADD COLUMN IF NOT EXISTS status VARCHAR;
+ALTER TABLE {DELIVERIES} ADD COLUMN IF NOT EXISTS severity VARCHAR;
+ALTER TABLE {DELIVERIES} ADD COLUMN IF NOT EXISTS message VARCHAR;
+ALTER TABLE {DELIVERIES} ADD COLUMN IF NOT EXISTS seq BIGINT;
+ALTER TABLE {DELIVERIES} ADD COLUMN IF NOT EXISTS value DOUBLE;
 """
+STATUSES = ("provisional", "final", "withdrawn")
 
 
 @dataclass
@@ -67,14 +82,19 @@ def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     )
 
 
+def _deliver_provisional() -> bool:
+    return bool(signal_settings()["alerts"].get("deliver_provisional", 0))
+
+
 def pending(
     con: duckdb.DuckDBPyConnection,
     *,
     now: datetime | None = None,
     max_age_hours: float | None = None,
     min_severity: str = "info",
+    provisional: bool | None = None,
 ) -> list[dict]:
-    """Undelivered alerts no older than max_age_hours (by ts, the end of their day), oldest first."""
+    """What a delivery run would send now, oldest first: alert rows plus `status` and `revised`."""
     if min_severity not in SEVERITIES:
         raise ValueError(f"min_severity must be one of {SEVERITIES}, got {min_severity!r}")
     if not _exists(con, ALERTS):
@@ -83,17 +103,65 @@ def pending(
     now = (now or datetime.now(UTC)).astimezone(UTC)
     if max_age_hours is None:
         max_age_hours = float(signal_settings()["alerts"]["delivery_max_age_hours"])
+    if provisional is None:
+        provisional = _deliver_provisional()
     allowed = list(SEVERITIES[SEVERITIES.index(min_severity) :])
+    since = now - timedelta(hours=max_age_hours)
+    has_complete = "complete" in [r[0] for r in con.execute(f"DESCRIBE {ALERTS}").fetchall()]
+    complete = "a.complete" if has_complete else "a.ts <= ?::TIMESTAMPTZ"
+    day_done = ("(SELECT bool_and(s.complete) FROM marts.daily_signals s "
+                "WHERE s.date = CAST(l.ts AS DATE) - 1 AND (s.asset = l.asset OR l.asset = 'ALL'))"
+                if has_complete else "NULL")
     cur = con.execute(
-        f"""SELECT a.* FROM {ALERTS} a
-            WHERE a.ts >= ?::TIMESTAMPTZ AND list_contains(?, a.severity)
-              AND NOT EXISTS (SELECT 1 FROM {DELIVERIES} d
-                              WHERE d.ts = a.ts AND d.asset = a.asset AND d.rule = a.rule)
-            ORDER BY a.ts, a.asset, a.rule""",
-        [now - timedelta(hours=max_age_hours), allowed],
+        f"""WITH last AS (
+                SELECT * FROM {DELIVERIES}
+                QUALIFY row_number() OVER (PARTITION BY ts, asset, rule
+                                           ORDER BY delivered_at DESC, seq DESC NULLS LAST) = 1
+            ),
+            cur AS (
+                SELECT a.*, {complete} AS __complete FROM {ALERTS} a
+                WHERE a.ts >= ?::TIMESTAMPTZ AND list_contains(?, a.severity)
+            )
+            SELECT c.*, l.status AS __last_status, l.severity AS __last_severity, l.message AS __last_message,
+                   l.delivered_at AS __last_at, false AS __gone
+            FROM cur c LEFT JOIN last l USING (ts, asset, rule)
+            UNION ALL BY NAME
+            SELECT l.ts, l.asset, l.rule, l.severity, l.message, l.value, CAST(l.ts AS DATE) - 1 AS date,
+                   coalesce({day_done}, l.ts <= ?::TIMESTAMPTZ) AS __complete,
+                   l.status AS __last_status, l.severity AS __last_severity, l.message AS __last_message,
+                   l.delivered_at AS __last_at, true AS __gone
+            FROM last l
+            WHERE l.ts >= ?::TIMESTAMPTZ AND coalesce(l.status, 'final') <> 'withdrawn'
+              AND list_contains(?, coalesce(l.severity, 'info'))
+              AND NOT EXISTS (SELECT 1 FROM {ALERTS} c WHERE c.ts = l.ts AND c.asset = l.asset AND c.rule = l.rule)
+            ORDER BY ts, asset, rule""",
+        ([now] if not has_complete else []) + [since, allowed, now - timedelta(hours=1), since, allowed],
     )
     cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    out = []
+    for row in cur.fetchall():
+        a = dict(zip(cols, row, strict=True))
+        last, done, gone = a.pop("__last_status"), bool(a.pop("__complete")), a.pop("__gone")
+        last_sev, last_msg, last_at = a.pop("__last_severity"), a.pop("__last_message"), a.pop("__last_at")
+        if last is None and last_at is not None:
+            last = "final"      # logged before statuses existed: a plain (final) send
+        same = last_msg is None or (last_sev, last_msg) == (a.get("severity"), a.get("message"))
+        if gone:
+            if last is None or (last == "provisional" and not done):
+                continue        # never sent, or a provisional day still in progress: it may fire again
+            a["status"] = "withdrawn"
+        elif done:
+            if last == "final" and same:
+                continue        # already sent as it is
+            a["status"] = "final"
+        else:
+            if not provisional or last == "final" or (last == "provisional" and same):
+                continue
+            a["status"] = "provisional"
+        a["revised"] = last is not None
+        a["complete"] = done
+        out.append(a)
+    return out
 
 
 def _jsonable(value):
@@ -109,7 +177,9 @@ def _jsonable(value):
 def payload(alert: dict) -> dict:
     """The JSON body for one alert: its columns plus a one-line `text`."""
     body = {k: _jsonable(v) for k, v in alert.items()}
-    body["text"] = f"[{alert['severity'].upper()}] {alert['message']}"
+    status = alert.get("status", "final")
+    tag = {"provisional": " PROVISIONAL", "withdrawn": " WITHDRAWN"}.get(status, " REVISED" if alert.get("revised") else "")
+    body["text"] = f"[{alert['severity'].upper()}{tag}] {alert['message']}"
     body["source"] = "perpwatch"
     return body
 
@@ -121,6 +191,7 @@ def deliver(
     now: datetime | None = None,
     max_age_hours: float | None = None,
     min_severity: str = "info",
+    provisional: bool | None = None,
     timeout: float = 10.0,
     session: requests.Session | None = None,
 ) -> DeliveryReport:
@@ -129,7 +200,7 @@ def deliver(
     if not url:
         return DeliveryReport(enabled=False)
     host = urlsplit(url).netloc or "webhook"
-    todo = pending(con, now=now, max_age_hours=max_age_hours, min_severity=min_severity)
+    todo = pending(con, now=now, max_age_hours=max_age_hours, min_severity=min_severity, provisional=provisional)
     report = DeliveryReport(pending=len(todo))
     http = session or requests.Session()
     for alert in todo:
@@ -148,8 +219,10 @@ def deliver(
             )
             break
         con.execute(
-            f"INSERT INTO {DELIVERIES} (ts, asset, rule, delivered_at, http_status) VALUES (?, ?, ?, now(), ?)",
-            [alert["ts"], alert["asset"], alert["rule"], resp.status_code],
+            f"INSERT INTO {DELIVERIES} (ts, asset, rule, delivered_at, http_status, status, severity, message, "
+            f"value, seq) SELECT ?, ?, ?, now(), ?, ?, ?, ?, ?, coalesce(max(seq), 0) + 1 FROM {DELIVERIES}",
+            [alert["ts"], alert["asset"], alert["rule"], resp.status_code, alert["status"],
+             alert["severity"], alert["message"], _jsonable(alert.get("value"))],
         )
         report.sent += 1
         report.pending -= 1

@@ -4,6 +4,9 @@
 -- (D + 1 at 00:00 UTC), the first moment all of day D's inputs are known; `date` is D.
 -- Market-wide rules (the OI milestone of the sum over assets) use asset = 'ALL'.
 -- streak_days counts consecutive days the same (asset, rule) has fired, this day included.
+-- complete: the day's row of marts.daily_signals is complete (for 'ALL': every asset's row is); an
+-- alert of an incomplete (in-progress) day is provisional and is delivered only as such
+-- (perpwatch/alerts.py), with its final version or withdrawal sent once the day is complete.
 -- Rules, thresholds and severities: docs/signals.md; thresholds: perpwatch/signals.toml.
 WITH s AS (
     SELECT *,
@@ -109,11 +112,17 @@ fired AS (
                   asset, 100 * oi_to_mcap, 100 * oi_to_mcap_threshold)
     FROM s WHERE oi_to_mcap_extreme
 ),
+day_complete AS (
+    SELECT date, asset, complete FROM marts.daily_signals
+    UNION ALL
+    SELECT date, 'ALL', bool_and(complete) FROM marts.daily_signals GROUP BY date
+),
 streaks AS (
     SELECT *, date - CAST(row_number() OVER (PARTITION BY asset, rule ORDER BY date) AS INTEGER) AS island
     FROM fired
 )
 SELECT timezone('UTC', (date + 1)::TIMESTAMP) AS ts, date, asset, rule, value, threshold, severity, message,
-       row_number() OVER (PARTITION BY asset, rule, island ORDER BY date) AS streak_days
-FROM streaks
+       row_number() OVER (PARTITION BY asset, rule, island ORDER BY date) AS streak_days,
+       coalesce(c.complete, false) AS complete
+FROM streaks LEFT JOIN day_complete c USING (date, asset)
 ORDER BY ts, asset, rule

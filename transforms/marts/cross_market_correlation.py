@@ -12,6 +12,9 @@ Alignment (a 24/7 market against exchange calendars):
   back (a hole in the data, not a weekend) or came from a different `source` (two underlying series,
   e.g. Stooq spot gold and the PAXG token, never make one return); a crypto return is NULL when
   either close is missing.
+Publication time: each row's available_at is when its latest inputs were known: the benchmark close's
+staging.macro_closes.available_at (else date + the series' [availability] lag in signals.toml: the
+dollar index about a week) and the crypto close (end of day D). marts.daily_institutional joins on it.
 Window: the last `window_days` benchmark trading days up to and including D (rows, not calendar days),
 so a row uses nothing after D. `n_obs` = days in the window with both returns; `correlation` is NULL
 when n_obs < ceil(min_coverage x window_days) (default 80 %) or a series is flat.
@@ -39,13 +42,26 @@ DEFAULTS = {
 }
 EQUITY = ("SPX", "NDX")
 SCHEMA = {"date": pl.Date, "asset": pl.Utf8, "benchmark": pl.Utf8, "window_days": pl.Int32,
-          "correlation": pl.Float64, "n_obs": pl.Int64, "min_obs": pl.Int64, "regime": pl.Utf8}
+          "correlation": pl.Float64, "n_obs": pl.Int64, "min_obs": pl.Int64, "regime": pl.Utf8,
+          "available_at": pl.Datetime("us", "UTC")}
+# [availability] key of each series' publication lag (hours after the date's 00:00 UTC)
+LAG_KEYS = {"SPX": "equity_lag_hours", "NDX": "equity_lag_hours", "NASDAQCOM": "equity_lag_hours",
+            "GOLD": "gold_lag_hours", "DXY": "dxy_lag_hours"}
+
+
+def macro_available_sql(avail: dict, alias: str = "m") -> str:
+    """SQL for when a staging.macro_closes row became known (its available_at, else date + lag)."""
+    default = float(avail.get("macro_default_lag_hours", 37))
+    cases = " ".join(f"WHEN '{s}' THEN {float(avail.get(k, default))!r}" for s, k in LAG_KEYS.items())
+    return (f"coalesce({alias}.available_at, to_timestamp(({alias}.date - DATE '1970-01-01') * 86400 "
+            f"+ 3600 * CASE {alias}.series {cases} ELSE {default!r} END))")
 
 
 def settings() -> dict:
     cfg = dict(DEFAULTS)
     try:
         cfg.update(signal_settings().get("cross_market", {}))
+        cfg["availability"] = signal_settings().get("availability", {})
     except FileNotFoundError:
         pass
     return cfg
@@ -67,18 +83,20 @@ def aligned_returns_sql(cfg: dict) -> str:
     previous benchmark trading day."""
     bench = ", ".join("'" + str(b).replace("'", "") + "'" for b in cfg["benchmarks"])
     gap = int(cfg["max_gap_days"])
+    avail = cfg.get("availability", {})
     return f"""
     WITH b AS (
         SELECT date, series AS benchmark, close, source,
+               greatest({macro_available_sql(avail)}, to_timestamp((date - DATE '1970-01-01' + 1) * 86400)) AS available_at,
                lag(date) OVER w AS prev_date, lag(close) OVER w AS prev_close, lag(source) OVER w AS prev_source
-        FROM staging.macro_closes
+        FROM staging.macro_closes m
         WHERE series IN ({bench}) AND close > 0
         WINDOW w AS (PARTITION BY series ORDER BY date)
     ),
     assets AS (
         SELECT asset, min(date) AS first_date, max(date) AS last_date FROM marts.reference_close GROUP BY asset
     )
-    SELECT b.date, a.asset, b.benchmark,
+    SELECT b.date, a.asset, b.benchmark, b.available_at,
            CASE WHEN b.prev_source IS NOT DISTINCT FROM b.source AND b.date - b.prev_date <= {gap}
                 THEN ln(b.close / b.prev_close) END AS r_bench,
            ln(c1.close_usd / c0.close_usd) AS r_asset
@@ -96,7 +114,7 @@ def build_sql(cfg: dict) -> str:
         need = math.ceil(float(cfg["min_coverage"]) * w - 1e-9)
         frame = f"(PARTITION BY asset, benchmark ORDER BY date ROWS BETWEEN {w - 1} PRECEDING AND CURRENT ROW)"
         parts.append(f"""
-        SELECT date, asset, benchmark, CAST({w} AS INTEGER) AS window_days,
+        SELECT date, asset, benchmark, available_at, CAST({w} AS INTEGER) AS window_days,
                corr(r_asset, r_bench) OVER {frame} AS c,
                count(r_asset * r_bench) OVER {frame} AS n_obs,
                CAST({need} AS BIGINT) AS min_obs
@@ -105,7 +123,7 @@ def build_sql(cfg: dict) -> str:
     WITH aligned AS ({aligned_returns_sql(cfg)}),
     rolled AS ({" UNION ALL ".join(parts)}),
     masked AS (
-        SELECT date, asset, benchmark, window_days,
+        SELECT date, asset, benchmark, window_days, available_at,
                CASE WHEN n_obs >= min_obs AND isfinite(c) THEN c END AS correlation, n_obs, min_obs
         FROM rolled
     )

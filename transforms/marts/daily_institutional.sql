@@ -1,25 +1,29 @@
 -- incremental: date lookback 11
 -- grain: date, asset
 -- Institutional and cross-market inputs per asset per UTC day, for marts.daily_signals to join on
--- [date, asset]. Every value is as of day D (no look-ahead): the market cap of D (else the latest of
--- the previous 3 days); US spot bitcoin ETF flows (BTC rows only) of the latest ETF trading day <= D,
--- at most 7 days old; per benchmark, the latest 30/90-trading-day correlation dated <= D, at most
--- 10 days old (FRED publishes the dollar index about a week late).
-WITH spine AS (
+-- [date, asset]. Every value is one KNOWN by the end of day D (D + 1 00:00 UTC), joined on its
+-- publication time (available_at), not on its date label: the market cap of D (else the latest of
+-- the previous 3 days); US spot bitcoin ETF flows (BTC rows only) of the latest ETF trading day
+-- published by then (normally D - 1: Farside publishes D the next US morning), at most 7 days old;
+-- per benchmark, the latest 30/90-trading-day correlation published by then (its closes' available_at:
+-- FRED posts the dollar index about a week late), at most 10 days old.
+WITH spine0 AS (
     SELECT date, asset FROM marts.reference_close
     UNION
     SELECT date, asset FROM staging.market_caps WHERE asset <> 'TOTAL'
 ),
+spine AS (SELECT date, asset, to_timestamp((date - DATE '1970-01-01' + 1) * 86400) AS day_end FROM spine0),
 etf AS (
     SELECT 'BTC' AS asset, date AS etf_date, total_flow_usd, flow_5d_avg_usd, flow_20d_avg_usd,
-           cumulative_flow_usd, streak_days
+           cumulative_flow_usd, streak_days, available_at AS etf_available_at
     FROM marts.etf_flows_daily
 ),
 cb AS (   -- one row per (date, asset, benchmark) with both windows
     SELECT date AS corr_date, asset, benchmark,
            max(correlation) FILTER (WHERE window_days = 30) AS c30,
            max(correlation) FILTER (WHERE window_days = 90) AS c90,
-           max(regime) FILTER (WHERE window_days = 30) AS regime30
+           max(regime) FILTER (WHERE window_days = 30) AS regime30,
+           max(available_at) AS corr_available_at
     FROM marts.cross_market_correlation
     GROUP BY ALL
 ),
@@ -32,7 +36,7 @@ mcap AS (
 )
 SELECT s.date, s.asset,
        CASE WHEN s.date - m.mcap_date <= 3 THEN m.market_cap_usd END AS market_cap_usd,
-       CASE WHEN e.etf_date = s.date THEN e.total_flow_usd END AS etf_flow_usd,
+       CASE WHEN s.date - e.etf_date <= 7 THEN e.total_flow_usd END AS etf_flow_usd,
        CASE WHEN s.date - e.etf_date <= 7 THEN e.flow_5d_avg_usd END AS etf_flow_5d_avg_usd,
        CASE WHEN s.date - e.etf_date <= 7 THEN e.flow_20d_avg_usd END AS etf_flow_20d_avg_usd,
        CASE WHEN s.date - e.etf_date <= 7 THEN e.flow_5d_avg_usd - e.flow_20d_avg_usd END AS etf_flow_momentum_usd,
@@ -51,9 +55,9 @@ SELECT s.date, s.asset,
        CASE WHEN s.date - ndx.corr_date <= 10 THEN ndx.regime30 END AS regime_ndx_30d
 FROM spine s
 ASOF LEFT JOIN mcap m ON m.asset = s.asset AND m.mcap_date <= s.date
-ASOF LEFT JOIN etf e ON e.asset = s.asset AND e.etf_date <= s.date
-ASOF LEFT JOIN spx ON spx.asset = s.asset AND spx.corr_date <= s.date
-ASOF LEFT JOIN ndx ON ndx.asset = s.asset AND ndx.corr_date <= s.date
-ASOF LEFT JOIN gold ON gold.asset = s.asset AND gold.corr_date <= s.date
-ASOF LEFT JOIN dxy ON dxy.asset = s.asset AND dxy.corr_date <= s.date
+ASOF LEFT JOIN etf e ON e.asset = s.asset AND e.etf_available_at <= s.day_end
+ASOF LEFT JOIN spx ON spx.asset = s.asset AND spx.corr_available_at <= s.day_end
+ASOF LEFT JOIN ndx ON ndx.asset = s.asset AND ndx.corr_available_at <= s.day_end
+ASOF LEFT JOIN gold ON gold.asset = s.asset AND gold.corr_available_at <= s.day_end
+ASOF LEFT JOIN dxy ON dxy.asset = s.asset AND dxy.corr_available_at <= s.day_end
 ORDER BY s.asset, s.date

@@ -8,27 +8,34 @@
 -- noise cannot move a value across a threshold it equals. UTC days/hours use epoch arithmetic
 -- (DATE '1970-01-01' + whole days): TIMESTAMPTZ casts go through the time-zone library and cost
 -- 3-5x more per row, and this way the day is UTC whatever the session time zone.
-WITH price AS (
-    SELECT date, asset, close_usd FROM marts.reference_close
+WITH price AS (      -- complete-day close and a one-source return (marts.reference_close)
+    SELECT date, asset, close_usd, close_complete, return_1d, return_mixed_source FROM marts.reference_close
 ),
-oi AS (            -- aggregate open interest, end of day, summed over venues
-    SELECT date, asset, sum(oi_usd) AS oi_usd, count(*) AS oi_venues
-    FROM marts.open_interest_by_venue WHERE oi_usd IS NOT NULL
-    GROUP BY date, asset
+oi_inst AS (       -- end-of-day perp OI per instrument: the unit of like-for-like comparison
+    SELECT date, asset, venue, instrument, oi_usd FROM marts.open_interest_by_instrument WHERE oi_usd IS NOT NULL
 ),
-oi_like AS (       -- OI changes like for like: only venues reporting on both days, so a venue whose
-                   -- history starts later (snapshot-only Hyperliquid/Deribit, Binance's 30 days) is not a move
+oi AS (            -- aggregate open interest, end of day, summed over instruments, with its coverage:
+                   -- the key identifies the exact instrument set, so level rules compare like with like
+    SELECT date, asset, sum(oi_usd) AS oi_usd, count(DISTINCT venue) AS oi_venues, count(*) AS oi_instruments,
+           md5(string_agg(venue || ':' || instrument, ',' ORDER BY venue, instrument)) AS oi_coverage_key
+    FROM oi_inst GROUP BY date, asset
+),
+oi_like AS (       -- OI changes like for like: only INSTRUMENTS reporting on both days, so an instrument
+                   -- whose history starts later (Binance's 30 days, a snapshot-only venue) or misses a day
+                   -- is not a move; oi_like_share_1d = share of today's OI in that common set
     SELECT v.date, v.asset,
            sum(v.oi_usd) FILTER (WHERE v1.oi_usd IS NOT NULL) / nullif(sum(v1.oi_usd), 0) - 1 AS oi_change_1d,
-           sum(v.oi_usd) FILTER (WHERE v7.oi_usd IS NOT NULL) / nullif(sum(v7.oi_usd), 0) - 1 AS oi_change_7d
-    FROM marts.open_interest_by_venue v
-    LEFT JOIN marts.open_interest_by_venue v1 ON v1.asset = v.asset AND v1.venue = v.venue AND v1.date = v.date - 1
-    LEFT JOIN marts.open_interest_by_venue v7 ON v7.asset = v.asset AND v7.venue = v.venue AND v7.date = v.date - 7
-    WHERE v.oi_usd IS NOT NULL
+           sum(v.oi_usd) FILTER (WHERE v7.oi_usd IS NOT NULL) / nullif(sum(v7.oi_usd), 0) - 1 AS oi_change_7d,
+           sum(v.oi_usd) FILTER (WHERE v1.oi_usd IS NOT NULL) / nullif(sum(v.oi_usd), 0) AS oi_like_share_1d
+    FROM oi_inst v
+    LEFT JOIN oi_inst v1 ON v1.asset = v.asset AND v1.venue = v.venue AND v1.instrument = v.instrument
+                        AND v1.date = v.date - 1
+    LEFT JOIN oi_inst v7 ON v7.asset = v.asset AND v7.venue = v.venue AND v7.instrument = v.instrument
+                        AND v7.date = v.date - 7
     GROUP BY v.date, v.asset
 ),
 market AS (        -- sum over every tracked asset
-    SELECT date, sum(oi_usd) AS market_oi_usd FROM oi GROUP BY date
+    SELECT date, sum(oi_usd) AS market_oi_usd, sum(oi_instruments) AS market_oi_instruments FROM oi GROUP BY date
 ),
 oi_eod AS (        -- end-of-day OI per instrument: the weight of cross-venue means
     SELECT venue, instrument, DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date, arg_max(oi_usd, ts) AS oi_usd
@@ -59,17 +66,40 @@ ls_inst AS (       -- last ratio of the day per instrument and population
     FROM staging.long_short_ratio WHERE ratio IS NOT NULL
     GROUP BY venue, instrument, population, date
 ),
-ls_pop AS (        -- OI-weighted over venues; a plain mean when no instrument has OI that day
+ls_w AS (         -- each instrument's ratio with its end-of-day OI weight, and whether it reported on D - 1
+    SELECT l.date, l.asset, l.population, l.venue, l.instrument, l.ratio, o.oi_usd,
+           p.ratio IS NOT NULL AS seen_prev
+    FROM ls_inst l
+    LEFT JOIN oi_eod o USING (venue, instrument, date)
+    LEFT JOIN ls_inst p ON p.venue = l.venue AND p.instrument = l.instrument AND p.population = l.population
+                       AND p.date = l.date - 1
+),
+ls_pop AS (        -- OI-weighted over instruments; a plain mean when no instrument has OI that day.
+                   -- ratio_like: the same over instruments that also reported on D - 1; the set changed
+                   -- when an instrument appeared or left (then only a like-for-like extreme counts)
     SELECT l.date, l.asset, l.population,
-           round(coalesce(sum(l.ratio * o.oi_usd) / nullif(sum(o.oi_usd), 0), avg(l.ratio)), 12) AS ratio
-    FROM ls_inst l LEFT JOIN oi_eod o USING (venue, instrument, date)
+           round(coalesce(sum(l.ratio * l.oi_usd) / nullif(sum(l.oi_usd), 0), avg(l.ratio)), 12) AS ratio,
+           round(coalesce(sum(l.ratio * l.oi_usd) FILTER (WHERE seen_prev)
+                          / nullif(sum(l.oi_usd) FILTER (WHERE seen_prev), 0),
+                          avg(l.ratio) FILTER (WHERE seen_prev)), 12) AS ratio_like,
+           count(*) AS n_instruments,
+           any_value(prev.n) IS NOT NULL AND (count(*) FILTER (WHERE NOT seen_prev) > 0
+                                              OR count(*) < any_value(prev.n)) AS coverage_changed
+    FROM ls_w l
+    LEFT JOIN (SELECT date, asset, population, count(*) AS n FROM ls_inst GROUP BY ALL) prev
+           ON prev.asset = l.asset AND prev.population = l.population AND prev.date = l.date - 1
     GROUP BY l.date, l.asset, l.population
 ),
 ls AS (
     SELECT date, asset,
            any_value(ratio) FILTER (WHERE population = 'accounts') AS ls_ratio,
            any_value(ratio) FILTER (WHERE population = 'top_accounts') AS ls_ratio_top_accounts,
-           any_value(ratio) FILTER (WHERE population = 'top_positions') AS ls_ratio_top_positions
+           any_value(ratio) FILTER (WHERE population = 'top_positions') AS ls_ratio_top_positions,
+           any_value(CASE WHEN coverage_changed THEN ratio_like ELSE ratio END) FILTER (WHERE population = 'accounts') AS ls_ratio_gate,
+           any_value(CASE WHEN coverage_changed THEN ratio_like ELSE ratio END) FILTER (WHERE population = 'top_accounts') AS ls_ratio_top_accounts_gate,
+           any_value(CASE WHEN coverage_changed THEN ratio_like ELSE ratio END) FILTER (WHERE population = 'top_positions') AS ls_ratio_top_positions_gate,
+           any_value(n_instruments) FILTER (WHERE population = 'accounts') AS ls_instruments,
+           coalesce(any_value(coverage_changed) FILTER (WHERE population = 'accounts'), false) AS ls_coverage_changed
     FROM ls_pop GROUP BY date, asset
 ),
 liq AS (
@@ -80,6 +110,54 @@ liq AS (
 ),
 liq_start AS (     -- capture starts on an asset's first liquidation day: before it, unknown (NULL)
     SELECT asset, DATE '1970-01-01' + CAST(floor(epoch_us(min(ts)) / 86400000000) AS INTEGER) AS first_date FROM staging.liquidations GROUP BY asset
+),
+-- Capture coverage (meta.liquidation_coverage, written by the collector: seconds each venue's stream was
+-- connected in each UTC hour). An hour counts when covered_s >= [liquidations] min_hour_coverage x 3600.
+-- A venue with coverage rows is "tracked": only its covered hours count, from its first covered hour on.
+-- A venue without any (hand-loaded or imported rows) counts every hour from its first liquidation day.
+liq_hour AS (
+    SELECT venue, asset, epoch_us(ts) // 3600000000 AS hour_n, sum(usd) AS usd
+    FROM staging.liquidations GROUP BY ALL
+),
+cov_hour AS (
+    SELECT venue, epoch_us(hour) // 3600000000 AS hour_n
+    FROM meta.liquidation_coverage WHERE covered_s >= {{liquidations.min_hour_coverage}} * 3600
+),
+tracked AS (
+    SELECT venue, DATE '1970-01-01' + CAST(floor(epoch_us(min(hour)) / 86400000000) AS INTEGER) AS start_date
+    FROM meta.liquidation_coverage WHERE covered_s > 0 GROUP BY venue
+),
+liq_venues AS (    -- venues that capture an asset, and the day capture started
+    SELECT l.asset, l.venue,
+           coalesce(any_value(t.start_date),
+                    DATE '1970-01-01' + CAST(floor(epoch_us(min(l.ts)) / 86400000000) AS INTEGER)) AS start_date,
+           any_value(t.venue) IS NOT NULL AS is_tracked
+    FROM staging.liquidations l LEFT JOIN tracked t USING (venue)
+    GROUP BY l.asset, l.venue
+),
+cov_day AS (
+    SELECT venue, hour_n // 24 AS day_n, count(*) AS hours FROM cov_hour GROUP BY ALL
+),
+liq_day AS (       -- USD per venue, asset and day: all captured, and inside covered hours only
+    SELECT h.venue, h.asset, h.hour_n // 24 AS day_n, sum(h.usd) AS usd_all,
+           coalesce(sum(h.usd) FILTER (WHERE c.hour_n IS NOT NULL), 0) AS usd_covered
+    FROM liq_hour h LEFT JOIN cov_hour c USING (venue, hour_n) GROUP BY ALL
+),
+liq_vday AS (      -- per asset, venue and day: covered hours and the USD captured inside them
+    SELECT p.date, p.asset, v.venue,
+           CASE WHEN v.is_tracked THEN coalesce(cd.hours, 0) ELSE 24 END AS covered_hours,
+           CASE WHEN v.is_tracked THEN coalesce(ld.usd_covered, 0) ELSE coalesce(ld.usd_all, 0) END AS usd
+    FROM price p
+    JOIN liq_venues v ON v.asset = p.asset AND p.date >= v.start_date
+    LEFT JOIN cov_day cd ON cd.venue = v.venue AND cd.day_n = p.date - DATE '1970-01-01'
+    LEFT JOIN liq_day ld ON ld.venue = v.venue AND ld.asset = p.asset AND ld.day_n = p.date - DATE '1970-01-01'
+),
+liq_cov AS (       -- day's coverage share and the full-day estimate (each venue scaled to 24 covered hours)
+    SELECT date, asset,
+           sum(covered_hours) AS liquidation_covered_hours,
+           sum(covered_hours) / (24.0 * count(*)) AS liquidation_coverage,
+           sum(usd * 24.0 / covered_hours) FILTER (WHERE covered_hours > 0) AS liq_usd_est
+    FROM liq_vday GROUP BY date, asset
 ),
 basis AS (         -- nearest dated future at least [basis] min_days_to_expiry out (marts.carry)
     SELECT date, asset, basis_annualized, days_to_expiry AS basis_days_to_expiry
@@ -100,13 +178,20 @@ milestone AS (
 ),
 joined AS (
     SELECT p.date, p.asset, p.close_usd,
-           CASE WHEN lag(p.date) OVER w = p.date - 1 THEN p.close_usd / lag(p.close_usd) OVER w - 1 END AS return_1d,
-           o.oi_usd, o.oi_venues,
-           lk.oi_change_1d, lk.oi_change_7d,
-           mk.market_oi_usd,
+           p.return_1d, p.return_mixed_source, p.close_complete,
+           o.oi_usd, o.oi_venues, o.oi_instruments, o.oi_coverage_key,
+           o.oi_coverage_key IS DISTINCT FROM lag(o.oi_coverage_key) OVER w
+             OR lag(p.date) OVER w IS DISTINCT FROM p.date - 1 AS oi_coverage_changed,
+           lk.oi_change_1d, lk.oi_change_7d, lk.oi_like_share_1d,
+           mk.market_oi_usd, mk.market_oi_instruments,
            f.funding_rate_8h, f.funding_annualized, f.funding_rate_8h_max, f.funding_rate_8h_min,
            f.funding_instruments,
            l.ls_ratio, l.ls_ratio_top_accounts, l.ls_ratio_top_positions,
+           l.ls_ratio_gate, l.ls_ratio_top_accounts_gate, l.ls_ratio_top_positions_gate,
+           l.ls_instruments, l.ls_coverage_changed,
+           lc.liquidation_covered_hours, lc.liquidation_coverage,
+           CASE WHEN lc.liquidation_coverage >= {{liquidations.min_day_coverage}} THEN lc.liq_usd_est END
+             AS liquidations_usd_est,
            CASE WHEN p.date >= ls0.first_date THEN coalesce(q.liquidations_long_usd, 0) END AS liquidations_long_usd,
            CASE WHEN p.date >= ls0.first_date THEN coalesce(q.liquidations_short_usd, 0) END AS liquidations_short_usd,
            b.basis_annualized, b.basis_days_to_expiry, pr.perp_premium,
@@ -123,6 +208,7 @@ joined AS (
     LEFT JOIN ls l USING (date, asset)
     LEFT JOIN liq q USING (date, asset)
     LEFT JOIN liq_start ls0 ON ls0.asset = p.asset
+    LEFT JOIN liq_cov lc ON lc.asset = p.asset AND lc.date = p.date
     LEFT JOIN basis b USING (date, asset)
     LEFT JOIN premium pr USING (date, asset)
     LEFT JOIN staging.market_caps m ON m.asset = p.asset AND m.date = p.date
@@ -137,9 +223,9 @@ windows AS (       -- trailing windows end the day before: the day never sees it
            quantile_cont(funding_rate_8h, {{funding.extreme_percentile}}) OVER fw AS funding_pctl_high,
            quantile_cont(funding_rate_8h, 1 - {{funding.extreme_percentile}}) OVER fw AS funding_pctl_low,
            count(funding_rate_8h) OVER fw AS funding_history_days,
-           avg(liquidations_long_usd + liquidations_short_usd) OVER zw AS liq_mean,
-           stddev_samp(liquidations_long_usd + liquidations_short_usd) OVER zw AS liq_std,
-           count(liquidations_long_usd + liquidations_short_usd) OVER zw AS liq_history_days,
+           avg(liquidations_usd_est) OVER zw AS liq_mean,
+           stddev_samp(liquidations_usd_est) OVER zw AS liq_std,
+           count(liquidations_usd_est) OVER zw AS liq_history_days,
            quantile_cont(oi_to_mcap, {{leverage.oi_to_mcap_percentile}}) OVER mw AS oi_to_mcap_pctl_threshold,
            count(oi_to_mcap) OVER mw AS oi_to_mcap_history_days
     FROM joined j
@@ -147,7 +233,7 @@ windows AS (       -- trailing windows end the day before: the day never sees it
                   RANGE BETWEEN INTERVAL ({{funding.percentile_window_days}}) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING),
            zw AS (PARTITION BY asset ORDER BY date
                   RANGE BETWEEN INTERVAL ({{liquidations.zscore_window_days}}) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING),
-           mw AS (PARTITION BY asset ORDER BY date
+           mw AS (PARTITION BY asset, oi_coverage_key ORDER BY date
                   RANGE BETWEEN INTERVAL ({{leverage.oi_to_mcap_window_days}}) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING)
 ),
 flags AS (
@@ -167,11 +253,11 @@ flags AS (
                 WHEN funding_rate_8h >= funding_pctl_high AND funding_rate_8h > {{funding.percentile_floor_8h}} THEN 1
                 WHEN funding_rate_8h <= funding_pctl_low AND funding_rate_8h < 0 THEN -1
                 ELSE 0 END AS funding_pctl_dir,
-           CASE WHEN ls_ratio > {{long_short.extreme_ratio}} THEN 1
-                WHEN ls_ratio < {{long_short.extreme_ratio_low}} THEN -1
+           CASE WHEN ls_ratio > {{long_short.extreme_ratio}} AND ls_ratio_gate > {{long_short.extreme_ratio}} THEN 1
+                WHEN ls_ratio < {{long_short.extreme_ratio_low}} AND ls_ratio_gate < {{long_short.extreme_ratio_low}} THEN -1
                 ELSE 0 END AS ls_extreme_direction,
            CASE WHEN liq_history_days >= {{liquidations.zscore_min_days}} AND liq_std > 0
-                THEN (liquidations_usd - liq_mean) / liq_std END AS liquidation_zscore,
+                THEN (liquidations_usd_est - liq_mean) / liq_std END AS liquidation_zscore,
            CASE WHEN oi_to_mcap_history_days >= {{leverage.oi_to_mcap_min_days}}
                 THEN oi_to_mcap_pctl_threshold END AS oi_to_mcap_threshold
     FROM windows w
@@ -213,12 +299,18 @@ risk AS (
                    + {{cascade.weight_oi}} * (cascade_oi_component IS NOT NULL)::INT
                    + {{cascade.weight_basis}} * (cascade_basis_component IS NOT NULL)::INT, 0)
              AS cascade_share,
-           funding_extreme_direction = 1 AND coalesce(ls_ratio > {{long_short.extreme_ratio}}, false) AS overheating
+           funding_extreme_direction = 1 AND ls_extreme_direction = 1 AS overheating
     FROM scored s
 ),
 final AS (
-SELECT date, asset, close_usd, return_1d,
-       oi_usd, oi_venues, oi_change_1d, oi_change_7d, oi_price_regime,
+SELECT date, asset,
+       -- complete: the close is the day's last hourly bar and the build ran at least
+       -- [completeness] venue_lag_hours after the day ended; otherwise the row is provisional
+       close_complete AND {{build.now_us}} >= ((date - DATE '1970-01-01') + 1) * 86400000000::BIGINT
+                                              + {{completeness.venue_lag_hours}} * 3600000000 AS complete,
+       close_usd, close_complete, return_1d, return_mixed_source,
+       oi_usd, oi_venues, oi_instruments, oi_coverage_key, oi_coverage_changed, oi_like_share_1d,
+       oi_change_1d, oi_change_7d, oi_price_regime,
        funding_rate_8h, funding_annualized, funding_rate_8h_max, funding_rate_8h_min, funding_instruments,
        funding_extreme_direction <> 0 AS funding_extreme,
        funding_extreme_direction,
@@ -229,17 +321,23 @@ SELECT date, asset, close_usd, return_1d,
        ls_ratio, ls_ratio_top_accounts, ls_ratio_top_positions,
        ls_extreme_direction <> 0 AS ls_extreme, ls_extreme_direction,
        coalesce(ls_ratio_top_accounts > {{long_short.top_accounts_extreme_ratio}}
-                OR ls_ratio_top_accounts < {{long_short.top_accounts_extreme_ratio_low}}, false) AS ls_extreme_top_accounts,
+                  AND ls_ratio_top_accounts_gate > {{long_short.top_accounts_extreme_ratio}}
+                OR ls_ratio_top_accounts < {{long_short.top_accounts_extreme_ratio_low}}
+                  AND ls_ratio_top_accounts_gate < {{long_short.top_accounts_extreme_ratio_low}}, false) AS ls_extreme_top_accounts,
        coalesce(ls_ratio_top_positions > {{long_short.top_positions_extreme_ratio}}
-                OR ls_ratio_top_positions < {{long_short.top_positions_extreme_ratio_low}}, false) AS ls_extreme_top_positions,
+                  AND ls_ratio_top_positions_gate > {{long_short.top_positions_extreme_ratio}}
+                OR ls_ratio_top_positions < {{long_short.top_positions_extreme_ratio_low}}
+                  AND ls_ratio_top_positions_gate < {{long_short.top_positions_extreme_ratio_low}}, false) AS ls_extreme_top_positions,
+       ls_instruments, ls_coverage_changed,
        liquidations_long_usd, liquidations_short_usd, liquidations_usd,
+       liquidations_usd_est, liquidation_covered_hours, liquidation_coverage,
        liquidation_zscore, liquidation_surge, liquidation_dominant_side,
        basis_annualized, basis_days_to_expiry,
        coalesce(abs(basis_annualized) > {{basis.extreme_annualized}}, false) AS basis_extreme,
        perp_premium,
        market_cap_usd, oi_to_mcap, oi_to_mcap_threshold,
        coalesce(oi_to_mcap >= oi_to_mcap_threshold, false) AS oi_to_mcap_extreme,
-       oi_milestone_crossed, market_oi_usd, market_oi_milestone_crossed,
+       oi_milestone_crossed, market_oi_usd, market_oi_instruments, market_oi_milestone_crossed,
        cluster_above_price, cluster_above_usd, cluster_above_distance,
        cluster_below_price, cluster_below_usd, cluster_below_distance,
        cascade_funding_component, cascade_ls_component, cascade_oi_component, cascade_basis_component,

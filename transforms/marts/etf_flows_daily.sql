@@ -3,12 +3,16 @@
 -- A day's total is the sum of its per-ticker rows (Farside) when it has any, otherwise the
 -- all-fund total reported by a totals-only source (ticker TOTAL: SoSoValue, the Date,Total CSV).
 -- Holidays and unpublished days have no row. Averages and streaks count ETF trading days (rows),
--- and each row uses only that day and earlier days (no look-ahead).
+-- and each row uses only that day and earlier days (no look-ahead). available_at: when the day's
+-- numbers became known (the latest of its rows' staging.etf_flows.available_at, or date +
+-- [availability] etf_flow_lag_hours when a row has none): marts join on it, not on date.
 WITH per_day AS (
     SELECT date,
            sum(flow_usd) FILTER (WHERE ticker <> 'TOTAL') AS tickers_flow_usd,
            count(flow_usd) FILTER (WHERE ticker <> 'TOTAL') AS n_tickers,
-           max(flow_usd) FILTER (WHERE ticker = 'TOTAL') AS reported_total_usd
+           max(flow_usd) FILTER (WHERE ticker = 'TOTAL') AS reported_total_usd,
+           max(coalesce(available_at, to_timestamp((date - DATE '1970-01-01') * 86400
+                                                   + {{availability.etf_flow_lag_hours}} * 3600))) AS available_at
     FROM staging.etf_flows
     WHERE flow_usd IS NOT NULL
     GROUP BY date
@@ -16,7 +20,7 @@ WITH per_day AS (
 daily AS (
     SELECT date,
            CASE WHEN n_tickers > 0 THEN tickers_flow_usd ELSE reported_total_usd END AS total_flow_usd,
-           n_tickers, reported_total_usd,
+           n_tickers, reported_total_usd, available_at,
            CASE WHEN n_tickers > 0 THEN 'tickers' ELSE 'reported_total' END AS total_basis
     FROM per_day
     WHERE n_tickers > 0 OR reported_total_usd IS NOT NULL
@@ -41,7 +45,8 @@ SELECT date,
        CASE WHEN s > 0 THEN 'inflow' WHEN s < 0 THEN 'outflow' ELSE 'flat' END AS flow_direction,
        n_tickers,
        reported_total_usd,
-       total_basis
+       total_basis,
+       available_at
 FROM runs
 WINDOW w5 AS (ORDER BY date ROWS BETWEEN 4 PRECEDING AND CURRENT ROW),
        w20 AS (ORDER BY date ROWS BETWEEN 19 PRECEDING AND CURRENT ROW)

@@ -1,7 +1,11 @@
 """marts.oi_milestones [date, asset, milestone_usd]: days an aggregate OI crosses a milestone from below.
 
-Series: each asset's open interest summed over venues (marts.open_interest_by_venue) and their
-sum over every tracked asset, stored with asset = 'ALL' (the seed's "$200 B aggregate").
+Series: each asset's perpetual open interest summed over instruments (marts.open_interest_by_instrument)
+and their sum over every tracked asset, stored with asset = 'ALL' (the seed's "$200 B aggregate").
+Like for like: each day's series carries a coverage key (the exact instrument set summed); the
+"previous days below" look-back only reads days with the same key, so a day on which an instrument
+starts (Binance's 30-day history beginning inside a longer backfill) or drops out never crosses a
+milestone: it has no comparable previous day. A crossing needs the same instruments before and after.
 Milestones: [milestones] oi_usd in perpwatch/signals.toml. A milestone m is crossed on day D
 when oi_usd(D) >= m and every observed day in the [milestones] rearm_days before D was below
 m (prev_max_oi_usd < m): no crossing on a series' first day, and an aggregate hovering around
@@ -18,23 +22,25 @@ import polars as pl
 from perpwatch.core.settings import signal_settings
 
 TABLE = "marts.oi_milestones"
-INPUTS = ["marts.open_interest_by_venue"]
+INPUTS = ["marts.open_interest_by_instrument"]
 MARKET = "ALL"
 
 SQL = f"""
-WITH per_asset AS (
-    SELECT date, asset, sum(oi_usd) AS oi_usd
-    FROM marts.open_interest_by_venue WHERE oi_usd IS NOT NULL GROUP BY date, asset
+WITH inst AS (
+    SELECT date, asset, venue || ':' || instrument AS inst, oi_usd
+    FROM marts.open_interest_by_instrument WHERE oi_usd IS NOT NULL
 ),
 series AS (
-    SELECT date, asset, oi_usd FROM per_asset
+    SELECT date, asset, sum(oi_usd) AS oi_usd, md5(string_agg(inst, ',' ORDER BY inst)) AS coverage_key
+    FROM inst GROUP BY date, asset
     UNION ALL
-    SELECT date, '{MARKET}', sum(oi_usd) FROM per_asset GROUP BY date
+    SELECT date, '{MARKET}', sum(oi_usd), md5(string_agg(asset || '/' || inst, ',' ORDER BY asset, inst))
+    FROM inst GROUP BY date
 ),
 lagged AS (
     SELECT date, asset, oi_usd,
            lag(oi_usd) OVER w AS prev_oi_usd, lag(date) OVER w AS prev_date,
-           max(oi_usd) OVER (PARTITION BY asset ORDER BY date
+           max(oi_usd) OVER (PARTITION BY asset, coverage_key ORDER BY date
                              RANGE BETWEEN INTERVAL (?) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING) AS prev_max_oi_usd
     FROM series
     WINDOW w AS (PARTITION BY asset ORDER BY date)

@@ -1,21 +1,11 @@
 -- incremental: date
 -- grain: date, asset, venue
 -- Perpetual open interest in USD at the end of each UTC day per venue: the last snapshot inside
--- the day for each perpetual instrument (dated futures are left out: the headline number is
+-- the day for each perpetual instrument (marts.open_interest_by_instrument) (dated futures are left out: the headline number is
 -- aggregate *perpetual* OI), summed over the venue's instruments; share of the all-venue total
 -- and the linear / inverse split. UTC days by epoch arithmetic (no time-zone library per row).
-WITH perp_oi AS (
-    SELECT o.venue, o.instrument, o.asset, o.margin, o.ts, o.oi_usd, o.oi_base,
-           DATE '1970-01-01' + CAST(floor(epoch_us(o.ts) / 86400000000) AS INTEGER) AS date
-    FROM staging.open_interest o
-    LEFT JOIN staging.instruments i ON i.venue = o.venue AND i.instrument = o.instrument
-    WHERE o.oi_usd IS NOT NULL AND coalesce(i.kind, 'perp') = 'perp'
-),
-last_snap AS (
-    SELECT venue, instrument, asset, date, arg_max(margin, ts) AS margin,
-           arg_max(oi_usd, ts) AS oi_usd, arg_max(oi_base, ts) AS oi_base
-    FROM perp_oi
-    GROUP BY venue, instrument, asset, date
+WITH last_snap AS (   -- one row per perp instrument and day (marts.open_interest_by_instrument)
+    SELECT venue, instrument, asset, date, margin, oi_usd, oi_base FROM marts.open_interest_by_instrument
 ),
 by_venue AS (
     SELECT date, asset, venue,

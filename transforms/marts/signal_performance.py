@@ -8,15 +8,21 @@ horizon h of [performance] horizons_days:
   days; an event without a close h days later is left out), max drawdown over the closes
   D .. D + h (largest fall from a running peak, a positive fraction);
 - baseline: every day in the same period on which the signal *could* have fired (its inputs
-  exist that day, e.g. funding for a funding rule), event days included: the unconditional
-  mean of the same forward return;
+  exist that day, e.g. funding for a funding rule) and that lies outside every event window of
+  the same asset (no event within h - 1 days either side, so no forward window overlaps an
+  event's): the mean of the same forward return on ordinary days;
 - hit_rate: share of events whose forward return has the sign the claim predicts
   (expected_sign, +1 up / -1 down; a zero return is a miss); NULL where no direction is
   claimed (then compare mean_abs_forward_return with baseline_mean_abs_return: the seed's
   "sharp moves"); baseline_hit_rate is the same share over baseline days;
-- t_stat = (mean_forward_return - baseline_mean_return) / (sd of event returns / sqrt(n)).
-  Consecutive event days have overlapping forward windows, so for h > 1 (and for long
-  streaks) the t-stat overstates significance; n_episodes counts runs of consecutive days.
+- t_stat: the event-dummy coefficient of OLS r = a + b x event over event and baseline days
+  (b = mean_forward_return - baseline_mean_return) over its HAC standard error: Newey-West with
+  Bartlett weights and lag h - 1 over the date sequence (overlapping h-day windows are
+  autocorrelated up to h - 1 days). In the pooled ALL row the scores are first summed per date
+  (clustered by date: BTC/ETH/SOL firing the same day are one observation, not three), then
+  Newey-West over dates (Driscoll-Kraay). n_episodes counts runs of consecutive event days;
+- multiple testing: n_tests = rows with a t_stat in the table (signals x assets x horizons);
+  p_value is two-sided (normal), significant_bonferroni = p_value < 0.05 / n_tests.
 
 Forward returns use later prices by design (this is the evaluation); the signals themselves
 are point-in-time (tests/test_point_in_time.py).
@@ -24,9 +30,11 @@ are point-in-time (tests/test_point_in_time.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from perpwatch.core.settings import signal_settings
@@ -317,6 +325,10 @@ SCHEMA = {
     "hit_rate": pl.Float64,
     "baseline_hit_rate": pl.Float64,
     "t_stat": pl.Float64,
+    "se_method": pl.String,
+    "p_value": pl.Float64,
+    "n_tests": pl.Int64,
+    "significant_bonferroni": pl.Boolean,
     "mean_max_drawdown": pl.Float64,
     "baseline_mean_max_drawdown": pl.Float64,
     "mean_abs_forward_return": pl.Float64,
@@ -325,6 +337,51 @@ SCHEMA = {
     "last_date": pl.Date,
     "claim": pl.String,
 }
+
+
+def hac_tstat(dates: np.ndarray, y: np.ndarray, event: np.ndarray, lag: int) -> float | None:
+    """t of b in OLS y = a + b*event, HAC: scores summed per date, Newey-West (Bartlett, `lag`) over dates."""
+    X = np.column_stack([np.ones(y.size), event.astype(float)])
+    if y.size < 3 or event.sum() < 2 or event.sum() == y.size:
+        return None
+    xtx = X.T @ X
+    if abs(np.linalg.det(xtx)) < 1e-12:
+        return None
+    beta = np.linalg.solve(xtx, X.T @ y)
+    u = y - X @ beta
+    order = np.argsort(dates, kind="stable")
+    d, scores = dates[order], (X * u[:, None])[order]
+    uniq, idx = np.unique(d, return_inverse=True)
+    G = np.zeros((uniq.size, 2))
+    np.add.at(G, idx, scores)
+    S = G.T @ G
+    for k in range(1, min(lag, uniq.size - 1) + 1):
+        w = 1 - k / (lag + 1)
+        gk = G[k:].T @ G[:-k]
+        S += w * (gk + gk.T)
+    bread = np.linalg.inv(xtx)
+    var = (bread @ S @ bread)[1, 1]
+    return float(beta[1] / math.sqrt(var)) if var > 0 else None
+
+
+def _near_events(frame: pl.DataFrame, h: int) -> np.ndarray:
+    """True on non-event days with an event of the same asset within h - 1 days (overlapping windows)."""
+    near = np.zeros(frame.height, dtype=bool)
+    if h <= 1:
+        return near
+    days = frame["date"].cast(pl.Int32).to_numpy()
+    ev = frame["__event"].to_numpy()
+    assets = frame["asset"].to_numpy()
+    for a in np.unique(assets):
+        m = assets == a
+        ev_days = days[m & ev]
+        if ev_days.size == 0:
+            continue
+        hit = np.zeros(m.sum(), dtype=bool)
+        for k in range(1, h):
+            hit |= np.isin(days[m] + k, ev_days) | np.isin(days[m] - k, ev_days)
+        near[m] = hit & ~ev[m]
+    return near
 
 
 def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataFrame:
@@ -366,17 +423,28 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
                 )
             ).alias("__start")
         )
-        pooled = base.with_columns(pl.lit(POOLED).alias("asset"))
-        both = pl.concat([base, pooled]) if base["asset"].n_unique() > 1 else base
+        multi = base["asset"].n_unique() > 1
         for h in hs:
+            based = base.with_columns(pl.Series("__near", _near_events(base, h)))
+            pooled = based.with_columns(pl.lit(POOLED).alias("asset"))
+            both = pl.concat([based, pooled]) if multi else based
             r, dd = pl.col(f"fwd_return_{h}"), pl.col(f"max_drawdown_{h}")
             ev = pl.col("__event")
             has_r = r.is_not_null()
             sign = s.expected_sign
             hit = (r.sign() == sign).cast(pl.Float64)
             no_claim = pl.lit(None, dtype=pl.Float64)
+            bl = ~ev & ~pl.col("__near")
+            sample = both.filter(has_r & (ev | bl))
+            tstats = []
+            for (a,), g in sample.group_by("asset"):
+                t = hac_tstat(g["date"].cast(pl.Int32).to_numpy(), g[f"fwd_return_{h}"].to_numpy(),
+                              g["__event"].to_numpy(), h - 1)
+                tstats.append({"asset": a, "t_stat": t,
+                               "se_method": "driscoll_kraay_by_date" if a == POOLED else "newey_west"})
+            tframe = pl.DataFrame(tstats, schema={"asset": pl.String, "t_stat": pl.Float64, "se_method": pl.String})
             agg = (
-                both.filter(has_r)
+                sample
                 .group_by("asset")
                 .agg(
                     ev.sum().cast(pl.Int64).alias("n_events"),
@@ -384,14 +452,14 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
                     r.filter(ev).mean().alias("mean_forward_return"),
                     r.filter(ev).median().alias("median_forward_return"),
                     r.filter(ev).std().alias("__sd"),
-                    pl.len().cast(pl.Int64).alias("baseline_n"),
-                    r.mean().alias("baseline_mean_return"),
+                    bl.sum().cast(pl.Int64).alias("baseline_n"),
+                    r.filter(bl).mean().alias("baseline_mean_return"),
                     (hit.filter(ev).mean() if sign else no_claim).alias("hit_rate"),
-                    (hit.mean() if sign else no_claim).alias("baseline_hit_rate"),
+                    (hit.filter(bl).mean() if sign else no_claim).alias("baseline_hit_rate"),
                     dd.filter(ev).mean().alias("mean_max_drawdown"),
-                    dd.mean().alias("baseline_mean_max_drawdown"),
+                    dd.filter(bl).mean().alias("baseline_mean_max_drawdown"),
                     r.abs().filter(ev).mean().alias("mean_abs_forward_return"),
-                    r.abs().mean().alias("baseline_mean_abs_return"),
+                    r.abs().filter(bl).mean().alias("baseline_mean_abs_return"),
                     pl.col("date").min().alias("first_date"),
                     pl.col("date").max().alias("last_date"),
                 )
@@ -404,21 +472,16 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
                     pl.lit(s.expected_from).alias("expected_from"),
                     pl.lit(s.claim).alias("claim"),
                     (pl.col("mean_forward_return") - pl.col("baseline_mean_return")).alias("excess_return"),
-                    pl.when((pl.col("n_events") >= 2) & (pl.col("__sd") > 0))
-                    .then(
-                        (pl.col("mean_forward_return") - pl.col("baseline_mean_return"))
-                        / (pl.col("__sd") / pl.col("n_events").cast(pl.Float64).sqrt())
-                    )
-                    .alias("t_stat"),
-                )
+                ).join(tframe, on="asset", how="left")
             )
     if not parts:
         return pl.DataFrame(schema=SCHEMA)
-    return (
-        pl.concat(parts, how="diagonal_relaxed")
-        .select([pl.col(k).cast(v) for k, v in SCHEMA.items()])
-        .sort("signal", "asset", "horizon_days")
-    )
+    out = pl.concat(parts, how="diagonal_relaxed")
+    n_tests = out["t_stat"].is_not_null().sum()
+    p = pl.col("t_stat").abs().map_elements(lambda t: math.erfc(t / math.sqrt(2)), return_dtype=pl.Float64)
+    out = out.with_columns(p.alias("p_value"), pl.lit(n_tests, dtype=pl.Int64).alias("n_tests"))
+    out = out.with_columns((pl.col("p_value") < 0.05 / max(n_tests, 1)).alias("significant_bonferroni"))
+    return out.select([pl.col(k).cast(v) for k, v in SCHEMA.items()]).sort("signal", "asset", "horizon_days")
 
 
 def build(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
