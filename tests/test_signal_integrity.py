@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from perpwatch import alerts as delivery
+from perpwatch.serving import alerts as delivery
+from perpwatch.transforms import build_all
 from tests.test_signals import (  # noqa: F401 - fixtures
     MARTS,
     add_closes,
@@ -27,7 +28,6 @@ from tests.test_signals import (  # noqa: F401 - fixtures
     row,
     signals,
 )
-from transforms import build_all
 
 
 def _alerts(con):
