@@ -257,7 +257,7 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
 - **dlt.** dlt normalises row by row in Python and merges through staging tables; it ran on a sample
   (its rate does not improve with size) and is compared in rows/s.
 - **Validation <= 30 % (met after a fix).** One expectation dominated: the `ts <= now` between-check,
-  which GX evaluates row by row in Python on datetime columns. `perpwatch/validate.py` now hands GX
+  which GX evaluates row by row in Python on datetime columns. `perpwatch/ingest/validate.py` now hands GX
   times as epoch milliseconds (vectorised): validation went from +64 % to +14 %.
 - **Marts full rebuild (met after a fix).** `ts::DATE` on a TIMESTAMPTZ column goes through ICU for
   every row, and `QUALIFY row_number() OVER (PARTITION BY ..., ts::DATE ORDER BY ts DESC) = 1` sorts the

@@ -1,6 +1,6 @@
 """Liquidation websocket collector as a deployment (prefect.yaml: every hour, 59 minutes each).
 
-perpwatch/collector.py does the work (`perpwatch collect` runs the same code); it is imported
+perpwatch/ingest/collector.py does the work (`perpwatch collect` runs the same code); it is imported
 lazily, so loading this flow (tests, `prefect deploy`) needs neither websockets nor the collector.
 Cancelling the run (SIGTERM from the worker) stops the capture cleanly: the pending batch is flushed.
 """

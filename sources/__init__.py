@@ -34,7 +34,7 @@ PROVIDER_MODULES = {
     "stooq": "perpwatch.sources.stooq",
 }
 ALL_MODULES = {**VENUE_MODULES, **PROVIDER_MODULES,
-               # websocket batches landed by perpwatch/collector.py (parsed by replay, not run by `perpwatch run`)
+               # websocket batches landed by perpwatch/ingest/collector.py (parsed by replay, not run by `perpwatch run`)
                "binance_ws": "perpwatch.sources.liquidations", "bybit_ws": "perpwatch.sources.liquidations",
                "okx_ws": "perpwatch.sources.liquidations",
                # files landed by `perpwatch import` (endpoint "file:<kind>"), re-parsed by replay

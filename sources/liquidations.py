@@ -1,7 +1,7 @@
 """Liquidation websocket messages -> staging.liquidations (Binance, Bybit, OKX).
 
 REST liquidation history is gone on Binance (2021-04-27) and OKX (April 2023), so
-`perpwatch collect` (perpwatch/collector.py) captures the public websocket streams and lands
+`perpwatch collect` (perpwatch/ingest/collector.py) captures the public websocket streams and lands
 each flushed batch of messages as one raw.payloads row:
 
     source      binance_ws | bybit_ws | okx_ws

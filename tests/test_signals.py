@@ -2,7 +2,7 @@
 
 Every test builds an in-memory warehouse from warehouse/schema.sql, inserts a few rows, runs
 transforms.build_all on the signal marts and reads marts.daily_signals / marts.alerts /
-marts.carry. Settings are pinned per test (a copy of perpwatch/signals.toml with the values
+marts.carry. Settings are pinned per test (a copy of perpwatch/core/signals.toml with the values
 below) so editing the defaults does not change what is tested. Thresholds are chosen exactly
 representable in binary so "exactly at the threshold" really is exact.
 

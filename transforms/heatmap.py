@@ -133,7 +133,7 @@ class Params:
 
 
 def heatmap_settings() -> dict:
-    """The [heatmap] section of perpwatch/signals.toml."""
+    """The [heatmap] section of perpwatch/core/signals.toml."""
     from perpwatch.core.settings import signal_settings
 
     return dict(signal_settings()["heatmap"])

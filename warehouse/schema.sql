@@ -120,7 +120,7 @@ CREATE TABLE IF NOT EXISTS quarantine.batches (
     received_at TIMESTAMPTZ, resolved_at TIMESTAMPTZ
 );
 
--- [source, dataset, instrument, gap_start] rows missing inside a stored series (perpwatch/gaps.py):
+-- [source, dataset, instrument, gap_start] rows missing inside a stored series (perpwatch/ingest/gaps.py):
 -- open gaps widen the next run's window for that stream until they are filled or found unfillable.
 CREATE TABLE IF NOT EXISTS meta.gaps (
     source VARCHAR NOT NULL, dataset VARCHAR NOT NULL, instrument VARCHAR NOT NULL,
@@ -130,13 +130,13 @@ CREATE TABLE IF NOT EXISTS meta.gaps (
 );
 
 -- Publication time of provider rows (docs/signals.md, "Publication time"): when a row dated D became
--- known. NULL = the [availability] lag of perpwatch/signals.toml applies; marts join on it, not on date.
+-- known. NULL = the [availability] lag of perpwatch/core/signals.toml applies; marts join on it, not on date.
 ALTER TABLE staging.etf_flows ADD COLUMN IF NOT EXISTS available_at TIMESTAMPTZ;
 ALTER TABLE staging.macro_closes ADD COLUMN IF NOT EXISTS available_at TIMESTAMPTZ;
 ALTER TABLE staging.treasury_holdings ADD COLUMN IF NOT EXISTS available_at TIMESTAMPTZ;
 
 -- [venue, hour] seconds each liquidation websocket stream was connected inside each UTC hour
--- (perpwatch/collector.py). Hours without a row were not captured: marts treat them as missing, not zero.
+-- (perpwatch/ingest/collector.py). Hours without a row were not captured: marts treat them as missing, not zero.
 CREATE TABLE IF NOT EXISTS meta.liquidation_coverage (
     venue VARCHAR NOT NULL, hour TIMESTAMPTZ NOT NULL, covered_s DOUBLE NOT NULL, updated_at TIMESTAMPTZ
 );

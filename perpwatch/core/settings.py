@@ -81,5 +81,5 @@ def _signals_cached(path: str) -> dict:
 
 
 def signal_settings() -> dict:
-    """The signal thresholds (perpwatch/signals.toml, or PERPWATCH_SIGNALS to override)."""
+    """The signal thresholds (perpwatch/core/signals.toml, or PERPWATCH_SIGNALS to override)."""
     return _signals_cached(os.environ.get("PERPWATCH_SIGNALS", str(SIGNALS_FILE)))

@@ -54,7 +54,7 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     # (source, stream, instrument) whose extraction, parsing or validation failed in this run: their
-    # watermarks stay put, so the next run re-reads the whole window (perpwatch/gaps.py, docs/reliability.md)
+    # watermarks stay put, so the next run re-reads the whole window (perpwatch/ingest/gaps.py, docs/reliability.md)
     tainted: set[tuple[str, str, str]] = field(default_factory=set)
     windows: dict = field(default_factory=dict)      # Stream -> (start, end) fetched in this run
 

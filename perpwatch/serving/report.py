@@ -389,7 +389,7 @@ def signals_html(day, rows: list[dict]) -> str:
             cells.append(f'<td class="num">{_esc(_fmt(k, v))}</td>' if num else f"<td>{_esc(_fmt(k, v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{_esc(k)}</th>" for k in keys)
-    return (f"<p>UTC day <b>{_esc(day)}</b>{partial}. Thresholds: perpwatch/signals.toml.</p>"
+    return (f"<p>UTC day <b>{_esc(day)}</b>{partial}. Thresholds: perpwatch/core/signals.toml.</p>"
             f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
 

@@ -6,8 +6,8 @@
 -- streak_days counts consecutive days the same (asset, rule) has fired, this day included.
 -- complete: the day's row of marts.daily_signals is complete (for 'ALL': every asset's row is); an
 -- alert of an incomplete (in-progress) day is provisional and is delivered only as such
--- (perpwatch/alerts.py), with its final version or withdrawal sent once the day is complete.
--- Rules, thresholds and severities: docs/signals.md; thresholds: perpwatch/signals.toml.
+-- (perpwatch/serving/alerts.py), with its final version or withdrawal sent once the day is complete.
+-- Rules, thresholds and severities: docs/signals.md; thresholds: perpwatch/core/signals.toml.
 WITH s AS (
     SELECT *,
            CASE WHEN funding_extreme_absolute THEN

@@ -18,7 +18,7 @@ dollar index about a week) and the crypto close (end of day D). marts.daily_inst
 Window: the last `window_days` benchmark trading days up to and including D (rows, not calendar days),
 so a row uses nothing after D. `n_obs` = days in the window with both returns; `correlation` is NULL
 when n_obs < ceil(min_coverage x window_days) (default 80 %) or a series is flat.
-Settings (defaults below) can be overridden in a `[cross_market]` section of perpwatch/signals.toml.
+Settings (defaults below) can be overridden in a `[cross_market]` section of perpwatch/core/signals.toml.
 """
 
 from __future__ import annotations

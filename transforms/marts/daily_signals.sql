@@ -3,7 +3,7 @@
 -- One row per asset per UTC day that has a reference close, computed only from data
 -- timestamped inside or before that day (tests/test_point_in_time.py proves it): every
 -- rolling window ends the day before, every "last value of the day" is taken inside the day.
--- Thresholds come from perpwatch/signals.toml ({{section.key}}); rules, formulas and which
+-- Thresholds come from perpwatch/core/signals.toml ({{section.key}}); rules, formulas and which
 -- comparisons are strict: docs/signals.md. Weighted means are rounded to 1e-12 so averaging
 -- noise cannot move a value across a threshold it equals. UTC days/hours use epoch arithmetic
 -- (DATE '1970-01-01' + whole days): TIMESTAMPTZ casts go through the time-zone library and cost

@@ -3,7 +3,7 @@
 Columns: price_high, est_liquidation_usd, plus price_mid, price_bin (bin index k: the bin
 covers [(1+bin_pct)^k, (1+bin_pct)^(k+1))) and close (the hour's perp close used by the
 model). Time column ts: the hourly bar's open time (UTC); a row at ts uses bars <= ts only.
-Model and settings: docs/heatmap.md; code: perpwatch/heatmap.py.
+Model and settings: docs/heatmap.md; code: transforms/heatmap.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Like for like: each day's series carries a coverage key (the exact instrument se
 "previous days below" look-back only reads days with the same key, so a day on which an instrument
 starts (Binance's 30-day history beginning inside a longer backfill) or drops out never crosses a
 milestone: it has no comparable previous day. A crossing needs the same instruments before and after.
-Milestones: [milestones] oi_usd in perpwatch/signals.toml. A milestone m is crossed on day D
+Milestones: [milestones] oi_usd in perpwatch/core/signals.toml. A milestone m is crossed on day D
 when oi_usd(D) >= m and every observed day in the [milestones] rearm_days before D was below
 m (prev_max_oi_usd < m): no crossing on a series' first day, and an aggregate hovering around
 a level does not cross it again until it has stayed below for rearm_days (rearm_days = 1 is
