@@ -25,6 +25,7 @@ demo: $(STAMP)
 	@$(BIN)/python -m perpwatch.demo
 
 test: $(STAMP)
+	@$(BIN)/lint-imports --no-cache   # layer contracts (pyproject [tool.importlinter]): a backward import fails the suite
 	@$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
