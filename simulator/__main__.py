@@ -1,3 +1,4 @@
+"""`python -m perpwatch.simulator`: the venue simulator standalone (simulator/server.py)."""
 import sys
 
 from .server import main
