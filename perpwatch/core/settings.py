@@ -208,7 +208,8 @@ ENV_NAMES: dict[str, str] = {env_name(f): f for f in Settings.model_fields}   # 
 
 def _snapshot() -> tuple[tuple[str, str], ...]:
     """The declared variables' current values (names compared case-insensitively, as Settings does)."""
-    return tuple(sorted((k, v) for k, v in os.environ.items() if k.upper() in ENV_NAMES))
+    env = os.environ
+    return tuple([(k, env[k]) for k in env if k.upper() in ENV_NAMES])   # ~20 us; Settings() ~5 ms
 
 
 @lru_cache(maxsize=16)
