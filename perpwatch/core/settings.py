@@ -76,7 +76,7 @@ def _csv(v: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """Every environment variable perpwatch reads. Field `x` is PERPWATCH_X unless it names
+    """Every environment variable perpwatch reads. Field `x` is the variable PERPWATCH_<X> unless it names
     another variable (validation_alias). Secrets are SecretStr: they print as '**********'."""
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True)
