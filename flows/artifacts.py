@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +42,7 @@ def gx_docs_dir() -> Path:
     """Where Great Expectations Data Docs go: PERPWATCH_GX_DOCS, else data/gx_docs (next to the exports)."""
     from perpwatch.core import settings
 
-    return Path(os.environ.get("PERPWATCH_GX_DOCS", settings.exports_dir().parent / "gx_docs")).resolve()
+    return settings.gx_docs_dir().resolve()
 
 
 def build_data_docs(run_id: str, folder: Path | None = None) -> Path | None:

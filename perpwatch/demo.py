@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from perpwatch.core import quiet
+from perpwatch.core import quiet, settings
 
 DEMO_HISTORY_DAYS = 150
 DEMO_COLLECT_SECONDS = 8.0
@@ -20,14 +20,14 @@ def main() -> int:
     t0 = time.perf_counter()
     from perpwatch.simulator.server import start
 
-    sim = start(port=0, seed=int(os.environ.get("PERPWATCH_SIM_SEED", "7")))
+    seed = settings.get().sim_seed
+    sim = start(port=0, seed=seed)
     os.environ.update(sim.env())
-    print(f"simulator listening on {sim.base_url} (seed 7)")
+    print(f"simulator listening on {sim.base_url} (seed {seed})")
     try:
         import polars as pl
 
         from perpwatch import sources, warehouse
-        from perpwatch.core import settings
         from perpwatch.flows.build import build
         from perpwatch.flows.ingest import ingest
 

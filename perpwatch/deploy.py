@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perpwatch.core import settings
 from perpwatch.core.settings import ROOT
 
 POOL = "perpwatch"
@@ -68,7 +69,8 @@ def environment(home: Path, api_url: str, base: dict | None = None) -> dict[str,
     env["PREFECT_API_URL"] = api_url
     # Flow-run logs go to the server (the UI's run pages) at INFO, whatever the CLI defaults say
     # (the Makefile and perpwatch.core.quiet keep interactive commands at WARNING).
-    env["PREFECT_LOGGING_LEVEL"] = env.get("PERPWATCH_DEPLOY_LOG_LEVEL", "INFO")
+    env["PREFECT_LOGGING_LEVEL"] = settings.get().deploy_log_level if base is None else (
+        base.get("PERPWATCH_DEPLOY_LOG_LEVEL") or settings.Settings.model_fields["deploy_log_level"].default)
     env["PREFECT_LOGGING_TO_API_ENABLED"] = "true"
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -315,9 +317,9 @@ def deployments(api_url: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perpwatch.deploy", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--port", type=int, default=int(os.environ.get("PERPWATCH_PREFECT_PORT", "4200")),
+    ap.add_argument("--port", type=int, default=settings.get().prefect_port,
                     help="loopback port of the Prefect server and UI (default 4200; 0 = any free port)")
-    ap.add_argument("--home", default=os.environ.get("PREFECT_HOME", str(ROOT / ".prefect")),
+    ap.add_argument("--home", default=str(settings.get().prefect_home or ROOT / ".prefect"),
                     help="PREFECT_HOME: server database, logs (default $PREFECT_HOME or .prefect)")
     ap.add_argument("--api-url", help="use this running Prefect API instead of starting a server")
     ap.add_argument("--no-worker", action="store_true", help="deploy, then keep only the server running")

@@ -23,12 +23,12 @@ Example (api_v3_companies_public_treasury_bitcoin.json):
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from perpwatch.core import settings
 from perpwatch.sources.base import ParseContext, Stream
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS
@@ -61,7 +61,7 @@ def chart_path(coin_id: str) -> str:
 
 
 def make_client(lander, limits_scale: float = 1.0) -> VenueClient:
-    key = os.environ.get("COINGECKO_API_KEY", "").strip()
+    key = settings.secret("coingecko_api_key")
     return VenueClient(SOURCE, bases={"": "COINGECKO"}, lander=lander,
                        headers={"x-cg-demo-api-key": key} if key else None,
                        # public (keyless) tier: about 5-15 calls/min depending on load; demo key 30/min

@@ -22,7 +22,6 @@ Example: `<tr><td>11 Jan 2024</td><td>111.7</td>...<td>(95.1)</td><td>-</td><td>
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -30,6 +29,7 @@ from html.parser import HTMLParser
 
 import polars as pl
 
+from perpwatch.core import settings
 from perpwatch.sources.base import ParseContext, Stream
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 
@@ -73,7 +73,7 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 
 def enabled() -> bool:
     """The real farside.co.uk refuses non-browser clients: fetch only from a configured mirror/simulator."""
-    return bool(os.environ.get("PERPWATCH_URL_FARSIDE"))
+    return settings.url_configured("FARSIDE")
 
 
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:

@@ -23,12 +23,12 @@ Example (fredgraph_SP500.csv):  observation_date,SP500 / 2025-11-26,6812.61 / 20
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import polars as pl
 
+from perpwatch.core import settings
 from perpwatch.sources.base import ParseContext, Stream
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 
@@ -37,7 +37,7 @@ VENUE = "fred"
 ENDPOINT = "/graph/fredgraph.csv"
 CODES = {"SP500": "SPX", "NASDAQCOM": "NDX", "NASDAQ100": "NDX", "DTWEXBGS": "DXY", "DTWEXM": "DXY",
          "VIXCLS": "VIX", "DJIA": "DJI", "DGS10": "US10Y", "CBBTCUSD": "CBBTCUSD", "CBETHUSD": "CBETHUSD"}
-DEFAULT_SERIES = ("SP500", "NASDAQCOM", "DTWEXBGS")
+DEFAULT_SERIES = tuple(settings.Settings.model_fields["fred_series"].default)   # PERPWATCH_FRED_SERIES
 MISSING = ("", ".", "#N/A", "NA", "NaN", "nan")
 OVERLAP = timedelta(days=10)      # re-read a little history: FRED fills a late close now and then
 UNSUPPORTED = {
@@ -51,8 +51,7 @@ SCHEMA = {"date": pl.Date, "series": pl.Utf8, "close": pl.Float64, "source": pl.
 
 
 def series_ids() -> list[str]:
-    raw = os.environ.get("PERPWATCH_FRED_SERIES")
-    return [s.strip().upper() for s in raw.split(",") if s.strip()] if raw else list(DEFAULT_SERIES)
+    return list(settings.get().fred_series)
 
 
 def code_for(fred_id: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -52,7 +51,7 @@ for _name in ("urllib3.connectionpool", "urllib3.util.retry", "requests"):
 
 def default_timeout() -> tuple[float, float]:
     """(connect, read) seconds; PERPWATCH_HTTP_TIMEOUT overrides the read timeout (default 30 s)."""
-    read = float(os.environ.get("PERPWATCH_HTTP_TIMEOUT") or 30.0)
+    read = float(settings.get().http_timeout)
     return (min(5.0, read), read)
 
 

@@ -18,12 +18,12 @@ of per-ticker rows (Farside) on days that have them and use TOTAL for the other 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import polars as pl
 
+from perpwatch.core import settings
 from perpwatch.sources.base import ParseContext, Stream
 from perpwatch.sources.farside import TOTAL_TICKER
 from perpwatch.sources.http import Budget, Fetched, VenueClient
@@ -31,7 +31,6 @@ from perpwatch.sources.http import Budget, Fetched, VenueClient
 SOURCE = "sosovalue"
 VENUE = "sosovalue"
 ENDPOINT = "/openapi/v2/etf/historicalInflowChart"
-KEY_ENV = "SOSOVALUE_API_KEY"
 KEY_HEADER = "x-soso-api-key"
 TYPES = {"us-btc-spot": "BTC"}
 UNSUPPORTED = {
@@ -44,7 +43,7 @@ DATASETS = ("etf_flows",)
 
 
 def make_client(lander, limits_scale: float = 1.0) -> VenueClient:
-    key = os.environ.get(KEY_ENV, "").strip()
+    key = settings.secret("sosovalue_api_key")
     return VenueClient(SOURCE, bases={"": "SOSOVALUE"}, lander=lander,
                        headers={KEY_HEADER: key} if key else None,
                        budgets={"calls": Budget("sosovalue calls/min", max(1.0, 20 * limits_scale), 60.0)})
@@ -56,7 +55,7 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 
 def enabled() -> bool:
     """Needs an API key against the real host; a configured base URL (simulator, proxy) is enough too."""
-    return bool(os.environ.get(KEY_ENV, "").strip() or os.environ.get("PERPWATCH_URL_SOSOVALUE"))
+    return bool(settings.secret("sosovalue_api_key") or settings.url_configured("SOSOVALUE"))
 
 
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:

@@ -22,12 +22,12 @@ Example (spx_d.pl_headers_excerpt.csv): `2000-01-03,1469.25,1478,1438.36,1455.22
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import polars as pl
 
+from perpwatch.core import settings
 from perpwatch.sources.base import ParseContext, Stream
 from perpwatch.sources.http import BadPayload, Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, ts_ms
@@ -60,7 +60,7 @@ def make_client(lander, limits_scale: float = 1.0) -> VenueClient:
     cl = VenueClient(SOURCE, bases={"": "STOOQ", "/api/": "BINANCE_SPOT"}, lander=lander,
                      budgets={"calls": Budget("stooq calls/min", max(1.0, 10 * limits_scale), 60.0),
                               "spot_weight": Budget("binance spot weight/min", 6000 * 0.5 * limits_scale, 60.0)})
-    key = os.environ.get(KEY_ENV, "").strip()
+    key = settings.secret("stooq_api_key")
     if key:
         # Session-level query parameter: sent with the request, absent from the landed params.
         cl.session.params = {"apikey": key}
@@ -72,17 +72,13 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 
 
 def stooq_enabled() -> bool:
-    return bool(os.environ.get(KEY_ENV, "").strip() or os.environ.get("PERPWATCH_URL_STOOQ"))
+    return bool(settings.secret("stooq_api_key") or settings.url_configured("STOOQ"))
 
 
 def symbols() -> dict[str, str]:
     """series code -> Stooq symbol; GOLD always, more from $PERPWATCH_STOOQ_SERIES (CODE=symbol,...)."""
     out = {"GOLD": "xauusd"}
-    for part in os.environ.get("PERPWATCH_STOOQ_SERIES", "").split(","):
-        if "=" in part:
-            code, sym = part.split("=", 1)
-            out[code.strip().upper()] = sym.strip().lower()
-    return out
+    return {**out, **settings.get().stooq_series}
 
 
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:

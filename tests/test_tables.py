@@ -9,8 +9,8 @@ import pytest
 
 from perpwatch import sources, warehouse
 from perpwatch.core import tables
+from perpwatch.core.settings import expectations_dir
 from perpwatch.ingest import gaps
-from perpwatch.ingest.validate import SUITES_DIR
 from perpwatch.serving import status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def test_registry_facts_match_the_warehouse(con):
             "AND database_name = current_database()", [t.name]).fetchall()}
         assert set(t.key) <= cols, (t.name, set(t.key) - cols)
         assert t.time_column in cols, (t.name, t.time_column)
-        assert (SUITES_DIR / f"{t.suite}.json").exists(), t.suite
+        assert (expectations_dir() / f"{t.suite}.json").exists(), t.suite
         assert t.max_lag.total_seconds() > 0
 
 

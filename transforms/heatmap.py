@@ -24,6 +24,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from perpwatch.core.settings import default_signal_settings, signal_settings
+
 TABLE = "marts.liquidation_heatmap"
 
 SIDES = ("long", "short")
@@ -50,13 +52,9 @@ CLUSTER_SCHEMA = {
     "cluster_below_distance": pl.Float64,
 }
 
-# Defaults for the optional keys of [heatmap] in signals.toml (the required ones have none).
-DEFAULTS = {
-    "long_share_up": 0.6,
-    "max_distance_pct": 0.30,
-    "cluster_percentile": 0.90,
-    "oi_max_gap_hours": 6,
-}
+# Keys a settings mapping may leave out (new_state({...}) in tests, notebooks): they take the
+# project's values from [heatmap] in perpwatch/core/signals.toml. The tier keys are required.
+OPTIONAL = ("long_share_up", "max_distance_pct", "cluster_percentile", "oi_max_gap_hours")
 
 _HOUR_US = 3_600_000_000
 
@@ -89,7 +87,8 @@ class Params:
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> Params:
-        s = {**DEFAULTS, **settings}
+        project = default_signal_settings()["heatmap"]
+        s = {**{k: project[k] for k in OPTIONAL}, **settings}
         missing = [k for k in ("leverage", "weights", "maintenance_margin", "bin_pct") if k not in s]
         if missing:
             raise ValueError(f"[heatmap] settings miss {missing}")
@@ -133,9 +132,7 @@ class Params:
 
 
 def heatmap_settings() -> dict:
-    """The [heatmap] section of perpwatch/core/signals.toml."""
-    from perpwatch.core.settings import signal_settings
-
+    """The [heatmap] section of perpwatch/core/signals.toml (PERPWATCH_SIGNALS overlays it)."""
     return dict(signal_settings()["heatmap"])
 
 
@@ -353,7 +350,7 @@ def estimate_levels(bars: pl.DataFrame, settings: Mapping) -> pl.DataFrame:
 
 
 def load_bars(
-    con: duckdb.DuckDBPyConnection, assets: list[str] | None = None, oi_max_gap_hours: int = 6
+    con: duckdb.DuckDBPyConnection, assets: list[str] | None = None, oi_max_gap_hours: int | None = None
 ) -> pl.DataFrame:
     """Hourly bars per asset from staging: perp OHLC and OI summed over venues.
 
@@ -363,7 +360,10 @@ def load_bars(
     floored to the hour, last snapshot wins). oi_prev_usd: the same instruments' previous
     snapshot if it is at most `oi_max_gap_hours` old, else their current value, so an
     instrument whose history starts later (or resumes after a long gap) adds no fake flow.
+    Default oi_max_gap_hours: [heatmap] oi_max_gap_hours of the signal settings.
     """
+    if oi_max_gap_hours is None:
+        oi_max_gap_hours = heatmap_settings()["oi_max_gap_hours"]
     where = "" if assets is None else "AND asset IN (SELECT unnest($assets))"
     params = {} if assets is None else {"assets": [a.upper() for a in assets]}
     sql = f"""
@@ -489,7 +489,7 @@ def nearest_clusters(heatmap: pl.DataFrame, price: float, *, percentile: float |
     there is no large bin on that side.
     """
     q = (
-        heatmap_settings().get("cluster_percentile", DEFAULTS["cluster_percentile"])
+        heatmap_settings()["cluster_percentile"]
         if percentile is None
         else percentile
     )
@@ -523,7 +523,7 @@ def daily_clusters(
     Columns: see CLUSTER_SCHEMA, one row per (date, asset) that has heatmap rows.
     """
     q = (
-        heatmap_settings().get("cluster_percentile", DEFAULTS["cluster_percentile"])
+        heatmap_settings()["cluster_percentile"]
         if percentile is None
         else percentile
     )

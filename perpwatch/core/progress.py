@@ -17,23 +17,25 @@ when it is not (cron, CI, pipes) or when the process is a flow run started by a 
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
+
+from perpwatch.core import settings
 
 T = TypeVar("T")
 
 
 def enabled(stream=None) -> bool:
     """Whether to draw: forced by PERPWATCH_PROGRESS, off under a Prefect worker, else only on a TTY."""
-    forced = os.environ.get("PERPWATCH_PROGRESS", "").strip().lower()
+    s = settings.get()
+    forced = s.progress.strip().lower()
     if forced in ("0", "false", "no", "off"):
         return False
     if forced in ("1", "true", "yes", "on"):
         return True
-    if os.environ.get("PREFECT__FLOW_RUN_ID"):   # set in processes a worker starts for a flow run
+    if s.prefect_flow_run_id:   # set in processes a worker starts for a flow run
         return False
     stream = stream if stream is not None else sys.stderr
     try:

@@ -468,9 +468,7 @@ class Collector:
 
 def _choose_venues(venues: list[str] | None) -> list[WsVenue]:
     if venues is None:
-        import os
-        raw = os.environ.get("PERPWATCH_VENUES")
-        env = [v.strip().lower() for v in raw.split(",") if v.strip()] if raw else None
+        env = settings.get().venues
         names = [v for v in env if v in WS_VENUES] if env else list(WS_VENUES)
     else:
         by_source = {w.source: k for k, w in WS_VENUES.items()}

@@ -31,11 +31,12 @@ from pathlib import Path
 import polars as pl
 
 from perpwatch import warehouse
+from perpwatch.core import settings
 from perpwatch.ingest import pipeline
 from perpwatch.sources import imports
 from perpwatch.sources.base import ParseContext
 
-DEFAULT_MAX_MB = 512
+DEFAULT_MAX_MB = settings.Settings.model_fields["import_max_mb"].default   # PERPWATCH_IMPORT_MAX_MB
 LISTED = 20        # problems printed / named in a quarantine message
 
 
@@ -64,7 +65,7 @@ class ImportReport:
 
 
 def max_bytes(max_mb: float | None = None) -> int:
-    mb = max_mb if max_mb is not None else float(os.environ.get("PERPWATCH_IMPORT_MAX_MB", DEFAULT_MAX_MB))
+    mb = max_mb if max_mb is not None else float(settings.get().import_max_mb)
     return int(mb * 1024 * 1024)
 
 

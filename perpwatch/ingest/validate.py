@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,9 @@ from pathlib import Path
 
 import polars as pl
 
-SUITES_DIR = Path(os.environ.get("PERPWATCH_EXPECTATIONS", Path(__file__).resolve().parents[2] / "expectations"))
+from perpwatch.core import settings
+
+SUITES_DIR: Path | None = None   # an override (benchmarks); else settings.expectations_dir()
 FUTURE_TOLERANCE = timedelta(minutes=5)
 _lock = threading.Lock()
 LAST_RESULTS: dict = {}   # table -> this process's latest GX result (flows/artifacts.py renders Data Docs)
@@ -51,7 +52,7 @@ class Outcome:
 
 
 def suite_definition(table: str) -> dict:
-    with open(SUITES_DIR / f"{table}.json") as f:
+    with open((SUITES_DIR or settings.expectations_dir()) / f"{table}.json") as f:
         return json.load(f)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 import duckdb
 import requests
 
+from perpwatch.core import settings
 from perpwatch.core.settings import signal_settings
 
 WEBHOOK_ENV = "PERPWATCH_ALERT_WEBHOOK"
@@ -196,7 +196,7 @@ def deliver(
     session: requests.Session | None = None,
 ) -> DeliveryReport:
     """POST every pending alert to `url` (default: $PERPWATCH_ALERT_WEBHOOK); no URL = disabled."""
-    url = url or os.environ.get(WEBHOOK_ENV, "").strip()
+    url = url or settings.secret("alert_webhook")
     if not url:
         return DeliveryReport(enabled=False)
     host = urlsplit(url).netloc or "webhook"

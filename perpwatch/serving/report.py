@@ -41,7 +41,7 @@ SECTIONS = [("signals", "Today's signals"), ("alerts", "Alerts"), ("oi", "Open i
 
 def reports_dir() -> Path:
     """Where rendered images and reports go by default (PERPWATCH_REPORTS, else next to the exports)."""
-    return Path(os.environ.get("PERPWATCH_REPORTS", settings.exports_dir().parent / "reports"))
+    return settings.reports_dir()
 
 
 # --------------------------------------------------------------------------- data

@@ -18,7 +18,8 @@ dollar index about a week) and the crypto close (end of day D). marts.daily_inst
 Window: the last `window_days` benchmark trading days up to and including D (rows, not calendar days),
 so a row uses nothing after D. `n_obs` = days in the window with both returns; `correlation` is NULL
 when n_obs < ceil(min_coverage x window_days) (default 80 %) or a series is flat.
-Settings (defaults below) can be overridden in a `[cross_market]` section of perpwatch/core/signals.toml.
+Settings: the [cross_market] section of perpwatch/core/signals.toml (windows, coverage, gap, benchmarks,
+regime thresholds; each with where its value comes from).
 """
 
 from __future__ import annotations
@@ -27,19 +28,14 @@ import math
 
 import polars as pl
 
-from perpwatch.core.settings import signal_settings
+from perpwatch.core.settings import default_signal_settings, signal_settings
 
 TABLE = "marts.cross_market_correlation"
 INPUTS = ["marts.reference_close", "staging.macro_closes"]
-DEFAULTS = {
-    "windows": [30, 90],
-    "min_coverage": 0.8,
-    "max_gap_days": 7,
-    "benchmarks": ["SPX", "NDX", "GOLD", "DXY"],
-    "coupled": 0.5,       # correlation above: coupled ("risk-on coupled" for equity benchmarks)
-    "decoupled": 0.2,     # |correlation| below: decoupled
-    "inverse": -0.3,      # correlation below: inverse
-}
+# The project defaults ([cross_market] of perpwatch/core/signals.toml): windows, min_coverage,
+# max_gap_days, benchmarks; coupled (correlation above: coupled, "risk-on coupled" for equity
+# benchmarks), decoupled (|correlation| below), inverse (correlation below).
+DEFAULTS = dict(default_signal_settings()["cross_market"])
 EQUITY = ("SPX", "NDX")
 SCHEMA = {"date": pl.Date, "asset": pl.Utf8, "benchmark": pl.Utf8, "window_days": pl.Int32,
           "correlation": pl.Float64, "n_obs": pl.Int64, "min_obs": pl.Int64, "regime": pl.Utf8,
@@ -58,13 +54,9 @@ def macro_available_sql(avail: dict, alias: str = "m") -> str:
 
 
 def settings() -> dict:
-    cfg = dict(DEFAULTS)
-    try:
-        cfg.update(signal_settings().get("cross_market", {}))
-        cfg["availability"] = signal_settings().get("availability", {})
-    except FileNotFoundError:
-        pass
-    return cfg
+    """The [cross_market] signal settings in force (PERPWATCH_SIGNALS overlays the defaults), with the
+    [availability] publication lags the marts join on."""
+    return {**signal_settings()["cross_market"], "availability": signal_settings().get("availability", {})}
 
 
 def regime_sql(cfg: dict, col: str = "correlation") -> str:

@@ -4,7 +4,7 @@
 -- side by side with their regime labels. `regime` is the 30-day label (the current state);
 -- labels: risk-on coupled (equity benchmark, corr > 0.5), coupled (other benchmark, > 0.5),
 -- loosely coupled, decoupled (|corr| < 0.2), loosely inverse, inverse (< -0.3), insufficient data.
--- Thresholds: [cross_market] in perpwatch/core/signals.toml (defaults in cross_market_correlation.py).
+-- Thresholds: [cross_market] in perpwatch/core/signals.toml.
 SELECT date, asset, benchmark,
        max(correlation) FILTER (WHERE window_days = 30) AS corr_30d,
        max(correlation) FILTER (WHERE window_days = 90) AS corr_90d,

@@ -60,7 +60,7 @@ def milestones() -> list[float]:
 
 
 def rearm_days() -> int:
-    days = signal_settings()["milestones"].get("rearm_days", 1)
+    days = signal_settings()["milestones"]["rearm_days"]
     if not isinstance(days, int) or isinstance(days, bool) or days < 1:
         raise ValueError(f"[milestones] rearm_days must be an integer >= 1, got {days!r}")
     return days
