@@ -318,27 +318,6 @@ def _window(con, stream: Stream, start: datetime | None, end: datetime) -> tuple
     return (min(begin, gap - gaps.overlap(stream)) if gap else begin), end
 
 
-def extract_unit(module, client, streams: list[Stream], windows: dict[Stream, tuple[datetime, datetime]],
-                 report: RunReport) -> list[Fetched]:
-    """Fetch every page of a (source, dataset) unit. An instrument that fails is reported; the others go on."""
-    got: list[Fetched] = []
-    for s in streams:
-        start, end = windows[s]
-        try:
-            for page in module.fetch(client, s, start, end):
-                got.append(page)
-        except BadPayload as exc:
-            # The bad page is already landed and in `got`: parsing quarantines it; paging stops here.
-            report.tainted.add((s.source, s.name, s.instrument))
-            report.stat(s.source, s.dataset).messages.append(f"paging stopped: {exc}")
-        except SourceError as exc:
-            report.tainted.add((s.source, s.name, s.instrument))
-            msg = f"extract failed: {exc}"
-            report.errors.append(msg)
-            report.stat(s.source, s.dataset).messages.append(msg)
-    return got
-
-
 # --------------------------------------------------------------------------- one ingest path
 #
 # `ingest()` is the only way a run happens: `perpwatch run/backfill --no-prefect`, the Prefect flows
