@@ -44,7 +44,7 @@ import re
 import polars as pl
 
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext
+from perpwatch.sources.base import ParseContext, Parser
 from perpwatch.sources.normalize import UTC_MS, num, ts_ms
 
 SOURCE = "binance_ws"       # the module serves three sources; see SOURCES
@@ -250,7 +250,7 @@ def parse_okx_liquidation_orders(data, params: dict, ctx: ParseContext) -> dict[
 
 
 PARSERS = {
-    "!forceOrder@arr": parse_binance_force_order,
-    "allLiquidation": parse_bybit_all_liquidation,
-    "liquidation-orders": parse_okx_liquidation_orders,
+    "!forceOrder@arr": Parser(parse_binance_force_order),
+    "allLiquidation": Parser(parse_bybit_all_liquidation),
+    "liquidation-orders": Parser(parse_okx_liquidation_orders),
 }
