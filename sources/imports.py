@@ -1,6 +1,6 @@
 """Parsers for files loaded with `perpwatch import KIND FILE` (raw.payloads source "import").
 
-The importer (perpwatch/importer.py) lands the file bytes as a raw payload with endpoint
+The importer (perpwatch/ingest/importer.py) lands the file bytes as a raw payload with endpoint
 `file:<kind>` and params {"path", "kind", "venue", "asset", "series", "tz_offset"}; everything
 here is a pure function of (bytes, params, ParseContext), so `perpwatch replay` re-parses an
 import exactly like the import did (this module is registered in sources.ALL_MODULES as "import",
