@@ -44,33 +44,20 @@ def _ctx(pages) -> dict:
             for p, _ in pages}
 
 
-def batch_parse(fetched, ctx_instruments) -> list[pl.DataFrame]:
-    """What pipeline.parse_all does, with the batch fast path (the hook proposed to the lead):
-    one `PARSERS[endpoint].batch` call for all pages of an endpoint, per-page parse for the rest."""
-    from perpwatch import sources
-    from perpwatch.ingest.pipeline import parse_payload
-    from perpwatch.sources.base import ParseContext
+def parse(fetched, ctx_instruments) -> list[pl.DataFrame]:
+    """The normalised open-interest frames of the pages, exactly as a run parses them (pipeline.parse_all)."""
+    from perpwatch import warehouse
+    from perpwatch.ingest import pipeline
 
-    parser = sources.get("binance").PARSERS[ENDPOINT]
-    ctx = ParseContext(fetched[0].fetched_at, ctx_instruments)
-    frames, rest = parser.batch([p.body for p in fetched], ctx)
-    out = []
-    df = frames.get("open_interest")
-    if df is not None:
-        pos = df["__payload"].to_numpy()
-        meta = pl.DataFrame({"raw_id": [p.raw_id for p in fetched], "_stream": [p.stream or "" for p in fetched],
-                             "_instrument": [p.instrument or "" for p in fetched]})
-        out.append(df.drop("__payload").with_columns(
-            meta["raw_id"].gather(pos), pl.lit("binance").alias("_source"), meta["_stream"].gather(pos),
-            meta["_instrument"].gather(pos), pl.lit(ENDPOINT).alias("_endpoint")))
-    for i in rest:   # exactly what parse_all does for one payload
-        p = fetched[i]
-        one = parse_payload(p.source, p.endpoint, p.params, p.body, p.fetched_at, ctx_instruments)["open_interest"]
-        if one.height:
-            out.append(one.with_columns(pl.lit(p.raw_id, pl.Int64).alias("raw_id"), pl.lit(p.source).alias("_source"),
-                                        pl.lit(p.stream or "").alias("_stream"), pl.lit(p.instrument).alias("_instrument"),
-                                        pl.lit(p.endpoint).alias("_endpoint")))
-    return out
+    report = pipeline.RunReport(run_id="bench-parse", kind="bench")
+    con = warehouse.connect(":memory:")     # where parse_all would quarantine an unparseable page
+    try:
+        frames = pipeline.parse_all(con, report, fetched, ctx_instruments).frames["open_interest"]
+    finally:
+        con.close()
+    if report.warnings:
+        raise RuntimeError(f"bench pages did not parse: {report.warnings[:3]}")
+    return frames
 
 
 class _Stages:
@@ -109,7 +96,7 @@ class _Stages:
         self.pipeline.validate, self.warehouse.upsert = self.orig_validate, self.orig_upsert
 
 
-def _perpwatch_once(db: Path, fetched, ctx, batch: bool, validation: bool) -> dict:
+def _perpwatch_once(db: Path, fetched, ctx, validation: bool) -> dict:
     """One fresh load and one reload of the same pages. Returns seconds per stage and the load counts."""
     from perpwatch.ingest import pipeline
 
@@ -120,10 +107,7 @@ def _perpwatch_once(db: Path, fetched, ctx, batch: bool, validation: bool) -> di
             report = pipeline.RunReport(run_id=f"bench-{phase}", kind="bench")
             with _Stages(validation) as st:
                 t0 = time.perf_counter()
-                if batch:
-                    frames = batch_parse(fetched, ctx)
-                else:
-                    frames = pipeline.parse_all(con, report, fetched, ctx).frames["open_interest"]
+                frames = pipeline.parse_all(con, report, fetched, ctx).frames["open_interest"]
                 t_parse = time.perf_counter() - t0
                 pipeline.load_table(con, report, "open_interest", frames)
                 total = time.perf_counter() - t0
@@ -246,19 +230,18 @@ def run(rows: int, runs: int, workdir: Path, dlt_rows: int | None, em_rows: int,
     from perpwatch.ingest import validate as V
 
     # warm GX once (its 2-3 s import and context creation are start-up cost, reported in the e2e section)
-    warm = batch_parse(fetched[:2], ctx)[0].drop(["_source", "_stream", "_instrument", "_endpoint"])
+    warm = parse(fetched[:2], ctx)[0].drop(["_source", "_stream", "_instrument", "_endpoint"])
     V.validate("open_interest", warm.with_columns(pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at")))
 
-    variants = {"per_page_validated": (False, True), "per_page_novalidation": (False, False),
-                "batch_validated": (True, True), "batch_novalidation": (True, False)}
+    variants = {"per_page_validated": True, "per_page_novalidation": False}
     results: dict[str, list[dict]] = {k: [] for k in variants}
     for r in range(runs):
-        for name, (batch, validation) in variants.items():
-            results[name].append(_perpwatch_once(workdir / "load.duckdb", fetched, ctx, batch, validation))
+        for name, validation in variants.items():
+            results[name].append(_perpwatch_once(workdir / "load.duckdb", fetched, ctx, validation))
             progress(f"  run {r + 1}/{runs} {name}: fresh {results[name][-1]['fresh']['total']:.2f}s, "
                      f"reload {results[name][-1]['reload']['total']:.2f}s")
     # the frame the upsert sees (normalised + raw_id + ingested_at), for the ceiling and the GX diagnostic
-    norm = pl.concat(batch_parse(fetched, ctx)).drop(["_source", "_stream", "_instrument", "_endpoint"]).with_columns(
+    norm = pl.concat(parse(fetched, ctx)).drop(["_source", "_stream", "_instrument", "_endpoint"]).with_columns(
         pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"))
     ceiling = Sample()
     for _ in range(runs):

@@ -38,14 +38,3 @@ def oi_pages(rows: int, page_size: int = 500, symbols: int | None = None, seed: 
             break
     return out
 
-
-def normalised_rows(pages: list[tuple[dict, bytes]]) -> list[dict]:
-    """Plain-Python normalisation (what a hand-written loader or a dlt resource does per row)."""
-    out = []
-    for _params, body in pages:
-        for r in orjson.loads(body):
-            oi = float(r["sumOpenInterest"])
-            out.append({"venue": "binance", "instrument": r["symbol"], "ts": int(r["timestamp"]),
-                        "asset": r["symbol"][:-4], "margin": "linear", "oi_contracts": oi, "oi_base": oi,
-                        "oi_usd": float(r["sumOpenInterestValue"])})
-    return out

@@ -1,4 +1,5 @@
-"""`python -m perpwatch.simulator`: the venue simulator standalone (simulator/server.py)."""
+"""`python -m perpwatch.simulator [options]`: start the venue simulator server (options: server.main)."""
+
 import sys
 
 from .server import main

@@ -161,29 +161,10 @@ def fmt(values, decimals: int) -> list[str]:
     return [f.format(v) for v in np.asarray(values, dtype=float).tolist()]
 
 
-def fmt_g(values, sig: int = 10) -> list[str]:
-    """Compact decimal strings (no exponent, trailing zeros stripped)."""
-    out = []
-    for v in np.asarray(values, dtype=float).tolist():
-        if v == 0:
-            out.append("0")
-            continue
-        d = max(0, sig - 1 - int(math.floor(math.log10(abs(v)))))
-        s = f"{v:.{d}f}"
-        if "." in s:
-            s = s.rstrip("0").rstrip(".")
-        out.append(s)
-    return out
-
-
 def price_decimals(price: float, sig: int = 6) -> int:
     if price <= 0:
         return 2
     return max(0, min(10, sig - 1 - int(math.floor(math.log10(price)))))
-
-
-def iso_date(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
 
 
 # --------------------------------------------------------------------------- bars
@@ -320,10 +301,6 @@ def bar_extras(market, bars: dict[str, np.ndarray], salt: int, trade_usd: float 
     ret = np.log(np.maximum(bars["c"], 1e-300) / np.maximum(bars["o"], 1e-300))
     share = np.clip(0.5 + 8.0 * ret + 0.03 * market.noise(key, salt + 1), 0.05, 0.95)
     return qv, trades, v * share, qv * share
-
-
-def json_dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
 
 
 # --------------------------------------------------------------------------- venue base

@@ -47,7 +47,6 @@ TABLE_SIZE = 1 << TABLE_BITS
 TABLE_MASK = TABLE_SIZE - 1
 
 DEFAULT_UNIVERSE = ["BTC", "ETH", "SOL"]
-EXTRA_ASSETS = ["BNB", "XRP", "DOGE", "PEPE"]
 
 # venue share of global (one-sided) open interest
 VENUE_OI_SHARE = {

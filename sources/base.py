@@ -1,9 +1,12 @@
-"""Types shared by the venue modules: what to fetch (Stream) and what a parser may know (ParseContext)."""
+"""Types shared by the venue modules: what to fetch (Stream), what a parser may know (ParseContext),
+a registered parser with its options (Parser), and the tradable-instrument filter every plan() uses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import polars as pl
 
@@ -36,6 +39,28 @@ class ParseContext:
 
     def instrument(self, venue: str, instrument: str) -> dict:
         return self.instruments.get((venue, instrument), {})
+
+
+ParseFn = Callable[[Any, dict, ParseContext], dict[str, pl.DataFrame]]
+
+
+@dataclass(frozen=True)
+class Parser:
+    """One entry of a module's PARSERS: the parse function and how the engine must call it.
+
+    `raw_body`: the function takes the landed bytes as they are (CSV, HTML, imported files)
+    instead of the JSON-decoded body. Calling the Parser calls the function, so
+    `PARSERS[endpoint](data, params, ctx)` parses already-decoded data."""
+
+    fn: ParseFn
+    raw_body: bool = False
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"Parser.fn must be callable, got {self.fn!r}")
+
+    def __call__(self, data, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+        return self.fn(data, params, ctx)
 
 
 def tradable(instruments: pl.DataFrame, venue: str, assets: list[str], **equals: str) -> list[dict]:

@@ -16,15 +16,13 @@ Example payload (GET /futures/data/openInterestHist?symbol=BTCUSDT&period=1h):
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 import polars as pl
 
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
@@ -238,9 +236,6 @@ def parse_open_interest_hist(data: list, params: dict, ctx: ParseContext) -> dic
     return {"open_interest": out}
 
 
-OI_FIELDS = ["symbol", "sumOpenInterest", "sumOpenInterestValue", "timestamp"]
-
-
 def _oi_columns(asset: pl.Expr, size: pl.Expr | float, mult: pl.Expr | float = 1.0) -> list[pl.Expr]:
     return [
         pl.lit(VENUE).alias("venue"), pl.col("symbol").alias("instrument"), ts_ms("timestamp").alias("ts"),
@@ -248,80 +243,6 @@ def _oi_columns(asset: pl.Expr, size: pl.Expr | float, mult: pl.Expr | float = 1
         (num("sumOpenInterest") / size).alias("oi_contracts"),      # USD-M: base coin, 1 contract = 1 coin
         (num("sumOpenInterest") * mult).alias("oi_base"),
         num("sumOpenInterestValue").alias("oi_usd")]
-
-
-def _read_pages(bodies: Sequence[bytes], fields: list[str]) -> tuple[dict[tuple, list], list[int]]:
-    """Decode JSON-list pages straight from bytes, grouped by the dtypes of `fields`.
-
-    polars' JSON reader with infer_schema_length=None infers each page's dtypes over all its rows
-    exactly like `_frame(orjson.loads(body))` does, so a page's frame is the one the per-page
-    parser would build. Anything else (not a list, no rows, a field missing, unreadable) goes to
-    the returned `rest` positions, for the per-page parser to handle (or reject) as usual.
-    """
-    groups: dict[tuple, list] = {}
-    rest: list[int] = []
-    for i, body in enumerate(bodies):
-        if bytes(body[:64]).lstrip()[:1] != b"[":
-            rest.append(i)
-            continue
-        try:
-            df = pl.read_json(io.BytesIO(body), infer_schema_length=None)
-        except Exception:   # noqa: BLE001 - the per-page parser reports it properly
-            rest.append(i)
-            continue
-        if df.height == 0 or any(f not in df.columns for f in fields):
-            rest.append(i)
-            continue
-        groups.setdefault(tuple(df.schema[f] for f in fields), []).append((i, df.select(fields)))
-    return groups, rest
-
-
-def parse_open_interest_hist_batch(bodies: Sequence[bytes], ctx: ParseContext) -> tuple[dict[str, pl.DataFrame], list[int]]:
-    """Many openInterestHist pages at once: the rows `parse_open_interest_hist` gives page by page
-    (same values, dtypes and order), plus `__payload` = the page's position in `bodies`.
-
-    Returns (frames, rest): `rest` lists the pages this fast path did not take (not a list of
-    rows, a field missing, a value that does not parse, ...); parse those with the per-page
-    parser, which raises its usual error for a bad one. One decode per page straight from bytes
-    and one vectorised select for the whole batch, instead of a decode + frame + select per page.
-    """
-    groups, rest = _read_pages(bodies, OI_FIELDS)
-    out: list[pl.DataFrame] = []
-    for members in groups.values():
-        pos = np.array([i for i, _ in members], dtype=np.int64)
-        heights = np.array([df.height for _, df in members], dtype=np.int64)
-        firsts = [df["symbol"][0] for _, df in members]    # the per-page parser keys on the first row
-        if not all(isinstance(s, str) for s in firsts):
-            rest.extend(int(i) for i in pos)
-            continue
-        assets = [canonical(VENUE, s)[0] for s in firsts]
-        sizes = np.array([ctx.instrument(VENUE, s).get("contract_size") or 1.0 for s in firsts], dtype=np.float64)
-        mults = np.array([ctx.instrument(VENUE, s).get("multiplier") or canonical(VENUE, s)[1] for s in firsts],
-                         dtype=np.float64)
-        uniq = sorted(set(assets))
-        code = {a: k for k, a in enumerate(uniq)}
-        frame = pl.concat([df for _, df in members]).with_columns(
-            pl.Series("__asset", uniq, pl.String).gather(np.repeat([code[a] for a in assets], heights)),
-            pl.Series("__size", np.repeat(sizes, heights)),
-            pl.Series("__mult", np.repeat(mults, heights)),
-            pl.Series("__payload", np.repeat(pos, heights)))
-        cols = [*_oi_columns(pl.col("__asset"), pl.col("__size"), pl.col("__mult")), "__payload"]
-        try:
-            out.append(frame.select(cols))
-        except Exception:   # noqa: BLE001 - a value that does not parse: find the page(s) and leave
-            for i in pos:    # them to the per-page parser, which raises its usual error
-                try:
-                    out.append(frame.filter(pl.col("__payload") == i).select(cols))
-                except Exception:   # noqa: BLE001
-                    rest.append(int(i))
-    if not out:
-        return {}, sorted(rest)
-    frame = out[0] if len(out) == 1 else pl.concat(out).sort("__payload", maintain_order=True)
-    frames = {"open_interest": frame}
-    return frames, sorted(rest)
-
-
-parse_open_interest_hist.batch = parse_open_interest_hist_batch
 
 
 def _parse_ratio(population: str):
@@ -374,13 +295,13 @@ def _parse_klines(kind: str):
 
 
 PARSERS = {
-    "/fapi/v1/exchangeInfo": parse_exchange_info,
-    "/fapi/v1/fundingInfo": parse_funding_info,
-    "/fapi/v1/fundingRate": parse_funding_rate,
-    "/futures/data/openInterestHist": parse_open_interest_hist,
-    **{ep: _parse_ratio(pop) for pop, ep in RATIO_ENDPOINTS.items()},
-    "/fapi/v1/klines": _parse_klines("perp"),
-    "/fapi/v1/markPriceKlines": _parse_klines("mark"),
-    "/fapi/v1/indexPriceKlines": _parse_klines("index"),
-    "/api/v3/klines": _parse_klines("spot"),
+    "/fapi/v1/exchangeInfo": Parser(parse_exchange_info),
+    "/fapi/v1/fundingInfo": Parser(parse_funding_info),
+    "/fapi/v1/fundingRate": Parser(parse_funding_rate),
+    "/futures/data/openInterestHist": Parser(parse_open_interest_hist),
+    **{ep: Parser(_parse_ratio(pop)) for pop, ep in RATIO_ENDPOINTS.items()},
+    "/fapi/v1/klines": Parser(_parse_klines("perp")),
+    "/fapi/v1/markPriceKlines": Parser(_parse_klines("mark")),
+    "/fapi/v1/indexPriceKlines": Parser(_parse_klines("index")),
+    "/api/v3/klines": Parser(_parse_klines("spot")),
 }

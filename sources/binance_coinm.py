@@ -37,7 +37,7 @@ import polars as pl
 
 from perpwatch.core.assets import canonical
 from perpwatch.sources import binance
-from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
 from perpwatch.sources.http import Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, num, ts_ms
 
@@ -248,11 +248,11 @@ def _parse_klines(kind: str):
 
 
 PARSERS = {
-    "/dapi/v1/exchangeInfo": parse_exchange_info,
-    "/dapi/v1/fundingInfo": binance.parse_funding_info,
-    "/dapi/v1/fundingRate": parse_funding_rate,
-    "/futures/data/openInterestHist": parse_open_interest_hist,
-    "/dapi/v1/klines": _parse_klines("perp"),
-    "/dapi/v1/markPriceKlines": _parse_klines("mark"),
-    "/dapi/v1/indexPriceKlines": _parse_klines("index"),
+    "/dapi/v1/exchangeInfo": Parser(parse_exchange_info),
+    "/dapi/v1/fundingInfo": Parser(binance.parse_funding_info),
+    "/dapi/v1/fundingRate": Parser(parse_funding_rate),
+    "/futures/data/openInterestHist": Parser(parse_open_interest_hist),
+    "/dapi/v1/klines": Parser(_parse_klines("perp")),
+    "/dapi/v1/markPriceKlines": Parser(_parse_klines("mark")),
+    "/dapi/v1/indexPriceKlines": Parser(_parse_klines("index")),
 }

@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
 from perpwatch.sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
@@ -446,11 +446,11 @@ def _parse_klines(kind: str, endpoint: str):
 
 
 PARSERS = {
-    "/v5/market/instruments-info": parse_instruments,
-    "/v5/market/open-interest": parse_open_interest,
-    "/v5/market/funding/history": parse_funding_history,
-    "/v5/market/account-ratio": parse_account_ratio,
-    "/v5/market/kline": _parse_klines("perp", "/v5/market/kline"),
-    "/v5/market/mark-price-kline": _parse_klines("mark", "/v5/market/mark-price-kline"),
-    "/v5/market/index-price-kline": _parse_klines("index", "/v5/market/index-price-kline"),
+    "/v5/market/instruments-info": Parser(parse_instruments),
+    "/v5/market/open-interest": Parser(parse_open_interest),
+    "/v5/market/funding/history": Parser(parse_funding_history),
+    "/v5/market/account-ratio": Parser(parse_account_ratio),
+    "/v5/market/kline": Parser(_parse_klines("perp", "/v5/market/kline")),
+    "/v5/market/mark-price-kline": Parser(_parse_klines("mark", "/v5/market/mark-price-kline")),
+    "/v5/market/index-price-kline": Parser(_parse_klines("index", "/v5/market/index-price-kline")),
 }

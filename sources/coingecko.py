@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.core import settings
-from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.base import ParseContext, Parser, Stream
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS
 
@@ -151,7 +151,7 @@ def parse_global(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.Da
 
 
 PARSERS = {
-    TREASURY: parse_treasury,
-    GLOBAL: parse_global,
-    **{chart_path(cid): _parse_chart(asset) for asset, cid in COIN_IDS.items()},
+    TREASURY: Parser(parse_treasury),
+    GLOBAL: Parser(parse_global),
+    **{chart_path(cid): Parser(_parse_chart(asset)) for asset, cid in COIN_IDS.items()},
 }

@@ -47,7 +47,7 @@ import polars as pl
 
 from perpwatch.core import settings
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
 from perpwatch.sources.http import BadRequest, Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived
 
@@ -328,8 +328,8 @@ def parse_chart(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.Dat
 
 
 PARSERS = {
-    INSTRUMENTS: parse_instruments,
-    BOOK_SUMMARY: parse_book_summary,
-    FUNDING: parse_funding_history,
-    CHART: parse_chart,
+    INSTRUMENTS: Parser(parse_instruments),
+    BOOK_SUMMARY: Parser(parse_book_summary),
+    FUNDING: Parser(parse_funding_history),
+    CHART: Parser(parse_chart),
 }

@@ -30,7 +30,7 @@ from html.parser import HTMLParser
 import polars as pl
 
 from perpwatch.core import settings
-from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.base import ParseContext, Parser, Stream
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 
 SOURCE = "farside"
@@ -261,6 +261,4 @@ def parse_page(data: bytes, params: dict, ctx: ParseContext) -> dict[str, pl.Dat
     return {"etf_flows": df.drop("_row")}
 
 
-parse_page.raw_body = True
-
-PARSERS = {PAGE: parse_page, "/btc/": parse_page}
+PARSERS = {PAGE: Parser(parse_page, raw_body=True), "/btc/": Parser(parse_page, raw_body=True)}

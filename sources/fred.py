@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from perpwatch.core import settings
-from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.base import ParseContext, Parser, Stream
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 
 SOURCE = "fred"
@@ -129,6 +129,4 @@ def parse_csv(data: bytes, params: dict, ctx: ParseContext) -> dict[str, pl.Data
     return {"macro_closes": df.drop("_row")}
 
 
-parse_csv.raw_body = True
-
-PARSERS = {ENDPOINT: parse_csv}
+PARSERS = {ENDPOINT: Parser(parse_csv, raw_body=True)}

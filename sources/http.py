@@ -305,9 +305,5 @@ def _retry_after(resp: requests.Response) -> float | None:
         return None
 
 
-def redact_params(params: dict) -> dict:
-    return {k: ("***" if SECRET_HEADER.search(k) else v) for k, v in params.items()}
-
-
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)

@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, num, ts_ms
 
@@ -253,4 +253,4 @@ def parse_info(data, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]
     return parser(data, params, ctx)
 
 
-PARSERS = {ENDPOINT: parse_info}
+PARSERS = {ENDPOINT: Parser(parse_info)}

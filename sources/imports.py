@@ -56,7 +56,7 @@ import polars as pl
 from perpwatch.core import tables
 from perpwatch.core.assets import canonical
 from perpwatch.sources import coingecko, farside, fred, sosovalue, stooq
-from perpwatch.sources.base import ParseContext
+from perpwatch.sources.base import ParseContext, Parser
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing
 
 SOURCE = "import"
@@ -728,12 +728,11 @@ def finish(table: str, frame: pl.DataFrame, problems: list[dict], ctx: ParseCont
     return ImportResult(table, frame.sort("_row"), problems, fmt, notes)
 
 
-def _parser(kind: str):
+def _parser(kind: str) -> Parser:
     def parse(data: bytes, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
         res = parse_file(kind, data, {**params, "kind": kind}, ctx)
         return {res.table: res.frame.drop("_row")}
-    parse.raw_body = True
-    return parse
+    return Parser(parse, raw_body=True)
 
 
 PARSERS = {f"file:{k}": _parser(k) for k in KINDS}

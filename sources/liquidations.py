@@ -1,8 +1,8 @@
-"""Liquidation websocket messages -> staging.liquidations (Binance, Bybit, OKX).
+"""Liquidation websocket messages -> staging.liquidations (Binance, Bybit, OKX): the parsers.
 
 REST liquidation history is gone on Binance (2021-04-27) and OKX (April 2023), so
-`perpwatch collect` (perpwatch/ingest/collector.py) captures the public websocket streams and lands
-each flushed batch of messages as one raw.payloads row:
+`perpwatch collect` (perpwatch/ingest/collector.py, with the venue table in sources/streams.py)
+captures the public websocket streams and lands each flushed batch of messages as one raw.payloads row:
 
     source      binance_ws | bybit_ws | okx_ws
     endpoint    !forceOrder@arr | allLiquidation | liquidation-orders   (the PARSERS keys)
@@ -44,13 +44,11 @@ import re
 import polars as pl
 
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext
+from perpwatch.sources.base import ParseContext, Parser
 from perpwatch.sources.normalize import UTC_MS, num, ts_ms
 
-SOURCE = "binance_ws"       # the module serves three sources; see SOURCES
+SOURCE = "binance_ws"       # the module parses all three sources of sources.streams.WS_VENUES
 VENUE = None
-SOURCES = {"binance_ws": "binance", "bybit_ws": "bybit", "okx_ws": "okx"}
-ENDPOINTS = {"binance_ws": "!forceOrder@arr", "bybit_ws": "allLiquidation", "okx_ws": "liquidation-orders"}
 INSTRUMENT_ENDPOINTS = ()
 DATASETS = ("liquidations",)
 UNSUPPORTED: dict[str, str] = {}
@@ -250,7 +248,7 @@ def parse_okx_liquidation_orders(data, params: dict, ctx: ParseContext) -> dict[
 
 
 PARSERS = {
-    "!forceOrder@arr": parse_binance_force_order,
-    "allLiquidation": parse_bybit_all_liquidation,
-    "liquidation-orders": parse_okx_liquidation_orders,
+    "!forceOrder@arr": Parser(parse_binance_force_order),
+    "allLiquidation": Parser(parse_bybit_all_liquidation),
+    "liquidation-orders": Parser(parse_okx_liquidation_orders),
 }

@@ -43,9 +43,5 @@ def interval_from_spacing(df: pl.DataFrame, time_col: str, group: str, fallback:
             .otherwise(fallback))
 
 
-def floor_hour(col: str) -> pl.Expr:
-    return pl.col(col).dt.truncate("1h")
-
-
 def empty(schema: dict) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)

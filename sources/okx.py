@@ -41,7 +41,7 @@ import polars as pl
 
 from perpwatch.core import settings
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
 from perpwatch.sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
@@ -483,11 +483,11 @@ def _parse_candles(kind: str, endpoint: str):
 
 
 PARSERS = {
-    INSTRUMENTS: parse_instruments,
-    FUNDING_NOW: parse_funding_now,
-    FUNDING_HISTORY: parse_funding_history,
-    OI_HISTORY: parse_oi_history,
-    **{ep: _parse_ratio(pop, ep) for pop, ep in RATIO_ENDPOINTS.items()},
-    **{ep: _parse_candles(kind, ep) for kind, pair in CANDLES.items() if kind != "future" for ep, _ in pair},
+    INSTRUMENTS: Parser(parse_instruments),
+    FUNDING_NOW: Parser(parse_funding_now),
+    FUNDING_HISTORY: Parser(parse_funding_history),
+    OI_HISTORY: Parser(parse_oi_history),
+    **{ep: Parser(_parse_ratio(pop, ep)) for pop, ep in RATIO_ENDPOINTS.items()},
+    **{ep: Parser(_parse_candles(kind, ep)) for kind, pair in CANDLES.items() if kind != "future" for ep, _ in pair},
 }
 

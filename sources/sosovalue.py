@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from perpwatch.core import settings
-from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.base import ParseContext, Parser, Stream
 from perpwatch.sources.farside import TOTAL_TICKER
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 
@@ -105,4 +105,4 @@ def parse_inflow_chart(data, params: dict, ctx: ParseContext) -> dict[str, pl.Da
     return {"etf_flows": out.filter(pl.col("flow_usd").is_not_null()).sort("date")}
 
 
-PARSERS = {ENDPOINT: parse_inflow_chart}
+PARSERS = {ENDPOINT: Parser(parse_inflow_chart)}

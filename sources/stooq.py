@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from perpwatch.core import settings
-from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.base import ParseContext, Parser, Stream
 from perpwatch.sources.http import BadPayload, Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, ts_ms
 
@@ -171,9 +171,6 @@ def parse_csv(data: bytes, params: dict, ctx: ParseContext) -> dict[str, pl.Data
     return {"macro_closes": df.drop("_row")}
 
 
-parse_csv.raw_body = True
-
-
 def parse_paxg_klines(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
     """Binance spot 1d klines of PAXGUSDT -> GOLD closes (closed candles only, date = candle open day)."""
     if not isinstance(data, list):
@@ -190,4 +187,4 @@ def parse_paxg_klines(data: list, params: dict, ctx: ParseContext) -> dict[str, 
         pl.col("close").cast(pl.Float64).alias("close"), pl.lit(f"binance:{sym}").alias("source"))}
 
 
-PARSERS = {ENDPOINT: parse_csv, KLINES: parse_paxg_klines}
+PARSERS = {ENDPOINT: Parser(parse_csv, raw_body=True), KLINES: Parser(parse_paxg_klines)}

@@ -1,6 +1,6 @@
 """The benchmark harness runs and writes sane numbers (`--size tiny`); the fast paths it introduced
-(batch openInterestHist parser, set-based upsert, incremental mart builds) give exactly what the
-straightforward versions give. A benchmark is not a test: no timing is asserted here."""
+(set-based upsert, incremental mart builds) give exactly what the straightforward versions give.
+A benchmark is not a test: no timing is asserted here."""
 
 from __future__ import annotations
 
@@ -12,17 +12,13 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import polars as pl
 import pytest
 
 from perpwatch import transforms, warehouse
-from perpwatch.sources import binance
-from perpwatch.sources.base import ParseContext
 from perpwatch.warehouse import KEYS, PROVENANCE, LoadResult, table_columns
 
 ROOT = Path(__file__).resolve().parent.parent
-FIX = Path(__file__).resolve().parent / "fixtures" / "binance"
 
 
 def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
@@ -35,12 +31,13 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     s = r["load"]["summary"]
     rows = r["load"]["raw"]["rows"]
     assert rows == 10_000 and r["load"]["raw"]["pages"] == 20
-    for v in ("batch_novalidation", "batch_validated", "per_page_novalidation", "per_page_validated"):
+    assert sorted(r["load"]["raw"]["variants"]) == ["per_page_novalidation", "per_page_validated"]
+    for v in ("per_page_novalidation", "per_page_validated"):
         fresh, reload = s[f"{v}.fresh"], s[f"{v}.reload"]
         assert (fresh["loaded"], fresh["duplicate"], fresh["quarantined"]) == (rows, 0, 0)
         assert (reload["loaded"], reload["duplicate"]) == (0, rows)        # idempotent
         assert 0 < fresh["total"]["median"] < 60 and fresh["rows_per_s"] > 0
-    assert all(x["rows_in_table"] == rows for x in r["load"]["raw"]["variants"]["batch_validated"])
+    assert all(x["rows_in_table"] == rows for x in r["load"]["raw"]["variants"]["per_page_validated"])
     assert s["executemany"]["rows"] == 500 and s["ceiling"]["rows_per_s"] > s["executemany"]["rows_per_s"]
     m = r["marts"]
     assert sorted(int(k) for k in m["sizes"]) == [1, 2, 4]
@@ -57,35 +54,6 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     assert e["floor"]["floor_s"] > 0
     text = out.read_text()
     assert "## Targets" in text and "## 1. Load path" in text and "## 3. Extraction" in text
-
-
-# --------------------------------------------------------------------------- batch parser == per page
-
-def _page(rows):
-    return orjson.dumps(rows)
-
-
-def test_batch_parser_matches_per_page_parser():
-    ctx = ParseContext(datetime(2026, 1, 1, tzinfo=UTC), {("binance", "ETHUSDT"): {"contract_size": 2.0}})
-    fixture = (FIX / "futures_data_openInterestHist.json").read_bytes()         # string timestamps
-    eth = _page([{"symbol": "ETHUSDT", "sumOpenInterest": "10.5", "sumOpenInterestValue": "31500.0",
-                  "timestamp": 1_700_000_000_000 + i * 3_600_000} for i in range(3)])
-    nums = _page([{"symbol": "1000PEPEUSDT", "sumOpenInterest": 7, "sumOpenInterestValue": 1.5e3, "timestamp": 1}])
-    bad = _page([{"symbol": "BTCUSDT", "sumOpenInterest": "x", "sumOpenInterestValue": "1", "timestamp": 1}])
-    bodies = [fixture, b"[]", eth, b'{"code":-1130,"msg":"bad"}', nums, bad]
-    frames, rest = binance.parse_open_interest_hist_batch(bodies, ctx)
-    df = frames["open_interest"]
-    assert rest == [1, 3, 5]            # empty, not a list, a bad value: left to the per-page parser
-    for pos in (0, 2, 4):
-        want = binance.parse_open_interest_hist(orjson.loads(bodies[pos]), {}, ctx)["open_interest"]
-        got = df.filter(pl.col("__payload") == pos).drop("__payload")
-        assert got.equals(want) and got.schema == want.schema
-    e = df.filter(pl.col("__payload") == 2).row(0, named=True)
-    assert (e["asset"], e["oi_base"], e["oi_contracts"], e["oi_usd"]) == ("ETH", 10.5, 5.25, 31500.0)
-    p = df.filter(pl.col("__payload") == 4).row(0, named=True)
-    assert (p["asset"], p["oi_base"], p["oi_contracts"]) == ("PEPE", 7000.0, 7.0)   # 1 unit = 1000 PEPE
-    with pytest.raises(Exception):      # noqa: B017 - the per-page parser still rejects the bad page
-        binance.parse_open_interest_hist(orjson.loads(bad), {}, ctx)
 
 
 # --------------------------------------------------------------------------- upsert == reference

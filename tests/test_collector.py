@@ -11,7 +11,7 @@ import json
 import re
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import orjson
 import polars as pl
@@ -20,6 +20,7 @@ import pytest
 from perpwatch import sources, warehouse
 from perpwatch.ingest import collector, pipeline
 from perpwatch.sources import liquidations as liq
+from perpwatch.sources import streams
 from perpwatch.sources.base import ParseContext
 from perpwatch.sources.http import Fetched
 
@@ -163,8 +164,9 @@ def test_registered_for_replay_only():
         assert sources.get(src) is liq
         assert src not in sources.VENUE_MODULES and src not in sources.PROVIDER_MODULES
     assert liq.INSTRUMENT_ENDPOINTS == ()
-    assert {v.source: v.endpoint for v in collector.WS_VENUES.values()} == liq.ENDPOINTS
-    assert set(liq.ENDPOINTS.values()) == set(liq.PARSERS)
+    assert {v.source: v.endpoint for v in streams.WS_VENUES.values()} == \
+        {"binance_ws": "!forceOrder@arr", "bybit_ws": "allLiquidation", "okx_ws": "liquidation-orders"}
+    assert {v.endpoint for v in streams.WS_VENUES.values()} == set(liq.PARSERS)
 
 
 def test_backoff_is_exponential_with_jitter_and_capped():
@@ -179,9 +181,9 @@ def test_symbols_from_instruments_or_default_names():
     inst = {("binance", "1000PEPEUSDT"): {"asset": "PEPE", "kind": "perp", "margin": "linear", "quote": "USDT",
                                           "status": "trading"},
             ("binance", "PEPEUSDC"): {"asset": "PEPE", "kind": "perp", "margin": "linear", "quote": "USDC"}}
-    assert collector.symbols_for("binance", ["BTC", "PEPE"], inst) == ["1000PEPEUSDT", "BTCUSDT"]
-    assert collector.symbols_for("okx", ["BTC", "ETH"], OKX_CTX) == ["BTC-USDT-SWAP", "ETH-USDT-SWAP"]
-    assert json.loads(collector.subscribe_messages(collector.WS_VENUES["bybit"], ["BTCUSDT", "ETHUSDT"])[0]) == \
+    assert streams.symbols_for("binance", ["BTC", "PEPE"], inst) == ["1000PEPEUSDT", "BTCUSDT"]
+    assert streams.symbols_for("okx", ["BTC", "ETH"], OKX_CTX) == ["BTC-USDT-SWAP", "ETH-USDT-SWAP"]
+    assert json.loads(streams.WS_VENUES["bybit"].subscribe_messages(["BTCUSDT", "ETHUSDT"])[0]) == \
         {"op": "subscribe", "args": ["allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT"]}
     with pytest.raises(ValueError, match="no public liquidation stream"):
         collector.collect(venues=["hyperliquid"], seconds=1)
@@ -362,8 +364,8 @@ def venues_server(fixture, monkeypatch):
         monkeypatch.setenv(k, v)
     # fast heartbeats so the test sees them
     fast = {k: dataclasses.replace(v, ping_every_s=0.1 if v.ping_every_s else None)
-            for k, v in collector.WS_VENUES.items()}
-    monkeypatch.setattr(collector, "WS_VENUES", fast)
+            for k, v in streams.WS_VENUES.items()}
+    monkeypatch.setattr(streams, "WS_VENUES", fast)
     yield srv
     srv.close()
 
@@ -459,7 +461,8 @@ def test_collector_reconnects_lands_raw_loads_once_and_replays(venues_server, tm
 def test_collector_against_simulator_with_drops(tmp_path, monkeypatch):
     from perpwatch.simulator.server import start
 
-    now = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    # a fixed market minute: the first 12 messages of each connection always include OKX BTC (asserted below)
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
     sim = start(port=0, seed=7, now=now, universe=["BTC", "ETH", "SOL"], ws_speed=3600, ws_drop_after=12)
     venues = ["binance", "bybit"] + (["okx"] if importlib.util.find_spec("perpwatch.sources.okx") else [])
     try:
@@ -484,7 +487,7 @@ def test_collector_against_simulator_with_drops(tmp_path, monkeypatch):
         distinct = 0
         for v in venues:
             src = f"{v}_ws"
-            ep = collector.WS_VENUES[v].endpoint
+            ep = streams.WS_VENUES[v].endpoint
             df = liq.PARSERS[ep](_landed(con, src), {"symbols": stats.symbols[src]}, ctx(inst))["liquidations"]
             distinct += df.unique(GRAIN).height
     assert got.height == distinct == sum(d["loaded"] for d in stats.datasets if d["dataset"] == "liquidations")

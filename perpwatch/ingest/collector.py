@@ -3,13 +3,9 @@
     perpwatch collect --seconds 600 --venues binance,bybit,okx --assets BTC,ETH,SOL
 
 REST liquidation history is gone (Binance 2021-04-27, OKX April 2023), so liquidations are
-captured live:
-
-| venue   | URL setting       | path                   | subscription                                   |
-|---------|-------------------|------------------------|------------------------------------------------|
-| binance | BINANCE_FSTREAM   | /ws/!forceOrder@arr    | none (the path is the stream)                  |
-| bybit   | BYBIT_WS          | /v5/public/linear      | {"op":"subscribe","args":["allLiquidation.BTCUSDT",...]} |
-| okx     | OKX_WS            | /ws/v5/public          | {"op":"subscribe","args":[{"channel":"liquidation-orders","instType":"SWAP"}]} |
+captured live. This module is the runtime only; what is venue-specific (URLs, subscriptions,
+heartbeats, which messages are data) is the venue table in sources/streams.py (`WS_VENUES`), and the
+parsing is sources/liquidations.py.
 
 One asyncio task per venue keeps a connection open, resubscribes after every reconnect
 (exponential backoff with jitter) and sends the application heartbeats Bybit and OKX require.
@@ -48,34 +44,13 @@ from perpwatch import sources, warehouse
 from perpwatch.core import settings
 from perpwatch.core.assets import validate_asset
 from perpwatch.ingest import pipeline
-from perpwatch.sources import liquidations
+from perpwatch.sources import streams
 from perpwatch.sources.http import Fetched
+from perpwatch.sources.streams import WsVenue
 
 log = logging.getLogger("perpwatch.ingest.collector")
 
 DATASET = "liquidations"
-
-
-@dataclass(frozen=True)
-class WsVenue:
-    venue: str
-    source: str         # raw.payloads.source
-    url_name: str       # PERPWATCH_URL_<url_name>
-    path: str
-    endpoint: str       # raw.payloads.endpoint = key in sources.liquidations.PARSERS
-    ping_every_s: float | None = None   # application-level heartbeat the venue requires
-
-    def url(self) -> str:
-        return settings.url(self.url_name) + self.path
-
-
-WS_VENUES = {
-    "binance": WsVenue("binance", "binance_ws", "BINANCE_FSTREAM", "/ws/!forceOrder@arr", "!forceOrder@arr"),
-    "bybit": WsVenue("bybit", "bybit_ws", "BYBIT_WS", "/v5/public/linear", "allLiquidation", ping_every_s=20.0),
-    "okx": WsVenue("okx", "okx_ws", "OKX_WS", "/ws/v5/public", "liquidation-orders", ping_every_s=25.0),
-}
-BYBIT_ARGS_PER_REQUEST = 10
-assert {v.endpoint for v in WS_VENUES.values()} == set(liquidations.PARSERS)
 
 
 @dataclass
@@ -114,75 +89,6 @@ class CollectStats:
                 v = v.isoformat()
             out[f.name] = v
         return out
-
-
-# --------------------------------------------------------------------------- symbols
-
-def default_symbol(venue: str, asset: str) -> str:
-    """The linear USDT perp of an asset when staging.instruments does not know the venue yet."""
-    return f"{asset}-USDT-SWAP" if venue == "okx" else f"{asset}USDT"
-
-
-def symbols_for(venue: str, assets: list[str], ctx_instruments: dict) -> list[str]:
-    """Linear USDT perps of the assets: from staging.instruments when known, else the usual name
-    (1000PEPEUSDT and the like are only found through the instruments table)."""
-    out = []
-    for asset in assets:
-        known = sorted(inst for (v, inst), r in ctx_instruments.items()
-                       if v == venue and r.get("asset") == asset and r.get("kind") == "perp"
-                       and r.get("margin") in (None, "linear") and r.get("quote") in (None, "USDT")
-                       and r.get("status") in (None, "trading"))
-        out += known or [default_symbol(venue, asset)]
-    return sorted(set(out))
-
-
-def subscribe_messages(v: WsVenue, symbols: list[str]) -> list[str]:
-    if v.venue == "bybit":
-        topics = [f"allLiquidation.{s}" for s in symbols]
-        return [orjson.dumps({"op": "subscribe", "args": topics[i:i + BYBIT_ARGS_PER_REQUEST]}).decode()
-                for i in range(0, len(topics), BYBIT_ARGS_PER_REQUEST)]
-    if v.venue == "okx":
-        return [orjson.dumps({"op": "subscribe",
-                              "args": [{"channel": "liquidation-orders", "instType": "SWAP"}]}).decode()]
-    return []
-
-
-def ping_message(v: WsVenue) -> str | None:
-    return {"bybit": '{"op":"ping"}', "okx": "ping"}.get(v.venue)
-
-
-def classify(v: WsVenue, m) -> tuple[str, set[str], str | None]:
-    """(kind, instruments, problem) of one decoded message; kind is data | control | other."""
-    if v.venue == "binance":
-        if isinstance(m, dict) and "stream" in m and "data" in m:
-            m = m["data"]
-        events = m if isinstance(m, list) else [m]
-        syms = {e["o"].get("s") for e in events
-                if isinstance(e, dict) and e.get("e") == "forceOrder" and isinstance(e.get("o"), dict)}
-        if syms:
-            return "data", syms, None
-        if isinstance(m, dict) and ("result" in m or "error" in m):
-            return "control", set(), str(m["error"]) if m.get("error") else None
-        return "other", set(), None
-    if not isinstance(m, dict):
-        return "other", set(), None
-    if v.venue == "bybit":
-        topic = str(m.get("topic", ""))
-        if topic.startswith("allLiquidation."):
-            rows = m.get("data")
-            rows = [rows] if isinstance(rows, dict) else rows if isinstance(rows, list) else []
-            return "data", {r.get("s") for r in rows if isinstance(r, dict)} | {topic.split(".", 1)[1]}, None
-        if "op" in m or "success" in m:
-            bad = m.get("op") == "subscribe" and m.get("success") is False
-            return "control", set(), f"subscribe refused: {m.get('ret_msg')}" if bad else None
-        return "other", set(), None
-    # okx
-    if "event" in m:
-        bad = m.get("event") == "error"
-        return "control", set(), f"error {m.get('code')}: {m.get('msg')}" if bad else None
-    if (m.get("arg") or {}).get("channel") == "liquidation-orders" and isinstance(m.get("data"), list):
-        return "data", {d.get("instId") for d in m["data"] if isinstance(d, dict)}, None
-    return "other", set(), None
 
 
 # --------------------------------------------------------------------------- collector
@@ -228,8 +134,8 @@ class Collector:
             if refresh_instruments and any(v.venue == "okx" for v in self.venues):
                 ctx = self._ensure_okx_instruments(con, ctx)
         for v in self.venues:
-            self.symbols[v.venue] = symbols_for(v.venue, self.assets, ctx)
-        self.stats.symbols = {WS_VENUES[k].source: s for k, s in self.symbols.items()}
+            self.symbols[v.venue] = streams.symbols_for(v.venue, self.assets, ctx)
+        self.stats.symbols = {streams.WS_VENUES[k].source: s for k, s in self.symbols.items()}
 
     def _ensure_okx_instruments(self, con, ctx: dict) -> dict:
         """OKX sizes liquidations in contracts: load its instruments (ctVal) if staging lacks them."""
@@ -296,7 +202,7 @@ class Collector:
             lander = warehouse.Lander(con, self.report.run_id)
             fetched: list[Fetched] = []
             for venue, buf in taken.items():
-                v = WS_VENUES[venue]
+                v = streams.WS_VENUES[venue]
                 body = b"[" + b",".join(buf.frames) + b"]"
                 symbols = self.symbols[venue]
                 at = buf.last_at or datetime.now(UTC)
@@ -363,7 +269,7 @@ class Collector:
         except orjson.JSONDecodeError:
             log.debug("%s: non-JSON frame ignored: %.80s", v.source, raw)
             return
-        kind, syms, problem = classify(v, m)
+        kind, syms, problem = v.classify(m)
         if problem and f"{v.source}: {problem}" not in self.report.warnings:
             self.report.warnings.append(f"{v.source}: {problem}")
             log.warning("%s: %s", v.source, problem)
@@ -382,7 +288,7 @@ class Collector:
             self.flush_now.set()
 
     async def heartbeat(self, v: WsVenue, ws) -> None:
-        msg = ping_message(v)
+        msg = v.ping_message()
         if not msg or not v.ping_every_s:
             return
         while True:
@@ -407,7 +313,7 @@ class Collector:
                     self.say(f"{v.source}: connected to {url}"
                              + (f" (reconnect {self.stats.reconnects[v.source]})" if self.stats.reconnects[v.source]
                                 else ""))
-                    for sub in subscribe_messages(v, self.symbols[v.venue]):
+                    for sub in v.subscribe_messages(self.symbols[v.venue]):
                         await ws.send(sub)
                     hb = asyncio.ensure_future(self.heartbeat(v, ws))
                     before = self.stats.messages[v.source] + self.stats.skipped[v.source]
@@ -469,14 +375,14 @@ class Collector:
 def _choose_venues(venues: list[str] | None) -> list[WsVenue]:
     if venues is None:
         env = settings.get().venues
-        names = [v for v in env if v in WS_VENUES] if env else list(WS_VENUES)
+        names = [v for v in env if v in streams.WS_VENUES] if env else list(streams.WS_VENUES)
     else:
-        by_source = {w.source: k for k, w in WS_VENUES.items()}
+        by_source = {w.source: k for k, w in streams.WS_VENUES.items()}
         names = [by_source.get(v.lower(), v.lower()) for v in venues]
-        unknown = [v for v in names if v not in WS_VENUES]
+        unknown = [v for v in names if v not in streams.WS_VENUES]
         if unknown:
-            raise ValueError(f"no public liquidation stream for {unknown}; available: {sorted(WS_VENUES)}")
-    return [WS_VENUES[n] for n in dict.fromkeys(names)]
+            raise ValueError(f"no public liquidation stream for {unknown}; available: {sorted(streams.WS_VENUES)}")
+    return [streams.WS_VENUES[n] for n in dict.fromkeys(names)]
 
 
 def collect(db=None, venues: list[str] | None = None, assets: list[str] | None = None, seconds: float | None = 60,
@@ -492,7 +398,7 @@ def collect(db=None, venues: list[str] | None = None, assets: list[str] | None =
     c = Collector(db, chosen, assets, flush_every_s, max_batch, backoff_base_s, backoff_max_s, open_timeout_s,
                   lock_wait_s, say)
     c.open(refresh_instruments)
-    say(f"collecting {', '.join(f'{WS_VENUES[k].source} {s}' for k, s in c.symbols.items())} "
+    say(f"collecting {', '.join(f'{streams.WS_VENUES[k].source} {s}' for k, s in c.symbols.items())} "
         f"for {'ever' if not seconds else f'{seconds:g}s'} (run {c.report.run_id})")
     try:
         _run_loop(c.run(seconds, stop_event))

@@ -104,7 +104,7 @@ def parse_payload(source: str, endpoint: str, params: dict, body: bytes, fetched
     if parser is None:
         raise ValueError(f"{source} {endpoint}: no parser for this endpoint")
     try:
-        data = orjson.loads(body) if not getattr(parser, "raw_body", False) else body
+        data = body if parser.raw_body else orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"response is not valid JSON ({exc}); {len(body)} bytes") from exc
     return parser(data, params, ParseContext(fetched_at, ctx_instruments))
