@@ -31,7 +31,7 @@ Accepted files, per kind (column names are case-insensitive):
 
 Naive timestamps are UTC, except funding files in auto mode (tz_offset "auto", the default): if every
 settlement sits at the same non-zero hour modulo 8 (or 4), the file was written in a local time zone and
-is shifted back (the shared Binance/Bybit exports sit at 03/11/19h = UTC+3). An explicit tz_offset
+is shifted back (the Binance/Bybit exports of docs/data.md sit at 03/11/19h = UTC+3). An explicit tz_offset
 (hours, e.g. "3" or "-5") applies to every naive timestamp of any kind.
 
 Row checks here (every "bad" problem names the row: the N-th data record, header excluded — line N+1

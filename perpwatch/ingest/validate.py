@@ -1,7 +1,7 @@
 """Great Expectations validation: one suite per staging table (expectations/<table>.json).
 
 Validation runs per dataset per run on the pandas path (GX's DuckDB/SQLAlchemy path is
-broken upstream, see ../shared/STACK.md). Row-level failures are traced back to the rows
+broken upstream, see docs/stack.md). Row-level failures are traced back to the rows
 (unexpected_index_list) so only the failing (source, instrument) batches are quarantined.
 """
 
