@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,20 +58,14 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (VmHWM), MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    """Peak resident set size of this process so far (getrusage ru_maxrss: KiB on Linux, = VmHWM), MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def loadavg() -> str:
     try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
+        return " ".join(f"{x:.2f}" for x in psutil.getloadavg())
+    except (OSError, AttributeError):
         return "?"
 
 
@@ -78,13 +74,7 @@ def machine() -> dict:
     import polars as pl
     import pyarrow as pa
 
-    mem = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
+    mem = f"{psutil.virtual_memory().total / 1024 ** 3:.1f} GiB"
     versions = {"python": platform.python_version(), "duckdb": duckdb.__version__, "polars": pl.__version__,
                 "pyarrow": pa.__version__}
     for mod in ("prefect", "great_expectations", "orjson", "requests"):

@@ -8,13 +8,14 @@ docs/deploy.md explains the jobs, their schedules and concurrency limits.
     python -m perpwatch.deploy [--port 4200] [--home .prefect] [--api-url URL] [--no-worker]
 
 The pieces are plain functions (start_server, setup_pool, deploy_all, start_worker, stop) so
-tests/test_deploy.py drives exactly the same steps against the simulator.
+tests/test_deploy.py drives exactly the same steps against the simulator. The API is spoken to with
+Prefect's own client (`prefect.client.orchestration.get_client(sync_client=True)`: health, work pool
+and queues, deployments, triggering and waiting for runs); process trees are walked with psutil.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -22,13 +23,20 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
 
 from perpwatch.core import settings
 from perpwatch.core.settings import ROOT
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 POOL = "perpwatch"
 # Work queue -> concurrency limit. `warehouse` serialises every job that writes DuckDB (one writer
@@ -76,57 +84,51 @@ def environment(home: Path, api_url: str, base: dict | None = None) -> dict[str,
     return env
 
 
+@contextmanager
+def client(api_url: str, timeout: float = 10.0) -> Iterator[SyncPrefectClient]:
+    """Prefect's own synchronous API client for `api_url` (auth from the usual Prefect settings)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        c = get_client(sync_client=True, httpx_settings={"timeout": timeout})
+    with c:
+        yield c
+
+
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """The API answers /health (a refused connection fails fast: Prefect retries only once connected)."""
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
+        with client(api_url, timeout=timeout) as c:
+            return c.api_healthcheck() is None
+    except Exception:  # noqa: BLE001 - a bad URL is "not healthy", whatever httpx raises
         return False
-
-
-def api(api_url: str, method: str, path: str, body: dict | None = None, timeout: float = 10.0):
-    """A small JSON call to the Prefect REST API (stdlib only)."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{api_url}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        raw = r.read()
-    return json.loads(raw) if raw else None
 
 
 # --------------------------------------------------------------------------- processes
 
 def children(pid: int) -> list[int]:
-    """Every descendant of pid (Linux /proc), deepest last."""
-    parent: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parent.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in parent.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+    """Every live descendant of pid (psutil), deepest last."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _running(p: psutil.Process) -> bool:
+    """Still there and not a zombie (is_running also guards against a reused pid)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except OSError:
+        return _running(psutil.Process(pid))
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -136,23 +138,28 @@ def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
     non-interactive shell may ignore SIGTERM for ~70 s, hence the KILL."""
     if proc is None:
         return
-    pids = [proc.pid, *children(proc.pid)]
+    try:
+        leader = psutil.Process(proc.pid)
+        tree = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
     for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in pids:
+        try:
+            os.killpg(proc.pid, sig)          # the leader's group (what it started without a new session)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for p in tree[1:]:                    # descendants in their own sessions
             try:
-                if pid == proc.pid:
-                    os.killpg(pid, sig)
-                else:
-                    os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
+                p.send_signal(sig)            # psutil checks the pid was not reused
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             proc.poll()   # reap our direct child so it does not linger as a zombie
-            if not any(_alive(p) for p in pids):
+            if not any(_running(p) for p in tree):
                 break
             time.sleep(0.2)
-        if not any(_alive(p) for p in pids):
+        if not any(_running(p) for p in tree):
             break
     try:
         proc.wait(timeout=5)
@@ -200,13 +207,28 @@ def prefect(env: dict, *args: str, timeout: float = 300.0, check: bool = True) -
     return res
 
 
-def setup_pool(env: dict) -> None:
-    """The process work pool and its queues with their concurrency limits (idempotent)."""
-    prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
-    for queue, limit in QUEUES.items():
-        made = prefect(env, "work-queue", "create", queue, "--pool", POOL, "--limit", str(limit), check=False)
-        if made.returncode != 0:   # exists already: make sure the limit is what we say
-            prefect(env, "work-queue", "set-concurrency-limit", queue, str(limit), "--pool", POOL)
+def setup_pool(api_url: str) -> None:
+    """The process work pool and its queues with their concurrency limits (idempotent), like
+    `prefect work-pool create --type process --overwrite` + `prefect work-queue create --limit N`."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    with client(api_url) as c:
+        c.create_work_pool(WorkPoolCreate(name=POOL, type="process",
+                                          base_job_template=ProcessWorker.get_default_base_job_template()),
+                           overwrite=True)
+        have = {q.name: q for q in c.read_work_queues(work_pool_name=POOL)}
+        for queue, limit in QUEUES.items():
+            if queue not in have:
+                c.create_work_queue(name=queue, work_pool_name=POOL, concurrency_limit=limit)
+            elif have[queue].concurrency_limit != limit:   # exists already: make sure the limit is what we say
+                c.update_work_queue(have[queue].id, concurrency_limit=limit)
+
+
+def queue_limits(api_url: str) -> dict[str, int | None]:
+    """Work queue -> concurrency limit, as the server has them for our pool."""
+    with client(api_url) as c:
+        return {q.name: q.concurrency_limit for q in c.read_work_queues(work_pool_name=POOL)}
 
 
 def deploy_all(env: dict) -> str:
@@ -217,15 +239,25 @@ def deploy_all(env: dict) -> str:
 def crash_leftovers(api_url: str) -> list[str]:
     """Runs still Pending/Running on our pool belong to a worker that is gone (we start the only one):
     mark them Crashed so they stop holding the queue's and the deployment's concurrency slot."""
-    runs = api(api_url, "POST", "/flow_runs/filter", {
-        "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}},
-        "work_pools": {"name": {"any_": [POOL]}}}) or []
-    for r in runs:
-        api(api_url, "POST", f"/flow_runs/{r['id']}/set_state", {
-            "state": {"type": "CRASHED", "name": "Crashed",
-                      "message": "worker restarted by perpwatch.deploy; run did not finish"},
-            "force": True})
-    return [r["name"] for r in runs]
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    with client(api_url) as c:
+        runs = c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[POOL])))
+        for r in runs:
+            c.set_flow_run_state(r.id, Crashed(message="worker restarted by perpwatch.deploy; run did not finish"),
+                                 force=True)
+    return [r.name for r in runs]
 
 
 def start_worker(env: dict, log: Path | None = None) -> subprocess.Popen:
@@ -275,7 +307,7 @@ class Stack:
                 raise RuntimeError(f"no Prefect API answering at {self.api_url}")
             say(f"work pool {POOL!r} (process) with queues "
                 + ", ".join(f"{q} (limit {n})" for q, n in QUEUES.items()))
-            setup_pool(self.env)
+            setup_pool(self.api_url)
             say("prefect deploy --all (prefect.yaml)")
             self.deploy_output = deploy_all(self.env)
             crashed = crash_leftovers(self.api_url)
@@ -301,18 +333,51 @@ class Stack:
         self.down()
 
 
+def _schedule_text(schedule) -> str:
+    """'15 0 * * * UTC' for a cron schedule, '<seconds> <tz>' for an interval one."""
+    every = getattr(schedule, "cron", None) or getattr(schedule, "interval", None)
+    if hasattr(every, "total_seconds"):
+        every = every.total_seconds()
+    return f"{every} {getattr(schedule, 'timezone', None) or ''}".strip()
+
+
 def deployments(api_url: str) -> list[dict]:
-    flows = {f["id"]: f["name"] for f in api(api_url, "POST", "/flows/filter", {}) or []}
+    """Every deployment on the server: name (flow/deployment), schedules, queue, concurrency."""
+    with client(api_url) as c:
+        flows = {f.id: f.name for f in c.read_flows()}
+        deps = c.read_deployments()
     out = []
-    for d in api(api_url, "POST", "/deployments/filter", {}) or []:
-        sched = [s.get("schedule", {}) for s in d.get("schedules", [])]
-        out.append({"name": f"{flows.get(d['flow_id'], '?')}/{d['name']}",
-                    "schedule": ", ".join(f"{s.get('cron') or s.get('interval')} {s.get('timezone') or ''}".strip()
-                                          for s in sched) or "manual",
-                    "queue": d.get("work_queue_name"),
-                    "limit": (d.get("global_concurrency_limit") or {}).get("limit"),
-                    "collision": (d.get("concurrency_options") or {}).get("collision_strategy")})
+    for d in deps:
+        collision = d.concurrency_options.collision_strategy if d.concurrency_options else None
+        out.append({"name": f"{flows.get(d.flow_id, '?')}/{d.name}",
+                    "schedule": ", ".join(_schedule_text(s.schedule) for s in d.schedules) or "manual",
+                    "queue": d.work_queue_name,
+                    "limit": d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
+                    "collision": getattr(collision, "value", collision)})
     return sorted(out, key=lambda x: x["name"])
+
+
+def trigger(api_url: str, name: str, parameters: dict | None = None) -> str:
+    """Start a run of deployment `flow/deployment` now (like `prefect deployment run`); its id."""
+    with client(api_url) as c:
+        dep = c.read_deployment_by_name(name)
+        return str(c.create_flow_run_from_deployment(dep.id, parameters=parameters or {}).id)
+
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def wait_for_run(api_url: str, run_id: str, timeout: float, poll: float = 1.0):
+    """The flow run once its state is terminal (Prefect's FlowRun); TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    with client(api_url) as c:
+        while True:
+            fr = c.read_flow_run(uuid.UUID(run_id))
+            if fr.state_type is not None and fr.state_type.value in TERMINAL:
+                return fr
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"flow run {run_id} not finished after {timeout:.0f}s: {fr.state_type}")
+            time.sleep(poll)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,10 +32,13 @@ class Stream:
 
 @dataclass
 class ParseContext:
-    """What a parser may use besides the payload: instrument metadata and when it was fetched."""
+    """What a parser may use besides the payload: instrument metadata, when it was fetched, and (for
+    parsers of staging-shaped files) the staging column types, which the ingest layer fills from
+    warehouse/schema.sql (perpwatch.warehouse.columns) so sources never read the warehouse."""
 
     fetched_at: datetime
     instruments: dict[tuple[str, str], dict] = field(default_factory=dict)
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)   # table -> {column: DuckDB type}
 
     def instrument(self, venue: str, instrument: str) -> dict:
         return self.instruments.get((venue, instrument), {})

@@ -1,6 +1,6 @@
 """Binance USD-M perpetuals (+ spot klines for basis).
 
-Endpoints (fapi.binance.com unless noted), limits and quirks from ../shared/fixtures/README.md §1:
+Endpoints (fapi.binance.com unless noted), limits and quirks from docs/venues.md §1:
 - /fapi/v1/exchangeInfo, /fapi/v1/fundingInfo (only adjusted symbols; absent = 8h)
 - /fapi/v1/fundingRate: limit 1000, ascending, page forward with startTime = last + 1;
   the rate is for *that symbol's* interval; fundingTime carries ms jitter -> floor to the hour.

@@ -4,7 +4,7 @@ Same venue as USD-M ("binance"), its own raw source name ("binance_coinm"): the 
 `/futures/data/openInterestHist` is identical on both hosts, so the source name is what tells
 `perpwatch replay` which parser reads a landed payload.
 
-Units (../shared/fixtures/README.md §1, §9) -- inverse contracts are denominated in USD:
+Units (docs/venues.md §1, §9) -- inverse contracts are denominated in USD:
 - `contractSize` from `/dapi/v1/exchangeInfo` is USD per contract (BTCUSD_PERP 100, most alts 10);
   it is read per symbol, never hard-coded.  instruments: margin inverse, contract_unit usd.
 - `/futures/data/openInterestHist` (pair + contractType, period 1h, limit 500, last 30 days only):

@@ -1,6 +1,6 @@
 """Bybit v5 perpetuals: linear USDT perps (BTCUSDT) and inverse USD perps (BTCUSD).
 
-Endpoints (api.bybit.com), limits and quirks from ../shared/fixtures/README.md §2:
+Endpoints (api.bybit.com), limits and quirks from docs/venues.md §2:
 - /v5/market/instruments-info: category linear|inverse, limit 1000, cursor paging; by default
   only Trading (and PendingOpen) symbols, so delisted ones are asked for with status=Closed.
   `fundingInterval` is in *minutes* (480 = 8h).

@@ -1,6 +1,6 @@
 """CoinGecko public API: corporate bitcoin treasuries and daily market capitalisations.
 
-Endpoints (base https://api.coingecko.com, ../shared/fixtures/README.md §6):
+Endpoints (base https://api.coingecko.com, docs/venues.md §6):
 - GET /api/v3/companies/public_treasury/bitcoin -> staging.treasury_holdings. `total_holdings` in BTC,
   values in USD, sorted by holdings; **no timestamp in the body**: as_of = the UTC date the payload was
   fetched (ParseContext.fetched_at, stored with the raw payload, so replay stamps the same date).

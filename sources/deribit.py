@@ -2,7 +2,7 @@
 
 `GET /api/v2/public/<method>?...`, JSON-RPC 2.0 envelope `{"jsonrpc","id","result"}`; errors come as
 `{"error":{"code","message","data"}}` (HTTP 400) and are raised naming method, instrument, code and
-message.  Numbers are JSON numbers (not strings).  Facts: ../shared/fixtures/README.md §5, §9.
+message.  Numbers are JSON numbers (not strings).  Facts: docs/venues.md §5, §9.
 
 Units and decisions:
 - Instruments from `get_instruments?currency=BTC|ETH&kind=future`: `instrument_type` "reversed" =

@@ -1,8 +1,8 @@
 """Farside Investors: US spot Bitcoin ETF daily net flows (one HTML table, US$ millions).
 
 Endpoint: GET https://farside.co.uk/bitcoin-etf-flow-all-data/ (the whole history on one page; no API,
-no paging). Facts from ../shared/fixtures/README.md §8 and the real cell strings in
-../shared/data/etf/farside-btc*.json:
+no paging). Facts from docs/venues.md §8 and the real cell strings in the Farside snapshots
+etf/farside-btc*.json (docs/data.md; excerpt: tests/fixtures/etf_flows/farside_btc_cells.scraped_excerpt.json):
 - `<table class="etf">`, column labels in `<th>` (IBIT FBTC BITB ARKB BTCO EZBC BRRR HODL BTCW GBTC BTC
   ... Total), first column a date like `11 Jan 2024`, one row per US trading day.
 - Values in US$ millions: negatives in parentheses `(95.1)`, thousands separators `1,045.0`,

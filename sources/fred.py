@@ -1,7 +1,7 @@
 """FRED (St. Louis Fed) graph CSV downloads: daily closes of US benchmarks, no key.
 
 Endpoint: GET https://fred.stlouisfed.org/graph/fredgraph.csv?id=SP500[&cosd=YYYY-MM-DD&coed=YYYY-MM-DD]
-(../shared/fixtures/README.md §7):
+(docs/venues.md §7):
 - header `observation_date,<ID>` today, `DATE,<ID>` in older downloads: both accepted; several ids
   comma-separated give a wide CSV (one column per id): every column is read.
 - missing days (US holidays) are an **empty field** now and `.` in old files: both are null and the

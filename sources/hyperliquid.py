@@ -1,6 +1,6 @@
 """Hyperliquid perpetuals: everything is `POST /info` with a JSON body `{"type": ...}`.
 
-Facts from ../shared/fixtures/README.md §4 and the recorded payloads:
+Facts from docs/venues.md §4 and the recorded payloads:
 - `{"type":"metaAndAssetCtxs"}` -> `[meta, assetCtxs]`, aligned by index (ctx i is universe[i]).
   Perps are USDC-settled and linear; sizes are in coins (contract_size 1 base).  `kPEPE` = 1,000 PEPE
   (multiplier from `perpwatch.core.assets.canonical`), HIP-3 builder markets are `dex:COIN`.

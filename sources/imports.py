@@ -25,20 +25,22 @@ Accepted files, per kind (column names are case-insensitive):
 - prices: daily vendor files (`date,price[,volume]`, `as_of,value,status`, FRED `DATE,CBETHUSD`) become
   kind 'spot', interval '1d', venue --venue or 'import', instrument <ASSET>USD, open=high=low=close
   (close-only series; the prices suite requires OHLC), volume in USD.
-- funding: the `Symbol,Date,Funding Rate` exports in ../shared/data/funding (venue from --venue or the
-  file name, `BTC-USDT` -> the venue's symbol `BTCUSDT`).
+- funding: `Symbol,Date,Funding Rate` exports (e.g. tests/fixtures/shared_data/binance_BTC-USDT.head30.csv;
+  venue from --venue or the file name, `BTC-USDT` -> the venue's symbol `BTCUSDT`).
 - treasuries / market-caps: CoinGecko JSON bodies (public_treasury; market_chart with --asset; /global).
 
 Naive timestamps are UTC, except funding files in auto mode (tz_offset "auto", the default): if every
 settlement sits at the same non-zero hour modulo 8 (or 4), the file was written in a local time zone and
-is shifted back (the shared Binance/Bybit exports sit at 03/11/19h = UTC+3). An explicit tz_offset
+is shifted back (the Binance/Bybit exports of docs/data.md sit at 03/11/19h = UTC+3). An explicit tz_offset
 (hours, e.g. "3" or "-5") applies to every naive timestamp of any kind.
 
-Row checks (every "bad" problem names the row: the N-th data record, header excluded — line N+1 of a
-CSV): unparseable date/time or number, conflicting duplicate key within the file, and values the
-table's expectation suite (expectations/<table>.json) rejects (nulls, ranges, value sets, high < low,
-dates in the future) — so Great Expectations then passes on the rows that load, and a replay drops
-exactly the rows the import quarantined.
+Row checks here (every "bad" problem names the row: the N-th data record, header excluded — line N+1
+of a CSV): unparseable date/time or number, conflicting duplicate key within the file. The table's
+expectation suite (expectations/<table>.json) is Great Expectations' job, not this module's: the
+importer validates the parsed frame and quarantines exactly the rows GX rejects, with their row
+numbers; on replay each row is its own validation group, so the same rows are dropped again.
+Column types come from the ParseContext (`ctx.columns`, warehouse/schema.sql via the ingest layer):
+this module reads neither the warehouse nor the ingest engine.
 """
 
 from __future__ import annotations
@@ -47,8 +49,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from functools import cache
+from datetime import UTC, timedelta
 from pathlib import PurePath
 
 import polars as pl
@@ -74,7 +75,6 @@ INSTRUMENT_ENDPOINTS = ("file:instruments",)
 UNSUPPORTED: dict[str, str] = {}
 DATASETS = tuple(KINDS.values())
 KNOWN_VENUES = ("binance", "binance_coinm", "bybit", "okx", "hyperliquid", "deribit")
-FUTURE_TOLERANCE = timedelta(minutes=5)
 MAX_NAMED = 1000     # problems listed per import (the count is always exact)
 
 
@@ -99,23 +99,14 @@ class ImportResult:
         return [p for p in self.problems if p["level"] == "bad"]
 
 
-@cache
-def staging_schema() -> dict[str, dict[str, str]]:
-    """table -> {column: DuckDB type}, read from warehouse/schema.sql (in-memory DuckDB)."""
-    import duckdb
-
-    from perpwatch.warehouse import SCHEMA_FILE
-    con = duckdb.connect()
+def table_columns(ctx: ParseContext, table: str) -> dict[str, str]:
+    """{column: DuckDB type} of staging.<table>, from the ParseContext (the ingest layer fills it
+    from warehouse/schema.sql: perpwatch.warehouse.columns.staging_columns)."""
     try:
-        con.execute(SCHEMA_FILE.read_text())
-        out: dict[str, dict[str, str]] = {}
-        for t, c, ty in con.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
-                                    "WHERE table_schema='staging' ORDER BY table_name, ordinal_position").fetchall():
-            if c not in ("raw_id", "ingested_at"):
-                out.setdefault(t, {})[c] = ty
-        return out
-    finally:
-        con.close()
+        return ctx.columns[table]
+    except KeyError:
+        raise ValueError(f"no column types for staging.{table} in the ParseContext (the caller fills "
+                         f"ctx.columns with perpwatch.warehouse.columns.staging_columns())") from None
 
 
 def keys(table: str) -> list[str]:
@@ -232,9 +223,8 @@ def conv_date(s: pl.Series) -> pl.Series:
     return pl.DataFrame({"d": d, "dt": dt}).select(pl.coalesce([pl.col("d"), pl.col("dt").dt.date()])).to_series()
 
 
-def convert(df: pl.DataFrame, table: str, offset_hours: float) -> tuple[pl.DataFrame, list[dict]]:
+def convert(df: pl.DataFrame, types: dict[str, str], offset_hours: float) -> tuple[pl.DataFrame, list[dict]]:
     """Cast the file's staging columns to the table's types; name every cell that does not parse."""
-    types = staging_schema()[table]
     problems: list[dict] = []
     out = {"_row": df["_row"]}
     for col, ty in types.items():
@@ -264,64 +254,6 @@ def convert(df: pl.DataFrame, table: str, offset_hours: float) -> tuple[pl.DataF
 
 
 # --------------------------------------------------------------------------- row checks
-
-def _fmt_set(values) -> str:
-    return "{" + ", ".join(map(str, values)) + "}"
-
-
-def suite_problems(df: pl.DataFrame, table: str, now: datetime) -> list[dict]:
-    """Row-level twins of the expectation suite's column checks, naming each failing row."""
-    from perpwatch.ingest.validate import suite_definition
-
-    problems: list[dict] = []
-    limit = (now + FUTURE_TOLERANCE).astimezone(UTC)
-    for exp in suite_definition(table)["expectations"]:
-        kw, typ = exp["kwargs"], exp["type"]
-        col = kw.get("column")
-        if col is not None and col not in df.columns:
-            if typ == "expect_column_values_to_not_be_null":
-                problems += [{"row": r, "level": "bad", "reason": f"missing {col}"} for r in df["_row"].to_list()]
-            continue
-        if typ == "expect_column_values_to_not_be_null":
-            cond, why = pl.col(col).is_null(), f"missing {col}"
-        elif typ == "expect_column_values_to_be_in_set":
-            cond = pl.col(col).is_not_null() & ~pl.col(col).is_in(kw["value_set"])
-            why = f"{col} not in {_fmt_set(kw['value_set'])}"
-        elif typ == "expect_column_pair_values_a_to_be_greater_than_b":
-            a, b = kw["column_A"], kw["column_B"]
-            if a not in df.columns or b not in df.columns:
-                continue
-            cond = (pl.col(a) < pl.col(b)) if kw.get("or_equal") else (pl.col(a) <= pl.col(b))
-            why = f"{a} below {b}"
-        elif typ == "expect_column_values_to_be_between":
-            lo, hi = kw.get("min_value"), kw.get("max_value")
-            dtype = df.schema[col]
-            if isinstance(hi, dict):   # {"$PARAMETER": "now"}
-                hi = limit.date() if dtype == pl.Date else limit
-            if isinstance(lo, dict):
-                lo = limit.date() if dtype == pl.Date else limit
-            cond = pl.lit(False)
-            if lo is not None:
-                cond = cond | ((pl.col(col) <= lo) if kw.get("strict_min") else (pl.col(col) < lo))
-            if hi is not None:
-                cond = cond | ((pl.col(col) >= hi) if kw.get("strict_max") else (pl.col(col) > hi))
-            cond = pl.col(col).is_not_null() & cond
-            if isinstance(hi, datetime) or (hi is not None and dtype == pl.Date and lo is None):
-                why = f"{col} in the future"
-            else:
-                why = f"absurd {col} (expected {'>' if kw.get('strict_min') else '>='} {lo} and <= {hi})" \
-                    if lo is not None and hi is not None else \
-                    f"absurd {col} (expected {'>' if kw.get('strict_min') else '>='} {lo})" if lo is not None else \
-                    f"absurd {col} (expected <= {hi})"
-        else:
-            continue
-        hit = df.filter(cond)
-        for r in hit.to_dicts():
-            v = r.get(col) if col else None
-            problems.append({"row": r["_row"], "level": "bad",
-                             "reason": f"{why}: {v!r}" if col and "missing" not in why else why})
-    return problems
-
 
 def duplicate_problems(df: pl.DataFrame, table: str) -> tuple[list[dict], list[int]]:
     """Key repeated inside the file: identical repeats keep the first row ('skip'); conflicting
@@ -426,7 +358,7 @@ def shape_generic(df: pl.DataFrame, table: str, params: dict, ctx: ParseContext,
                   notes: list[str]) -> tuple[pl.DataFrame, list[dict]]:
     """A file with (some of) the staging table's columns -> full staging rows with derived columns."""
     df = _lower_cols(df)
-    types = staging_schema()[table]
+    types = table_columns(ctx, table)
     offset = _offset(params)
     auto_funding = table == "funding_rates" and offset is None and "funding_time" in df.columns \
         and not df["funding_time"].dtype.is_integer()
@@ -437,7 +369,7 @@ def shape_generic(df: pl.DataFrame, table: str, params: dict, ctx: ParseContext,
             if offset:
                 notes.append(f"funding_time: naive times at {sorted(set(probe.drop_nulls().dt.hour().to_list()))}h "
                              f"-> local time UTC{offset:+g}, shifted to UTC (override with tz_offset)")
-    frame, problems = convert(df, table, offset or 0.0)
+    frame, problems = convert(df, types, offset or 0.0)
     bad = {p["row"] for p in problems}
     frame = frame.filter(~pl.col("_row").is_in(sorted(bad)))
     lit = {"venue": _infer_venue(params) if not tables.table(table).provider else None,
@@ -446,7 +378,7 @@ def shape_generic(df: pl.DataFrame, table: str, params: dict, ctx: ParseContext,
         if col in types and val:
             frame = frame.with_columns((pl.col(col).fill_null(val) if col in frame.columns else pl.lit(val)).alias(col))
     frame = derive(frame, table, ctx)
-    return typed(frame, table), problems
+    return typed(frame, types), problems
 
 
 def derive(df: pl.DataFrame, table: str, ctx: ParseContext) -> pl.DataFrame:
@@ -574,7 +506,7 @@ def parse_file(kind: str, body: bytes, params: dict, ctx: ParseContext) -> Impor
     elif fmt in ("csv", "parquet"):
         df = read_table(body, fmt)
         cols_lower = {c.lower() for c in df.columns}
-    staging_cols = set(staging_schema()[table])
+    staging_cols = set(table_columns(ctx, table))
 
     if kind == "etf-flows":
         if fmt == "html":
@@ -702,9 +634,8 @@ CASTS = {"VARCHAR": pl.Utf8, "DOUBLE": pl.Float64, "DATE": pl.Date, "BIGINT": pl
          "TIMESTAMP WITH TIME ZONE": UTC_MS}
 
 
-def typed(frame: pl.DataFrame, table: str) -> pl.DataFrame:
+def typed(frame: pl.DataFrame, types: dict[str, str]) -> pl.DataFrame:
     """`_row` + every staging column of the table, in schema order, with the schema's types."""
-    types = staging_schema()[table]
     missing = [pl.lit(None).alias(c) for c in types if c not in frame.columns]
     if missing:
         frame = frame.with_columns(missing)
@@ -713,25 +644,27 @@ def typed(frame: pl.DataFrame, table: str) -> pl.DataFrame:
 
 def finish(table: str, frame: pl.DataFrame, problems: list[dict], ctx: ParseContext, fmt: str,
            notes: list[str]) -> ImportResult:
-    """Drop bad rows, then check duplicates and the suite's column rules on what is left."""
-    frame = typed(frame, table)
+    """Drop rows that did not convert, then settle duplicate keys within the file. The table's
+    expectation suite is not checked here: the importer validates the result with Great
+    Expectations and quarantines the rows it rejects (perpwatch.ingest.importer)."""
+    frame = typed(frame, table_columns(ctx, table))
     bad_rows = {p["row"] for p in problems if p["level"] == "bad" and p["row"] is not None}
     frame = frame.filter(~pl.col("_row").is_in(sorted(bad_rows)))
     dup, drop = duplicate_problems(frame, table)
     problems += dup
     bad_rows |= {p["row"] for p in dup if p["level"] == "bad"}
     frame = frame.filter(~pl.col("_row").is_in(sorted(bad_rows | set(drop))))
-    suite = suite_problems(frame, table, ctx.fetched_at)
-    problems += suite
-    frame = frame.filter(~pl.col("_row").is_in(sorted({p["row"] for p in suite})))
     problems.sort(key=lambda p: (p["row"] is None, p["row"] or 0))
     return ImportResult(table, frame.sort("_row"), problems, fmt, notes)
 
 
 def _parser(kind: str) -> Parser:
     def parse(data: bytes, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+        """The replay parser: each file row is its own validation group (`_instrument` "row N"), so
+        Great Expectations quarantines exactly the rows it rejects, as the import did."""
         res = parse_file(kind, data, {**params, "kind": kind}, ctx)
-        return {res.table: res.frame.drop("_row")}
+        return {res.table: res.frame.with_columns(pl.format("row {}", pl.col("_row")).alias("_instrument"))
+                .drop("_row")}
     return Parser(parse, raw_body=True)
 
 

@@ -26,7 +26,7 @@ staging.instruments through the ParseContext. An instrument whose contract size 
 qty_base = null, which validation quarantines (the raw batch stays; replay after the instruments
 are known loads it). usd = price x qty_base.
 
-Example messages (../shared/fixtures):
+Example messages (tests/fixtures/liquidations/, docs/venues.md §10):
     {"e":"forceOrder","E":1568014460893,"o":{"s":"BTCUSDT","S":"SELL","q":"0.014","p":"9910",
      "ap":"9910","X":"FILLED","z":"0.014","T":1568014460893}}
         -> binance BTCUSDT long 0.014 BTC @ 9910 = 138.74 USD

@@ -1,7 +1,7 @@
 """OKX v5 perpetual swaps: USDT-linear (BTC-USDT-SWAP) and USD-inverse (BTC-USD-SWAP), plus dated
 FUTURES prices for basis when listed.
 
-Endpoints (www.okx.com), limits and quirks from ../shared/fixtures/README.md §3:
+Endpoints (www.okx.com), limits and quirks from docs/venues.md §3:
 - /api/v5/public/instruments?instType=SWAP|FUTURES: ctVal x ctMult in ctValCcy per contract
   (BTC-USDT-SWAP 0.01 BTC linear, BTC-USD-SWAP 100 USD inverse); state live -> trading. The list
   holds only listed instruments: a known instrument missing from it is marked delisted.

@@ -1,6 +1,6 @@
 """SoSoValue open API: US spot Bitcoin ETF daily net inflow (all funds combined), in USD.
 
-Endpoint (../shared/fixtures/README.md §8): POST https://api.sosovalue.xyz/openapi/v2/etf/historicalInflowChart
+Endpoint (docs/venues.md §8): POST https://api.sosovalue.xyz/openapi/v2/etf/historicalInflowChart
 with body {"type": "us-btc-spot"} and header `x-soso-api-key` (key from $SOSOVALUE_API_KEY). The key
 travels only as a header (`VenueClient(headers=...)`), so it is never logged nor landed in raw.payloads.
 The answer holds the last ~300 trading days, newest first, values in **USD (not millions)**; `data` is

@@ -3,7 +3,7 @@
 Why two routes: the LBMA gold fixes left FRED in January 2022, and Stooq, the usual free CSV source,
 requires an API key since 2026: without one it answers **HTTP 200** with a short text body starting
 "Get your apikey", and since late July 2026 non-browser clients get an HTML proof-of-work page, also
-HTTP 200 (../shared/fixtures/README.md §7). Both are detected and raise a clear error (never parsed as
+HTTP 200 (docs/venues.md §7). Both are detected and raise a clear error (never parsed as
 data). So:
 - **Stooq** `GET /q/d/l/?s=xauusd&i=d&d1=YYYYMMDD&d2=YYYYMMDD` when $STOOQ_API_KEY is set (sent as the
   `apikey` query parameter through the HTTP session, so it is never landed in raw.payloads) or when

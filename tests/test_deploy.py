@@ -21,24 +21,9 @@ from perpwatch import deploy
 
 pytestmark = pytest.mark.slow
 
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def wait_for(api_url: str, run_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        fr = deploy.api(api_url, "GET", f"/flow_runs/{run_id}")
-        if fr["state"]["type"] in TERMINAL:
-            return fr
-        time.sleep(1.0)
-    raise AssertionError(f"flow run {run_id} not finished after {timeout:.0f}s: {fr['state']}")
-
-
 def trigger(stack: deploy.Stack, start: datetime) -> str:
-    res = deploy.prefect(stack.env, "deployment", "run", "perpwatch-daily/daily",
-                         "--param", f"start={start.isoformat()}",
-                         "--param", 'venues=["binance"]', "--param", 'assets=["BTC"]')
-    return re.search(r"UUID:\s*([0-9a-f-]{36})", res.stdout).group(1)
+    return deploy.trigger(stack.api_url, "perpwatch-daily/daily",
+                          {"start": start.isoformat(), "venues": ["binance"], "assets": ["BTC"]})
 
 
 def test_make_deploy_runs_the_daily_deployment(tmp_path):
@@ -64,34 +49,34 @@ def test_make_deploy_runs_the_daily_deployment(tmp_path):
                                                  "queue": "warehouse", "limit": 1, "collision": "ENQUEUE"}
         assert deps["perpwatch-markets/daily"]["schedule"] == "30 22 * * * America/New_York"
         assert deps["perpwatch-ingest/hourly"]["collision"] == "CANCEL_NEW"
-        queues = {q["name"]: q["concurrency_limit"]
-                  for q in deploy.api(stack.api_url, "POST", f"/work_pools/{deploy.POOL}/queues/filter", {})}
-        assert queues["warehouse"] == 1
+        assert deploy.queue_limits(stack.api_url) == {"default": None, "warehouse": 1, "collector": 1}
 
         begin = (datetime.now(UTC) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
         first, second = trigger(stack, begin), trigger(stack, begin)
+        # the CLI path triggers too (what `make deploy` tells the user to run)
         res = deploy.prefect(stack.env, "deployment", "run", "perpwatch-markets/daily", "--param", 'assets=["BTC"]')
         markets = re.search(r"UUID:\s*([0-9a-f-]{36})", res.stdout).group(1)
-        runs = [wait_for(stack.api_url, first, 150), wait_for(stack.api_url, second, 60)]
-        mk = wait_for(stack.api_url, markets, 60)
-        assert mk["state"]["type"] == "COMPLETED", mk["state"]
-        assert [r["state"]["type"] for r in runs] == ["COMPLETED", "COMPLETED"], \
-            [r["state"] for r in runs] + [(tmp_path / "worker.log").read_text()[-3000:]]
+        runs = [deploy.wait_for_run(stack.api_url, first, 150), deploy.wait_for_run(stack.api_url, second, 60)]
+        mk = deploy.wait_for_run(stack.api_url, markets, 60)
+        assert mk.state_type.value == "COMPLETED", mk.state
+        assert [r.state_type.value for r in runs] == ["COMPLETED", "COMPLETED"], \
+            [r.state for r in runs] + [(tmp_path / "worker.log").read_text()[-3000:]]
         # one warehouse writer at a time: the second run started after the first finished
-        a, b = sorted(runs, key=lambda r: r["start_time"])
-        assert b["start_time"] >= a["end_time"]
-        assert all(r["parameters"]["venues"] == ["binance"] for r in runs)
+        a, b = sorted(runs, key=lambda r: r.start_time)
+        assert b.start_time >= a.end_time
+        assert all(r.parameters["venues"] == ["binance"] for r in runs)
 
+        with deploy.client(stack.api_url) as c:
+            arts = c.read_artifacts()
+            logs = c.read_logs(limit=200)
         # the runs left their artifacts (counts table, outcome, signals)
-        arts = deploy.api(stack.api_url, "POST", "/artifacts/filter", {})
-        keys = {x["key"] for x in arts if x.get("key")}
+        keys = {x.key for x in arts if x.key}
         assert {"ingest-counts", "validation", "ingest-outcome", "gx-data-docs", "daily-signals",
                 "liquidation-heatmap"} <= keys, keys
 
         # no secret in any log: worker output, server log, run logs stored by the API
-        logs = deploy.api(stack.api_url, "POST", "/logs/filter", {"limit": 200}) or []
         assert logs
-        text = "\n".join(x["message"] for x in logs) + (tmp_path / "worker.log").read_text() \
+        text = "\n".join(x.message for x in logs) + (tmp_path / "worker.log").read_text() \
             + (tmp_path / "prefect" / "logs" / "server.log").read_text()
         assert canary not in text
     finally:

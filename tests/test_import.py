@@ -182,4 +182,32 @@ def test_cli_import_and_replay_reparses_imports(tmp_path, capsys):
     assert rep.status == "success"
     assert q(db, "SELECT * EXCLUDE (ingested_at) FROM staging.macro_closes ORDER BY date") == before
     assert q(db, "SELECT count(*), sum(close) FROM staging.prices") == prices
-    assert before[0] == (date(2019, 2, 8), "NDX", 7298.2, "fred:NASDAQCOM", 1)
+    assert before[0][:5] == (date(2019, 2, 8), "NDX", 7298.2, "fred:NASDAQCOM", 1)
+
+
+def test_rows_failing_any_gx_expectation_quarantined_by_row_and_replay_drops_the_same(tmp_path):
+    """The instrument-name regex is an expectation the old polars re-implementation skipped: GX's
+    own unexpected_index_list now names the row. A row failing two expectations is one problem."""
+    db = tmp_path / "w.duckdb"
+    f = tmp_path / "instruments.csv"
+    f.write_text("venue,instrument,asset,quote,settle,margin,kind,contract_size,contract_unit,status\n"
+                 "binance,BTCUSDT,BTC,USDT,USDT,linear,perp,1,base,trading\n"           # row 1
+                 "binance,BTC/USDT:PERP,BTC,USDT,USDT,linear,perp,1,base,trading\n"     # row 2: '/' fails the regex
+                 "binance,ETHUSDT,ETH,USDT,USDT,linear,perp,1,base,trading\n"           # row 3
+                 "binance,SOL USDT,SOL,USDT,USDT,linear,perp,-1,base,trading\n")        # row 4: regex and size > 0
+    rep = imp(db, "instruments", f)
+    assert (rep.rows, rep.loaded, rep.quarantined, rep.status) == (4, 2, 2, "warning")
+    bad = {p["row"]: p["reason"] for p in rep.problems if p["level"] == "bad"}
+    assert bad == {
+        2: r"instrument does not match ^[A-Za-z0-9_:\-.]{1,40}$ [expect_column_values_to_match_regex]: "
+           "'BTC/USDT:PERP'",
+        4: "absurd contract_size (expected > 0) [expect_column_values_to_be_between]: -1.0; "
+           r"instrument does not match ^[A-Za-z0-9_:\-.]{1,40}$ [expect_column_values_to_match_regex]: 'SOL USDT'"}
+    assert q(db, "SELECT instrument FROM staging.instruments ORDER BY instrument") == [("BTCUSDT",), ("ETHUSDT",)]
+    batches = q(db, "SELECT rows, message, sample FROM quarantine.batches ORDER BY message")
+    assert [(b[0], [s["row"] for s in json.loads(b[2])]) for b in batches] == [(1, [4]), (1, [2])]
+    assert "row 2: instrument does not match" in batches[1][1] and "row 4: absurd contract_size" in batches[0][1]
+
+    rep = pipeline.replay(db)                  # the same rows fail again, one validation group per row
+    assert q(db, "SELECT instrument FROM staging.instruments ORDER BY instrument") == [("BTCUSDT",), ("ETHUSDT",)]
+    assert rep.stat("import", "instruments").quarantined == 2 and rep.stat("import", "instruments").loaded == 2

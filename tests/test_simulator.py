@@ -13,7 +13,7 @@ import requests
 
 from perpwatch.simulator.server import HTTP_ENV, WS_ENV, start
 
-FIX = Path("/work/shared/fixtures")
+FIX = Path(__file__).resolve().parent / "fixtures"   # venue payload copies (docs/venues.md)
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
 DAY = 86_400_000

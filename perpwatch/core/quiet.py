@@ -1,4 +1,4 @@
-"""Keep Prefect quiet and offline-friendly for a CLI user (see ../shared/STACK.md)."""
+"""Keep Prefect quiet and offline-friendly for a CLI user (see docs/stack.md)."""
 
 from __future__ import annotations
 

@@ -7,11 +7,12 @@ land -> parse -> validate -> quarantine -> load path as fetched data.
    and venue/asset/series/tz_offset when given}). The same bytes with the same params already landed
    are not landed twice: the earlier payload (and its fetched_at) is reused, so a re-import is a no-op.
 3. Parse with sources/imports.py (the parser `perpwatch replay` uses for these payloads too).
-4. Quarantine every bad row with its row named (one quarantine.batches row per kind of problem:
-   unparseable date, unparseable number, duplicate key within the file, values the table's expectation
-   suite rejects); the good rows go through pipeline.load_table: Great Expectations, then the
-   idempotent upsert on the table's grain. A row GX still rejects is quarantined on its own
-   (its `_instrument` is "row N").
+4. Validate the parsed rows with the table's Great Expectations suite (validate.validate: GX's
+   unexpected_index_list names the failing rows) and quarantine every bad row with its row number and
+   reason (one quarantine.batches row per kind of problem: unparseable date, unparseable number,
+   duplicate key within the file, each failed expectation); the good rows go through
+   pipeline.load_table (GX again, then the idempotent upsert on the table's grain), each row its own
+   validation group (`_instrument` "row N").
 5. Record a meta.runs row (kind "import"), then rebuild the marts and publish unless --no-build.
 """
 
@@ -33,8 +34,10 @@ import polars as pl
 from perpwatch import warehouse
 from perpwatch.core import settings
 from perpwatch.ingest import pipeline
+from perpwatch.ingest.validate import Failure, validate
 from perpwatch.sources import imports
 from perpwatch.sources.base import ParseContext
+from perpwatch.warehouse.columns import staging_columns
 
 DEFAULT_MAX_MB = settings.Settings.model_fields["import_max_mb"].default   # PERPWATCH_IMPORT_MAX_MB
 LISTED = 20        # problems printed / named in a quarantine message
@@ -110,7 +113,7 @@ def quarantine_problems(con, rep: ImportReport, run: pipeline.RunReport, bad: li
     """One quarantine batch per kind of problem, naming every row (idempotent per payload)."""
     groups: dict[str, list[dict]] = {}
     for p in bad:
-        groups.setdefault(_category(p["reason"]), []).append(p)
+        groups.setdefault(p.get("category") or _category(p["reason"]), []).append(p)
     st = run.stat(imports.SOURCE, rep.table)
     for cat, probs in groups.items():
         rows = [p["row"] for p in probs]
@@ -131,6 +134,73 @@ def quarantine_problems(con, rep: ImportReport, run: pipeline.RunReport, bad: li
                              raw_ids=[rep.raw_id], failed=[{"expectation": cat, "rows": rows[:10000]}],
                              rows=len(probs), sample=[{"row": p["row"], "reason": p["reason"]} for p in probs[:1000]],
                              message=msg)
+
+
+# --------------------------------------------------------------------------- expectation suite, per row
+
+def _fmt_bound(v) -> str:
+    if isinstance(v, dict):          # {"$PARAMETER": "now"}
+        return "now"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def expectation_phrase(f: Failure) -> str:
+    """What a failed expectation says about a row, in words (the GX type follows in brackets)."""
+    kw, col = f.kwargs, f.kwargs.get("column")
+    if f.expectation == "expect_column_values_to_not_be_null":
+        return f"missing {col}"
+    if f.expectation == "expect_column_values_to_be_in_set":
+        return f"{col} not in {{{', '.join(map(str, kw.get('value_set', [])))}}}"
+    if f.expectation == "expect_column_pair_values_a_to_be_greater_than_b":
+        return f"{kw['column_A']} below {kw['column_B']}"
+    if f.expectation == "expect_column_values_to_match_regex":
+        return f"{col} does not match {kw.get('regex')}"
+    if f.expectation == "expect_compound_columns_to_be_unique":
+        return f"repeated key ({', '.join(kw.get('column_list', []))})"
+    if f.expectation == "expect_column_values_to_be_finite":
+        return f"{f.column} not finite"
+    if f.expectation == "expect_column_values_to_be_between":
+        lo, hi = kw.get("min_value"), kw.get("max_value")
+        if isinstance(hi, dict) and lo is None:      # {"$PARAMETER": "now"}
+            return f"{col} in the future"
+        bounds = [f"{'>' if kw.get('strict_min') else '>='} {_fmt_bound(lo)}" if lo is not None else "",
+                  f"{'<' if kw.get('strict_max') else '<='} {_fmt_bound(hi)}" if hi is not None else ""]
+        return f"absurd {col} (expected {' and '.join(b for b in bounds if b)})"
+    return f.expectation + (f" on {f.column}" if f.column else "")
+
+
+def _row_values(f: Failure, frame: pl.DataFrame, pos: int) -> str:
+    if f.expectation == "expect_column_values_to_not_be_null":
+        return ""
+    cols = [c for c in (f.kwargs.get("column"), f.kwargs.get("column_A"), f.kwargs.get("column_B"),
+                        *(f.kwargs.get("column_list") or []), f.column) if c and c in frame.columns]
+    cols = list(dict.fromkeys(cols))
+    if len(cols) == 1:
+        return repr(frame[cols[0]][pos])
+    return ", ".join(f"{c}={frame[c][pos]!r}" for c in cols)
+
+
+def suite_problems(table: str, frame: pl.DataFrame, now: datetime | None = None) -> list[dict]:
+    """The rows of `frame` (staging columns + `_row`) that the table's expectation suite rejects,
+    as Great Expectations itself reports them (unexpected_index_list), plus NaN/infinity
+    (pipeline.check_finite): one "bad" problem per row naming every expectation it failed. A
+    failure GX cannot trace to rows (a table-level expectation) rejects every row."""
+    if frame.height == 0:
+        return []
+    data = frame.drop("_row")
+    outcome = validate(table, data, now=now)
+    pipeline.check_finite(data, outcome)
+    why: dict[int, list[tuple[str, str]]] = {}
+    for f in outcome.failures:
+        positions = f.rows if (f.rows or not f.table_level) else range(frame.height)
+        phrase = f"{expectation_phrase(f)} [{f.expectation}]"
+        for pos in positions:
+            value = "" if f.table_level else _row_values(f, frame, pos)
+            why.setdefault(pos, []).append((phrase, f"{phrase}: {value}" if value else phrase))
+    rows = frame["_row"]
+    return [{"row": int(rows[pos]), "level": "bad", "reason": "; ".join(r for _, r in sorted(found)),
+             "category": " + ".join(c for c, _ in sorted(found))}    # one quarantine batch per category
+            for pos, found in sorted(why.items())]
 
 
 def import_file(kind: str, path: str | Path, db=None, venue: str | None = None, asset: str | None = None,
@@ -160,7 +230,7 @@ def import_file(kind: str, path: str | Path, db=None, venue: str | None = None, 
         else:
             fetched_at = datetime.now(UTC)
             rep.raw_id = warehouse.land(con, imports.SOURCE, endpoint, params, 200, body, fetched_at, run.run_id)
-        ctx = ParseContext(fetched_at, pipeline.instrument_context(con))
+        ctx = ParseContext(fetched_at, pipeline.instrument_context(con), staging_columns())
         try:
             res = imports.parse_file(kind, body, params, ctx)
         except Exception as exc:   # the whole file is unreadable: quarantine the payload, report, fail
@@ -176,15 +246,19 @@ def import_file(kind: str, path: str | Path, db=None, venue: str | None = None, 
             pipeline.record(con, run)
             rep.status = run.status
             return rep
-        rep.fmt, rep.notes, rep.problems = res.fmt, res.notes, res.problems
-        bad = res.bad
+        frame = res.frame
+        gx = suite_problems(rep.table, frame)
+        if gx:
+            frame = frame.filter(~pl.col("_row").is_in([p["row"] for p in gx]))
+        rep.fmt, rep.notes = res.fmt, res.notes
+        rep.problems = sorted(res.problems + gx, key=lambda p: (p["row"] is None, p["row"] or 0))
+        bad = [p for p in rep.problems if p["level"] == "bad"]
         if bad:
             quarantine_problems(con, rep, run, bad)
         st = run.stat(imports.SOURCE, rep.table)
         identical = [p for p in res.problems if p["level"] == "skip" and p["reason"].startswith("identical duplicate")]
         st.fetched += len(identical)
         st.duplicate += len(identical)
-        frame = res.frame
         if frame.height:
             frame = frame.with_columns(
                 pl.lit(rep.raw_id, pl.Int64).alias("raw_id"), pl.lit(imports.SOURCE).alias("_source"),

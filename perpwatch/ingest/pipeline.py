@@ -23,6 +23,7 @@ from perpwatch.ingest import gaps
 from perpwatch.ingest.validate import Failure, validate
 from perpwatch.sources.base import ParseContext, Stream
 from perpwatch.sources.http import BadPayload, Fetched, SourceError
+from perpwatch.warehouse.columns import staging_columns
 
 log = logging.getLogger("perpwatch")
 
@@ -107,7 +108,7 @@ def parse_payload(source: str, endpoint: str, params: dict, body: bytes, fetched
         data = body if parser.raw_body else orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"response is not valid JSON ({exc}); {len(body)} bytes") from exc
-    return parser(data, params, ParseContext(fetched_at, ctx_instruments))
+    return parser(data, params, ParseContext(fetched_at, ctx_instruments, staging_columns()))
 
 
 @dataclass
@@ -143,7 +144,9 @@ def parse_all(con, report: RunReport, payloads: Iterable[Fetched], ctx_instrumen
                 pl.lit(p.stream or "").alias("_stream"),
                 # a payload covering several instruments (a websocket batch, a replayed payload) is
                 # validated/quarantined per instrument: the row's own instrument, not the first row's
-                (pl.lit(p.instrument) if p.instrument else pl.col("instrument").cast(pl.Utf8).fill_null("")
+                # (a parser may name its own groups: an imported file's rows are one each, per payload)
+                (pl.format("{} {}", pl.lit(p.raw_id), pl.col("_instrument")) if "_instrument" in df.columns
+                 else pl.lit(p.instrument) if p.instrument else pl.col("instrument").cast(pl.Utf8).fill_null("")
                  if "instrument" in df.columns else pl.lit("")).alias("_instrument"),
                 pl.lit(p.endpoint).alias("_endpoint")))
     return out
@@ -250,7 +253,7 @@ def check_finite(df: pl.DataFrame, outcome) -> None:
             outcome.success = False
             outcome.bad_rows.update(rows)
             outcome.failures.append(Failure("expect_column_values_to_be_finite", c, len(rows),
-                                            [str(v) for v in df[c].gather(rows[:3]).to_list()]))
+                                            [str(v) for v in df[c].gather(rows[:3]).to_list()], rows=rows))
 
 
 def enrich_open_interest_usd(con) -> int:

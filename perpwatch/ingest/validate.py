@@ -1,7 +1,7 @@
 """Great Expectations validation: one suite per staging table (expectations/<table>.json).
 
 Validation runs per dataset per run on the pandas path (GX's DuckDB/SQLAlchemy path is
-broken upstream, see ../shared/STACK.md). Row-level failures are traced back to the rows
+broken upstream, see docs/stack.md). Row-level failures are traced back to the rows
 (unexpected_index_list) so only the failing (source, instrument) batches are quarantined.
 """
 
@@ -32,6 +32,8 @@ class Failure:
     unexpected_count: int
     sample: list
     table_level: bool = False
+    rows: list[int] = field(default_factory=list)     # positions of the failing rows (unexpected_index_list)
+    kwargs: dict = field(default_factory=dict)        # the expectation's configuration (column, bounds, ...)
 
     def describe(self) -> str:
         col = f" on {self.column}" if self.column else ""
@@ -126,5 +128,6 @@ def validate(table: str, df: pl.DataFrame, now: datetime | None = None) -> Outco
             out.bad_rows.update(int(i) for i in idx)
         sample = result.get("partial_unexpected_list") or ([exc] if exc else [result.get("observed_value")])
         out.failures.append(Failure(cfg.type, col or None, int(result.get("unexpected_count") or 0),
-                                    [str(s) for s in sample], table_level))
+                                    [str(s) for s in sample], table_level, sorted(int(i) for i in idx or ()),
+                                    dict(kw)))
     return out
