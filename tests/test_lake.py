@@ -197,7 +197,8 @@ def test_time_travel_query_as_of_the_snapshot_before_a_load(lake_url, capsys):
     assert main(["query", sql, "--db", lake_url, "--as-of", str(before), "--format", "json"]) == 0
     assert [r["funding_rate"] for r in json.loads(capsys.readouterr().out)] == [1e-4, 2e-4]
     assert main(["query", sql, "--db", lake_url, "--format", "csv"]) == 0
-    assert capsys.readouterr().out == "funding_rate\n0.0001\n0.0004\n0.0006\n0.0008\n"
+    # hour 0 kept from the first load; hours 1..3 from the second (rate 2e-4 x (h + 1))
+    assert capsys.readouterr().out == f"funding_rate\n{1e-4}\n{2e-4 * 2}\n{2e-4 * 3}\n{2e-4 * 4}\n"
     # the same command on the DuckDB file; --as-of is refused there
     with pytest.raises(ValueError, match="DuckLake"):
         ops.query(sql, db=None, as_of=1)

@@ -98,11 +98,10 @@ def migrate(source, to: str, say=print) -> dict[str, int]:
             say(f"{schema}.{name}: {counts[f'{schema}.{name}']} rows, verified")
         if any(s == "raw" and n == "payloads" for s, n in src_tables):   # new payloads continue after the file's ids
             top = con.execute("SELECT coalesce(max(raw_id), 0) FROM raw.payloads").fetchone()[0]
-            cur = con.execute(f"SELECT * FROM postgres_query('{lake.PG_ALIAS}', "
-                              f"'SELECT last_value FROM {lake.RAW_ID_SEQUENCE}')").fetchone()[0]
-            if top > cur:
-                con.execute(f"CALL postgres_execute('{lake.PG_ALIAS}', "
-                            f"'SELECT setval(''{lake.RAW_ID_SEQUENCE}'', {int(top)})')")
+            if top > 0:
+                seq = lake.RAW_ID_SEQUENCE
+                con.execute(f"CALL postgres_execute('{lake.PG_ALIAS}', 'SELECT setval(''{seq}'', greatest({int(top)}, "
+                            f"(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq})), true)')")
         con.execute("USE memory")   # DETACH of the source needs the lake to stay the only writer
         con.execute("DETACH __src")
         con.execute(f"USE {lake.ALIAS}")
