@@ -198,10 +198,10 @@ def prefect(env: dict, *args: str, timeout: float = 300.0, check: bool = True) -
     return res
 
 
-def setup_pool(env: dict) -> None:
+def setup_pool(env: dict, limits: dict[str, int] | None = None) -> None:
     """The process work pool and its queues with their concurrency limits (idempotent)."""
     prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
-    for queue, limit in QUEUES.items():
+    for queue, limit in (limits or QUEUES).items():
         made = prefect(env, "work-queue", "create", queue, "--pool", POOL, "--limit", str(limit), check=False)
         if made.returncode != 0:   # exists already: make sure the limit is what we say
             prefect(env, "work-queue", "set-concurrency-limit", queue, str(limit), "--pool", POOL)
@@ -226,12 +226,29 @@ def crash_leftovers(api_url: str) -> list[str]:
     return [r["name"] for r in runs]
 
 
-def start_worker(env: dict, log: Path | None = None) -> subprocess.Popen:
+def database_url(url: str) -> str:
+    """PREFECT_API_DATABASE_CONNECTION_URL for the server: postgresql://… becomes postgresql+asyncpg://…
+    (the driver Prefect's server uses; asyncpg ships with Prefect)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    return url
+
+
+def queue_limits(env: dict, workers: int) -> dict[str, int]:
+    """On the DuckLake backend (PERPWATCH_CATALOG) writers commit concurrently: the warehouse queue
+    admits one run per worker instead of one in all. Each deployment keeps its own limit of 1."""
+    if env.get("PERPWATCH_CATALOG"):
+        return {**QUEUES, "warehouse": max(1, workers)}
+    return dict(QUEUES)
+
+
+def start_worker(env: dict, log: Path | None = None, index: int = 0) -> subprocess.Popen:
     """`prefect worker start --pool perpwatch` in its own process group (output to `log` or inherited)."""
     out = open(log, "ab") if log else None
     try:
         return subprocess.Popen([prefect_bin(), "worker", "start", "--pool", POOL, "--type", "process",
-                                 "--name", f"perpwatch-{socket.gethostname()}"],
+                                 "--name", f"perpwatch-{socket.gethostname()}" + (f"-{index}" if index else "")],
                                 env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     finally:
@@ -256,6 +273,7 @@ class Stack:
     worker_log: Path | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
     deploy_output: str = ""
+    workers: int = 1
 
     def __post_init__(self):
         self.home = Path(self.home).resolve()
@@ -273,15 +291,16 @@ class Stack:
                 raise RuntimeError(f"no Prefect API answering at {self.api_url}")
             say(f"work pool {POOL!r} (process) with queues "
                 + ", ".join(f"{q} (limit {n})" for q, n in QUEUES.items()))
-            setup_pool(self.env)
+            setup_pool(self.env, queue_limits(self.env, self.workers))
             say("prefect deploy --all (prefect.yaml)")
             self.deploy_output = deploy_all(self.env)
             crashed = crash_leftovers(self.api_url)
             if crashed:
                 say(f"marked {len(crashed)} unfinished run(s) of a previous worker Crashed: {', '.join(crashed)}")
             if worker:
-                say(f"starting worker on pool {POOL!r}")
-                self.procs.append(start_worker(self.env, self.worker_log))
+                say(f"starting {self.workers} worker(s) on pool {POOL!r}")
+                for i in range(self.workers):
+                    self.procs.append(start_worker(self.env, self.worker_log, index=i))
         except BaseException:
             self.down()
             raise
@@ -321,7 +340,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="PREFECT_HOME: server database, logs (default $PREFECT_HOME or .prefect)")
     ap.add_argument("--api-url", help="use this running Prefect API instead of starting a server")
     ap.add_argument("--no-worker", action="store_true", help="deploy, then keep only the server running")
+    ap.add_argument("--workers", type=int, default=int(os.environ.get("PERPWATCH_WORKERS", "1")),
+                    help="process workers to start on the pool (default 1; several need PERPWATCH_CATALOG)")
+    ap.add_argument("--database-url", default=os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"),
+                    help="PostgreSQL URL for the Prefect server's own database "
+                         "(default $PREFECT_API_DATABASE_CONNECTION_URL; unset = SQLite in --home)")
     args = ap.parse_args(argv)
+    if args.database_url:
+        os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(args.database_url)
+    if args.workers > 1 and not os.environ.get("PERPWATCH_CATALOG"):
+        print("--workers N > 1 needs the DuckLake backend (PERPWATCH_CATALOG): the DuckDB file admits one "
+              "writer process", file=sys.stderr)
+        return 2
 
     def say(msg: str) -> None:
         print(f"[deploy] {msg}", flush=True)
@@ -331,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"port {port} is in use (another Prefect server?). Stop it, pick --port N, or reuse it with "
               f"--api-url http://127.0.0.1:{port}/api", file=sys.stderr)
         return 2
-    stack = Stack(home=Path(args.home), port=port, api_url=args.api_url)
+    stack = Stack(home=Path(args.home), port=port, api_url=args.api_url, workers=args.workers)
     stopping = False
 
     def on_signal(signum, _frame):
