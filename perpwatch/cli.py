@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, venues=False)
     p.add_argument("-o", "--output", required=True)
 
+    p = sub.add_parser("query", help="read-only SQL on the warehouse (--as-of: a past lake snapshot)")
+    _common(p, venues=False)
+    p.add_argument("sql")
+    p.add_argument("--as-of", help="DuckLake backend only: snapshot id or ISO timestamp (UTC) to read as of")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    p = sub.add_parser("migrate", help="copy a DuckDB-file warehouse into a DuckLake catalog, verified, rerunnable")
+    _common(p, venues=False)
+    p.add_argument("--to", required=True, help="catalog URL postgresql://user@host:port/db ($PERPWATCH_CATALOG)")
+
+    p = sub.add_parser("maintain", help="DuckLake maintenance: compact, expire snapshots, delete old files")
+    _common(p, venues=False)
+    p.add_argument("--retention-days", type=float,
+                   help="keep snapshots this long (default $PERPWATCH_LAKE_RETENTION_DAYS or 7)")
+
     p = sub.add_parser("collect", help="capture liquidation websocket streams for a duration")
     _common(p)
     p.add_argument("--seconds", type=float, default=60.0)
@@ -206,6 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "report":
         from perpwatch.serving.report import main as report_main
         return report_main(args)
+    if args.cmd in ("query", "migrate", "maintain"):
+        from perpwatch.warehouse import ops
+        if args.cmd == "query":
+            sys.stdout.write(ops.query(args.sql, db=args.db, as_of=ops.parse_as_of(args.as_of), fmt=args.format))
+            return 0
+        if args.cmd == "migrate":
+            counts = ops.migrate(args.db, args.to)
+            print(f"migrated {len(counts)} tables, {sum(counts.values())} rows, verified row for row")
+            return 0
+        ops.maintain(args.db, args.retention_days, say=print)
+        return 0
     if args.cmd == "collect":
         from perpwatch.ingest.collector import main as collect_main
         return collect_main(args)

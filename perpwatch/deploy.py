@@ -207,7 +207,7 @@ def prefect(env: dict, *args: str, timeout: float = 300.0, check: bool = True) -
     return res
 
 
-def setup_pool(api_url: str) -> None:
+def setup_pool(api_url: str, limits: dict[str, int] | None = None) -> None:
     """The process work pool and its queues with their concurrency limits (idempotent), like
     `prefect work-pool create --type process --overwrite` + `prefect work-queue create --limit N`."""
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -218,7 +218,7 @@ def setup_pool(api_url: str) -> None:
                                           base_job_template=ProcessWorker.get_default_base_job_template()),
                            overwrite=True)
         have = {q.name: q for q in c.read_work_queues(work_pool_name=POOL)}
-        for queue, limit in QUEUES.items():
+        for queue, limit in (limits or QUEUES).items():
             if queue not in have:
                 c.create_work_queue(name=queue, work_pool_name=POOL, concurrency_limit=limit)
             elif have[queue].concurrency_limit != limit:   # exists already: make sure the limit is what we say
@@ -260,12 +260,29 @@ def crash_leftovers(api_url: str) -> list[str]:
     return [r.name for r in runs]
 
 
-def start_worker(env: dict, log: Path | None = None) -> subprocess.Popen:
+def database_url(url: str) -> str:
+    """PREFECT_API_DATABASE_CONNECTION_URL for the server: postgresql://… becomes postgresql+asyncpg://…
+    (the driver Prefect's server uses; asyncpg ships with Prefect)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    return url
+
+
+def planned_limits(env: dict, workers: int) -> dict[str, int]:
+    """On the DuckLake backend (PERPWATCH_CATALOG) writers commit concurrently: the warehouse queue
+    admits one run per worker instead of one in all. Each deployment keeps its own limit of 1."""
+    if env.get("PERPWATCH_CATALOG"):
+        return {**QUEUES, "warehouse": max(1, workers)}
+    return dict(QUEUES)
+
+
+def start_worker(env: dict, log: Path | None = None, index: int = 0) -> subprocess.Popen:
     """`prefect worker start --pool perpwatch` in its own process group (output to `log` or inherited)."""
     out = open(log, "ab") if log else None
     try:
         return subprocess.Popen([prefect_bin(), "worker", "start", "--pool", POOL, "--type", "process",
-                                 "--name", f"perpwatch-{socket.gethostname()}"],
+                                 "--name", f"perpwatch-{socket.gethostname()}" + (f"-{index}" if index else "")],
                                 env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     finally:
@@ -290,6 +307,7 @@ class Stack:
     worker_log: Path | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
     deploy_output: str = ""
+    workers: int = 1
 
     def __post_init__(self):
         self.home = Path(self.home).resolve()
@@ -307,15 +325,16 @@ class Stack:
                 raise RuntimeError(f"no Prefect API answering at {self.api_url}")
             say(f"work pool {POOL!r} (process) with queues "
                 + ", ".join(f"{q} (limit {n})" for q, n in QUEUES.items()))
-            setup_pool(self.api_url)
+            setup_pool(self.api_url, planned_limits(self.env, self.workers))
             say("prefect deploy --all (prefect.yaml)")
             self.deploy_output = deploy_all(self.env)
             crashed = crash_leftovers(self.api_url)
             if crashed:
                 say(f"marked {len(crashed)} unfinished run(s) of a previous worker Crashed: {', '.join(crashed)}")
             if worker:
-                say(f"starting worker on pool {POOL!r}")
-                self.procs.append(start_worker(self.env, self.worker_log))
+                say(f"starting {self.workers} worker(s) on pool {POOL!r}")
+                for i in range(self.workers):
+                    self.procs.append(start_worker(self.env, self.worker_log, index=i))
         except BaseException:
             self.down()
             raise
@@ -388,7 +407,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="PREFECT_HOME: server database, logs (default $PREFECT_HOME or .prefect)")
     ap.add_argument("--api-url", help="use this running Prefect API instead of starting a server")
     ap.add_argument("--no-worker", action="store_true", help="deploy, then keep only the server running")
+    ap.add_argument("--workers", type=int, default=settings.get().workers,
+                    help="process workers to start on the pool (default 1; several need PERPWATCH_CATALOG)")
+    ap.add_argument("--database-url", default=settings.get().prefect_database_url,
+                    help="PostgreSQL URL for the Prefect server's own database "
+                         "(default $PREFECT_API_DATABASE_CONNECTION_URL; unset = SQLite in --home)")
     args = ap.parse_args(argv)
+    if args.database_url:
+        os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(args.database_url)
+    if args.workers > 1 and not settings.get().catalog:
+        print("--workers N > 1 needs the DuckLake backend (PERPWATCH_CATALOG): the DuckDB file admits one "
+              "writer process", file=sys.stderr)
+        return 2
 
     def say(msg: str) -> None:
         print(f"[deploy] {msg}", flush=True)
@@ -398,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"port {port} is in use (another Prefect server?). Stop it, pick --port N, or reuse it with "
               f"--api-url http://127.0.0.1:{port}/api", file=sys.stderr)
         return 2
-    stack = Stack(home=Path(args.home), port=port, api_url=args.api_url)
+    stack = Stack(home=Path(args.home), port=port, api_url=args.api_url, workers=args.workers)
     stopping = False
 
     def on_signal(signum, _frame):

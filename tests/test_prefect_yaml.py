@@ -45,7 +45,7 @@ def by_name(spec) -> dict[str, dict]:
 def test_every_entrypoint_is_a_prefect_flow(flows):
     from prefect import Flow
 
-    assert len(flows) == 6
+    assert len(flows) == 7
     for entry, fl in flows.items():
         assert isinstance(fl, Flow), entry
 
@@ -53,7 +53,8 @@ def test_every_entrypoint_is_a_prefect_flow(flows):
 def test_the_documented_jobs_exist(spec):
     names = by_name(spec)
     assert sorted(names) == ["perpwatch-backfill/manual", "perpwatch-build/daily", "perpwatch-collector/liquidations",
-                             "perpwatch-daily/daily", "perpwatch-ingest/hourly", "perpwatch-markets/daily"]
+                             "perpwatch-daily/daily", "perpwatch-ingest/hourly", "perpwatch-maintenance/maintenance",
+                             "perpwatch-markets/daily"]
     sched = {n: [(s["cron"], s["timezone"]) for s in d.get("schedules") or []] for n, d in names.items()}
     assert sched == {
         "perpwatch-ingest/hourly": [("5 * * * *", "UTC")],
@@ -62,6 +63,7 @@ def test_the_documented_jobs_exist(spec):
         "perpwatch-build/daily": [("15 23 * * *", "America/New_York")],
         "perpwatch-daily/daily": [("15 0 * * *", "UTC")],
         "perpwatch-backfill/manual": [],
+        "perpwatch-maintenance/maintenance": [("30 3 * * 0", "UTC")],
     }
 
 
@@ -76,8 +78,12 @@ def test_pool_queues_and_concurrency(spec):
         assert d["enforce_parameter_schema"] is True
     assert names["perpwatch-collector/liquidations"]["work_pool"]["work_queue_name"] == "collector"
     writers = [n for n, d in names.items() if d["work_pool"]["work_queue_name"] == "warehouse"]
-    assert len(writers) == 5
+    assert len(writers) == 6
     assert deploy.QUEUES["warehouse"] == 1          # one DuckDB writer process at a time
+    # on the DuckLake backend the warehouse queue admits one run per worker
+    assert deploy.planned_limits({}, 3)["warehouse"] == 1
+    assert deploy.planned_limits({"PERPWATCH_CATALOG": "postgresql://u@h:5432/d"}, 3)["warehouse"] == 3
+    assert deploy.database_url("postgresql://prefect@db:5432/prefect") == "postgresql+asyncpg://prefect@db:5432/prefect"
     assert names["perpwatch-ingest/hourly"]["concurrency_limit"]["collision_strategy"] == "CANCEL_NEW"
     assert names["perpwatch-daily/daily"]["concurrency_limit"]["collision_strategy"] == "ENQUEUE"
 

@@ -40,9 +40,36 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def connect(path: str | Path | None = None, read_only: bool = False, wait_s: float = 60.0):
-    """Open the warehouse. Waits (with a clear message) while another process holds the lock."""
-    path = Path(path or settings.db_path())
+def target(path: str | Path | None = None) -> str | Path:
+    """What connect() opens: an explicit path or postgresql:// URL, else $PERPWATCH_CATALOG, else the file."""
+    from perpwatch.warehouse import lake
+
+    if path is not None and lake.is_url(str(path)):
+        return str(path)
+    if path is not None:
+        return Path(path)
+    return lake.catalog_url() or settings.db_path()
+
+
+def is_lake_target(path: str | Path | None = None) -> bool:
+    from perpwatch.warehouse import lake
+
+    return lake.is_url(str(target(path)))
+
+
+def connect(path: str | Path | None = None, read_only: bool = False, wait_s: float = 60.0, as_of=None):
+    """Open the warehouse. Waits (with a clear message) while another process holds the lock.
+
+    With a postgresql:// URL (or $PERPWATCH_CATALOG and no path) this is the DuckLake backend
+    (warehouse/lake.py): same schemas and tables, `as_of` (snapshot id or timestamp) reads the past.
+    """
+    from perpwatch.warehouse import lake
+
+    path = target(path)
+    if isinstance(path, str):
+        return lake.connect(path, read_only=read_only, as_of=as_of)
+    if as_of is not None:
+        raise ValueError("--as-of needs the DuckLake backend (PERPWATCH_CATALOG); the DuckDB file keeps no snapshots")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
@@ -74,8 +101,49 @@ def session(path: str | Path | None = None, read_only: bool = False) -> Iterator
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(SCHEMA_FILE.read_text())
+    con.execute(schema_sql(lake=False))
     apply_comments(con, only_existing=True)
+
+
+# Lake-only bookkeeping (warehouse/lake.py): write tokens that serialise upserts per table, and
+# the maintenance log shown by `perpwatch status`.
+LAKE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta.write_tokens (table_name VARCHAR NOT NULL, writes BIGINT, updated_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS meta.maintenance (
+    started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ, snapshots_expired BIGINT, files_merged BIGINT,
+    files_deleted BIGINT, retention_days DOUBLE, message VARCHAR);
+"""
+
+
+def schema_sql(lake: bool) -> str:
+    """The one schema (warehouse/schema.sql) for both backends. DuckLake has no sequences (raw_id
+    comes from a PostgreSQL sequence there, see warehouse.land) and no PRIMARY KEY / indexes —
+    schema.sql declares none: grains are enforced by upsert() on both backends."""
+    text = SCHEMA_FILE.read_text()
+    if not lake:
+        return text
+    kept = [stmt for stmt in text.split(";") if "CREATE SEQUENCE" not in stmt.upper()]
+    return ";".join(kept) + ";" + LAKE_SCHEMA
+
+
+def ensure_schema_lake(con: duckdb.DuckDBPyConnection) -> None:
+    """Schema, write-token rows and comments on the lake, in one DuckLake transaction; skips what exists."""
+    have = {f"{s}.{t}" for s, t in con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+    wanted = set(KEYS) | {"raw.payloads", "meta.watermarks", "meta.runs", "meta.run_datasets", "quarantine.batches",
+                          "meta.gaps", "meta.write_tokens", "meta.maintenance"}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if not wanted <= have:
+            con.execute(schema_sql(lake=True))
+        tokens = {r[0] for r in con.execute("SELECT table_name FROM meta.write_tokens").fetchall()}
+        for table in sorted(set(KEYS) - tokens):
+            con.execute("INSERT INTO meta.write_tokens VALUES (?, 0, now())", [table])
+        apply_comments(con, only_existing=True)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def table_docs() -> dict:
@@ -107,6 +175,9 @@ def apply_comments(con: duckdb.DuckDBPyConnection, only_existing: bool = True) -
             "SELECT schema_name, table_name, column_name, comment FROM duckdb_columns() "
             f"WHERE database_name = current_database() AND schema_name IN {schemas}").fetchall():
         columns.setdefault(f"{s}.{t}", {})[col] = comment
+    from perpwatch.warehouse import lake
+
+    on_lake = lake.is_lake(con)
     docs = table_docs()
     common = docs.get("*", {}).get("columns", {})
     for table in tables:                          # columns every table shares (venue, asset, raw_id, ...)
@@ -120,6 +191,8 @@ def apply_comments(con: duckdb.DuckDBPyConnection, only_existing: bool = True) -
         current, is_view = tables[table]
         if "description" in doc and current != doc["description"]:      # only write what changed: no WAL churn on every connect
             con.execute(f"COMMENT ON {'VIEW' if is_view else 'TABLE'} {table} IS {_quote(doc['description'])}")
+        if is_view and on_lake:
+            continue                  # DuckLake keeps no comments on view columns (the view's own comment it does)
         for col, text in doc.get("columns", {}).items():
             if col in columns.get(table, {}) and columns[table][col] != text:
                 con.execute(f'COMMENT ON COLUMN {table}."{col}" IS {_quote(text)}')
@@ -134,17 +207,41 @@ class Lander:
         self.con = con
         self.run_id = run_id
         self._lock = threading.Lock()
+        from perpwatch.warehouse import lake
+
+        self.lake = lake.is_lake(con)    # asked once here: the connection is shared by extract threads
 
     def __call__(self, source: str, endpoint: str, params: dict, status: int, body: bytes,
                  fetched_at: datetime | None = None) -> int:
-        return land(self.con, source, endpoint, params, status, body, fetched_at, self.run_id, self._lock)
+        return land(self.con, source, endpoint, params, status, body, fetched_at, self.run_id, self._lock,
+                    on_lake=self.lake)
 
 
 def land(con, source: str, endpoint: str, params: dict, status: int, body: bytes,
-         fetched_at: datetime | None = None, run_id: str | None = None, lock=None) -> int:
+         fetched_at: datetime | None = None, run_id: str | None = None, lock=None,
+         on_lake: bool | None = None) -> int:
+    from perpwatch.warehouse import lake
+
     fetched_at = fetched_at or now_utc()
     digest = hashlib.sha256(body).hexdigest()
     packed = zlib.compress(body, 6)
+    if on_lake if on_lake is not None else lake.is_lake(con):   # DuckLake has no sequences: the id comes from PostgreSQL (lake.next_raw_id)
+        sql = (f"INSERT INTO {lake.ALIAS}.raw.payloads (raw_id, source, endpoint, params, fetched_at, http_status, body, sha256, run_id) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        args = [source, endpoint, json.dumps(params, sort_keys=True), fetched_at, status, packed, digest, run_id]
+
+        def put(c) -> int:
+            raw_id = lake.next_raw_id(c)
+            c.execute(sql, [raw_id, *args])
+            return raw_id
+        if lock is None:
+            return put(con)
+        with lock:
+            cur = con.cursor()
+            try:
+                return put(cur)
+            finally:
+                cur.close()
     # raw_id comes from the sequence explicitly: a column DEFAULT nextval(...) plus a COMMENT ON COLUMN
     # makes DuckDB 1.5.5 fail to replay its WAL after a crash ("GetDefaultDatabase with no default
     # database set"), found by tests/test_reliability.py.
@@ -193,9 +290,13 @@ def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> Load
     In-batch repeats of a key keep the last row; rows identical to the stored ones are
     counted as duplicates and left alone; changed rows replace the stored row.
     """
+    from perpwatch.warehouse import lake
+
     key = KEYS[table]
     if df.height == 0:
         return LoadResult()
+    if lake.is_lake(con):
+        lake.claim(con, table)     # two writers of new keys would both INSERT: make them conflict instead
     cols = [c for c in table_columns(con, table) if c in df.columns]
     missing_key = [k for k in key if k not in cols]
     if missing_key:
@@ -259,6 +360,55 @@ def advance_watermark(con, source: str, dataset: str, instrument: str, last_ts: 
                    WHERE source=? AND dataset=? AND instrument=?""", [last_ts, source, dataset, instrument])
 
 
+def write(con, fn, *, table: str, batch: str = "", attempts: int | None = None):
+    """Run fn() in one transaction and commit; on a DuckLake commit conflict roll back, wait (full
+    jitter) and run it again, up to PERPWATCH_LAKE_RETRIES times, then raise WriteConflict naming the
+    table and batch. fn must only write through `con` (it is re-run from scratch on retry)."""
+    from perpwatch.warehouse import lake
+
+    n = attempts or lake.max_attempts()
+    for attempt in range(n):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            out = fn()
+            con.execute("COMMIT")
+            return out
+        except BaseException as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass                      # a failed COMMIT has already ended the transaction
+            if not isinstance(exc, duckdb.Error) or not lake.is_conflict(exc):
+                raise
+            if attempt == n - 1:
+                raise lake.WriteConflict(f"{table}: batch {batch or '?'} still conflicted with concurrent "
+                                         f"writers after {n} attempts: {exc}") from exc
+            time.sleep(lake.backoff(attempt))
+
+
+def retry(fn, *, what: str, attempts: int | None = None):
+    """Re-run fn (which runs and commits its own transaction) on a DuckLake commit conflict."""
+    from perpwatch.warehouse import lake
+
+    n = attempts or lake.max_attempts()
+    for attempt in range(n):
+        try:
+            return fn()
+        except duckdb.Error as exc:
+            if not lake.is_conflict(exc):
+                raise
+            if attempt == n - 1:
+                raise lake.WriteConflict(f"{what}: still conflicted after {n} attempts: {exc}") from exc
+            time.sleep(lake.backoff(attempt))
+
+
+def note_loaded(con, run_id: str | None, loaded: int) -> None:
+    """Count loaded rows on the run's record inside the load's transaction (same snapshot as the rows)."""
+    if run_id:
+        con.execute("UPDATE meta.runs SET rows_loaded = coalesce(rows_loaded, 0) + ? WHERE run_id = ?",
+                    [loaded, run_id])
+
+
 @contextmanager
 def transaction(con):
     con.execute("BEGIN TRANSACTION")
@@ -288,9 +438,9 @@ def start_run(con, run_id: str, kind: str) -> None:
 
 def finish_run(con, run_id: str, status: str, fetched: int, loaded: int, quarantined: int,
                duplicate: int, message: str) -> None:
-    con.execute("""UPDATE meta.runs SET finished_at = now(), status = ?, rows_fetched = ?, rows_loaded = ?,
+    retry(lambda: con.execute("""UPDATE meta.runs SET finished_at = now(), status = ?, rows_fetched = ?, rows_loaded = ?,
                    rows_quarantined = ?, rows_duplicate = ?, message = ? WHERE run_id = ?""",
-                [status, fetched, loaded, quarantined, duplicate, message, run_id])
+                [status, fetched, loaded, quarantined, duplicate, message, run_id]), what=f"meta.runs {run_id}")
 
 
 def record_dataset(con, run_id: str, source: str, dataset: str, fetched: int, loaded: int,
@@ -318,6 +468,16 @@ def publish(db=None, serving=None, exports=None, con=None) -> dict[str, str]:
     exports.mkdir(parents=True, exist_ok=True)
     own = con is None
     con = con or connect(db)
+    from perpwatch.warehouse import lake
+
+    if lake.is_lake(con):
+        # Readers attach the lake at its latest snapshot (read-only) while writers commit: no
+        # serving copy to rebuild; the Parquet exports of the marts stay available.
+        try:
+            return export_marts(con, exports)
+        finally:
+            if own:
+                con.close()
     tmp = serving.with_name(f".{serving.name}.{os.getpid()}.tmp")
     for stale in [*serving.parent.glob(f".{serving.name}.*.tmp"), *serving.parent.glob(f".{serving.name}.*.tmp.wal"),
                   *exports.glob(".*.parquet.*.tmp")]:
@@ -341,16 +501,23 @@ def publish(db=None, serving=None, exports=None, con=None) -> dict[str, str]:
         finally:
             snap.close()
         os.replace(tmp, serving)
-        written = {"serving": str(serving)}
-        for (name,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='marts' "
-                                   "AND table_catalog = current_database() ORDER BY 1").fetchall():
-            out = exports / f"{name}.parquet"
-            part = exports / f".{name}.parquet.{os.getpid()}.tmp"
-            con.execute(f'COPY (SELECT * FROM marts."{name}") TO {_quote(str(part))} (FORMAT parquet)')
-            os.replace(part, out)
-            written[f"marts.{name}"] = str(out)
-        return written
+        return {"serving": str(serving), **export_marts(con, exports)}
     finally:
         tmp.unlink(missing_ok=True)
         if own:
             con.close()
+
+
+def export_marts(con, exports: Path) -> dict[str, str]:
+    """Parquet export of every mart, each written to a temp file and swapped in with os.replace."""
+    import os
+
+    written = {}
+    for (name,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='marts' "
+                               "AND table_catalog = current_database() ORDER BY 1").fetchall():
+        out = exports / f"{name}.parquet"
+        part = exports / f".{name}.parquet.{os.getpid()}.tmp"
+        con.execute(f'COPY (SELECT * FROM marts."{name}") TO {_quote(str(part))} (FORMAT parquet)')
+        os.replace(part, out)
+        written[f"marts.{name}"] = str(out)
+    return written

@@ -97,6 +97,24 @@ class Settings(BaseSettings):
                               "(sections and keys it leaves out keep the project defaults).", "Storage",
                               example="my_signals.toml")
 
+    # --- scale-out (docs/scale-out.md)
+    catalog: str | None = _f(None, "Unset: the embedded DuckDB file (PERPWATCH_DB). postgresql://user@host:port/db: "
+                             "a DuckLake warehouse with its catalog in that PostgreSQL database.", "Storage",
+                             example="postgresql://postgres@127.0.0.1:5432/perpwatch_lake")
+    data_path: str = _f("data/lake", "Where the DuckLake Parquet files go: a local or shared directory, or s3://... "
+                        "(credentials from the environment via DuckDB secrets).", "Storage")
+    lake_retries: int = _f(12, "Commit attempts on a DuckLake write conflict before the batch fails (bounded "
+                           "retry with jitter).", "Storage")
+    lake_retention_days: float = _f(7, "DuckLake snapshots older than this are expired by maintenance (time travel "
+                                    "reaches back this far).", "Storage")
+    workers: int = _f(1, "Prefect workers `make deploy` starts (more than one needs PERPWATCH_CATALOG).",
+                      "Operations")
+    prefect_database_url: str | None = _f(None, "The Prefect server's own database (`make deploy`), e.g. "
+                                          "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect; default SQLite.",
+                                          "Operations", env="PREFECT_API_DATABASE_CONNECTION_URL", example="")
+    test_pg: str = _f("postgresql://postgres@127.0.0.1:5432", "PostgreSQL server the lake tests create their "
+                      "own databases on.", "Operations")
+
     # --- scope
     assets: Annotated[list[str], NoDecode] = _f(
         ["BTC", "ETH", "SOL"], "Assets to track, comma-separated.", "Scope")

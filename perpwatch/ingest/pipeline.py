@@ -222,7 +222,10 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
         part = good.filter(pl.col("_source") == src)
         st = report.stat(src, table)
         st.validation = "passed" if outcome.success else "partial"
-        with warehouse.transaction(con):
+
+        def write(part=part, src=src):
+            # rows, watermarks and the run's loaded count commit together (one DuckLake snapshot);
+            # on a commit conflict with another writer warehouse.write re-runs this from scratch
             res = warehouse.upsert(con, full, part.drop(INTERNAL + ["__pos"], strict=False))
             if move_watermarks and entry.watermarked:
                 tcol = entry.time_column
@@ -231,6 +234,9 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
                 for stream, inst, last in marks.iter_rows():
                     if (src, stream, inst) not in report.tainted:   # a failed page: re-read it all next run
                         warehouse.advance_watermark(con, src, stream, inst, last)
+            warehouse.note_loaded(con, report.run_id, res.loaded)
+            return res
+        res = warehouse.write(con, write, table=full, batch=f"{report.run_id}/{src} ({part.height} rows)")
         st.loaded += res.loaded
         st.updated += res.updated
         st.duplicate += res.duplicate
@@ -259,7 +265,7 @@ def check_finite(df: pl.DataFrame, outcome) -> None:
 def enrich_open_interest_usd(con) -> int:
     """OI rows with only one of oi_base / oi_usd (no price when they were loaded) are valued exactly
     like value_open_interest does at load time, so the result does not depend on load order."""
-    return con.execute("""
+    return warehouse.retry(lambda: con.execute("""
         UPDATE staging.open_interest o
         SET oi_usd = coalesce(o.oi_usd, o.oi_base * x.px), oi_base = coalesce(o.oi_base, o.oi_usd / x.px)
         FROM (
@@ -273,8 +279,8 @@ def enrich_open_interest_usd(con) -> int:
             LEFT JOIN staging.instruments i ON i.venue = n.venue AND i.instrument = n.instrument
             WHERE (n.oi_usd IS NULL) <> (n.oi_base IS NULL)) x
         WHERE x.px IS NOT NULL AND o.venue = x.venue AND o.instrument = x.instrument AND o.ts = x.ts
-          AND (o.oi_usd IS NULL) <> (o.oi_base IS NULL)
-        RETURNING 1""").fetchall().__len__()
+          AND (o.oi_usd IS NULL) <> (o.oi_base IS NULL)""").fetchone()[0],
+        what="staging.open_interest (OI valuation)")   # no RETURNING: DuckLake has none on UPDATE
 
 
 def value_open_interest(con, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
@@ -605,7 +611,7 @@ def finish(report: RunReport, db=None) -> None:
 def record(con, report: RunReport) -> None:
     if report.windows:
         try:
-            gaps.detect(con, report)
+            warehouse.retry(lambda: gaps.detect(con, report), what="meta.gaps")
         except Exception as exc:  # noqa: BLE001 - gap bookkeeping must not lose the run's record
             report.errors.append(f"gap detection failed: {type(exc).__name__}: {exc}")
     t = report.totals()

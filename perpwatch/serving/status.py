@@ -29,7 +29,13 @@ STAGING = list(tables.LOAD_ORDER)
 # --------------------------------------------------------------------------- reading
 
 def open_readonly(db=None) -> tuple[duckdb.DuckDBPyConnection, Path, bool]:
-    """(connection, path, is_snapshot): the warehouse read-only, or the serving snapshot if locked."""
+    """(connection, path, is_snapshot): the warehouse read-only, or the serving snapshot if locked.
+    On the DuckLake backend: the lake at its latest snapshot (never locked by writers)."""
+    if warehouse.is_lake_target(db):
+        from perpwatch.warehouse import lake
+
+        url = str(warehouse.target(db))
+        return warehouse.connect(url, read_only=True), lake.redact(url), False
     path = Path(db or settings.db_path())
     if not path.exists():
         raise FileNotFoundError(f"no warehouse at {path}: run `perpwatch backfill --start YYYY-MM-DD` "
@@ -251,6 +257,11 @@ def main(args) -> int:
         return 1
     try:
         st = collect(con, getattr(args, "now", None))
+        from perpwatch.warehouse import ops
+
+        lake_st = ops.lake_status(con)
+        if lake_st is not None:
+            st["lake"] = lake_st
     finally:
         con.close()
     where = f"{path} (serving snapshot: the warehouse is locked by a running pipeline)" if snapshot else str(path)
@@ -258,4 +269,12 @@ def main(args) -> int:
         print(json.dumps({"warehouse": str(path), "snapshot": snapshot, **st}, default=_jsonable, indent=1))
     else:
         print(render_text(st, where))
+        if st.get("lake"):
+            lk = st["lake"]
+            m = lk["last_maintenance"]
+            print(f"\nDuckLake catalog: {lk['snapshots']} snapshots (latest {lk['latest_snapshot']} at "
+                  f"{_ts(lk['latest_snapshot_time'])}), {lk['data_files']} data files "
+                  f"({lk['data_bytes'] / 1e6:.1f} MB), {lk['delete_files']} delete files; last maintenance: "
+                  + (f"{_ts(m['finished_at'])} (expired {m['snapshots_expired']} snapshots, merged "
+                     f"{m['files_merged']} files, deleted {m['files_deleted']})" if m else "never"))
     return 0
