@@ -10,7 +10,10 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 export PREFECT_TASKS_DEFAULT_NO_CACHE ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test lint bench deploy clean
+BI_VENV := .venv-bi
+BI_STAMP := $(BI_VENV)/.installed
+
+.PHONY: install demo test lint bench deploy clean bi bi-install browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,7 +26,26 @@ install: $(STAMP)
 demo: $(STAMP)
 	@$(BIN)/python -m perpwatch.demo
 
-test: $(STAMP)
+# Apache Superset in its own environment (pinned by bi/constraints.txt), never in .venv.
+$(BI_STAMP): bi/requirements.txt bi/constraints.txt
+	@test -x $(BI_VENV)/bin/python || $(PY) -m venv $(BI_VENV) || python3 -m venv $(BI_VENV)
+	@$(BI_VENV)/bin/python -m pip install -q --upgrade pip
+	@$(BI_VENV)/bin/python -m pip install -q -c bi/constraints.txt -r bi/requirements.txt
+	@touch $(BI_STAMP)
+
+bi-install: $(BI_STAMP)
+
+# Headless Chromium + chromedriver from Debian, for the dashboard screenshot test (tests/test_bi.py).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing chromium and chromium-driver with apt-get"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+bi: $(STAMP) $(BI_STAMP)
+	@$(BIN)/python -m perpwatch.cli bi
+
+test: $(STAMP) $(BI_STAMP) browser
 	@$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -36,4 +58,4 @@ deploy: $(STAMP)
 	@$(BIN)/python -m perpwatch.deploy
 
 clean:
-	rm -rf $(VENV) .prefect data/*.duckdb data/*.wal data/exports
+	rm -rf $(VENV) $(BI_VENV) .prefect data/*.duckdb data/*.wal data/exports data/bi
