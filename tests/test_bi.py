@@ -94,7 +94,7 @@ def built(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("bi")
     db, serving = d / "perpwatch.duckdb", d / "serving.duckdb"
     try:
-        rep = pipeline.run(kind="backfill", start=now - timedelta(days=100), end=now,
+        rep = pipeline.run(kind="backfill", start=now - timedelta(days=60), end=now,
                            venues=["binance", "farside", "fred", "stooq", "coingecko"], assets=["BTC", "ETH"], db=db,
                            build=False)
         assert rep.status == "success", rep.errors
