@@ -255,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("PERPWATCH_BI_PORT", "8088")),
                     help="loopback port (default 8088, PERPWATCH_BI_PORT; 0 = any free port)")
     args = ap.parse_args(argv)
+
+    def interrupt(_sig, _frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM both stop Superset cleanly, also when started in the background (where a
+    # non-interactive shell leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         server = start(port=args.port or None)
     except BIError as exc:
