@@ -11,7 +11,10 @@ export PREFECT_TASKS_DEFAULT_NO_CACHE ?= true
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint bench deploy clean
+BI_VENV := .venv-bi
+BI_STAMP := $(BI_VENV)/.installed
+
+.PHONY: install demo test lint bench deploy clean bi bi-install browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,7 +27,26 @@ install: $(STAMP)
 demo: $(STAMP)
 	@$(BIN)/python -m perpwatch.demo
 
-test: $(STAMP)
+# Apache Superset in its own environment (pinned by bi/constraints.txt), never in .venv.
+$(BI_STAMP): bi/requirements.txt bi/constraints.txt
+	@test -x $(BI_VENV)/bin/python || $(PY) -m venv $(BI_VENV) || python3 -m venv $(BI_VENV)
+	@$(BI_VENV)/bin/python -m pip install -q --upgrade pip
+	@$(BI_VENV)/bin/python -m pip install -q -c bi/constraints.txt -r bi/requirements.txt
+	@touch $(BI_STAMP)
+
+bi-install: $(BI_STAMP)
+
+# Headless Chromium + chromedriver from Debian, for the dashboard screenshot test (tests/test_bi.py).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing chromium and chromium-driver with apt-get"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+bi: $(STAMP) $(BI_STAMP)
+	@$(BIN)/python -m perpwatch.cli bi
+
+test: $(STAMP) $(BI_STAMP) browser
 	@$(BIN)/lint-imports --no-cache   # layer contracts (pyproject [tool.importlinter]): a backward import fails the suite
 	@$(BIN)/python -m pytest -q -p no:cacheprovider
 
@@ -38,4 +60,4 @@ deploy: $(STAMP)
 	@$(BIN)/python -m perpwatch.deploy
 
 clean:
-	rm -rf $(VENV) .prefect data/*.duckdb data/*.wal data/exports
+	rm -rf $(VENV) $(BI_VENV) .prefect data/*.duckdb data/*.wal data/exports data/bi

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="capture liquidation websocket streams for a duration")
     _common(p)
     p.add_argument("--seconds", type=float, default=60.0)
+    p = sub.add_parser("bi", help="Apache Superset on loopback with the perpwatch dashboards (bi/superset.py)")
+    p.add_argument("--port", type=int, default=None, help="loopback port (default 8088, PERPWATCH_BI_PORT; 0 = any)")
     return ap
 
 
@@ -235,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "collect":
         from perpwatch.ingest.collector import main as collect_main
         return collect_main(args)
+    if args.cmd == "bi":
+        from perpwatch.bi.superset import main as bi_main
+        return bi_main([] if args.port is None else ["--port", str(args.port)])
     return 2
 
 

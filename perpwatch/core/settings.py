@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     test_pg: str = _f("postgresql://postgres@127.0.0.1:5432", "PostgreSQL server the lake tests create their "
                       "own databases on.", "Operations")
 
+    # --- BI (make bi: Apache Superset over the serving snapshot, docs/bi.md)
+    bi_venv: Path | None = _f(None, "Superset's own virtual environment (default: the repository's .venv-bi).",
+                              "BI", example=".venv-bi")
+    bi_home: Path = _f(Path("data/bi"), "Superset's metadata database, config secret and logs.", "BI")
+    bi_port: int = _f(8088, "Loopback port `make bi` serves Superset on.", "BI")
+    bi_admin_user: str = _f("admin", "Superset admin user `make bi` creates.", "BI")
+    bi_admin_password: SecretStr = _f(SecretStr("perpwatch"), "Superset admin password (reset from this on "
+                                      "every start; the default is for a local loopback install only).", "BI",
+                                      example="perpwatch")
+
     # --- scope
     assets: Annotated[list[str], NoDecode] = _f(
         ["BTC", "ETH", "SOL"], "Assets to track, comma-separated.", "Scope")
