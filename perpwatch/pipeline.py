@@ -22,7 +22,7 @@ from perpwatch import settings
 from perpwatch.assets import validate_asset, validate_instrument
 from perpwatch.validate import Failure, validate
 from sources.base import ParseContext, Stream
-from sources.http import BadPayload, Fetched, SourceError
+from sources.http import BadPayload, Banned, Fetched, SourceError
 
 log = logging.getLogger("perpwatch")
 
@@ -68,6 +68,17 @@ class RunReport:
     # watermarks stay put, so the next run re-reads the whole window (perpwatch/gaps.py, docs/reliability.md)
     tainted: set[tuple[str, str, str]] = field(default_factory=set)
     windows: dict = field(default_factory=dict)      # Stream -> (start, end) fetched in this run
+    # source -> (banned_until, reason): venues that banned us beyond PERPWATCH_MAX_BAN_WAIT in this run;
+    # finish() stores them in meta.venue_bans so the next runs skip the source until then
+    bans: dict = field(default_factory=dict)
+
+    def banned(self, source: str, until: datetime, reason: str) -> None:
+        """A client's on_ban callback (any thread): one warning per source, the latest end wins."""
+        old = self.bans.get(source)
+        if old is None:
+            self.warnings.append(f"{source}: banned by the venue, skipped until {until:%Y-%m-%d %H:%M:%S} UTC: {reason}")
+        if old is None or old[0] < until:
+            self.bans[source] = (until, reason)
 
     def stat(self, source: str, dataset: str) -> DatasetStats:
         return self.stats.setdefault((source, dataset), DatasetStats(source, dataset))
@@ -325,6 +336,12 @@ def extract_unit(module, client, streams: list[Stream], windows: dict[Stream, tu
             # The bad page is already landed and in `got`: parsing quarantines it; paging stops here.
             report.tainted.add((s.source, s.name, s.instrument))
             report.stat(s.source, s.dataset).messages.append(f"paging stopped: {exc}")
+        except Banned as exc:
+            # The venue banned us beyond the cap: the client's on_ban already warned once for the source and
+            # every later request of it raises at once (none is sent); the other venues go on.
+            report.tainted.add((s.source, s.name, s.instrument))
+            if exc.until is not None and s.source not in report.bans:
+                report.banned(s.source, exc.until, str(exc))
         except SourceError as exc:
             report.tainted.add((s.source, s.name, s.instrument))
             msg = f"extract failed: {exc}"
@@ -364,7 +381,15 @@ def open_run(kind: str = "run", start: datetime | None = None, end: datetime | N
     warehouse.start_run(con, report.run_id, kind)
     lander = warehouse.Lander(con, report.run_id)
     modules = {name: available[name] for name in chosen}
+    # A source still banned by an earlier run is skipped (no request would do anything but extend the ban).
+    for name, (until, reason) in warehouse.active_bans(con, settings.now()).items():
+        if name in modules:
+            del modules[name]
+            report.warnings.append(f"{name}: skipped, banned until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
+                                   f"(meta.venue_bans: {reason[:200]})")
     clients = {name: m.make_client(lander) for name, m in modules.items()}
+    for c in clients.values():
+        c.on_ban = report.banned
     assets = [validate_asset(a) for a in (assets or settings.assets())]
     return RunContext(con, report, modules, clients, assets,
                       start.astimezone(UTC) if start else None, end)
@@ -375,6 +400,9 @@ def refresh_instruments(rc: RunContext) -> pl.DataFrame:
     for name, m in rc.modules.items():
         try:
             payloads += m.fetch_instruments(rc.clients[name])
+        except Banned as exc:
+            if exc.until is not None:
+                rc.report.banned(name, exc.until, str(exc))
         except SourceError as exc:
             venue = getattr(m, "VENUE", name)
             known = rc.con.execute("SELECT count(*) FROM staging.instruments WHERE venue = ?", [venue]).fetchone()[0]
@@ -474,6 +502,11 @@ def load_parsed(con, report: RunReport, payloads: list[Fetched], ctx_instruments
 
 
 def finish(con, report: RunReport) -> None:
+    for source, (until, reason) in dict(report.bans).items():
+        try:
+            warehouse.record_ban(con, source, until, reason, report.run_id, settings.now())
+        except Exception as exc:  # noqa: BLE001 - the run's record comes first
+            report.errors.append(f"could not store the ban of {source}: {type(exc).__name__}: {exc}")
     if report.windows:
         from perpwatch import gaps
 

@@ -83,3 +83,26 @@ def _signals_cached(path: str) -> dict:
 def signal_settings() -> dict:
     """The signal thresholds (perpwatch/signals.toml, or PERPWATCH_SIGNALS to override)."""
     return _signals_cached(os.environ.get("PERPWATCH_SIGNALS", str(SIGNALS_FILE)))
+
+
+def max_ban_wait_s() -> float:
+    """Longest a client waits on one Retry-After / ban / backoff before it gives the venue up for this run
+    and raises `Banned` (PERPWATCH_MAX_BAN_WAIT seconds, default 600)."""
+    return float(os.environ.get("PERPWATCH_MAX_BAN_WAIT") or 600.0)
+
+
+def ws_silence_s() -> float:
+    """A websocket that delivers no message for this long is reconnected (PERPWATCH_WS_SILENCE, default 120 s)."""
+    return float(os.environ.get("PERPWATCH_WS_SILENCE") or 120.0)
+
+
+def now():
+    """The clock of history clamps and bans: PERPWATCH_NOW (ISO time, set by the simulator's `--env` when it
+    runs at a fixed time, and by tests) or the system clock."""
+    from datetime import UTC, datetime
+
+    raw = os.environ.get("PERPWATCH_NOW")
+    if not raw:
+        return datetime.now(UTC)
+    dt = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
