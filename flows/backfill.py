@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 
 from flows.build import build as build_flow
 from flows.ingest import ingest
-from perpwatch import progress
+from perpwatch import progress, settings
 
 
 def utc(ts: datetime) -> datetime:
@@ -41,7 +41,7 @@ def backfill(start: datetime, end: datetime | None = None, venues: list[str] | N
     """Backfill [start, end) (default end: now) for `venues` (default: $PERPWATCH_VENUES /
     $PERPWATCH_PROVIDERS, else every source in this checkout)."""
     logger = get_run_logger()
-    windows = chunks(start, end or datetime.now(UTC), chunk_days)
+    windows = chunks(start, end or settings.now(), chunk_days)    # PERPWATCH_NOW or the system clock
     totals = {"fetched": 0, "loaded": 0, "duplicate": 0, "quarantined": 0}
     runs, failed = [], []
     with progress.bar(len(windows), "backfill", unit="chunk") as bar:

@@ -375,7 +375,7 @@ def open_run(kind: str = "run", start: datetime | None = None, end: datetime | N
     unknown = [v for v in chosen if v not in available]
     if unknown:
         raise ValueError(f"unknown or unimplemented venues {unknown}; available: {sorted(available)}")
-    end = (end or datetime.now(UTC)).astimezone(UTC)
+    end = (end or settings.now()).astimezone(UTC)      # settings.now(): PERPWATCH_NOW or the system clock
     report = RunReport(run_id=f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", kind=kind)
     con = warehouse.connect(db)
     warehouse.start_run(con, report.run_id, kind)
