@@ -563,7 +563,8 @@ def test_price_levels(sim, http):
 
 def test_env_names(sim):
     env = sim.env()
-    assert set(HTTP_ENV) | set(WS_ENV) == set(env)
+    # PERPWATCH_NOW: the simulator's fixed clock, the client's "now" for history depth and bans
+    assert set(HTTP_ENV) | set(WS_ENV) | ({"PERPWATCH_NOW"} if sim.fixed_now else set()) == set(env)
     assert env["PERPWATCH_URL_BINANCE_FAPI"] == f"{sim.base_url}/binance-fapi"
     assert env["PERPWATCH_URL_BINANCE_FSTREAM"].startswith("ws://127.0.0.1:")
     assert sim.base_url == f"http://127.0.0.1:{sim.port}"
