@@ -337,7 +337,7 @@ class VenueClient:
                                    f"HTTP {status} with Retry-After {retry_after:.0f}s: {snippet}", status)
                 if attempt > self.max_retries:
                     raise ServerError(self.source, endpoint, landed_params, f"HTTP {status} after {attempt} attempts: {snippet}", status)
-                waited += self._backoff(attempt, retry_after)
+                waited += self._backoff(attempt, retry_after) or 0.0
                 continue
             raise BadRequest(self.source, endpoint, landed_params, f"HTTP {status}: {snippet}", status)
 
