@@ -324,3 +324,19 @@ def test_bybit_instruments_info_honours_status(env):
     closed = requests.get(url, params={"category": "linear", "status": "Closed"}, timeout=10).json()["result"]["list"]
     assert trading and all(r["status"] == "Trading" for r in trading)
     assert closed == []
+
+
+def test_coingecko_treasuries_are_paged_beyond_one_page(env, monkeypatch):
+    """per_page is capped at 250 by CoinGecko; the client pages on with `page` until a short page. With a
+    page size of 3 the simulator's list comes in ceil(n/3) pages and the union is the whole list."""
+    from sources import coingecko
+
+    url = env.env()["PERPWATCH_URL_COINGECKO"] + coingecko.TREASURY
+    everything = [c["name"] for c in requests.get(url, params={"per_page": 250}, timeout=10).json()["companies"]]
+    assert len(everything) > 3
+    monkeypatch.setattr(coingecko, "TREASURY_PER_PAGE", 3)
+    s = Stream("coingecko", "treasury_holdings", "treasury_holdings", "bitcoin", step=timedelta(days=1))
+    pages = list(coingecko.fetch(coingecko.make_client(None), s, NOW - timedelta(days=1), NOW))
+    assert [p.params["page"] for p in pages] == list(range(1, len(everything) // 3 + 2))
+    got = [c["name"] for p in pages for c in p.json()["companies"]]
+    assert got == everything
