@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from perpwatch import jobs
-from perpwatch.core import progress
+from perpwatch.core import progress, settings
 from perpwatch.flows.ingest import PrefectRunner
 
 
@@ -22,7 +22,7 @@ def backfill(start: datetime, end: datetime | None = None, venues: list[str] | N
     """Backfill [start, end) (default end: now) for `venues` (default: $PERPWATCH_VENUES /
     $PERPWATCH_PROVIDERS, else every source in this checkout)."""
     logger = get_run_logger()
-    n = len(jobs.chunks(start, end or datetime.now(jobs.UTC), chunk_days))
+    n = len(jobs.chunks(start, end or settings.now(), chunk_days))
     with progress.bar(n, "backfill", unit="chunk") as bar:
         def advance(i, total, rep):
             logger.info("backfill chunk %d/%d: %s", i, total, rep.status)

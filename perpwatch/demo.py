@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from perpwatch.core import quiet, settings
 
 DEMO_HISTORY_DAYS = 150
-DEMO_COLLECT_SECONDS = 8.0
+DEMO_COLLECT_SECONDS = 15.0   # the simulated streams run at a busy market's rate: dozens of events in 15 s
 
 
 def main() -> int:
@@ -78,6 +78,10 @@ def main() -> int:
                 SELECT date, asset, rule, severity, message FROM marts.alerts
                 WHERE date > (SELECT max(date) FROM marts.alerts) - 7 AND severity IN ('warning', 'critical')
                 ORDER BY date DESC, severity, asset LIMIT 12""").pl()
+            liq = con.sql("""
+                SELECT venue, asset, side, count(*) AS events, round(sum(usd) / 1e3, 1) AS "usd_k",
+                       min(ts) AS first, max(ts) AS last
+                FROM staging.liquidations GROUP BY ALL ORDER BY venue, asset, side""").pl()
             etf = con.sql("""
                 SELECT date, round(total_flow_usd / 1e6, 1) AS "flow_musd", round(flow_5d_avg_usd / 1e6, 1) AS "5d_avg",
                        round(flow_20d_avg_usd / 1e6, 1) AS "20d_avg", round(cumulative_flow_usd / 1e9, 2) AS "cum_busd"
@@ -95,6 +99,8 @@ def main() -> int:
                        tbl_hide_column_data_types=True, fmt_str_lengths=110):
             print(f"\nopen interest by venue — {day} (latest snapshot of the day, USD bn)")
             print(venues)
+            print(f"\nliquidations captured from the websocket streams ({DEMO_COLLECT_SECONDS:.0f}s), by side")
+            print(liq)
             print("\nalerts — last 7 days (warning and critical)")
             print(alerts)
             print("\nspot bitcoin ETF flows (US$ m) — latest days")

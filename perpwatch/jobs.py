@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from perpwatch import transforms, warehouse
+from perpwatch.core import settings
 from perpwatch.ingest import pipeline
 from perpwatch.ingest.pipeline import Runner, RunReport
 from perpwatch.serving import alerts
@@ -125,7 +126,7 @@ def backfill(start: datetime, end: datetime | None = None, venues: list[str] | N
 
     Chunks keep memory bounded and make a long backfill resumable: a chunk that loaded stays loaded
     when a later one fails. The result says which chunks failed; the caller decides the exit code."""
-    windows = chunks(start, end or datetime.now(UTC), chunk_days)
+    windows = chunks(start, end or settings.now(), chunk_days)     # PERPWATCH_NOW or the system clock
     res = BackfillResult(runs=[], status="success", chunks=len(windows))
     for i, (s, e) in enumerate(windows, 1):
         rep = ingest("backfill", s, e, venues, assets, db, runner=runner)

@@ -143,15 +143,15 @@ class Bybit(Venue):
         if fn is None:
             return self.not_found(req)
         now = time.time()
+        # Bybit v5 rate-limit page: over 600 requests / 5 s per IP -> HTTP 403 "access too frequent", and the
+        # client must stop every session for at least 10 minutes. No Retry-After header is documented, so none
+        # is sent (the client must know the rule, not read it from us).
         if now < self.blocked_until:
-            return Response(403, b"access too frequent", "text/plain",
-                            {"Retry-After": str(max(1, int(np.ceil(self.blocked_until - now))))})
+            return Response(403, b"access too frequent", "text/plain")
         ok, used, wait = self.ip.try_consume(1, now)
         if not ok:
-            # Bybit: "back off for 10 minutes"; scaled with window_scale for tests
-            self.blocked_until = now + max(wait, self.window(600) if self.sim.window_scale < 1 else wait)
-            return Response(403, b"access too frequent", "text/plain",
-                            {"Retry-After": str(max(1, int(np.ceil(self.blocked_until - now))))})
+            self.blocked_until = now + self.window(600)      # 10 minutes, scaled with window_scale for tests
+            return Response(403, b"access too frequent", "text/plain")
         lim = self.per_path.get(req.path)
         if lim is None:
             lim = self.per_path.setdefault(req.path, WindowLimiter(self.scale(120), self.window(1)))
@@ -382,7 +382,15 @@ class Bybit(Venue):
         if cat not in ("linear", "inverse"):
             raise ParamError("params error: Category is invalid", 10001)
         lim = self.limit(q, 500, 1000)
+        # `status` filter (Bybit v5 docs, Get Instruments Info): without it only Trading symbols (plus
+        # pre-listing ones) are returned; status=Closed returns the delisted ones. Every simulated symbol is
+        # trading, so Closed answers an empty list instead of the trading ones.
+        status = q.get("status")
+        if status not in (None, "", "Trading", "PreLaunch", "Delivering", "Closed"):
+            raise ParamError("params error: status is invalid", 10001)
         syms = [s for s in self.symbols().values() if s.category == cat and s.launch <= self.now_ms()]
+        if status in ("PreLaunch", "Delivering", "Closed"):
+            syms = []
         if q.get("symbol"):
             syms = [s for s in syms if s.symbol == q["symbol"]]
         start = 0

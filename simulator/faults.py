@@ -145,12 +145,12 @@ def parse_profiles(spec: str | list | tuple | None) -> tuple[str, ...]:
 
 def _rate_limited(prefix: str, retry_after: float) -> Response:
     ra = {"Retry-After": str(max(1, round(retry_after)) if retry_after >= 1 else retry_after)}
-    if prefix == "bybit":
-        return Response(403, b"access too frequent", "text/plain", ra)
+    if prefix == "bybit":      # Bybit documents no Retry-After on its 403 (rate-limit page): none is sent
+        return Response(403, b"access too frequent", "text/plain")
     if prefix == "okx":
         return json_response({"msg": "Too Many Requests", "code": "50011", "data": []}, 429, ra)
     if prefix == "deribit":
-        return json_response({"jsonrpc": "2.0", "error": {"message": "too_many_requests", "code": 10028}}, 429, ra)
+        return json_response({"jsonrpc": "2.0", "error": {"message": "too_many_requests", "code": 10028}}, 429)
     if prefix == "hyperliquid":
         return Response(429, b"null", "application/json", ra)
     return json_response({"code": -1003, "msg": "Too many requests; current limit is exceeded. (injected)"}, 429, ra)
@@ -159,7 +159,7 @@ def _rate_limited(prefix: str, retry_after: float) -> Response:
 def _banned(prefix: str, seconds: float) -> Response:
     ra = {"Retry-After": str(max(1, round(seconds)) if seconds >= 1 else round(seconds, 3))}
     if prefix == "bybit":
-        return Response(403, b"access too frequent (ip banned)", "text/plain", ra)
+        return Response(403, b"access too frequent (ip banned)", "text/plain")
     until = int((time.time() + seconds) * 1000)
     return json_response({"code": -1003, "msg": f"Way too many requests; IP banned until {until}. (injected)"}, 418, ra)
 

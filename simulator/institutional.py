@@ -528,8 +528,10 @@ class CoinGecko(_Daily):
                          "percentage_of_total_supply": round(hold / (21_000_000 if asset == "BTC" else 120_700_000)
                                                              * 100, 3)})
         rows.sort(key=lambda r: -r["total_holdings"])
-        per_page = int(req.query.get("per_page", 250) or 250)
-        rows = rows[:min(per_page, 250)]
+        # per_page (max 250) and page (1-based) as documented for /{entity}/public_treasury/{coin_id}
+        per_page = min(int(req.query.get("per_page", 250) or 250), 250)
+        page = max(1, int(req.query.get("page", 1) or 1))
+        rows = rows[(page - 1) * per_page:page * per_page]
         th = sum(r["total_holdings"] for r in rows)
         mcap = px * SUPPLY[asset]
         return json_response({"total_holdings": th, "total_value_usd": th * px,

@@ -613,7 +613,7 @@ class Market:
         return d.liq_long[h0:h1], d.liq_short[h0:h1]
 
     def liquidation_events(self, asset: str, h0: int, h1: int, venue: str = "binance",
-                           share: float | None = None, max_per_hour: int = 400):
+                           share: float | None = None, max_per_hour: int = 1500, min_per_hour: int = 120):
         """Discrete liquidation orders during bars ``h0..h1-1`` for a venue.
 
         Returns dict of arrays sorted by time: ``ts`` (ms), ``long`` (bool: a long position was
@@ -627,9 +627,14 @@ class Market:
         for side, arr in ((True, d.liq_long), (False, d.liq_short)):
             usd_h = arr[h0:h1] * share
             hours = np.arange(h0, h1, dtype=np.int64)
-            typical = 10_000.0
+            # Rate of a busy market: a typical forced order is a few thousand USD, and a large perp (BTC,
+            # ETH, SOL) sees liquidations every minute or so even in a calm hour and several per second in
+            # a volatile one. Binance's snapshot stream pushes at most one per symbol per second
+            # (3600/h), so the hourly count per side stays between min_per_hour and max_per_hour; the
+            # hour's USD total is unchanged (split over the events).
+            typical = 2_500.0
             cnt = np.minimum(np.ceil(usd_h / typical * (0.5 + self.unoise(hours, salt + side))), max_per_hour)
-            cnt = np.maximum(cnt, 0).astype(np.int64)
+            cnt = np.where(usd_h > 0, np.maximum(cnt, min_per_hour), 0).astype(np.int64)
             tot = int(cnt.sum())
             if tot == 0:
                 continue

@@ -87,7 +87,7 @@ class Okx(Venue):
     prefix = "okx"
     LIMITS = {  # requests per 2 s
         "/api/v5/public/instruments": 20, "/api/v5/public/open-interest": 20,
-        "/api/v5/public/funding-rate": 20, "/api/v5/public/funding-rate-history": 10,
+        "/api/v5/public/funding-rate": 10, "/api/v5/public/funding-rate-history": 10,
         "/api/v5/public/mark-price": 10,
         "/api/v5/rubik/stat/contracts/open-interest-history": 10,
         "/api/v5/rubik/stat/contracts/open-interest-volume": 5,
@@ -277,8 +277,10 @@ class Okx(Venue):
         last = ((now - off) // iv) * iv + off
         oldest = last - (depth_rows - 1) * iv
         oldest = max(oldest, RUBIK_START_1D if iv >= DAY_MS else RUBIK_START)
-        hi = last if end is None else min(end, last)
-        lo = oldest if begin is None else max(begin, oldest)
+        # begin/end are exclusive: "begin: return records newer than the requested ts", "end: return records
+        # earlier than the requested ts" (OKX v5 docs, Trading Statistics pages).
+        hi = last if end is None else min(end - 1, last)
+        lo = oldest if begin is None else max(begin + 1, oldest)
         a = -((-(lo - off)) // iv) * iv + off
         b = ((hi - off) // iv) * iv + off
         if b < a:
@@ -372,7 +374,14 @@ class Okx(Venue):
                          "realizedRate": rr[k].rstrip("0")} for k, t in enumerate(ts.tolist())])
 
     def funding_rate(self, req: Request) -> Response:
-        i = self.inst(req.query)
+        # instId=ANY returns every swap's snapshot (OKX v5 changelog 2025: "instId ... ANY to return the
+        # funding rate info of all swap symbols"); the client's main path depends on it.
+        if req.query.get("instId") == "ANY":
+            now = self.now_ms()
+            return self.ok([self._funding_now(i) for i in self.insts().values() if i.list_time <= now])
+        return self.ok([self._funding_now(self.inst(req.query))])
+
+    def _funding_now(self, i) -> dict:
         now = self.now_ms()
         step = FUNDING_HOURS * HOUR_MS
         nxt = (now // step + 1) * step
@@ -381,11 +390,11 @@ class Okx(Venue):
         pred = float(self._rates(i, np.array([GENESIS_MS + cur_h * HOUR_MS]))[0])
         sett = float(self._rates(i, np.array([last]))[0]) if last > i.list_time else 0.0
         prem = float(self.market.premium(i.asset, cur_h - 1, cur_h)[0]) if cur_h > 0 else 0.0
-        return self.ok([{"formulaType": "noRate", "fundingRate": s_(pred, 16), "fundingTime": str(nxt),
-                         "impactValue": "", "instId": i.inst_id, "instType": "SWAP", "interestRate": "",
-                         "maxFundingRate": "0.0075", "method": "current_period", "minFundingRate": "-0.0075",
-                         "nextFundingRate": "", "nextFundingTime": str(nxt + step), "premium": s_(prem, 16),
-                         "settFundingRate": s_(sett, 16), "settState": "settled", "ts": str(now)}])
+        return {"formulaType": "noRate", "fundingRate": s_(pred, 16), "fundingTime": str(nxt),
+                "impactValue": "", "instId": i.inst_id, "instType": "SWAP", "interestRate": "",
+                "maxFundingRate": "0.0075", "method": "current_period", "minFundingRate": "-0.0075",
+                "nextFundingRate": "", "nextFundingTime": str(nxt + step), "premium": s_(prem, 16),
+                "settFundingRate": s_(sett, 16), "settState": "settled", "ts": str(now)}
 
     def mark_price(self, req: Request) -> Response:
         q = req.query

@@ -288,6 +288,9 @@ class SimServer:
         out = {k: f"{self.base_url}/{p}" for k, p in HTTP_ENV.items()}
         if self.ws_url:
             out.update({k: f"{self.ws_url}/{p}" for k, p in WS_ENV.items()})
+        if self.fixed_now is not None:
+            # the client's clock for history depth ("30 days before now") and bans must be the venue's
+            out["PERPWATCH_NOW"] = self.fixed_now.astimezone(UTC).isoformat()
         return out
 
     def stop(self) -> None:

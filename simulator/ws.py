@@ -162,13 +162,23 @@ class WSServer:
 
     # ------------------------------------------------------------------ binance
     async def _binance(self, ws: ServerConnection, rest: list[str], q: dict, state: dict) -> None:
+        # Binance split the USD-M websocket base on 2026-04-23 ("Important WebSocket Change Notice — Base URL
+        # Split & Migration"): regular market streams such as !forceOrder@arr live under /market
+        # (/market/ws/<streams>, /market/stream?streams=...). Only those paths are served. The legacy
+        # /ws/... and /stream paths complete the handshake and then never push a message, as reported from
+        # the real host in 2026-09 (../shared/fixtures/README.md, corrections 2026-12-04).
         combined = False
         streams: set[str] = set()
+        legacy = not rest or rest[0] != "market"
+        rest = rest[1:] if not legacy else rest
         if rest and rest[0] == "ws" and len(rest) > 1:
             streams = set("/".join(rest[1:]).split("/"))
         elif rest and rest[0] == "stream":
             combined = True
             streams = set(q.get("streams", "").split("/")) - {""}
+        if legacy:
+            await ws.wait_closed()          # handshake done, nothing ever pushed
+            return
         state["subs"] = streams
 
         async def reader():

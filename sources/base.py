@@ -76,3 +76,38 @@ def tradable(instruments: pl.DataFrame, venue: str, assets: list[str], **equals:
     for col, value in equals.items():
         cond &= pl.col(col) == value
     return list(instruments.filter(cond).iter_rows(named=True))
+
+
+def floor_to(dt: datetime, step: timedelta) -> datetime:
+    """`dt` floored to a multiple of `step` since the epoch (page windows on the period grid)."""
+    epoch = datetime(1970, 1, 1, tzinfo=dt.tzinfo)
+    return dt - (dt - epoch) % step
+
+
+def history_floor(stream: Stream, now: datetime | None = None) -> datetime | None:
+    """Earliest start the venue serves for `stream`, counted back from NOW, not from the request's end:
+    Binance /futures/data/* answers HTTP 400 {"code":-1130} to a startTime older than 30 days before the
+    current time whatever the endTime (../shared/fixtures/README.md, corrections 2026-12-04). One grid step
+    of margin, on the grid, so clock skew and the request's own latency never cross the line."""
+    if stream.history is None:
+        return None
+    from perpwatch.core import settings
+
+    now = now or settings.now()
+    return floor_to(now - stream.history, stream_grid(stream)) + stream_grid(stream)
+
+
+def stream_grid(stream: Stream) -> timedelta:
+    """The period rows of the stream sit on (hourly series; funding every step)."""
+    return stream.step if stream.dataset == "funding_rates" else timedelta(hours=1)
+
+
+def clamp_window(stream: Stream, start: datetime, end: datetime) -> datetime:
+    """The start to request: not before the venue's history floor (from now), and on the period grid
+    (floored), so consecutive pages `[cursor, cursor + n*period - period]` tile the grid with no hole at a
+    page edge (a start at hh:30 with `cursor = upto + 1h` used to skip the row at each 500-hour edge)."""
+    floor = history_floor(stream)
+    start = floor_to(start, timedelta(hours=1))
+    if floor is not None:
+        start = max(start, floor)
+    return start

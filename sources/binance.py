@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, clamp_window, tradable
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
@@ -51,6 +51,18 @@ UNSUPPORTED = {
 }
 
 
+SPOT_UNSUPPORTED = ("spot klines are not fetched for 1000-prefixed perps (1000PEPEUSDT, 1000SHIBUSDT, ...): "
+                    "the spot market lists the coin itself (PEPEUSDT) at 1/1000 of the perp's price, so the "
+                    "perp symbol answers HTTP 400 on /api/v3/klines and the spot series would not share the "
+                    "perp's units; basis for these assets comes from the perp's index klines instead")
+
+
+def has_spot_pair(row: dict) -> bool:
+    """A USD-M perp whose symbol is also a spot symbol: not the 1000-prefixed ones (multiplier != 1)."""
+    mult = row.get("multiplier") or canonical(VENUE, row["instrument"])[1]
+    return float(mult) == 1.0
+
+
 def futures_budgets(host: str, s: float = 1.0) -> dict[str, Budget]:
     """Binance futures limits (fapi and dapi alike), kept 5-10 % under the published ones."""
     return {
@@ -68,7 +80,9 @@ def make_client(lander, limits_scale: float = 1.0) -> VenueClient:
         lander=lander,
         budgets={**futures_budgets("fapi", s),
                  "spot_weight": Budget("binance spot weight/min", 6000 * 0.9 * s, 60.0)},
-        usage_header=("X-MBX-USED-WEIGHT-1M", "weight"),
+        # Each host reports its own IP weight in X-MBX-USED-WEIGHT-1M: spot's (6000/min) must not fill
+        # the futures budget (2400/min), nor the other way round.
+        usage_header={"": ("X-MBX-USED-WEIGHT-1M", "weight"), "/api/": ("X-MBX-USED-WEIGHT-1M", "spot_weight")},
     )
 
 
@@ -94,6 +108,8 @@ def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
         for pop in RATIO_ENDPOINTS:
             out.append(Stream(SOURCE, "long_short_ratio", f"long_short_ratio/{pop}", sym, history=RATIO_DEPTH))
         for kind in ("perp", "mark", "index", "spot"):
+            if kind == "spot" and not has_spot_pair(r):
+                continue        # see SPOT_UNSUPPORTED: no request is sent
             out.append(Stream(SOURCE, "prices", f"prices/{kind}", sym))
     return out
 
@@ -105,8 +121,7 @@ def _ms(dt: datetime) -> int:
 def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> Iterator[Fetched]:
     """Page forward from `start` to `end` with the endpoint's real limits (explicit cursor)."""
     sym = stream.instrument
-    if stream.history is not None:
-        start = max(start, end - stream.history + H)
+    start = clamp_window(stream, start, end)     # history counted from now, start on the hour grid
     if start >= end:
         return
     if stream.dataset == "funding_rates":

@@ -37,7 +37,7 @@ import polars as pl
 
 from perpwatch.core.assets import canonical
 from perpwatch.sources import binance
-from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, clamp_window, tradable
 from perpwatch.sources.http import Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, num, ts_ms
 
@@ -108,8 +108,7 @@ def _ms(dt: datetime) -> int:
 def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> Iterator[Fetched]:
     """Page forward from `start` to `end` with dapi's real limits (explicit cursor)."""
     sym = stream.instrument
-    if stream.history is not None:
-        start = max(start, end - stream.history + H)
+    start = clamp_window(stream, start, end)     # history counted from now, start on the hour grid
     if start >= end:
         return
     if stream.dataset == "funding_rates":

@@ -36,6 +36,8 @@ from perpwatch.sources.normalize import UTC_MS
 SOURCE = "coingecko"
 VENUE = "coingecko"
 TREASURY = "/api/v3/companies/public_treasury/bitcoin"
+TREASURY_PER_PAGE = 250        # the documented maximum
+MAX_TREASURY_PAGES = 20
 GLOBAL = "/api/v3/global"
 CHART = "/api/v3/coins/{id}/market_chart"
 MAX_DAYS = 365
@@ -84,7 +86,16 @@ def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> It
     if start >= end:
         return
     if stream.dataset == "treasury_holdings":
-        yield cl.get(TREASURY, {}, costs={"calls": 1}, stream=stream.name, instrument=stream.instrument)
+        # per_page is at most 250 (CoinGecko docs, companies public treasury): more companies hold BTC than
+        # that, so page on with `page` until a short page (MAX_TREASURY_PAGES as a bound).
+        for page_no in range(1, MAX_TREASURY_PAGES + 1):
+            page = cl.get(TREASURY, {"per_page": TREASURY_PER_PAGE, "page": page_no}, costs={"calls": 1},
+                          stream=stream.name, instrument=stream.instrument)
+            yield page
+            body = page.json()
+            companies = body.get("companies") if isinstance(body, dict) else None
+            if not isinstance(companies, list) or len(companies) < TREASURY_PER_PAGE:
+                return
         return
     if stream.dataset == "market_caps":
         # `days` counts back from the server's now (no start parameter); +1 covers the partial first day.

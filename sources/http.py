@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -70,7 +70,13 @@ class RateLimited(SourceError):
 
 
 class Banned(SourceError):
-    pass
+    """The venue refused us for longer than we are willing to wait (PERPWATCH_MAX_BAN_WAIT): skip it
+    until `until` (a UTC datetime; the pipeline stores it in meta.venue_bans so later runs skip it too)."""
+
+    def __init__(self, source: str, endpoint: str, params: dict | None, what: str, status: int | None = None,
+                 until: datetime | None = None):
+        super().__init__(source, endpoint, params, what, status)
+        self.until = until
 
 
 class BadRequest(SourceError):
@@ -190,13 +196,45 @@ class VenueClient:
         self._secret_headers = headers or {}
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0, "banned": 0, "server_errors": 0}
         self._stats_lock = threading.Lock()
+        self.max_wait_s = settings.max_ban_wait_s()
+        # Set once the venue banned us beyond max_wait_s: every later request of this client raises Banned
+        # at once (no request is sent, which would only extend the ban). on_ban(source, until, reason) is
+        # how the pipeline learns of it (it persists meta.venue_bans).
+        self.banned: Banned | None = None
+        self.on_ban: Callable[[str, datetime, str], None] | None = None
 
-    def base_for(self, endpoint: str) -> str:
+    def _prefix_for(self, endpoint: str) -> str:
         best = ""
         for prefix in self.bases:
             if prefix and endpoint.startswith(prefix) and len(prefix) > len(best):
                 best = prefix
-        return settings.url(self.bases[best])
+        return best
+
+    def base_for(self, endpoint: str) -> str:
+        return settings.url(self.bases[self._prefix_for(endpoint)])
+
+    def _usage_header_for(self, endpoint: str) -> tuple[str, str] | None:
+        """(header, budget) of the host serving `endpoint`: a dict keyed by base prefix keeps each host's
+        usage header on its own budget (Binance spot's X-MBX-USED-WEIGHT-1M counts the spot 6000/min
+        limit, not the futures 2400/min one)."""
+        if isinstance(self.usage_header, dict):
+            return self.usage_header.get(self._prefix_for(endpoint))
+        return self.usage_header
+
+    def ban(self, endpoint: str, params: dict, seconds: float, what: str, status: int | None) -> Banned:
+        """Give the venue up until now + seconds (clock: settings.now()); returns the error to raise."""
+        until = settings.now() + timedelta(seconds=seconds)
+        err = Banned(self.source, endpoint, params, f"{what}; skipping {self.source} until {until:%Y-%m-%d %H:%M:%S} UTC "
+                     f"({seconds:.0f}s > PERPWATCH_MAX_BAN_WAIT {self.max_wait_s:.0f}s)"
+                     if seconds > self.max_wait_s else f"{what}; skipping {self.source} until {until:%Y-%m-%d %H:%M:%S} UTC",
+                     status, until)
+        with self._block_lock:
+            if self.banned is None or (self.banned.until or until) < until:
+                self.banned = err
+        self._count("banned")
+        if self.on_ban is not None:
+            self.on_ban(self.source, until, str(err))
+        return err
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -232,8 +270,12 @@ class VenueClient:
         landed_params = dict(params) if body is None else dict(body)
         url = self.base_for(endpoint) + endpoint
         attempt = 0
+        waited = 0.0          # seconds this request spent in backoff: capped by max_wait_s
         while True:
             attempt += 1
+            if self.banned is not None:
+                raise Banned(self.source, endpoint, landed_params, f"not requested: {self.banned}",
+                             self.banned.status, self.banned.until)
             self._wait_unblocked()
             for name, cost in (costs or {}).items():
                 if name in self.budgets and cost > 0:
@@ -253,9 +295,10 @@ class VenueClient:
             content = resp.content
             raw_id = self.lander(self.source, endpoint, landed_params, resp.status_code, content, fetched_at) \
                 if self.lander else 0
-            if self.usage_header and self.usage_header[0] in resp.headers and self.usage_header[1] in self.budgets:
+            header = self._usage_header_for(endpoint)
+            if header and header[0] in resp.headers and header[1] in self.budgets:
                 try:
-                    self.budgets[self.usage_header[1]].observe_used(float(resp.headers[self.usage_header[0]]))
+                    self.budgets[header[1]].observe_used(float(resp.headers[header[0]]))
                 except ValueError:
                     pass
             status = resp.status_code
@@ -264,22 +307,36 @@ class VenueClient:
                                instrument, fetched_at)
             retry_after = _retry_after(resp)
             snippet = self.scrub(content[:200].decode("utf-8", "replace"))
-            if status in (429, 418) or (status == 403 and b"too frequent" in content.lower()):
+            low = content[:2000].lower()
+            if status == 403 and b"too frequent" in low:
+                # Bybit: HTTP 403 "access too frequent" = the IP is blocked; stop every session for at least
+                # 10 minutes (Bybit v5 docs, rate-limit page; no Retry-After is documented). Retrying sooner
+                # keeps the block alive, so give the venue up now and let later runs skip it.
+                self._count("rate_limited")
+                raise self.ban(endpoint, landed_params, max(retry_after or 0.0, BYBIT_403_STOP_S),
+                               f"HTTP 403 access too frequent: {snippet}", status)
+            if status in (429, 418) or _deribit_too_many(low):
+                # 418 = Binance IP ban (2 min .. 3 days, Retry-After seconds); 429 = slow down; Deribit answers
+                # error 10028 too_many_requests (checked in the body, whatever the HTTP status).
                 self._count("banned" if status == 418 else "rate_limited")
                 wait = retry_after if retry_after is not None else min(60.0, 2.0 ** attempt)
+                if wait > self.max_wait_s or waited + wait > self.max_wait_s or attempt > self.max_retries:
+                    raise self.ban(endpoint, landed_params, wait, f"HTTP {status} after {attempt} attempts: {snippet}",
+                                   status)
                 wait += random.uniform(0, 0.1 * wait + 0.05)     # jitter: threads do not return in lockstep
                 self.block_for(wait)                              # every thread of this client waits
-                if attempt > self.max_retries:
-                    cls = Banned if status == 418 else RateLimited
-                    raise cls(self.source, endpoint, landed_params, f"HTTP {status} after {attempt} attempts: {snippet}", status)
                 log.warning("%s %s: HTTP %s, backing off %.1fs", self.source, endpoint, status, wait)
-                time.sleep(min(wait, 120.0))
+                waited += wait
+                time.sleep(wait)
                 continue
             if status >= 500:
                 self._count("server_errors")
+                if retry_after is not None and (retry_after > self.max_wait_s or waited + retry_after > self.max_wait_s):
+                    raise self.ban(endpoint, landed_params, retry_after,
+                                   f"HTTP {status} with Retry-After {retry_after:.0f}s: {snippet}", status)
                 if attempt > self.max_retries:
                     raise ServerError(self.source, endpoint, landed_params, f"HTTP {status} after {attempt} attempts: {snippet}", status)
-                self._backoff(attempt, retry_after)
+                waited += self._backoff(attempt, retry_after) or 0.0
                 continue
             raise BadRequest(self.source, endpoint, landed_params, f"HTTP {status}: {snippet}", status)
 
@@ -289,10 +346,21 @@ class VenueClient:
     def post(self, endpoint: str, body: dict, **kw) -> Fetched:
         return self.request("POST", endpoint, body=body, **kw)
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> None:
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
         self._count("retries")
         base = retry_after if retry_after is not None else min(30.0, 0.25 * 2 ** (attempt - 1))
-        time.sleep(base + random.uniform(0, base * 0.25))
+        wait = min(base + random.uniform(0, base * 0.25), self.max_wait_s)
+        time.sleep(wait)
+        return wait
+
+
+BYBIT_403_STOP_S = 600.0      # Bybit: "stop all sessions for at least 10 minutes" after 403 access too frequent
+
+
+def _deribit_too_many(body: bytes) -> bool:
+    """Deribit's rate-limit answer: JSON-RPC error 10028 "too_many_requests" (docs.deribit.com, Errors and
+    Rate Limits pages). The HTTP status carrying it is not pinned down in the docs we have, so the body decides."""
+    return b'"too_many_requests"' in body or (b"10028" in body and b'"error"' in body)
 
 
 def _retry_after(resp: requests.Response) -> float | None:

@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, clamp_window, tradable
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, num, ts_ms
 
@@ -102,8 +102,7 @@ def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> It
         yield cl.post(ENDPOINT, {"type": "metaAndAssetCtxs"}, costs={"weight": INFO_WEIGHT},
                       stream=stream.name, instrument=coin)
         return
-    if stream.history is not None:
-        start = max(start, end - stream.history + H)
+    start = clamp_window(stream, start, end)     # history counted from now, start on the hour grid
     if start >= end:
         return
     if stream.dataset == "funding_rates":

@@ -19,7 +19,8 @@ Side is always the side of the *position* that was liquidated:
 - OKX `posSide` long/short is the position; with posSide "net" the order `side` decides:
   buy closes a short -> "short", sell -> "long".
 
-Quantities go to base coin: Binance USD-M `q`/`z` and Bybit linear `v` already are; Binance
+Quantities go to base coin: Binance USD-M `q`/`z` and Bybit linear `v` already are (1000-prefixed
+symbols such as 1000PEPEUSDT count thousands of coins and quote per thousand: qty x 1000, price / 1000); Binance
 COIN-M `q` and Bybit inverse `v` are USD contracts (qty_base = contracts x contract_size / price);
 OKX `sz` is contracts (linear: x ctVal; inverse: x ctVal / price) with ctVal taken from
 staging.instruments through the ParseContext. An instrument whose contract size is unknown yields
@@ -97,6 +98,21 @@ def _finish(df: pl.DataFrame, venue: str, params: dict) -> dict[str, pl.DataFram
     return {"liquidations": out.select(list(OUTPUT_SCHEMA))}
 
 
+def _per_coin(df: pl.DataFrame, ctx: ParseContext, venue: str) -> pl.DataFrame:
+    """1000-prefixed linear perps (Binance/Bybit 1000PEPEUSDT, 1000SHIBUSDT, ...) quote price per 1000 coins
+    and size in units of 1000 coins: qty_base = size x 1000 and price = price / 1000, so qty_base is in
+    coins and usd = price x qty_base is unchanged. The multiplier comes from staging.instruments, else the
+    symbol's prefix (perpwatch.core.assets.canonical)."""
+    mult = {}
+    for i in df["instrument"].unique().to_list():
+        m = ctx.instrument(venue, i).get("multiplier") or canonical(venue, i)[1]
+        mult[i] = float(m or 1.0)
+    if all(m == 1.0 for m in mult.values()):
+        return df
+    m = pl.col("instrument").replace_strict(mult, return_dtype=pl.Float64)
+    return df.with_columns((pl.col("price") / m).alias("price"), (pl.col("qty_base") * m).alias("qty_base"))
+
+
 def _contract_info(ctx: ParseContext, venue: str, insts: list[str], inverse_default) -> tuple[dict, dict]:
     """(contract size, is-inverse) per instrument from staging.instruments (None size = unknown)."""
     size, inverse = {}, {}
@@ -158,7 +174,7 @@ def parse_binance_force_order(data, params: dict, ctx: ParseContext) -> dict[str
         pl.when(pl.col("_S") == "SELL").then(pl.lit("long")).otherwise(pl.lit("short")).alias("side"),
         pl.when(pl.col("_inv")).then(pl.col("_qty") * pl.col("_cs") / pl.col("price"))
         .otherwise(pl.col("_qty")).alias("qty_base"))
-    return _finish(df, "binance", params)
+    return _finish(_per_coin(df, ctx, "binance"), "binance", params)
 
 
 # --------------------------------------------------------------------------- Bybit allLiquidation
@@ -197,7 +213,7 @@ def parse_bybit_all_liquidation(data, params: dict, ctx: ParseContext) -> dict[s
     df = df.with_columns(
         pl.when(pl.col("_S") == "buy").then(pl.lit("long")).otherwise(pl.lit("short")).alias("side"),
         pl.when(pl.col("_inv")).then(pl.col("_v") / pl.col("price")).otherwise(pl.col("_v")).alias("qty_base"))
-    return _finish(df, "bybit", params)
+    return _finish(_per_coin(df, ctx, "bybit"), "bybit", params)
 
 
 # --------------------------------------------------------------------------- OKX liquidation-orders

@@ -6,7 +6,7 @@ Endpoints (www.okx.com), limits and quirks from docs/venues.md §3:
   (BTC-USDT-SWAP 0.01 BTC linear, BTC-USD-SWAP 100 USD inverse); state live -> trading. The list
   holds only listed instruments: a known instrument missing from it is marked delisted.
 - /api/v5/public/funding-rate (instId=ANY, else per instrument): interval = nextFundingTime - fundingTime.
-- /api/v5/rubik/stat/contracts/open-interest-history: instId, period 1H, begin/end, limit 100, newest
+- /api/v5/rubik/stat/contracts/open-interest-history: instId, period 1H, begin/end (exclusive), limit 100, newest
   first, rows [ts, oi (contracts), oiCcy (coin), oiUsd], at most the latest 1,440 rows.
 - /api/v5/public/funding-rate-history: limit 400, before/after = exclusive fundingTime cursors,
   newest first, about 3 months deep. `realizedRate` (what was charged) wins over `fundingRate`.
@@ -41,7 +41,7 @@ import polars as pl
 
 from perpwatch.core import settings
 from perpwatch.core.assets import canonical
-from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
+from perpwatch.sources.base import ParseContext, Parser, Stream, clamp_window, tradable
 from perpwatch.sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
 
@@ -79,7 +79,8 @@ CANDLES = {
 BARS = {"1H": ("1h", H), "1Dutc": ("1d", timedelta(days=1))}
 # requests per 2 s per endpoint (OKX docs), used at 80 %
 LIMITS = {
-    INSTRUMENTS: 20, FUNDING_NOW: 20, FUNDING_HISTORY: 10, OI_HISTORY: 10,
+    # funding-rate: 10 per 2 s (OKX v5 docs "Get funding rate", rate limit rule IP + instrument ID)
+    INSTRUMENTS: 20, FUNDING_NOW: 10, FUNDING_HISTORY: 10, OI_HISTORY: 10,
     **{ep: 5 for ep in RATIO_ENDPOINTS.values()},
     "/api/v5/market/candles": 40, "/api/v5/market/history-candles": 20,
     "/api/v5/market/mark-price-candles": 20, "/api/v5/market/history-mark-price-candles": 10,
@@ -214,24 +215,26 @@ def _times(page: Fetched, key: str | int) -> list[int]:
 def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> Iterator[Fetched]:
     """Fetch [start, end] of one stream, paging backward from `end` (OKX pages are newest first)."""
     inst = stream.instrument
-    if stream.history is not None:
-        start = max(start, end - stream.history + H)
+    start = clamp_window(stream, start, end)     # history counted from now, start on the hour grid
     if start >= end:
         return
     lo, hi = _ms(start), _ms(end)
     if stream.dataset in ("open_interest", "long_short_ratio"):
         endpoint = OI_HISTORY if stream.dataset == "open_interest" else RATIO_ENDPOINTS[stream.name.split("/", 1)[1]]
-        upto = hi                                  # rubik begin/end are inclusive
+        # rubik begin/end are EXCLUSIVE: "begin: return records newer than the requested ts", "end: return
+        # records earlier than the requested ts" (OKX v5 docs, Trading Statistics, contract open interest
+        # history / long-short ratio pages). So [lo, hi] is asked as begin=lo-1, end=hi+1.
+        end_excl = hi + 1
         while True:
-            page = _get(cl, endpoint, {"instId": inst, "period": "1H", "begin": lo, "end": upto, "limit": 100},
-                        stream=stream.name, instrument=inst)
+            page = _get(cl, endpoint, {"instId": inst, "period": "1H", "begin": lo - 1, "end": end_excl,
+                                       "limit": 100}, stream=stream.name, instrument=inst)
             yield page
             times = _times(page, 0)
             if len(times) < 100 or min(times) <= lo:
                 return
-            if min(times) > upto:
-                raise BadPayload(SOURCE, endpoint, page.params, f"page is newer than end={upto}")
-            upto = min(times) - 1
+            if min(times) >= end_excl:
+                raise BadPayload(SOURCE, endpoint, page.params, f"page is not older than end={end_excl}")
+            end_excl = min(times)
     if stream.dataset == "funding_rates":
         after = hi + 1                             # before/after are exclusive
         while True:
@@ -247,7 +250,7 @@ def fetch(cl: VenueClient, stream: Stream, start: datetime, end: datetime) -> It
     if stream.dataset == "prices":
         kind = stream.name.split("/", 1)[1]
         (recent, recent_limit), (history, history_limit) = CANDLES[kind]
-        use_recent = start >= datetime.now(UTC) - RECENT_CANDLES + 2 * H
+        use_recent = start >= settings.now() - RECENT_CANDLES + 2 * H
         endpoint, limit = (recent, recent_limit) if use_recent else (history, history_limit)
         inst_id = index_id(inst) if kind == "index" else inst
         after = hi + 1

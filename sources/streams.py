@@ -4,7 +4,7 @@ is perpwatch/ingest/collector.py; the landed batches are parsed by sources/liqui
 
 | venue   | URL setting       | path                   | subscription                                   |
 |---------|-------------------|------------------------|------------------------------------------------|
-| binance | BINANCE_FSTREAM   | /ws/!forceOrder@arr    | none (the path is the stream)                  |
+| binance | BINANCE_FSTREAM   | /market/ws/!forceOrder@arr | none (the path is the stream)              |
 | bybit   | BYBIT_WS          | /v5/public/linear      | {"op":"subscribe","args":["allLiquidation.BTCUSDT",...]} |
 | okx     | OKX_WS            | /ws/v5/public          | {"op":"subscribe","args":[{"channel":"liquidation-orders","instType":"SWAP"}]} |
 
@@ -128,7 +128,9 @@ class OkxStream(WsVenue):
 
 
 WS_VENUES: dict[str, WsVenue] = {
-    "binance": BinanceStream("binance", "binance_ws", "BINANCE_FSTREAM", "/ws/!forceOrder@arr", "!forceOrder@arr"),
+    # the /market base since Binance's 2026-04-23 split of the USD-M websocket hosts (docs/venues.md, upstream
+    # changes): the legacy /ws path still completes the handshake but never pushes a message
+    "binance": BinanceStream("binance", "binance_ws", "BINANCE_FSTREAM", "/market/ws/!forceOrder@arr", "!forceOrder@arr"),
     "bybit": BybitStream("bybit", "bybit_ws", "BYBIT_WS", "/v5/public/linear", "allLiquidation", ping_every_s=20.0),
     "okx": OkxStream("okx", "okx_ws", "OKX_WS", "/ws/v5/public", "liquidation-orders", ping_every_s=25.0),
 }

@@ -535,7 +535,8 @@ def test_okx_end_to_end_counts_rerun_and_units(env, tmp_path):
         assert body["code"] == "0", body
         return len([r for r in body["data"] if not (isinstance(r, list) and r[-1] == "0" and "candles" in path)])
     for inst in ("BTC-USDT-SWAP", "BTC-USD-SWAP"):
-        win = {"instId": inst, "period": "1H", "begin": ms(START), "end": ms(NOW), "limit": 100}
+        # rubik begin/end are exclusive (OKX docs): [START, NOW] is asked as begin=START-1, end=NOW+1
+        win = {"instId": inst, "period": "1H", "begin": ms(START) - 1, "end": ms(NOW) + 1, "limit": 100}
         expected[("open_interest", inst)] = n(okx.OI_HISTORY, **win)
         for pop, ep in okx.RATIO_ENDPOINTS.items():
             expected[("long_short_ratio", inst, pop)] = n(ep, **win)

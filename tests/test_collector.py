@@ -11,7 +11,7 @@ import json
 import re
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import polars as pl
@@ -390,7 +390,7 @@ def test_collector_reconnects_lands_raw_loads_once_and_replays(venues_server, tm
     # the first connection was dropped; the collector reconnected and resubscribed
     assert stats.connects == {"binance_ws": 2, "bybit_ws": 2, "okx_ws": 2}
     assert stats.reconnects == {"binance_ws": 1, "bybit_ws": 1, "okx_ws": 1}
-    assert srv.paths["binance-fstream"] == ["/binance-fstream/ws/!forceOrder@arr"] * 2
+    assert srv.paths["binance-fstream"] == ["/binance-fstream/market/ws/!forceOrder@arr"] * 2
     assert srv.subs["bybit-ws"] == [{"op": "subscribe", "args": ["allLiquidation.BTCUSDT", "allLiquidation.IOSTUSDT",
                                                                   "allLiquidation.ROSEUSDT"]}] * 2
     assert srv.subs["okx-ws"] == [{"op": "subscribe",
@@ -501,3 +501,46 @@ def test_collector_against_simulator_with_drops(tmp_path, monkeypatch):
     with warehouse.session(db) as con:
         assert _liquidations(con).equals(got)
     assert rep.status == "success"
+
+
+# --------------------------------------------------------------------------- issue 14: paths and the silence watchdog
+
+@pytest.mark.skipif(importlib.util.find_spec("perpwatch.simulator.ws") is None, reason="simulator websockets not built yet")
+def test_current_binance_path_captures_and_a_silent_legacy_path_ends_warning(tmp_path, monkeypatch):
+    """Binance serves !forceOrder@arr under /market since the 2026-04-23 split; the legacy path handshakes
+    and stays silent. The watchdog reconnects a silent stream, counts it, and the run ends `warning`
+    naming the stream; meta.ws_streams records what each stream delivered."""
+    from perpwatch.simulator.server import start
+
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    sim = start(port=0, seed=7, now=now, universe=["BTC", "ETH", "SOL"], ws_speed=3600)
+    try:
+        for k, v in sim.env().items():
+            monkeypatch.setenv(k, v)
+        good = collector.collect(db=tmp_path / "a.duckdb", venues=["binance"], assets=["BTC", "ETH", "SOL"],
+                                 seconds=2.0, flush_every_s=0.5, silence_s=1.0, refresh_instruments=False)
+        assert streams.WS_VENUES["binance"].path == "/market/ws/!forceOrder@arr"
+        assert good.status == "success", good.as_dict()
+        assert good.messages["binance_ws"] > 0 and good.loaded > 0 and good.silences["binance_ws"] == 0
+
+        legacy = collector.WsVenue("binance", "binance_ws", "BINANCE_FSTREAM", "/ws/!forceOrder@arr",
+                                   "!forceOrder@arr")
+        monkeypatch.setitem(streams.WS_VENUES, "binance", legacy)
+        bad = collector.collect(db=tmp_path / "b.duckdb", venues=["binance"], assets=["BTC"], seconds=2.6,
+                                flush_every_s=0.5, silence_s=0.8, backoff_base_s=0.01, backoff_max_s=0.02,
+                                refresh_instruments=False)
+    finally:
+        sim.stop()
+    assert bad.connects["binance_ws"] >= 2 and bad.silences["binance_ws"] >= 2, bad.as_dict()
+    assert bad.messages["binance_ws"] == 0 and bad.loaded == 0
+    assert bad.status == "warning", bad.as_dict()
+    assert any("binance_ws !forceOrder@arr: captured nothing" in w and "/ws/!forceOrder@arr" in w
+               for w in bad.warnings), bad.warnings
+    assert any("silent for 0.8s" in w for w in bad.warnings)
+    with warehouse.session(tmp_path / "b.duckdb") as con:
+        row = con.execute("SELECT source, stream, messages, kept, last_message_at, silences FROM meta.ws_streams").fetchall()
+    assert row == [("binance_ws", "!forceOrder@arr", 0, 0, None, bad.silences["binance_ws"])]
+    with warehouse.session(tmp_path / "a.duckdb") as con:
+        (n, kept, last) = con.execute("SELECT messages, kept, last_message_at FROM meta.ws_streams").fetchone()
+    assert n == good.messages["binance_ws"] + good.skipped["binance_ws"] and kept == good.messages["binance_ws"]
+    assert last is not None

@@ -450,7 +450,8 @@ def test_backfill_under_tight_limits_is_never_banned(tmp_path, monkeypatch):
     assert r.status == "success", r.errors + r.warnings
     assert made == {"binance": 1, "bybit": 1, "okx": 1}           # one client (one set of budgets) per source
     assert stats["418"] == 0 and stats["429"] <= 2, stats
-    assert sum(stats["requests"].values()) >= 50 and took < 60
+    # (OKX answers funding-rate?instId=ANY in one request now, as the real API does: no per-swap fallback)
+    assert sum(stats["requests"].values()) >= 45 and took < 60
     assert bybit_rate_limited == 0 and okx_rate_limited == 0      # nor their HTTP-200 "too many visits" codes
 
 

@@ -563,7 +563,8 @@ def test_price_levels(sim, http):
 
 def test_env_names(sim):
     env = sim.env()
-    assert set(HTTP_ENV) | set(WS_ENV) == set(env)
+    # PERPWATCH_NOW: the simulator's fixed clock, the client's "now" for history depth and bans
+    assert set(HTTP_ENV) | set(WS_ENV) | ({"PERPWATCH_NOW"} if sim.fixed_now else set()) == set(env)
     assert env["PERPWATCH_URL_BINANCE_FAPI"] == f"{sim.base_url}/binance-fapi"
     assert env["PERPWATCH_URL_BINANCE_FSTREAM"].startswith("ws://127.0.0.1:")
     assert sim.base_url == f"http://127.0.0.1:{sim.port}"
@@ -598,7 +599,7 @@ def test_liquidation_streams(sim):
         return out
 
     async def main():
-        b = await collect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/ws/!forceOrder@arr?speed=36000")
+        b = await collect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/market/ws/!forceOrder@arr?speed=36000")
         assert_same_shape(b[0], load("binance/ws_forceOrder.json"))
         assert b[0]["o"]["S"] in ("SELL", "BUY") and b[0]["o"]["s"].endswith("USDT")
         y = await collect(env["PERPWATCH_URL_BYBIT_WS"] + "?speed=36000",
@@ -614,11 +615,16 @@ def test_liquidation_streams(sim):
         # drop_after closes the connection -> client must reconnect
         got = 0
         with pytest.raises(Exception):  # noqa: B017 - ConnectionClosedError
-            async with connect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/ws/!forceOrder@arr?speed=36000&drop_after=2") as ws:
+            async with connect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/market/ws/!forceOrder@arr?speed=36000&drop_after=2") as ws:
                 while True:
                     await asyncio.wait_for(ws.recv(), 20)
                     got += 1
         assert got == 2
+        # the legacy path (retired 2026-04-23) completes the handshake and then never pushes a message
+        async with connect(env["PERPWATCH_URL_BINANCE_FSTREAM"] + "/ws/!forceOrder@arr?speed=36000",
+                           close_timeout=0.5) as ws:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 1.5)
 
     asyncio.run(main())
 

@@ -74,6 +74,7 @@ def test_soak_under_faults_converges_to_the_clean_warehouse(tmp_path, monkeypatc
 
         def run(db: Path, now: datetime) -> pipeline.RunReport:
             sim.set_now(now)
+            monkeypatch.setenv("PERPWATCH_NOW", now.isoformat())     # the client's clock moves with the venue's
             return jobs.run(kind="run", end=now, venues=VENUES, assets=ASSETS, db=db, build=False)
 
         # the reference: fault-free, the first run and one catch-up run over the same period

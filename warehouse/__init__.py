@@ -521,3 +521,21 @@ def export_marts(con, exports: Path) -> dict[str, str]:
         os.replace(part, out)
         written[f"marts.{name}"] = str(out)
     return written
+
+
+# --------------------------------------------------------------------------- venue bans (issue 14)
+
+def record_ban(con, source: str, until: datetime, reason: str, run_id: str | None, at: datetime) -> None:
+    """Store (or extend) a source's ban: meta.venue_bans keeps one row per source, the latest end wins."""
+    with transaction(con):
+        row = con.execute("SELECT banned_until FROM meta.venue_bans WHERE source = ?", [source]).fetchone()
+        if row is not None and row[0] is not None and row[0] >= until:
+            return
+        con.execute("DELETE FROM meta.venue_bans WHERE source = ?", [source])
+        con.execute("INSERT INTO meta.venue_bans VALUES (?, ?, ?, ?, ?)", [source, until, reason[:1000], at, run_id])
+
+
+def active_bans(con, now: datetime) -> dict[str, tuple[datetime, str]]:
+    """source -> (banned_until, reason) for the bans still running at `now`."""
+    return {s: (u, r) for s, u, r in con.execute(
+        "SELECT source, banned_until, reason FROM meta.venue_bans WHERE banned_until > ?", [now]).fetchall()}

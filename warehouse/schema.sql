@@ -140,3 +140,17 @@ ALTER TABLE staging.treasury_holdings ADD COLUMN IF NOT EXISTS available_at TIME
 CREATE TABLE IF NOT EXISTS meta.liquidation_coverage (
     venue VARCHAR NOT NULL, hour TIMESTAMPTZ NOT NULL, covered_s DOUBLE NOT NULL, updated_at TIMESTAMPTZ
 );
+
+-- [source] venue bans (HTTP 418 / Retry-After beyond PERPWATCH_MAX_BAN_WAIT, Bybit 403, Deribit 10028): runs
+-- skip the source until banned_until instead of re-triggering the ban (sources/http.py, perpwatch/ingest/pipeline.py).
+CREATE TABLE IF NOT EXISTS meta.venue_bans (
+    source VARCHAR NOT NULL, banned_until TIMESTAMPTZ NOT NULL, reason VARCHAR, banned_at TIMESTAMPTZ,
+    run_id VARCHAR
+);
+
+-- [run_id, source, stream] what each liquidation websocket delivered during one collect run (perpwatch/ingest/collector.py).
+CREATE TABLE IF NOT EXISTS meta.ws_streams (
+    run_id VARCHAR NOT NULL, source VARCHAR NOT NULL, stream VARCHAR NOT NULL, url VARCHAR,
+    started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, messages BIGINT, kept BIGINT,
+    last_message_at TIMESTAMPTZ, silences BIGINT, reconnects BIGINT
+);

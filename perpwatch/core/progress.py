@@ -11,8 +11,8 @@ when it is not (cron, CI, pipes) or when the process is a flow run started by a 
 
     for item in progress.track(items, "importing", unit="file"): ...
 
-    with progress.reporter("backfill") as say:      # a pipeline.run(progress=...) callback
-        pipeline.run(..., progress=say)
+    with progress.reporter("backfill") as say:      # a jobs.run(progress=...) callback
+        jobs.run(..., progress=say)
 """
 
 from __future__ import annotations

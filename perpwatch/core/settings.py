@@ -161,6 +161,13 @@ class Settings(BaseSettings):
     # --- network and limits
     http_timeout: float = _f(30.0, "HTTP read timeout in seconds (the connect timeout is the smaller of "
                              "5 s and this).", "Network and limits")
+    max_ban_wait: float = _f(600.0, "Longest a client waits on one Retry-After / ban / backoff before it gives the "
+                             "venue up for this run and raises Banned (seconds).", "Network and limits")
+    ws_silence: float = _f(120.0, "A websocket that delivers no message for this long is reconnected, counted "
+                           "and warned about (seconds).", "Network and limits")
+    now: str | None = _f(None, "The clock of history clamps and bans (ISO time). Unset: the system clock. The "
+                         "simulator's --env sets it when it runs at a fixed time; tests set it.", "Operations",
+                         example="")
     import_max_mb: float = _f(512, "Size cap in MB of one file `perpwatch import` accepts "
                               "(--max-size overrides).", "Network and limits")
 
@@ -219,7 +226,7 @@ class Settings(BaseSettings):
         pairs = (p.split("=", 1) for p in v.split(",") if "=" in p)
         return {code.strip().upper(): sym.strip().lower() for code, sym in pairs}
 
-    @field_validator("http_timeout", "import_max_mb", "sim_seed", "prefect_port", "deploy_log_level", mode="before")
+    @field_validator("http_timeout", "max_ban_wait", "ws_silence", "import_max_mb", "sim_seed", "prefect_port", "deploy_log_level", mode="before")
     @classmethod
     def _blank_is_default(cls, v: Any, info) -> Any:
         return cls.model_fields[info.field_name].default if isinstance(v, str) and not v.strip() else v
@@ -386,6 +393,27 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+def max_ban_wait_s() -> float:
+    """Longest a client waits on one Retry-After / ban / backoff before it raises `Banned`."""
+    return float(get().max_ban_wait)
+
+
+def ws_silence_s() -> float:
+    """A websocket that delivers no message for this long is reconnected."""
+    return float(get().ws_silence)
+
+
+def now():
+    """The clock of history clamps and bans: PERPWATCH_NOW or the system clock (UTC)."""
+    from datetime import UTC, datetime
+
+    raw = get().now
+    if not raw or not raw.strip():
+        return datetime.now(UTC)
+    dt = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perpwatch.core.settings", description=__doc__.split("\n")[0])
     ap.add_argument("--env-example", nargs="?", const=str(ENV_EXAMPLE), metavar="PATH",
@@ -403,3 +431,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

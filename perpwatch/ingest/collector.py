@@ -7,6 +7,16 @@ captured live. This module is the runtime only; what is venue-specific (URLs, su
 heartbeats, which messages are data) is the venue table in sources/streams.py (`WS_VENUES`), and the
 parsing is sources/liquidations.py.
 
+Binance split its USD-M websocket base on 2026-04-23 into /public, /market and /private and retired
+the legacy URLs ("Important WebSocket Change Notice — Base URL Split & Migration"): liquidations are
+a regular market stream, `/market/ws/!forceOrder@arr`. The legacy `/ws/!forceOrder@arr` still
+completes the handshake but never pushes a message (field report 2026-09), which is why every stream
+has a SILENCE WATCHDOG: a connection that delivers no data message for `silence_s`
+(PERPWATCH_WS_SILENCE, default 120 s) is closed, reconnected, counted and warned about, and a run in
+which a stream delivered nothing at all ends `warning` naming the stream and URL. What each stream
+delivered is stored per run in meta.ws_streams (`perpwatch status` shows the last message and
+messages/hour per stream).
+
 One asyncio task per venue keeps a connection open, resubscribes after every reconnect
 (exponential backoff with jitter) and sends the application heartbeats Bybit and OKX require.
 Data messages for the configured instruments are buffered as received; every `flush_every_s`
@@ -67,6 +77,8 @@ class CollectStats:
     batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))    # raw.payloads rows
     connects: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     reconnects: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    silences: dict[str, int] = field(default_factory=lambda: defaultdict(int))   # watchdog reconnects
+    last_message_at: dict[str, datetime] = field(default_factory=dict)          # last data message
     raw_ids: list[int] = field(default_factory=list)
     fetched: int = 0
     loaded: int = 0
@@ -103,8 +115,9 @@ class _Buffer:
 class Collector:
     def __init__(self, db, venues: list[WsVenue], assets: list[str], flush_every_s: float, max_batch: int,
                  backoff_base_s: float, backoff_max_s: float, open_timeout_s: float, lock_wait_s: float,
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], silence_s: float | None = None):
         self.db = db
+        self.silence_s = float(silence_s if silence_s is not None else settings.ws_silence_s())
         self.venues = venues
         self.assets = assets
         self.flush_every_s = flush_every_s
@@ -154,15 +167,34 @@ class Collector:
         return pipeline.instrument_context(con)
 
     def close(self) -> CollectStats:
+        finished = datetime.now(UTC)
+        seconds = (finished - self.stats.started_at).total_seconds()
         for v in self.venues:
             fails = self.failures.get(v.venue, [])
+            received = self.stats.messages[v.source] + self.stats.skipped[v.source]
             if self.stats.connects[v.source] == 0:
                 self.report.errors.append(f"{v.source}: never connected to {v.url()}"
                                           + (f" ({len(fails)} attempts, last: {fails[-1]})" if fails else ""))
             elif fails:
                 self.report.warnings.append(f"{v.source}: {len(fails)} failed connection attempts "
                                             f"(last: {fails[-1]})")
+            if self.stats.connects[v.source] and received == 0:
+                # every stream we capture has liquidations of the whole market (or of our symbols) in any
+                # busy minute: a connected stream that delivered nothing is a dead path or subscription
+                self.report.warnings.append(
+                    f"{v.source} {v.endpoint}: captured nothing in {seconds:.0f}s on {v.url()} although the "
+                    f"stream normally has data (retired path? subscription refused?)")
+            if self.stats.silences[v.source]:
+                self.report.warnings.append(
+                    f"{v.source} {v.endpoint}: silent for {self.silence_s:g}s {self.stats.silences[v.source]} "
+                    f"time(s); reconnected each time")
         with warehouse.session(self.db, read_only=False) as con:
+            for v in self.venues:
+                con.execute("INSERT INTO meta.ws_streams VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [self.report.run_id, v.source, v.endpoint, v.url(), self.stats.started_at, finished,
+                             self.stats.messages[v.source] + self.stats.skipped[v.source],
+                             self.stats.messages[v.source], self.stats.last_message_at.get(v.source),
+                             self.stats.silences[v.source], self.stats.reconnects[v.source]])
             pipeline.record(con, self.report)
         t = self.report.totals()
         s = self.stats
@@ -259,26 +291,28 @@ class Collector:
         d = min(self.backoff_max_s, self.backoff_base_s * (2 ** min(attempt, 30)))
         return random.uniform(d / 2, d)
 
-    def on_message(self, v: WsVenue, raw) -> None:
+    def on_message(self, v: WsVenue, raw) -> str:
+        """Buffer one frame; returns its kind (data | control | other) for the silence watchdog."""
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
         if raw == "pong":
-            return
+            return "control"
         try:
             m = orjson.loads(raw)
         except orjson.JSONDecodeError:
             log.debug("%s: non-JSON frame ignored: %.80s", v.source, raw)
-            return
+            return "other"
         kind, syms, problem = v.classify(m)
         if problem and f"{v.source}: {problem}" not in self.report.warnings:
             self.report.warnings.append(f"{v.source}: {problem}")
             log.warning("%s: %s", v.source, problem)
         if kind != "data":
-            return
+            return kind
+        self.stats.last_message_at[v.source] = datetime.now(UTC)
         wanted = syms & set(self.symbols[v.venue])
         if not wanted:
             self.stats.skipped[v.source] += 1
-            return
+            return kind
         buf = self.buffers[v.venue]
         buf.frames.append(raw.encode())
         buf.instruments |= wanted
@@ -286,6 +320,27 @@ class Collector:
         self.stats.messages[v.source] += 1
         if len(buf.frames) >= self.max_batch:
             self.flush_now.set()
+        return kind
+
+    async def receive(self, v: WsVenue, ws, url: str) -> None:
+        """Read frames until the server closes or the stream stays silent (no data message) for silence_s:
+        then count it, warn, and close so run_venue reconnects."""
+        last_data = time.monotonic()
+        while True:
+            left = self.silence_s - (time.monotonic() - last_data)
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                raw = await asyncio.wait_for(ws.recv(), timeout=left)
+            except TimeoutError:
+                self.stats.silences[v.source] += 1
+                log.warning("%s %s: no data message for %gs on %s; reconnecting", v.source, v.endpoint,
+                            self.silence_s, url)
+                self.say(f"{v.source}: silent for {self.silence_s:g}s, reconnecting")
+                await ws.close(1000, "silent stream")
+                return
+            if self.on_message(v, raw) == "data":
+                last_data = time.monotonic()
 
     async def heartbeat(self, v: WsVenue, ws) -> None:
         msg = v.ping_message()
@@ -302,7 +357,6 @@ class Collector:
         attempt = 0
         while not self.stopping:
             url = v.url()
-            got_data = False
             hb = None
             try:
                 async with connect(url, open_timeout=self.open_timeout_s, ping_interval=20, ping_timeout=20,
@@ -317,11 +371,10 @@ class Collector:
                         await ws.send(sub)
                     hb = asyncio.ensure_future(self.heartbeat(v, ws))
                     before = self.stats.messages[v.source] + self.stats.skipped[v.source]
-                    async for raw in ws:
-                        self.on_message(v, raw)
-                        if not got_data and self.stats.messages[v.source] + self.stats.skipped[v.source] > before:
-                            got_data, attempt = True, 0
-                    log.info("%s: connection closed by the server (%s)", v.source, ws.close_reason or ws.close_code)
+                    await self.receive(v, ws, url)
+                    if self.stats.messages[v.source] + self.stats.skipped[v.source] > before:
+                        attempt = 0          # it delivered: the next reconnect starts with a short delay
+                    log.info("%s: connection closed (%s)", v.source, ws.close_reason or ws.close_code)
             except asyncio.CancelledError:
                 raise
             except ConnectionClosed as exc:
@@ -389,14 +442,14 @@ def collect(db=None, venues: list[str] | None = None, assets: list[str] | None =
             flush_every_s: float = 5, max_batch: int = 500, stop_event: threading.Event | None = None, *,
             backoff_base_s: float = 1.0, backoff_max_s: float = 60.0, open_timeout_s: float = 10.0,
             lock_wait_s: float = 10.0, refresh_instruments: bool = True,
-            progress: Callable[[str], None] | None = None) -> CollectStats:
+            progress: Callable[[str], None] | None = None, silence_s: float | None = None) -> CollectStats:
     """Capture liquidations for `seconds` (None/0 = until `stop_event` is set), flushing every
     `flush_every_s` or at `max_batch` messages per venue. Returns what was captured and loaded."""
     say = progress or (lambda m: log.info("%s", m))
     chosen = _choose_venues(venues)
     assets = [validate_asset(a.upper()) for a in (assets or settings.assets())]
     c = Collector(db, chosen, assets, flush_every_s, max_batch, backoff_base_s, backoff_max_s, open_timeout_s,
-                  lock_wait_s, say)
+                  lock_wait_s, say, silence_s)
     c.open(refresh_instruments)
     say(f"collecting {', '.join(f'{streams.WS_VENUES[k].source} {s}' for k, s in c.symbols.items())} "
         f"for {'ever' if not seconds else f'{seconds:g}s'} (run {c.report.run_id})")
@@ -448,7 +501,7 @@ def main(args) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(f"collect {stats.run_id}: {stats.status} — messages {dict(stats.messages)}, batches "
-          f"{dict(stats.batches)}, reconnects {dict(stats.reconnects)}; rows fetched {stats.fetched}, loaded "
+          f"{dict(stats.batches)}, reconnects {dict(stats.reconnects)}, silences {dict(stats.silences)}; rows fetched {stats.fetched}, loaded "
           f"{stats.loaded}, duplicate {stats.duplicate}, quarantined {stats.quarantined}")
     for e in stats.errors:
         print(f"  ERROR {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ Flows (flows/) wire these as Prefect tasks; the CLI and tests call them directly
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from perpwatch.core.assets import validate_asset, validate_instrument
 from perpwatch.ingest import gaps
 from perpwatch.ingest.validate import Failure, validate
 from perpwatch.sources.base import ParseContext, Stream
-from perpwatch.sources.http import BadPayload, Fetched, SourceError
+from perpwatch.sources.http import BadPayload, Banned, Fetched, SourceError
 from perpwatch.warehouse.columns import staging_columns
 
 log = logging.getLogger("perpwatch")
@@ -58,6 +59,17 @@ class RunReport:
     # watermarks stay put, so the next run re-reads the whole window (perpwatch/ingest/gaps.py, docs/reliability.md)
     tainted: set[tuple[str, str, str]] = field(default_factory=set)
     windows: dict = field(default_factory=dict)      # Stream -> (start, end) fetched in this run
+    # source -> (banned_until, reason): venues that banned us beyond PERPWATCH_MAX_BAN_WAIT in this run;
+    # finish() stores them in meta.venue_bans so the next runs skip the source until then
+    bans: dict = field(default_factory=dict)
+
+    def banned(self, source: str, until: datetime, reason: str) -> None:
+        """A client's on_ban callback (any thread): one warning per source, the latest end wins."""
+        old = self.bans.get(source)
+        if old is None:
+            self.warnings.append(f"{source}: banned by the venue, skipped until {until:%Y-%m-%d %H:%M:%S} UTC: {reason}")
+        if old is None or old[0] < until:
+            self.bans[source] = (until, reason)
 
     def stat(self, source: str, dataset: str) -> DatasetStats:
         return self.stats.setdefault((source, dataset), DatasetStats(source, dataset))
@@ -72,7 +84,12 @@ class RunReport:
                 mine.validation = st.validation
             mine.messages += st.messages
         self.errors += part.errors
-        self.warnings += part.warnings
+        banned_before = set(self.bans)
+        self.warnings += [w for w in part.warnings                  # one ban warning per source
+                          if not any(w.startswith(f"{src}: banned by the venue") for src in banned_before)]
+        for src, (until, reason) in part.bans.items():
+            if src not in self.bans or self.bans[src][0] < until:
+                self.bans[src] = (until, reason)
         self.tainted |= part.tainted
         self.windows.update(part.windows)
         return self
@@ -387,6 +404,16 @@ class _RunResources:
         self.modules = {name: available[name] for name in chosen}
         make = client_factory or (lambda module, lander: module.make_client(lander))
         self.clients = {name: make(m, self.lander) for name, m in self.modules.items()}
+        self.bans: dict[str, tuple[datetime, str]] = {}     # source -> (until, reason), from any thread
+        self._ban_lock = threading.Lock()
+        for c in self.clients.values():
+            c.on_ban = self.note_ban
+
+    def note_ban(self, source: str, until: datetime, reason: str) -> None:
+        """A client's on_ban callback: the venue banned us beyond PERPWATCH_MAX_BAN_WAIT; the latest end wins."""
+        with self._ban_lock:
+            if source not in self.bans or self.bans[source][0] < until:
+                self.bans[source] = (until, reason)
 
     def close(self) -> None:
         for cl in self.clients.values():
@@ -425,9 +452,16 @@ def prepare(kind: str = "run", start: datetime | None = None, end: datetime | No
     `client_factory(module, lander)` replaces `module.make_client(lander)` (benchmarks scale budgets)."""
     chosen = choose_sources(venues)
     assets = [validate_asset(a) for a in (assets or settings.assets())]
-    end = (end or datetime.now(UTC)).astimezone(UTC)
+    end = (end or settings.now()).astimezone(UTC)      # settings.now(): PERPWATCH_NOW or the system clock
     start = start.astimezone(UTC) if start else None
     report = RunReport(run_id=f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", kind=kind)
+    with warehouse.session(db) as con:
+        # A source still banned by an earlier run is skipped (a request would only extend the ban).
+        for name, (until, reason) in warehouse.active_bans(con, settings.now()).items():
+            if name in chosen:
+                chosen.remove(name)
+                report.warnings.append(f"{name}: skipped, banned until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} "
+                                       f"UTC (meta.venue_bans: {reason[:200]})")
     res = _RESOURCES[report.run_id] = _RunResources(report.run_id, db, chosen, client_factory)
     con = res.con
     warehouse.start_run(con, report.run_id, kind)
@@ -450,6 +484,9 @@ def _refresh_instruments(con, res: _RunResources, report: RunReport) -> pl.DataF
     for name, m in res.modules.items():
         try:
             payloads += m.fetch_instruments(res.clients[name])
+        except Banned as exc:
+            if exc.until is not None:
+                res.note_ban(name, exc.until, str(exc))
         except SourceError as exc:
             venue = getattr(m, "VENUE", name)
             known = con.execute("SELECT count(*) FROM staging.instruments WHERE venue = ?", [venue]).fetchone()[0]
@@ -497,6 +534,12 @@ def extract_streams(module, client, streams, windows, report: RunReport) -> list
             # The bad page is already landed and in `got`: parsing quarantines it; paging stops here.
             report.tainted.add((s.source, s.name, s.instrument))
             report.stat(s.source, s.dataset).messages.append(f"paging stopped: {exc}")
+        except Banned as exc:
+            # The venue banned us beyond the cap: the client's on_ban already warned once for the source and
+            # every later request of it raises at once (none is sent); the other venues go on.
+            report.tainted.add((s.source, s.name, s.instrument))
+            if exc.until is not None and s.source not in report.bans:
+                report.banned(s.source, exc.until, str(exc))
         except SourceError as exc:
             report.tainted.add((s.source, s.name, s.instrument))
             msg = f"extract failed: {exc}"
@@ -599,6 +642,8 @@ def finish(report: RunReport, db=None) -> None:
     res = _RESOURCES.pop(report.run_id, None)
     try:
         if res is not None:
+            for source, (until, reason) in dict(res.bans).items():
+                report.banned(source, until, reason)
             record(res.con, report)
         else:
             with warehouse.session(db) as con:
@@ -609,6 +654,12 @@ def finish(report: RunReport, db=None) -> None:
 
 
 def record(con, report: RunReport) -> None:
+    """Write the run's outcome: bans, gaps, reconciliation, status and meta.runs."""
+    for source, (until, reason) in dict(report.bans).items():
+        try:
+            warehouse.record_ban(con, source, until, reason, report.run_id, settings.now())
+        except Exception as exc:  # noqa: BLE001 - the run's record comes first
+            report.errors.append(f"could not store the ban of {source}: {type(exc).__name__}: {exc}")
     if report.windows:
         try:
             warehouse.retry(lambda: gaps.detect(con, report), what="meta.gaps")

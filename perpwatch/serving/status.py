@@ -158,6 +158,38 @@ def open_quarantine(con, limit: int = 50) -> tuple[int, list[dict]]:
     return total, out
 
 
+def ws_streams(con) -> list[dict]:
+    """Per liquidation websocket stream: the last data message ever, and the latest collect run's
+    messages per hour and watchdog silences (meta.ws_streams, written by perpwatch/collector.py)."""
+    if not table_exists(con, "meta.ws_streams"):
+        return []
+    rows = con.execute("""
+        WITH latest AS (
+            SELECT *, row_number() OVER (PARTITION BY source, stream ORDER BY finished_at DESC) AS k
+            FROM meta.ws_streams)
+        SELECT l.source, l.stream, l.url, (SELECT max(w.last_message_at) FROM meta.ws_streams w
+                                           WHERE w.source = l.source AND w.stream = l.stream) AS last_message_at,
+               l.messages, l.kept, epoch(l.finished_at) - epoch(l.started_at) AS seconds, l.silences, l.reconnects,
+               l.finished_at
+        FROM latest l WHERE k = 1 ORDER BY l.source, l.stream""").fetchall()
+    out = []
+    for src, stream, url, last, n, kept, secs, silences, reconnects, finished in rows:
+        per_h = n * 3600.0 / secs if secs and secs > 0 else None
+        out.append({"source": src, "stream": stream, "url": url, "last_message_at": _as_utc(last),
+                    "messages_per_hour": per_h, "messages": n, "kept": kept, "capture_s": secs,
+                    "silences": silences, "reconnects": reconnects, "run_finished_at": _as_utc(finished)})
+    return out
+
+
+def bans(con, now: datetime) -> list[dict]:
+    """Venues still banned (meta.venue_bans): runs skip them until banned_until."""
+    if not table_exists(con, "meta.venue_bans"):
+        return []
+    return [{"source": s, "banned_until": _as_utc(u), "reason": r} for s, u, r in con.execute(
+        "SELECT source, banned_until, reason FROM meta.venue_bans WHERE banned_until > ? ORDER BY source",
+        [now]).fetchall()]
+
+
 def collect(con, now: datetime | None = None) -> dict:
     now = (now or datetime.now(UTC)).astimezone(UTC)
     fresh = freshness(con, now)
@@ -168,6 +200,7 @@ def collect(con, now: datetime | None = None) -> dict:
     open_gaps = gaps.open_gaps(con).head(50).to_dicts()
     return {"now": now, "freshness": fresh, "tables": staging_tables(con, now), "runs": runs,
             "quarantine_open": n_quarantined, "quarantine": quarantined, "gaps": open_gaps,
+            "ws_streams": ws_streams(con), "bans": bans(con, now),
             "stale": sum(1 for f in fresh if f["stale"]),
             "ok": not any(f["stale"] for f in fresh) and n_quarantined == 0
             and (not runs or runs[0]["status"] in ("success", "warning", "running"))}
@@ -240,6 +273,21 @@ def render_text(st: dict, where: str) -> str:
             [[g["source"], g["dataset"], g["instrument"], _ts(g["gap_start"]), _ts(g["gap_end"]),
               "window" if g["missing"] is None else g["missing"], g["status"], g["attempts"]] for g in gaps],
             ["source", "dataset", "instrument", "from (UTC)", "to (UTC)", "missing", "status", "attempts"], {5, 7}))
+    streams = st.get("ws_streams") or []
+    if streams:
+        out += ["", "Liquidation websocket streams (latest collect run)"]
+        out.append(text_table(
+            [[w["source"], w["stream"], _ts(w["last_message_at"]),
+              "-" if w["messages_per_hour"] is None else f"{w['messages_per_hour']:,.0f}",
+              w["messages"], f"{w['capture_s']:.0f}s" if w["capture_s"] is not None else "-", w["silences"],
+              "SILENT" if not w["messages"] else "ok"] for w in streams],
+            ["source", "stream", "last message (UTC)", "msgs/hour", "msgs", "captured", "silences", "status"],
+            {3, 4, 5, 6}))
+    banned = st.get("bans") or []
+    if banned:
+        out += ["", f"Venues banned (skipped by every run until the time shown): {len(banned)}"]
+        out.append(text_table([[b["source"], _ts(b["banned_until"]), _short(b["reason"], 90)] for b in banned],
+                              ["source", "until (UTC)", "reason"]))
     return "\n".join(out)
 
 
