@@ -7,9 +7,6 @@ Cancelling the run (SIGTERM from the worker) stops the capture cleanly: the pend
 
 from __future__ import annotations
 
-import signal
-import threading
-
 from prefect import flow, get_run_logger
 
 
@@ -18,19 +15,10 @@ def collector(seconds: float = 3540.0, venues: list[str] | None = None, assets: 
               db: str | None = None) -> dict:
     """Capture liquidation streams for `seconds`, landing and loading them in short batches."""
     logger = get_run_logger()
-    from perpwatch.ingest.collector import collect
+    from perpwatch.ingest.collector import collect_until_signalled
 
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
-        stats = collect(db=db, venues=venues, assets=assets, seconds=seconds, stop_event=stop,
-                        progress=lambda m: logger.info("%s", m))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    stats = collect_until_signalled(db=db, venues=venues, assets=assets, seconds=seconds,
+                                    progress=lambda m: logger.info("%s", m))
     try:
         from prefect.artifacts import create_table_artifact
 

@@ -484,10 +484,10 @@ def _run_loop(coro) -> None:
         raise box[0]
 
 
-def main(args) -> int:
-    """`perpwatch collect`: args.db, args.venues, args.assets, args.seconds."""
+def collect_until_signalled(progress: Callable[[str], None] | None = None, **kw) -> CollectStats:
+    """`collect(**kw)` that SIGINT/SIGTERM stop cleanly (the pending batch is flushed): used by
+    `perpwatch collect` and the collector flow (a cancelled flow run gets SIGTERM from its worker)."""
     import signal
-    import sys
 
     stop = threading.Event()
     previous = {}
@@ -495,11 +495,18 @@ def main(args) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        stats = collect(db=args.db, venues=args.venues, assets=args.assets, seconds=args.seconds, stop_event=stop,
-                        progress=lambda m: print(m, file=sys.stderr))
+        return collect(stop_event=stop, progress=progress, **kw)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def main(args) -> int:
+    """`perpwatch collect`: args.db, args.venues, args.assets, args.seconds."""
+    import sys
+
+    stats = collect_until_signalled(db=args.db, venues=args.venues, assets=args.assets, seconds=args.seconds,
+                                    progress=lambda m: print(m, file=sys.stderr))
     print(f"collect {stats.run_id}: {stats.status} — messages {dict(stats.messages)}, batches "
           f"{dict(stats.batches)}, reconnects {dict(stats.reconnects)}, silences {dict(stats.silences)}; rows fetched {stats.fetched}, loaded "
           f"{stats.loaded}, duplicate {stats.duplicate}, quarantined {stats.quarantined}")
