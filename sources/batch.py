@@ -137,6 +137,13 @@ def first_per_page(df: pl.DataFrame, col: str) -> pl.DataFrame:
     return df.group_by(PAGE, maintain_order=True).agg(pl.col(col).first())
 
 
+class Frames(dict):
+    """{table: frame} of one page; a table the page has no rows for reads as an empty frame."""
+
+    def __missing__(self, table: str) -> pl.DataFrame:
+        return pl.DataFrame()
+
+
 def single(batch: BatchFn) -> Callable:
     """The batch parser applied to one already-decoded page: returns its frames (without `_page`)
     or raises ValueError with the reason the page was rejected."""
@@ -144,7 +151,7 @@ def single(batch: BatchFn) -> Callable:
         res = batch([Page(orjson.dumps(data), params, ctx.fetched_at)], ctx)
         if res.errors:
             raise ValueError(res.errors[0])
-        return {t: df.drop(PAGE) for t, df in res.frames.items()}
+        return Frames({t: df.drop(PAGE) for t, df in res.frames.items()})
     return parse
 
 

@@ -38,7 +38,10 @@ def _same(new: pl.DataFrame, ref: pl.DataFrame, what: str) -> None:
             new = new.with_columns(pl.lit(None).alias(c))
         else:
             new = new.with_columns(pl.col(c).cast(t))
-    assert_frame_equal(new, ref, obj=what)
+    try:
+        assert_frame_equal(new, ref)
+    except AssertionError as exc:
+        raise AssertionError(f"{what}: {exc}") from exc
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
