@@ -11,7 +11,7 @@ export PREFECT_TASKS_DEFAULT_NO_CACHE ?= true
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint bench deploy clean
+.PHONY: install demo test lint bench bench-quick deploy clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@$(BIN)/python -m perpwatch.bench
+
+# developers: every workload at its smallest size (< 3 min), report in data/bench/BENCHMARKS-tiny.md
+bench-quick: $(STAMP)
+	@$(BIN)/python -m perpwatch.bench --size tiny
 
 deploy: $(STAMP)
 	@$(BIN)/python -m perpwatch.deploy
