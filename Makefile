@@ -14,7 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 BI_VENV := .venv-bi
 BI_STAMP := $(BI_VENV)/.installed
 
-.PHONY: install demo test lint bench deploy clean bi bi-install browser
+.PHONY: install demo test lint bench bench-quick deploy clean bi bi-install browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -55,6 +55,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@$(BIN)/python -m perpwatch.bench
+
+# developers: every workload at its smallest size (< 3 min), report in data/bench/BENCHMARKS-tiny.md
+bench-quick: $(STAMP)
+	@$(BIN)/python -m perpwatch.bench --size tiny
 
 deploy: $(STAMP)
 	@$(BIN)/python -m perpwatch.deploy

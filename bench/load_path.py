@@ -233,7 +233,7 @@ def run(rows: int, runs: int, workdir: Path, dlt_rows: int | None, em_rows: int,
     warm = parse(fetched[:2], ctx)[0].drop(["_source", "_stream", "_instrument", "_endpoint"])
     V.validate("open_interest", warm.with_columns(pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at")))
 
-    variants = {"per_page_validated": True, "per_page_novalidation": False}
+    variants = {"pipeline_validated": True, "pipeline_novalidation": False}
     results: dict[str, list[dict]] = {k: [] for k in variants}
     for r in range(runs):
         for name, validation in variants.items():

@@ -20,8 +20,24 @@ def _n(x: float) -> str:
     return f"{x:.0f}"
 
 
-def _ok(b: bool | None) -> str:
+NOISE = 0.30     # the band the report states for this shared 2-core machine (load average printed above)
+
+
+def _ok(b: bool | str | None) -> str:
+    if isinstance(b, str):
+        return b
     return "n/a" if b is None else ("**met**" if b else "**missed**")
+
+
+def judge(measured: float, target: float, higher_is_better: bool = True) -> str:
+    """A target is met only when the measurement clears it by more than the stated noise band,
+    missed when it falls short by more than the band, and otherwise within noise (inconclusive)."""
+    ratio = measured / target if higher_is_better else target / measured
+    if ratio >= 1 + NOISE:
+        return "**met**"
+    if ratio < 1 - NOISE:
+        return "**missed**"
+    return f"**within noise** ({'clears' if ratio >= 1 else 'short of'} the target by {abs(ratio - 1) * 100:.0f} %)"
 
 
 def render(r: dict) -> str:
@@ -29,7 +45,7 @@ def render(r: dict) -> str:
     v = m["versions"]
     out: list[str] = []
     w = out.append
-    w("# perpwatch benchmarks (issue 8)\n")
+    w("# perpwatch benchmarks\n")
     w(f"Produced by `make bench`, i.e. `{r['command'].strip()}` (`--size {r['size']}`), started {r['started'][:19]} UTC, "
       f"{r['total_s'] / 60:.1f} min of benchmarks"
       + ("; " + ", ".join(f"the {w} section is from the run started {t[:19]} UTC" for w, t in r["from_earlier_run"].items())
@@ -39,7 +55,8 @@ def render(r: dict) -> str:
       f"Polars {v['polars']}, PyArrow {v['pyarrow']}, Prefect {v['prefect']}, Great Expectations {v['great_expectations']}, "
       f"orjson {v['orjson']}. Load average at start {m['loadavg']}; "
       + ", ".join(f"after {k}: {x}" for k, x in (r.get("loadavg_after") or {}).items())
-      + " (a shared 2-core machine: other processes were running, so treat ±30 % as noise).\n")
+      + f" (a shared 2-core machine: other processes were running, so treat ±{NOISE * 100:.0f} % as noise; a "
+      "target is **met** only when it is cleared by more than that band).\n")
     targets: list[tuple[str, str, bool | None]] = []
     sections: list[str] = []
 
@@ -47,20 +64,21 @@ def render(r: dict) -> str:
         s = r["load"]["summary"]
         raw = r["load"]["raw"]
         rows = raw["rows"]
-        pf, pv = s["per_page_novalidation.fresh"], s["per_page_validated.fresh"]
+        pf, pv = s["pipeline_novalidation.fresh"], s["pipeline_validated.fresh"]
         ceil = s["ceiling"]
         sec = [f"## 1. Load path: {rows:,} open-interest rows, {raw['pages']:,} Binance `openInterestHist` pages of 500 "
                f"({raw['payload_mb']:.0f} MB JSON)\n",
                "Pages as the venue returns them (numbers as strings, integer timestamps) go through the real code: "
-               "`pipeline.parse_all` (per page: orjson → `sources.binance.PARSERS[...]`), then "
+               "`pipeline.parse_all` (the batch parser a run uses: all pages of the endpoint in one call, "
+               "`sources.binance.PARSERS[...].batch`), then "
                "`pipeline.load_table` (GX validation via "
                "`perpwatch.ingest.validate.validate`, quarantine, `warehouse.upsert` with the watermarks in one transaction) "
                "into a fresh file-backed warehouse (**fresh**), then the same pages again (**reload**: every row a "
                "duplicate, nothing changes). Stage columns are medians of the fresh load.\n",
                "| path | fresh | rows/s | reload | parse | validate | upsert | other (load_table glue) |",
                "|---|---|---|---|---|---|---|---|"]
-        for key, label in (("per_page_novalidation", "perpwatch, no validation"),
-                           ("per_page_validated", "perpwatch, GX validation")):
+        for key, label in (("pipeline_novalidation", "perpwatch, no validation"),
+                           ("pipeline_validated", "perpwatch, GX validation")):
             f, rl = s[f"{key}.fresh"], s[f"{key}.reload"]
             sec.append(f"| {label} | {_s(f['total'])} | {_n(f['rows_per_s'])} | {_s(rl['total'])} | {f['parse']:.2f} s | "
                        f"{f['validate']:.2f} s | {f['upsert']:.2f} s | {f['other']:.2f} s |")
@@ -79,8 +97,8 @@ def render(r: dict) -> str:
         gx = raw["gx_without_datetime_between"]
         sec.append("")
         sec.append(f"Loads: fresh {pf['loaded']:,} loaded / {pf['duplicate']:,} duplicate / {pf['quarantined']:,} "
-                   f"quarantined; reload {s['per_page_novalidation.reload']['loaded']:,} loaded / "
-                   f"{s['per_page_novalidation.reload']['duplicate']:,} duplicate. Diagnostic: the same GX suite without "
+                   f"quarantined; reload {s['pipeline_novalidation.reload']['loaded']:,} loaded / "
+                   f"{s['pipeline_novalidation.reload']['duplicate']:,} duplicate. Diagnostic: the same GX suite without "
                    f"its one between-expectation on the `ts` datetime column validates the {rows:,} rows in "
                    f"{_s(gx)} (GX evaluates that expectation with a per-row Python function, "
                    "`column_values_between.py` `is_between` via `Series.map`).\n")
@@ -90,17 +108,22 @@ def render(r: dict) -> str:
         if d and "rows_per_s" in d:
             targets.append(("1 Load: ≥ 50× dlt (rows/s, fresh, with GX validation)",
                             f"{rows / best_v / d['rows_per_s']:.0f}× (validated); {rows / best / d['rows_per_s']:.0f}× without "
-                            f"validation; dlt {_n(d['rows_per_s'])} rows/s", rows / best_v / d["rows_per_s"] >= 50))
-        targets.append(("1 Load: ≥ 1 M rows/s without validation (fresh)",
-                        f"{_n(rows / pf['total']['median'])} rows/s; "
-                        f"reload {_n(s['per_page_novalidation.reload']['rows_per_s'])}", rows / best >= 1e6))
-        add = (pv["total"]["median"] - pf["total"]["median"]) / pf["total"]["median"]
-        targets.append(("1 Load: validation adds ≤ 30 %", f"+{add * 100:.0f} % (GX {pv['validate']:.2f} s)",
-                        add <= 0.30))
-        ratio = best / ceil["total"]["median"]
-        targets.append(("1 Load: within 3× of the Arrow ceiling (no validation)",
-                        f"{ratio:.1f}× ({best:.2f} s vs {ceil['total']['median']:.2f} s); upsert alone "
-                        f"{pf['upsert'] / ceil['total']['median']:.1f}×", ratio <= 3))
+                            f"validation; dlt {_n(d['rows_per_s'])} rows/s", judge(rows / best_v / d["rows_per_s"], 50)))
+        targets.append(("1 Load: ≥ 1 M rows/s with GX validation (fresh)",
+                        f"{_n(rows / best_v)} rows/s validated, {_n(rows / best)} without; "
+                        f"reload {_n(s['pipeline_novalidation.reload']['rows_per_s'])}", judge(rows / best_v, 1e6)))
+        add = (best_v - best) / best
+        targets.append(("1 Load: validation adds ≤ 20 %", f"+{add * 100:.0f} % (GX {pv['validate']:.2f} s)",
+                        judge(1 + add, 1.20, higher_is_better=False)))
+        ratio = best_v / ceil["total"]["median"]
+        targets.append(("1 Load: within 2× of DuckDB's Arrow ingest (validated path)",
+                        f"{ratio:.1f}× ({best_v:.2f} s vs {ceil['total']['median']:.2f} s); upsert alone "
+                        f"{pf['upsert'] / ceil['total']['median']:.1f}×", judge(ratio, 2.0, higher_is_better=False)))
+        tot = pv["total"]["median"]
+        sections.append(f"Where the validated fresh load's {tot:.2f} s go: parse {pv['parse'] / tot * 100:.0f} %, "
+                        f"GX validation {pv['validate'] / tot * 100:.0f} %, `warehouse.upsert` {pv['upsert'] / tot * 100:.0f} %, "
+                        f"`load_table` glue {pv['other'] / tot * 100:.0f} % (the Arrow ingest alone takes "
+                        f"{ceil['total']['median'] / tot * 100:.0f} % of it).\n")
 
     if "marts" in r:
         mm = r["marts"]
@@ -146,11 +169,11 @@ def render(r: dict) -> str:
             sec.append("")
         inc = mm["incremental"]
         wh = inc["with_headers"]
+        heads = [n for n, p in inc["as_is"]["plan"].items() if p.get("mode") == "incremental"]
         sec.append(f"**Daily incremental pass** (one more day landed in every staging table, then "
-                   f"`transforms.build_incremental(con, since={inc['since']})`): as the marts are today (no mart "
-                   f"has opted in yet, so every mart is rebuilt in full) {inc['as_is']['total_s']:.1f} s; with the "
-                   f"proposed opt-in headers ({', '.join(n for n, p in wh['plan'].items() if p['mode'] in ('incremental', 'view') and p.get('lookback') is not None)}) "
-                   f"{_s(wh['total'])}, peak RSS {_s(wh['peak_rss_mb'], 'MB', 0)}:\n")
+                   f"`transforms.build_incremental(con, since={inc['since']})`; marts with an incremental header "
+                   f"in this checkout: {', '.join(heads) or 'none'}): first pass {inc['as_is']['total_s']:.1f} s, "
+                   f"then {_s(wh['total'])} over the repeated runs, peak RSS {_s(wh['peak_rss_mb'], 'MB', 0)}:\n")
         sec.append("| mart | mode | seconds |")
         sec.append("|---|---|---|")
         for n, x in sorted(wh["per_mart"].items(), key=lambda kv: -kv[1]["median"]):
@@ -163,14 +186,15 @@ def render(r: dict) -> str:
         z = mm["sizes"][full]
         targets.append((f"2 Marts: full rebuild < 20 s at {full} assets × {mm['days']} d"
                         + (" (heatmap marts excluded, see §2)" if mm["skip"] else ""),
-                        f"{_s(z['total'])}; peak RSS {_s(z['peak_rss_mb'], 'MB', 0)}", z["total"]["median"] < 20))
+                        f"{_s(z['total'])}; peak RSS {_s(z['peak_rss_mb'], 'MB', 0)}",
+                        judge(z["total"]["median"], 20.0, higher_is_better=False)))
         if len(sizes) >= 3:
             r2 = mm["sizes"][sizes[1]]["total"]["median"] / base
             r4 = mm["sizes"][sizes[2]]["total"]["median"] / base
             targets.append(("2 Marts: 1×/2×/4× linear", f"×{r2:.2f} at 2×, ×{r4:.2f} at 4× (base {sizes[0]} assets, {base:.1f} s)",
                             r2 <= 2.4 and r4 <= 4.8))
-        targets.append(("2 Marts: daily incremental < 2 s", f"{_s(wh['total'])} with the proposed headers; "
-                        f"{inc['as_is']['total_s']:.1f} s as the marts are", wh["total"]["median"] < 2))
+        targets.append(("2 Marts: daily incremental < 2 s", f"{_s(wh['total'])}; first pass "
+                        f"{inc['as_is']['total_s']:.1f} s", judge(wh["total"]["median"], 2.0, higher_is_better=False)))
 
     if "extract" in r:
         e = r["extract"]
@@ -241,31 +265,24 @@ def render(r: dict) -> str:
 
 NOTES = """## Why the misses miss, what closed the others, and what would close the rest
 
-- **Load path: rows/s, 50x dlt and the 3x Arrow ceiling (missed).** Without validation the time splits
-  into parse (JSON decode of 165 MB of pages; orjson alone needs a good part of a second for it on one
-  core), `warehouse.upsert` (its fresh-load floor is the Arrow ingest itself; the rest is the duplicate
-  check and the classifying join) and `pipeline.load_table` glue (the "other" column: diagonal concat,
-  per-source filters, two watermark statements per stream). The bench measures the parser a run uses
-  (one page at a time); a benchmark-only batch parser was removed (issue 11) because a batch path
-  changes which payload wins when overlapping pages repeat a key. What would close it: decode with a
-  typed schema once the venue's shape is asserted (about half the parse time), a batch path in
-  `pipeline.parse_all` that keeps payload order, and fewer copies in `load_table`. 1 M rows/s end to end from JSON
-  text is close to what one core can decode; the second core is busy with DuckDB.
-- **dlt.** dlt normalises row by row in Python and merges through staging tables; it ran on a sample
-  (its rate does not improve with size) and is compared in rows/s.
-- **Validation <= 30 % (met after a fix).** One expectation dominated: the `ts <= now` between-check,
-  which GX evaluates row by row in Python on datetime columns. `perpwatch/ingest/validate.py` now hands GX
-  times as epoch milliseconds (vectorised): validation went from +64 % to +14 %.
-- **Marts full rebuild (met after a fix).** `ts::DATE` on a TIMESTAMPTZ column goes through ICU for
-  every row, and `QUALIFY row_number() OVER (PARTITION BY ..., ts::DATE ORDER BY ts DESC) = 1` sorts the
-  whole table (see the diagnostics in section 2); reference_close and open_interest_by_venue now use
-  epoch days and `arg_max`: 75 s became about 17 s. The liquidation heatmap is not in the figure: it
-  cannot run over 5 years x 200 assets as a full rebuild; it needs its own incremental fold (its model
-  can run hour by hour) and a bounded history.
-- **Incremental < 2 s (met).** The date-partitioned marts opt in (`-- incremental: <date col> lookback
+- **Load path.** The parse column is the batch parser the pipeline runs (one call per endpoint
+  for all pages: orjson per page, one frame of the venue's asserted row shape, vectorised casts);
+  the upsert column is `warehouse.upsert` (Arrow ingest plus the duplicate check and the classifying
+  join); "other" is `load_table` (concat, in-run dedup on the grain, quarantine bookkeeping,
+  watermarks). The stage split above says which of these dominates in this run.
+- **dlt.** dlt normalises row by row in Python and merges through staging tables; it is compared in
+  rows/s on the sample stated in its row.
+- **Validation.** GX evaluates a between-expectation on a datetime column row by row in Python;
+  `perpwatch/ingest/validate.py` hands GX times as epoch milliseconds, so every expectation is
+  vectorised (the diagnostic row in section 1 measures the suite without that expectation).
+- **Marts full rebuild.** `ts::DATE` on a TIMESTAMPTZ column goes through ICU for every row and a
+  `QUALIFY row_number()` per day sorts the whole table (the diagnostics in section 2 measure both);
+  the marts use epoch days and `arg_max`. The liquidation heatmap is a per-asset-hour fold and is
+  measured separately (section 2).
+- **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback
   <days>` headers, checked against a full rebuild by tests/test_bench_smoke.py); signal_performance,
   an event study over all history, is refreshed by full builds only (`INCREMENTAL = "skip"`); other
   Python marts, views and alerts (streaks need all history) are rebuilt in full.
-- **Demo < 60 s (met after a fix).** Extraction units are per (source, stream kind), so each venue's
+- **Demo.** Extraction units are per (source, stream kind), so each venue's
   per-endpoint budgets (OKX: 5 requests / 2 s per ratio endpoint) run in parallel.
 """

@@ -52,13 +52,21 @@ class Parser:
     """One entry of a module's PARSERS: the parse function and how the engine must call it.
 
     `raw_body`: the function takes the landed bytes as they are (CSV, HTML, imported files)
-    instead of the JSON-decoded body. Calling the Parser calls the function, so
-    `PARSERS[endpoint](data, params, ctx)` parses already-decoded data."""
+    instead of the JSON-decoded body. `batch`: the high-volume endpoints (OI, ratios, funding,
+    klines) have a batch parser instead (sources/batch.py): the pipeline calls it once with all of
+    a run's pages of the endpoint. Calling the Parser parses one already-decoded page,
+    `PARSERS[endpoint](data, params, ctx)` (a batch parser on a batch of one)."""
 
-    fn: ParseFn
+    fn: ParseFn | None = None
     raw_body: bool = False
+    batch: Callable | None = None
 
     def __post_init__(self):
+        if self.batch is not None:
+            if not callable(self.batch) or self.fn is not None or self.raw_body:
+                raise TypeError(f"Parser(batch=...) takes a callable batch parser and nothing else, got {self!r}")
+            from perpwatch.sources.batch import single
+            object.__setattr__(self, "fn", single(self.batch))
         if not callable(self.fn):
             raise TypeError(f"Parser.fn must be callable, got {self.fn!r}")
 

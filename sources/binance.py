@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.core.assets import canonical
+from perpwatch.sources import batch
 from perpwatch.sources.base import ParseContext, Parser, Stream, clamp_window, tradable
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
@@ -219,36 +220,76 @@ def parse_funding_info(data: list, params: dict, ctx: ParseContext) -> dict[str,
         num("fundingIntervalHours").alias("funding_interval_hours"))}
 
 
-def parse_funding_rate(data: list, params: dict, ctx: ParseContext, venue: str = VENUE) -> dict[str, pl.DataFrame]:
-    df = _frame(data, "fundingRate rows")
+def _list_rows(what: str):
+    """Binance /fapi, /dapi and /futures/data reply with a bare JSON list; anything else (an error
+    object {"code": -1130, "msg": ...}) rejects the page."""
+    def rows_of(data, params: dict):
+        if not isinstance(data, list):
+            raise ValueError(f"expected a JSON list of {what}, got {type(data).__name__}: {str(data)[:120]}")
+        return data, None
+    return rows_of
+
+
+def _page_symbols(df: pl.DataFrame, col: str) -> pl.DataFrame:
+    """The first row's symbol of each page: the page's instrument (one symbol per request)."""
+    return batch.first_per_page(df, col).rename({col: "_sym"})
+
+
+def _instrument_facts(syms: pl.DataFrame, venue: str, ctx: ParseContext, **fields) -> pl.DataFrame:
+    """Per page: canonical asset and the given instrument facts (name -> fn(meta, sym))."""
+    names = syms["_sym"].to_list()
+    cols = {"_asset": [canonical(venue, s)[0] for s in names]}
+    for name, fn in fields.items():
+        cols[name] = [fn(ctx.instrument(venue, s), s) for s in names]
+    return syms.with_columns(**{k: pl.Series(v, dtype=pl.Float64 if k != "_asset" else pl.Utf8, strict=False)
+                                for k, v in cols.items()})
+
+
+FUNDING_SHAPE = {"symbol": pl.Utf8, "fundingRate": pl.Utf8, "fundingTime": pl.Utf8, "markPrice": pl.Utf8}
+
+
+def batch_funding_rate(pages: list[batch.Page], ctx: ParseContext, venue: str = VENUE) -> batch.BatchResult:
+    """/fapi/v1/fundingRate (and /dapi): the rate is for the symbol's own interval, read from the
+    spacing of consecutive settlements on the page (fallback: fundingInfo, else 8h)."""
+    dec = batch.decode(pages, _list_rows("fundingRate rows"))
+    df = batch.frame(dec, FUNDING_SHAPE)
+    df = batch.require(df, dec.errors, ["symbol", "fundingRate", "fundingTime"], "fundingRate")
+    res = batch.BatchResult(errors=dec.errors)
     if df.height == 0:
-        return {"funding_rates": pl.DataFrame()}
-    _require(df, ["symbol", "fundingRate", "fundingTime"], "fundingRate")
-    sym = df["symbol"][0]
-    known = ctx.instrument(venue, sym).get("funding_interval_hours") or 8.0
-    df = df.with_columns(ts_ms("fundingTime").dt.truncate("1h").alias("funding_time"),
-                         num("fundingRate").alias("funding_rate"),
-                         (num("markPrice") if "markPrice" in df.columns else pl.lit(None, pl.Float64)).alias("mark_price"))
-    df = df.with_columns(interval_from_spacing(df, "funding_time", "symbol", pl.lit(float(known))).alias("interval_hours"))
-    out = df.select(
+        return res
+    facts = _instrument_facts(_page_symbols(df, "symbol"), venue, ctx,
+                              _known=lambda m, s: float(m.get("funding_interval_hours") or 8.0))
+    df = batch.attach(df, facts).with_columns(ts_ms("fundingTime").dt.truncate("1h").alias("funding_time"),
+                                              num("fundingRate").alias("funding_rate"),
+                                              num("markPrice").alias("mark_price"))
+    df = df.with_columns(interval_from_spacing(df, "funding_time", [batch.PAGE, "symbol"], pl.col("_known"))
+                         .alias("interval_hours"))
+    res.add("funding_rates", df.select(
         pl.lit(venue).alias("venue"), pl.col("symbol").alias("instrument"), "funding_time",
-        pl.lit(canonical(venue, sym)[0]).alias("asset"),
+        pl.col("_asset").alias("asset"),
         "funding_rate", "interval_hours", *funding_derived(pl.col("funding_rate"), pl.col("interval_hours")),
-        "mark_price")
-    return {"funding_rates": out}
+        "mark_price", batch.PAGE))
+    return res
 
 
-def parse_open_interest_hist(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-    df = _frame(data, "openInterestHist rows")
+OI_SHAPE = {"symbol": pl.Utf8, "sumOpenInterest": pl.Utf8, "sumOpenInterestValue": pl.Utf8, "timestamp": pl.Utf8}
+
+
+def batch_open_interest_hist(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    """/futures/data/openInterestHist (USD-M): sumOpenInterest in base coin (of the symbol's unit:
+    1000PEPEUSDT counts thousands), sumOpenInterestValue in USD."""
+    dec = batch.decode(pages, _list_rows("openInterestHist rows"))
+    df = batch.frame(dec, OI_SHAPE)
+    df = batch.require(df, dec.errors, list(OI_SHAPE), "openInterestHist")
+    res = batch.BatchResult(errors=dec.errors)
     if df.height == 0:
-        return {"open_interest": pl.DataFrame()}
-    _require(df, ["symbol", "sumOpenInterest", "sumOpenInterestValue", "timestamp"], "openInterestHist")
-    sym = df["symbol"][0]
-    meta = ctx.instrument(VENUE, sym)
-    size = meta.get("contract_size") or 1.0
-    mult = meta.get("multiplier") or canonical(VENUE, sym)[1]     # 1000PEPEUSDT: 1 unit = 1000 PEPE
-    out = df.select(*_oi_columns(pl.lit(canonical(VENUE, sym)[0]), size, mult))
-    return {"open_interest": out}
+        return res
+    facts = _instrument_facts(_page_symbols(df, "symbol"), VENUE, ctx,
+                              _size=lambda m, s: m.get("contract_size") or 1.0,
+                              _mult=lambda m, s: m.get("multiplier") or canonical(VENUE, s)[1])
+    df = batch.attach(df, facts)
+    res.add("open_interest", df.select(*_oi_columns(pl.col("_asset"), pl.col("_size"), pl.col("_mult")), batch.PAGE))
+    return res
 
 
 def _oi_columns(asset: pl.Expr, size: pl.Expr | float, mult: pl.Expr | float = 1.0) -> list[pl.Expr]:
@@ -260,63 +301,98 @@ def _oi_columns(asset: pl.Expr, size: pl.Expr | float, mult: pl.Expr | float = 1
         num("sumOpenInterestValue").alias("oi_usd")]
 
 
-def _parse_ratio(population: str):
-    def parse(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-        df = _frame(data, f"{population} long/short rows")
+RATIO_SHAPE = {"symbol": pl.Utf8, "longAccount": pl.Utf8, "shortAccount": pl.Utf8, "longPosition": pl.Utf8,
+               "shortPosition": pl.Utf8, "longShortRatio": pl.Utf8, "timestamp": pl.Utf8}
+
+
+def _batch_ratio(population: str):
+    """The three long/short ratio endpoints: accounts (longAccount/shortAccount) or positions."""
+    def parse(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+        dec = batch.decode(pages, _list_rows(f"{population} long/short rows"))
+        df = batch.frame(dec, RATIO_SHAPE).with_columns(
+            pl.coalesce("longAccount", "longPosition").alias("_long"),
+            pl.coalesce("shortAccount", "shortPosition").alias("_short"))
+        df = batch.require(df, dec.errors, ["symbol", "_long", "_short", "longShortRatio", "timestamp"],
+                           f"long/short {population}")
+        res = batch.BatchResult(errors=dec.errors)
         if df.height == 0:
-            return {"long_short_ratio": pl.DataFrame()}
-        long_col = "longAccount" if "longAccount" in df.columns else "longPosition"
-        short_col = "shortAccount" if "shortAccount" in df.columns else "shortPosition"
-        _require(df, ["symbol", long_col, short_col, "longShortRatio", "timestamp"], f"long/short {population}")
-        sym = df["symbol"][0]
-        out = df.select(
+            return res
+        df = batch.attach(df, _instrument_facts(_page_symbols(df, "symbol"), VENUE, ctx))
+        res.add("long_short_ratio", df.select(
             pl.lit(VENUE).alias("venue"), pl.col("symbol").alias("instrument"), ts_ms("timestamp").alias("ts"),
-            pl.lit(population).alias("population"), pl.lit(canonical(VENUE, sym)[0]).alias("asset"),
-            num(long_col).alias("long_share"), num(short_col).alias("short_share"),
-            num("longShortRatio").alias("ratio"))
-        return {"long_short_ratio": out}
+            pl.lit(population).alias("population"), pl.col("_asset").alias("asset"),
+            num("_long").alias("long_share"), num("_short").alias("short_share"),
+            num("longShortRatio").alias("ratio"), batch.PAGE))
+        return res
     return parse
 
 
 KLINE_COLS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
               "trades", "taker_base", "taker_quote", "ignore"]
+KLINE_SHAPE = {c: pl.Utf8 for c in KLINE_COLS}
 
 
-def _parse_klines(kind: str):
-    def parse(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+def kline_rows(what: str):
+    """Kline pages: a list of 12-field arrays (>= 8 accepted: the fields used are the first 8)."""
+    def rows_of(data, params: dict):
         if not isinstance(data, list):
-            raise ValueError(f"klines: expected a list of arrays, got {str(data)[:120]}")
-        sym = params.get("symbol") or params.get("pair")
+            raise ValueError(f"{what}: expected a list of arrays, got {str(data)[:120]}")
         if not data:
-            return {"prices": pl.DataFrame()}
-        if any(len(r) < 8 for r in data[:1]):
-            raise ValueError(f"klines: rows have {len(data[0])} fields, expected 12")
-        df = pl.DataFrame([[str(x) for x in r[:12]] for r in data], schema=KLINE_COLS[: len(data[0])], orient="row")
-        k = "future" if kind == "perp" and "_" in sym else kind
+            return data, None
+        width = len(data[0])
+        if width < 8:
+            raise ValueError(f"{what}: rows have {width} fields, expected 12")
+        if width != 12:
+            data = [list(r[:12]) + [None] * (12 - len(r[:12])) for r in data]
+        return data, None
+    return rows_of
+
+
+def _page_params(dec: batch.Decoded, pages: list[batch.Page], **fns) -> dict[str, list]:
+    return {k: [fn(pages[i]) for i in dec.pages] for k, fn in fns.items()}
+
+
+def _batch_klines(kind: str):
+    def parse(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+        dec = batch.decode(pages, kline_rows("klines"))
+        df = batch.frame(dec, KLINE_SHAPE, orient="row")
+        res = batch.BatchResult(errors=dec.errors)
+        if df.height == 0:
+            return res
+        p = _page_params(dec, pages, _sym=lambda pg: pg.params.get("symbol") or pg.params.get("pair"),
+                         _interval=lambda pg: pg.params.get("interval", "1h"), _fetched=lambda pg: pg.fetched_at)
+        syms = p["_sym"]
+        consts = batch.per_page(
+            dec, **p, _kind=["future" if kind == "perp" and "_" in s else kind for s in syms],
+            _asset=[canonical(VENUE, s)[0] for s in syms],
+            _expiry=pl.Series([ctx.instrument(VENUE, s).get("expiry") for s in syms], dtype=UTC_MS))
+        df = batch.attach(df, consts.with_columns(pl.col("_fetched").cast(UTC_MS)))
         has_vol = kind in ("perp", "spot", "future")
         out = df.select(
-            pl.lit(VENUE).alias("venue"), pl.lit(sym).alias("instrument"), pl.lit(k).alias("kind"),
-            pl.lit(params.get("interval", "1h")).alias("interval"), ts_ms("open_time").alias("ts"),
-            pl.lit(canonical(VENUE, sym)[0]).alias("asset"),
+            pl.lit(VENUE).alias("venue"), pl.col("_sym").alias("instrument"), pl.col("_kind").alias("kind"),
+            pl.col("_interval").alias("interval"), ts_ms("open_time").alias("ts"), pl.col("_asset").alias("asset"),
             num("open").alias("open"), num("high").alias("high"), num("low").alias("low"), num("close").alias("close"),
             (num("volume") if has_vol else pl.lit(None, pl.Float64)).alias("volume_base"),
             (num("quote_volume") if has_vol else pl.lit(None, pl.Float64)).alias("volume_usd"),
-            ts_ms("close_time").alias("_close_time"))
-        # Only closed candles: a candle still forming when fetched would change later.
-        out = out.filter(pl.col("_close_time") < pl.lit(ctx.fetched_at).cast(UTC_MS)).drop("_close_time")
-        expiry = ctx.instrument(VENUE, sym).get("expiry")
-        return {"prices": out.with_columns(pl.lit(expiry, UTC_MS).alias("expiry"))}
+            # Only closed candles: a candle still forming when fetched would change later.
+            pl.col("_expiry").alias("expiry"), batch.PAGE, ts_ms("close_time").alias("_close_time"), "_fetched")
+        res.add("prices", out.filter(pl.col("_close_time") < pl.col("_fetched")).drop("_close_time", "_fetched"))
+        return res
     return parse
+
+
+parse_funding_rate = batch.single(batch_funding_rate)
+parse_open_interest_hist = batch.single(batch_open_interest_hist)
 
 
 PARSERS = {
     "/fapi/v1/exchangeInfo": Parser(parse_exchange_info),
     "/fapi/v1/fundingInfo": Parser(parse_funding_info),
-    "/fapi/v1/fundingRate": Parser(parse_funding_rate),
-    "/futures/data/openInterestHist": Parser(parse_open_interest_hist),
-    **{ep: Parser(_parse_ratio(pop)) for pop, ep in RATIO_ENDPOINTS.items()},
-    "/fapi/v1/klines": Parser(_parse_klines("perp")),
-    "/fapi/v1/markPriceKlines": Parser(_parse_klines("mark")),
-    "/fapi/v1/indexPriceKlines": Parser(_parse_klines("index")),
-    "/api/v3/klines": Parser(_parse_klines("spot")),
+    "/fapi/v1/fundingRate": Parser(batch=batch_funding_rate),
+    "/futures/data/openInterestHist": Parser(batch=batch_open_interest_hist),
+    **{ep: Parser(batch=_batch_ratio(pop)) for pop, ep in RATIO_ENDPOINTS.items()},
+    "/fapi/v1/klines": Parser(batch=_batch_klines("perp")),
+    "/fapi/v1/markPriceKlines": Parser(batch=_batch_klines("mark")),
+    "/fapi/v1/indexPriceKlines": Parser(batch=_batch_klines("index")),
+    "/api/v3/klines": Parser(batch=_batch_klines("spot")),
 }

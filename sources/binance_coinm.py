@@ -18,7 +18,7 @@ Units (docs/venues.md §1, §9) -- inverse contracts are denominated in USD:
   Mark klines by symbol, index klines by pair (rows labelled `<pair>_PERP` so the perp premium and
   the futures basis join on this venue's own index).
 - `/dapi/v1/fundingRate`: same shape and paging as USD-M (limit 1000, startTime = last + 1);
-  parsed by `sources.binance.parse_funding_rate`.  `/dapi/v1/fundingInfo` lists adjusted symbols.
+  parsed by `sources.binance.batch_funding_rate`.  `/dapi/v1/fundingInfo` lists adjusted symbols.
 Budgets: REQUEST_WEIGHT 2400/min (header X-MBX-USED-WEIGHT-1M), /futures/data 1000 req / 5 min,
 fundingRate+fundingInfo 500 / 5 min.
 
@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.core.assets import canonical
-from perpwatch.sources import binance
+from perpwatch.sources import batch, binance
 from perpwatch.sources.base import ParseContext, Parser, Stream, clamp_window, tradable
 from perpwatch.sources.http import Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, num, ts_ms
@@ -187,71 +187,86 @@ def parse_exchange_info(data: dict, params: dict, ctx: ParseContext) -> dict[str
     return {"instruments": pl.DataFrame(rows, schema=INSTRUMENT_SCHEMA)}
 
 
-def parse_funding_rate(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-    return binance.parse_funding_rate(data, params, ctx, venue=VENUE)
+def batch_funding_rate(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    return binance.batch_funding_rate(pages, ctx, venue=VENUE)
 
 
-def parse_open_interest_hist(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-    df = binance._frame(data, "dapi openInterestHist rows")
+OI_SHAPE = {"pair": pl.Utf8, "contractType": pl.Utf8, "sumOpenInterest": pl.Utf8, "sumOpenInterestValue": pl.Utf8,
+            "timestamp": pl.Utf8}
+
+
+def batch_open_interest_hist(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    """/futures/data/openInterestHist on dapi: sumOpenInterest in contracts, sumOpenInterestValue in
+    base coin; only contractType=PERPETUAL rows map to one instrument (a page with others is rejected)."""
+    dec = batch.decode(pages, binance._list_rows("dapi openInterestHist rows"))
+    df = batch.frame(dec, OI_SHAPE)
+    df = batch.require(df, dec.errors, list(OI_SHAPE), "dapi openInterestHist")
+    df = batch.reject(df, dec.errors, pl.col("contractType") != "PERPETUAL", lambda r: (
+        f"dapi openInterestHist: only contractType=PERPETUAL rows map to one instrument; "
+        f"got {r['contractType']!r} for pair {r['pair']}"))
+    res = batch.BatchResult(errors=dec.errors)
     if df.height == 0:
-        return {"open_interest": pl.DataFrame()}
-    binance._require(df, ["pair", "contractType", "sumOpenInterest", "sumOpenInterestValue", "timestamp"],
-                     "dapi openInterestHist")
-    types = set(df["contractType"].unique().to_list())
-    if types != {"PERPETUAL"}:
-        raise ValueError(f"dapi openInterestHist: only contractType=PERPETUAL rows map to one instrument; "
-                         f"got {sorted(types)} for pair {df['pair'][0]}")
-    pair = df["pair"][0]
-    sym = f"{pair}_PERP"
-    size = ctx.instrument(VENUE, sym).get("contract_size")
+        return res
+    pairs = batch.first_per_page(df, "pair")
+    syms = [f"{p}_PERP" for p in pairs["pair"].to_list()]
+    facts = pairs.select(batch.PAGE).with_columns(
+        pl.Series("_sym", syms), pl.Series("_asset", [canonical(VENUE, s)[0] for s in syms]),
+        pl.Series("_size", [ctx.instrument(VENUE, s).get("contract_size") or None for s in syms], dtype=pl.Float64))
+    df = batch.attach(df, facts)
     contracts = num("sumOpenInterest")
-    out = df.select(
-        pl.lit(VENUE).alias("venue"), pl.lit(sym).alias("instrument"), ts_ms("timestamp").alias("ts"),
-        pl.lit(canonical(VENUE, sym)[0]).alias("asset"), pl.lit("inverse").alias("margin"),
+    res.add("open_interest", df.select(
+        pl.lit(VENUE).alias("venue"), pl.col("_sym").alias("instrument"), ts_ms("timestamp").alias("ts"),
+        pl.col("_asset").alias("asset"), pl.lit("inverse").alias("margin"),
         contracts.alias("oi_contracts"),                                   # contracts
         num("sumOpenInterestValue").alias("oi_base"),                      # base coin (BTC), not USD
-        (contracts * size if size else pl.lit(None, pl.Float64)).alias("oi_usd"))   # USD per contract
-    return {"open_interest": out}
+        (contracts * pl.col("_size")).alias("oi_usd"),                     # USD per contract (none: null)
+        batch.PAGE))
+    return res
 
 
-def _parse_klines(kind: str):
-    def parse(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-        if not isinstance(data, list):
-            raise ValueError(f"dapi klines: expected a list of arrays, got {str(data)[:120]}")
-        if not data:
-            return {"prices": pl.DataFrame()}
-        if len(data[0]) < 8:
-            raise ValueError(f"dapi klines: rows have {len(data[0])} fields, expected 12")
-        if kind == "index":
-            sym = f"{params['pair']}_PERP"          # the pair's index, labelled with its perpetual
-        else:
-            sym = params["symbol"]
-        k = "future" if kind == "perp" and not sym.endswith("_PERP") else kind
-        info = ctx.instrument(VENUE, sym)
-        size = info.get("contract_size")
-        df = pl.DataFrame([[str(x) for x in r[:12]] for r in data], schema=binance.KLINE_COLS[: min(len(data[0]), 12)],
-                          orient="row")
-        has_vol = k in ("perp", "future")
+def _batch_klines(kind: str):
+    def parse(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+        dec = batch.decode(pages, binance.kline_rows("dapi klines"))
+        df = batch.frame(dec, binance.KLINE_SHAPE, orient="row")
+        res = batch.BatchResult(errors=dec.errors)
+        if df.height == 0:
+            return res
+        # index klines are by pair, labelled with the pair's perpetual
+        syms = [f"{pages[i].params['pair']}_PERP" if kind == "index" else pages[i].params["symbol"] for i in dec.pages]
+        kinds = ["future" if kind == "perp" and not s.endswith("_PERP") else kind for s in syms]
+        info = [ctx.instrument(VENUE, s) for s in syms]
+        consts = batch.per_page(
+            dec, _sym=syms, _kind=kinds, _asset=[canonical(VENUE, s)[0] for s in syms],
+            _interval=[pages[i].params.get("interval", "1h") for i in dec.pages],
+            _size=pl.Series([m.get("contract_size") or None for m in info], dtype=pl.Float64),
+            _vol=[k in ("perp", "future") for k in kinds],
+            _expiry=pl.Series([m.get("expiry") for m in info], dtype=UTC_MS),
+            _fetched=pl.Series([pages[i].fetched_at for i in dec.pages]).cast(UTC_MS))
+        df = batch.attach(df, consts)
+        vol = pl.col("_vol")
         out = df.select(
-            pl.lit(VENUE).alias("venue"), pl.lit(sym).alias("instrument"), pl.lit(k).alias("kind"),
-            pl.lit(params.get("interval", "1h")).alias("interval"), ts_ms("open_time").alias("ts"),
-            pl.lit(canonical(VENUE, sym)[0]).alias("asset"),
+            pl.lit(VENUE).alias("venue"), pl.col("_sym").alias("instrument"), pl.col("_kind").alias("kind"),
+            pl.col("_interval").alias("interval"), ts_ms("open_time").alias("ts"), pl.col("_asset").alias("asset"),
             num("open").alias("open"), num("high").alias("high"), num("low").alias("low"), num("close").alias("close"),
             # COIN-M: column 7 is the base-coin volume; column 5 is contracts of contractSize USD
-            (num("quote_volume") if has_vol else pl.lit(None, pl.Float64)).alias("volume_base"),
-            ((num("volume") * size) if has_vol and size else pl.lit(None, pl.Float64)).alias("volume_usd"),
-            ts_ms("close_time").alias("_close_time"))
-        out = out.filter(pl.col("_close_time") < pl.lit(ctx.fetched_at).cast(UTC_MS)).drop("_close_time")
-        return {"prices": out.with_columns(pl.lit(info.get("expiry"), UTC_MS).alias("expiry"))}
+            pl.when(vol).then(num("quote_volume")).otherwise(None).alias("volume_base"),
+            pl.when(vol).then(num("volume") * pl.col("_size")).otherwise(None).alias("volume_usd"),
+            ts_ms("close_time").alias("_close_time"), pl.col("_expiry").alias("expiry"), batch.PAGE, "_fetched")
+        res.add("prices", out.filter(pl.col("_close_time") < pl.col("_fetched")).drop("_close_time", "_fetched"))
+        return res
     return parse
+
+
+parse_funding_rate = batch.single(batch_funding_rate)
+parse_open_interest_hist = batch.single(batch_open_interest_hist)
 
 
 PARSERS = {
     "/dapi/v1/exchangeInfo": Parser(parse_exchange_info),
     "/dapi/v1/fundingInfo": Parser(binance.parse_funding_info),
-    "/dapi/v1/fundingRate": Parser(parse_funding_rate),
-    "/futures/data/openInterestHist": Parser(parse_open_interest_hist),
-    "/dapi/v1/klines": Parser(_parse_klines("perp")),
-    "/dapi/v1/markPriceKlines": Parser(_parse_klines("mark")),
-    "/dapi/v1/indexPriceKlines": Parser(_parse_klines("index")),
+    "/dapi/v1/fundingRate": Parser(batch=batch_funding_rate),
+    "/futures/data/openInterestHist": Parser(batch=batch_open_interest_hist),
+    "/dapi/v1/klines": Parser(batch=_batch_klines("perp")),
+    "/dapi/v1/markPriceKlines": Parser(batch=_batch_klines("mark")),
+    "/dapi/v1/indexPriceKlines": Parser(batch=_batch_klines("index")),
 }

@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch.core.assets import canonical
+from perpwatch.sources import batch
 from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
 from perpwatch.sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
@@ -280,20 +281,6 @@ def _rows(result: dict, endpoint: str) -> list:
     return rows
 
 
-def _require(df: pl.DataFrame, cols: list[str], what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ValueError(f"bybit {what}: missing field(s) {missing}; got {sorted(df.columns)}")
-
-
-def _opt_num(df: pl.DataFrame, col: str) -> pl.Expr:
-    """Numeric string column that may be absent or empty ("") -> Float64 with nulls."""
-    if col not in df.columns:
-        return pl.lit(None, pl.Float64)
-    e = pl.col(col).cast(pl.Utf8).str.strip_chars()
-    return pl.when(e == "").then(None).otherwise(e).cast(pl.Float64)
-
-
 def _asset(ctx: ParseContext, sym: str) -> str:
     return ctx.instrument(VENUE, sym).get("asset") or canonical(VENUE, sym)[0]
 
@@ -344,113 +331,174 @@ def parse_instruments(data: dict, params: dict, ctx: ParseContext) -> dict[str, 
     return {"instruments": pl.DataFrame(rows, schema=INSTRUMENT_SCHEMA)}
 
 
-def parse_open_interest(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+def _envelope_rows(endpoint: str):
+    """rows_of for a v5 list endpoint: (result.list, (symbol, category)); a rate-limited reply has no rows."""
+    def rows_of(data, params: dict):
+        result = _result(data, endpoint, params)
+        if result is None:
+            return [], None
+        return _rows(result, endpoint), (result.get("symbol"), _category(result, params))
+    return rows_of
+
+
+def _opt(col: str) -> pl.Expr:
+    """Numeric string that may be absent or empty ("") -> Float64 with nulls."""
+    e = pl.col(col).str.strip_chars()
+    return pl.when(e == "").then(None).otherwise(e).cast(pl.Float64)
+
+
+def _sorted(df: pl.DataFrame, col: str) -> pl.DataFrame:
+    """Bybit lists newest first: each page's rows in time order (pages keep theirs)."""
+    return df.sort(batch.PAGE, col, maintain_order=True)
+
+
+OI_SHAPE = {"openInterest": pl.Utf8, "singleOpenInterest": pl.Utf8, "timestamp": pl.Utf8}
+
+
+def batch_open_interest(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
     endpoint = "/v5/market/open-interest"
-    result = _result(data, endpoint, params)
-    rows = _rows(result, endpoint) if result is not None else []
-    if not rows:
-        return {"open_interest": pl.DataFrame()}
-    sym = result.get("symbol") or params["symbol"]
-    inverse = _category(result, params) == "inverse"
-    df = pl.DataFrame(rows, infer_schema_length=None)
-    _require(df, ["openInterest", "timestamp"], "open-interest")
+    dec = batch.decode(pages, _envelope_rows(endpoint))
+    df = batch.frame(dec, OI_SHAPE)
+    df = batch.require(df, dec.errors, ["openInterest", "timestamp"], "bybit open-interest")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    syms = [m[0] or pages[i].params["symbol"] for i, m in zip(dec.pages, dec.meta, strict=True)]
+    inverse = [m[1] == "inverse" for m in dec.meta]
+    df = batch.attach(df, batch.per_page(
+        dec, _sym=syms, _inv=inverse, _asset=[_asset(ctx, s) for s in syms],
+        _size=[float(ctx.instrument(VENUE, s).get("contract_size") or 1.0) for s in syms],
+        _mult=[_multiplier(ctx, s) for s in syms]))
     # one side: singleOpenInterest (since June 2026) or half of the documented both-sides sum
-    one_side = pl.coalesce(_opt_num(df, "singleOpenInterest"), num("openInterest") / 2.0)
-    size = float(ctx.instrument(VENUE, sym).get("contract_size") or 1.0)
-    if inverse:      # USD contracts of 1 USD: the value is USD; base coins need a price
-        cols = [(one_side / size).alias("oi_contracts"), pl.lit(None, pl.Float64).alias("oi_base"),
-                one_side.alias("oi_usd")]
-    else:            # base coin (in the symbol's unit: 1000PEPEUSDT counts thousands)
-        cols = [(one_side / size).alias("oi_contracts"), (one_side * _multiplier(ctx, sym)).alias("oi_base"),
-                pl.lit(None, pl.Float64).alias("oi_usd")]
-    out = df.select(pl.lit(VENUE).alias("venue"), pl.lit(sym).alias("instrument"), ts_ms("timestamp").alias("ts"),
-                    pl.lit(_asset(ctx, sym)).alias("asset"),
-                    pl.lit("inverse" if inverse else "linear").alias("margin"), *cols)
-    return {"open_interest": out.sort("ts")}
+    one_side = pl.coalesce(_opt("singleOpenInterest"), num("openInterest") / 2.0)
+    inv = pl.col("_inv")
+    # inverse: USD contracts of 1 USD, the value is USD (base coins need a price);
+    # linear: base coin (in the symbol's unit: 1000PEPEUSDT counts thousands)
+    out = df.select(pl.lit(VENUE).alias("venue"), pl.col("_sym").alias("instrument"), ts_ms("timestamp").alias("ts"),
+                    pl.col("_asset").alias("asset"),
+                    pl.when(inv).then(pl.lit("inverse")).otherwise(pl.lit("linear")).alias("margin"),
+                    (one_side / pl.col("_size")).alias("oi_contracts"),
+                    pl.when(inv).then(None).otherwise(one_side * pl.col("_mult")).alias("oi_base"),
+                    pl.when(inv).then(one_side).otherwise(None).alias("oi_usd"), batch.PAGE)
+    res.add("open_interest", _sorted(out, "ts"))
+    return res
 
 
-def parse_funding_history(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+FUNDING_SHAPE = {"symbol": pl.Utf8, "fundingRate": pl.Utf8, "fundingRateTimestamp": pl.Utf8}
+
+
+def batch_funding_history(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
     endpoint = "/v5/market/funding/history"
-    result = _result(data, endpoint, params)
-    rows = _rows(result, endpoint) if result is not None else []
-    if not rows:
-        return {"funding_rates": pl.DataFrame()}
-    df = pl.DataFrame(rows, infer_schema_length=None)
-    _require(df, ["symbol", "fundingRate", "fundingRateTimestamp"], "funding/history")
-    sym = df["symbol"][0]
-    known = ctx.instrument(VENUE, sym).get("funding_interval_hours") or 8.0
+    dec = batch.decode(pages, _envelope_rows(endpoint))
+    df = batch.frame(dec, FUNDING_SHAPE)
+    df = batch.require(df, dec.errors, list(FUNDING_SHAPE), "bybit funding/history")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    first = batch.first_per_page(df, "symbol")
+    syms = first["symbol"].to_list()
+    df = batch.attach(df, first.select(batch.PAGE).with_columns(
+        pl.Series("_asset", [_asset(ctx, s) for s in syms]),
+        pl.Series("_known", [float(ctx.instrument(VENUE, s).get("funding_interval_hours") or 8.0) for s in syms])))
     df = df.with_columns(ts_ms("fundingRateTimestamp").dt.truncate("1h").alias("funding_time"),
                          num("fundingRate").alias("funding_rate"))
-    df = df.with_columns(interval_from_spacing(df, "funding_time", "symbol", pl.lit(float(known)))
+    df = df.with_columns(interval_from_spacing(df, "funding_time", [batch.PAGE, "symbol"], pl.col("_known"))
                          .alias("interval_hours"))
     out = df.select(
         pl.lit(VENUE).alias("venue"), pl.col("symbol").alias("instrument"), "funding_time",
-        pl.lit(_asset(ctx, sym)).alias("asset"), "funding_rate", "interval_hours",
+        pl.col("_asset").alias("asset"), "funding_rate", "interval_hours",
         *funding_derived(pl.col("funding_rate"), pl.col("interval_hours")),
-        pl.lit(None, pl.Float64).alias("mark_price"))
-    return {"funding_rates": out.sort("funding_time")}
+        pl.lit(None, pl.Float64).alias("mark_price"), batch.PAGE)
+    res.add("funding_rates", _sorted(out, "funding_time"))
+    return res
 
 
-def parse_account_ratio(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+RATIO_SHAPE = {"symbol": pl.Utf8, "buyRatio": pl.Utf8, "sellRatio": pl.Utf8, "timestamp": pl.Utf8}
+
+
+def batch_account_ratio(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
     endpoint = "/v5/market/account-ratio"
-    result = _result(data, endpoint, params)
-    rows = _rows(result, endpoint) if result is not None else []
-    if not rows:
-        return {"long_short_ratio": pl.DataFrame()}
-    df = pl.DataFrame(rows, infer_schema_length=None)
-    _require(df, ["symbol", "buyRatio", "sellRatio", "timestamp"], "account-ratio")
-    sym = df["symbol"][0]
+    dec = batch.decode(pages, _envelope_rows(endpoint))
+    df = batch.frame(dec, RATIO_SHAPE)
+    df = batch.require(df, dec.errors, list(RATIO_SHAPE), "bybit account-ratio")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    first = batch.first_per_page(df, "symbol")
+    df = batch.attach(df, first.select(batch.PAGE).with_columns(
+        pl.Series("_asset", [_asset(ctx, s) for s in first["symbol"].to_list()])))
     out = df.select(
         pl.lit(VENUE).alias("venue"), pl.col("symbol").alias("instrument"), ts_ms("timestamp").alias("ts"),
-        pl.lit("accounts").alias("population"), pl.lit(_asset(ctx, sym)).alias("asset"),
+        pl.lit("accounts").alias("population"), pl.col("_asset").alias("asset"),
         num("buyRatio").alias("long_share"), num("sellRatio").alias("short_share"),
-        pl.when(num("sellRatio") > 0).then(num("buyRatio") / num("sellRatio")).otherwise(None).alias("ratio"))
-    return {"long_short_ratio": out.sort("ts")}
+        pl.when(num("sellRatio") > 0).then(num("buyRatio") / num("sellRatio")).otherwise(None).alias("ratio"),
+        batch.PAGE)
+    res.add("long_short_ratio", _sorted(out, "ts"))
+    return res
 
 
 KLINE_COLS = ["start", "open", "high", "low", "close", "volume", "turnover"]
 
 
-def _parse_klines(kind: str, endpoint: str):
-    def parse(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-        result = _result(data, endpoint, params)
-        rows = _rows(result, endpoint) if result is not None else []
+def _batch_klines(kind: str, endpoint: str):
+    need = 7 if kind in ("perp", "future") else 5
+
+    def rows_of(data, params: dict):
+        rows, meta = _envelope_rows(endpoint)(data, params)
         if not rows:
-            return {"prices": pl.DataFrame()}
-        sym = result.get("symbol") or params["symbol"]
+            return rows, meta
+        sym = meta[0] or params["symbol"]
         width = len(rows[0])
-        need = 7 if kind in ("perp", "future") else 5
         if width < need or any(len(r) != width for r in rows):
             raise ValueError(f"bybit {endpoint} [{sym}]: kline rows have {width} fields, expected {need}")
-        df = pl.DataFrame([[str(x) for x in r[:need]] for r in rows], schema=KLINE_COLS[:need], orient="row")
-        label, span = INTERVALS.get(str(params.get("interval", "60")), (None, None))
-        if label is None:
+        if INTERVALS.get(str(params.get("interval", "60")), (None, None))[0] is None:
             raise ValueError(f"bybit {endpoint} [{sym}]: unsupported interval {params.get('interval')!r}")
-        info = ctx.instrument(VENUE, sym)
-        k = "future" if kind == "perp" and info.get("kind") == "future" else kind
-        inverse = _category(result, params) == "inverse"
+        return (rows if width == need else [r[:need] for r in rows]), meta
+
+    def parse(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+        dec = batch.decode(pages, rows_of)
+        df = batch.frame(dec, {c: pl.Utf8 for c in KLINE_COLS[:need]}, orient="row")
+        res = batch.BatchResult(errors=dec.errors)
+        if df.height == 0:
+            return res
+        syms = [m[0] or pages[i].params["symbol"] for i, m in zip(dec.pages, dec.meta, strict=True)]
+        info = [ctx.instrument(VENUE, s) for s in syms]
+        spans = [INTERVALS[str(pages[i].params.get("interval", "60"))] for i in dec.pages]
+        df = batch.attach(df, batch.per_page(
+            dec, _sym=syms, _asset=[_asset(ctx, s) for s in syms], _inv=[m[1] == "inverse" for m in dec.meta],
+            _kind=["future" if kind == "perp" and m.get("kind") == "future" else kind for m in info],
+            _label=[sp[0] for sp in spans], _span=pl.Series([sp[1] for sp in spans], dtype=pl.Duration("ms")),
+            _expiry=pl.Series([m.get("expiry") for m in info], dtype=UTC_MS),
+            _fetched=pl.Series([pages[i].fetched_at for i in dec.pages]).cast(UTC_MS)))
         if need == 7:      # linear: volume base, turnover quote; inverse: volume USD, turnover base
-            vb, vu = ("turnover", "volume") if inverse else ("volume", "turnover")
-            vols = [num(vb).alias("volume_base"), num(vu).alias("volume_usd")]
+            inv = pl.col("_inv")
+            vols = [pl.when(inv).then(num("turnover")).otherwise(num("volume")).alias("volume_base"),
+                    pl.when(inv).then(num("volume")).otherwise(num("turnover")).alias("volume_usd")]
         else:
             vols = [pl.lit(None, pl.Float64).alias("volume_base"), pl.lit(None, pl.Float64).alias("volume_usd")]
         out = df.select(
-            pl.lit(VENUE).alias("venue"), pl.lit(sym).alias("instrument"), pl.lit(k).alias("kind"),
-            pl.lit(label).alias("interval"), ts_ms("start").alias("ts"), pl.lit(_asset(ctx, sym)).alias("asset"),
+            pl.lit(VENUE).alias("venue"), pl.col("_sym").alias("instrument"), pl.col("_kind").alias("kind"),
+            pl.col("_label").alias("interval"), ts_ms("start").alias("ts"), pl.col("_asset").alias("asset"),
             num("open").alias("open"), num("high").alias("high"), num("low").alias("low"),
-            num("close").alias("close"), *vols)
+            num("close").alias("close"), *vols, pl.col("_expiry").alias("expiry"), batch.PAGE, "_span", "_fetched")
         # Bybit includes the bar still forming: keep only bars closed when fetched.
-        out = out.filter(pl.col("ts") + span <= pl.lit(ctx.fetched_at).cast(UTC_MS))
-        return {"prices": out.with_columns(pl.lit(info.get("expiry"), UTC_MS).alias("expiry")).sort("ts")}
+        out = out.filter(pl.col("ts") + pl.col("_span") <= pl.col("_fetched")).drop("_span", "_fetched")
+        res.add("prices", _sorted(out, "ts"))
+        return res
     return parse
+
+
+parse_open_interest = batch.single(batch_open_interest)
+parse_funding_history = batch.single(batch_funding_history)
+parse_account_ratio = batch.single(batch_account_ratio)
 
 
 PARSERS = {
     "/v5/market/instruments-info": Parser(parse_instruments),
-    "/v5/market/open-interest": Parser(parse_open_interest),
-    "/v5/market/funding/history": Parser(parse_funding_history),
-    "/v5/market/account-ratio": Parser(parse_account_ratio),
-    "/v5/market/kline": Parser(_parse_klines("perp", "/v5/market/kline")),
-    "/v5/market/mark-price-kline": Parser(_parse_klines("mark", "/v5/market/mark-price-kline")),
-    "/v5/market/index-price-kline": Parser(_parse_klines("index", "/v5/market/index-price-kline")),
+    "/v5/market/open-interest": Parser(batch=batch_open_interest),
+    "/v5/market/funding/history": Parser(batch=batch_funding_history),
+    "/v5/market/account-ratio": Parser(batch=batch_account_ratio),
+    "/v5/market/kline": Parser(batch=_batch_klines("perp", "/v5/market/kline")),
+    "/v5/market/mark-price-kline": Parser(batch=_batch_klines("mark", "/v5/market/mark-price-kline")),
+    "/v5/market/index-price-kline": Parser(batch=_batch_klines("index", "/v5/market/index-price-kline")),
 }

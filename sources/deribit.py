@@ -47,6 +47,7 @@ import polars as pl
 
 from perpwatch.core import settings
 from perpwatch.core.assets import canonical
+from perpwatch.sources import batch
 from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
 from perpwatch.sources.http import BadRequest, Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived
@@ -269,37 +270,46 @@ def parse_book_summary(data: dict, params: dict, ctx: ParseContext) -> dict[str,
     return {"open_interest": out}
 
 
-def parse_funding_history(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+def _funding_rows(data, params: dict):
     result = _result(data, "get_funding_rate_history", params)
-    name = params.get("instrument_name")
-    if not name:
+    if not params.get("instrument_name"):
         raise ValueError("get_funding_rate_history: request has no instrument_name")
-    if not result:
-        return {"funding_rates": pl.DataFrame()}
-    df = pl.DataFrame(result, infer_schema_length=None)
-    missing = [c for c in ("timestamp", "interest_1h") if c not in df.columns]
-    if missing:
-        raise ValueError(f"get_funding_rate_history [{name}]: missing field(s) {missing}; got {sorted(df.columns)}")
-    out = df.select(
-        pl.lit(VENUE).alias("venue"), pl.lit(name).alias("instrument"),
-        pl.col("timestamp").cast(pl.Int64).cast(UTC_MS).dt.truncate("1h").alias("funding_time"),
-        pl.lit(canonical(VENUE, name)[0]).alias("asset"),
-        pl.col("interest_1h").cast(pl.Float64).alias("funding_rate"), pl.lit(1.0).alias("interval_hours"),
-        *funding_derived(pl.col("interest_1h").cast(pl.Float64), pl.lit(1.0)),
-        pl.lit(None, pl.Float64).alias("mark_price"))
-    return {"funding_rates": out}
+    if not isinstance(result, list):
+        raise ValueError(f"get_funding_rate_history: result is {type(result).__name__}, expected a list")
+    return result, None
+
+
+def batch_funding_history(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    """get_funding_rate_history: interest_1h is the hourly rate (Deribit funds continuously, 1h grid)."""
+    dec = batch.decode(pages, _funding_rows)
+    df = batch.frame(dec, {"timestamp": pl.Int64, "interest_1h": pl.Float64})
+    df = batch.require(df, dec.errors, ["timestamp", "interest_1h"], "get_funding_rate_history")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    names = [pages[i].params["instrument_name"] for i in dec.pages]
+    df = batch.attach(df, batch.per_page(dec, _name=names, _asset=[canonical(VENUE, n)[0] for n in names]))
+    res.add("funding_rates", df.select(
+        pl.lit(VENUE).alias("venue"), pl.col("_name").alias("instrument"),
+        pl.col("timestamp").cast(UTC_MS).dt.truncate("1h").alias("funding_time"),
+        pl.col("_asset").alias("asset"),
+        pl.col("interest_1h").alias("funding_rate"), pl.lit(1.0).alias("interval_hours"),
+        *funding_derived(pl.col("interest_1h"), pl.lit(1.0)),
+        pl.lit(None, pl.Float64).alias("mark_price"), batch.PAGE))
+    return res
 
 
 CHART_COLS = ("ticks", "open", "high", "low", "close", "volume", "cost")
 
 
-def parse_chart(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
+def _chart_rows(data, params: dict):
+    """get_tradingview_chart_data is columnar: {ticks: [...], open: [...], ...}; rows are zipped."""
     result = _result(data, "get_tradingview_chart_data", params)
     name = params.get("instrument_name")
     if not isinstance(result, dict):
         raise ValueError(f"get_tradingview_chart_data [{name}]: expected a columnar object, got {str(result)[:120]}")
     if result.get("status") == "no_data" or not result.get("ticks"):
-        return {"prices": pl.DataFrame()}
+        return [], None
     missing = [c for c in CHART_COLS if c not in result]
     if missing:
         raise ValueError(f"get_tradingview_chart_data [{name}]: missing column(s) {missing}")
@@ -308,28 +318,43 @@ def parse_chart(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.Dat
         raise ValueError(f"get_tradingview_chart_data [{name}]: columns of different lengths {lengths}")
     if params.get("resolution", "60") != "60":
         raise ValueError(f"get_tradingview_chart_data [{name}]: resolution {params.get('resolution')} is not 1h")
-    df = pl.DataFrame({c: result[c] for c in CHART_COLS},
-                      schema={"ticks": pl.Int64, **{c: pl.Float64 for c in CHART_COLS[1:]}})
-    info = ctx.instrument(VENUE, name)
-    expiry = info.get("expiry") or expiry_from_name(name)
-    kind = "perp" if name.endswith("-PERPETUAL") else "future"
+    return list(zip(*(result[c] for c in CHART_COLS), strict=True)), None
+
+
+def batch_chart(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    dec = batch.decode(pages, _chart_rows)
+    df = batch.frame(dec, {"ticks": pl.Int64, **{c: pl.Float64 for c in CHART_COLS[1:]}}, orient="row")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    names = [pages[i].params.get("instrument_name") for i in dec.pages]
+    kinds = ["perp" if n.endswith("-PERPETUAL") else "future" for n in names]
+    expiry = [(ctx.instrument(VENUE, n).get("expiry") or expiry_from_name(n)) if k == "future" else None
+              for n, k in zip(names, kinds, strict=True)]
+    df = batch.attach(df, batch.per_page(
+        dec, _name=names, _kind=kinds, _asset=[canonical(VENUE, n)[0] for n in names],
+        _expiry=pl.Series(expiry, dtype=UTC_MS),
+        _fetched=pl.Series([pages[i].fetched_at for i in dec.pages]).cast(UTC_MS)))
     out = df.select(
-        pl.lit(VENUE).alias("venue"), pl.lit(name).alias("instrument"), pl.lit(kind).alias("kind"),
-        pl.lit("1h").alias("interval"), pl.col("ticks").cast(UTC_MS).alias("ts"),
-        pl.lit(canonical(VENUE, name)[0]).alias("asset"),
+        pl.lit(VENUE).alias("venue"), pl.col("_name").alias("instrument"), pl.col("_kind").alias("kind"),
+        pl.lit("1h").alias("interval"), pl.col("ticks").cast(UTC_MS).alias("ts"), pl.col("_asset").alias("asset"),
         "open", "high", "low", "close",
         pl.col("volume").alias("volume_base"),     # base coin
         pl.col("cost").alias("volume_usd"),        # quote currency (USD for inverse)
-        pl.lit(expiry if kind == "future" else None, UTC_MS).alias("expiry"),
-        (pl.col("ticks") + 3_600_000).cast(UTC_MS).alias("_close"))
+        pl.col("_expiry").alias("expiry"), batch.PAGE,
+        (pl.col("ticks") + 3_600_000).cast(UTC_MS).alias("_close"), "_fetched")
     # Only closed bars: the bar still forming when fetched would change later.
-    out = out.filter(pl.col("_close") <= pl.lit(ctx.fetched_at).cast(UTC_MS)).drop("_close")
-    return {"prices": out}
+    res.add("prices", out.filter(pl.col("_close") <= pl.col("_fetched")).drop("_close", "_fetched"))
+    return res
+
+
+parse_funding_history = batch.single(batch_funding_history)
+parse_chart = batch.single(batch_chart)
 
 
 PARSERS = {
     INSTRUMENTS: Parser(parse_instruments),
     BOOK_SUMMARY: Parser(parse_book_summary),
-    FUNDING: Parser(parse_funding_history),
-    CHART: Parser(parse_chart),
+    FUNDING: Parser(batch=batch_funding_history),
+    CHART: Parser(batch=batch_chart),
 }

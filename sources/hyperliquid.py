@@ -39,9 +39,11 @@ import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import polars as pl
 
 from perpwatch.core.assets import canonical
+from perpwatch.sources import batch
 from perpwatch.sources.base import ParseContext, Parser, Stream, clamp_window, tradable
 from perpwatch.sources.http import Budget, Fetched, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, num, ts_ms
@@ -191,65 +193,127 @@ def parse_meta_and_asset_ctxs(data: list, params: dict, ctx: ParseContext) -> di
     return {"instruments": instruments, "open_interest": oi}
 
 
-def parse_funding_history(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-    if not isinstance(data, list):
-        raise ValueError(f"fundingHistory [{params.get('coin')}]: expected a JSON list, got {str(data)[:120]}")
-    if not data:
-        return {"funding_rates": pl.DataFrame()}
-    df = pl.DataFrame(data, infer_schema_length=None)
-    missing = [c for c in ("coin", "fundingRate", "time") if c not in df.columns]
-    if missing:
-        raise ValueError(f"fundingHistory: missing field(s) {missing}; got {sorted(df.columns)}")
+def _list_rows(what: str):
+    def rows_of(data, params: dict):
+        if not isinstance(data, list):
+            raise ValueError(f"{what} [{params.get('coin') or (params.get('req') or {}).get('coin')}]: "
+                             f"expected a JSON list, got {str(data)[:120]}")
+        return data, None
+    return rows_of
+
+
+FUNDING_SHAPE = {"coin": pl.Utf8, "fundingRate": pl.Utf8, "time": pl.Utf8}
+
+
+def batch_funding_history(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    """fundingHistory: hourly since HOURLY_FUNDING_FROM (8h before); a 1h gap to the previous
+    settlement on the page says hourly whatever the date."""
+    dec = batch.decode(pages, _list_rows("fundingHistory"))
+    df = batch.frame(dec, FUNDING_SHAPE)
+    df = batch.require(df, dec.errors, list(FUNDING_SHAPE), "fundingHistory")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    first = batch.first_per_page(df, "coin")
+    df = batch.attach(df, first.select(batch.PAGE).with_columns(      # one coin per request
+        pl.Series("_asset", [canonical(VENUE, c)[0] for c in first["coin"].to_list()])))
     df = df.with_columns(ts_ms("time").dt.truncate("1h").alias("funding_time"),
                          num("fundingRate").alias("funding_rate"))
-    gap = (pl.col("funding_time") - pl.col("funding_time").shift(1).over("coin", order_by="funding_time")
+    gap = (pl.col("funding_time") - pl.col("funding_time").shift(1).over([batch.PAGE, "coin"], order_by="funding_time")
            ).dt.total_minutes() / 60.0
     regime = pl.when(pl.col("funding_time") < pl.lit(HOURLY_FUNDING_FROM).cast(UTC_MS)).then(8.0).otherwise(1.0)
     df = df.with_columns(pl.when(gap.round(2) == 1.0).then(1.0).otherwise(regime).alias("interval_hours"))
-    out = df.select(
+    res.add("funding_rates", df.select(
         pl.lit(VENUE).alias("venue"), pl.col("coin").alias("instrument"), "funding_time",
-        pl.lit(canonical(VENUE, df["coin"][0])[0]).alias("asset"),     # one coin per request
+        pl.col("_asset").alias("asset"),
         "funding_rate", "interval_hours", *funding_derived(pl.col("funding_rate"), pl.col("interval_hours")),
-        pl.lit(None, pl.Float64).alias("mark_price"))
-    return {"funding_rates": out}
+        pl.lit(None, pl.Float64).alias("mark_price"), batch.PAGE))
+    return res
 
 
-def parse_candles(data: list, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-    req = params.get("req") or {}
-    if not isinstance(data, list):
-        raise ValueError(f"candleSnapshot [{req.get('coin')}]: expected a JSON list, got {str(data)[:120]}")
-    if not data:
-        return {"prices": pl.DataFrame()}
-    df = pl.DataFrame(data, infer_schema_length=None)
-    missing = [c for c in ("t", "T", "o", "h", "l", "c", "v") if c not in df.columns]
-    if missing:
-        raise ValueError(f"candleSnapshot: missing field(s) {missing}; got {sorted(df.columns)}")
-    coin = df["s"][0] if "s" in df.columns else req["coin"]
+CANDLE_SHAPE = {c: pl.Utf8 for c in ("t", "T", "s", "i", "o", "h", "l", "c", "v")}
+
+
+def batch_candles(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    dec = batch.decode(pages, _list_rows("candleSnapshot"))
+    df = batch.frame(dec, CANDLE_SHAPE)
+    df = batch.require(df, dec.errors, ["t", "T", "o", "h", "l", "c", "v"], "candleSnapshot")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    first = batch.first_per_page(df, "s")
+    reqs = {i: pages[i].params.get("req") or {} for i in dec.pages}
+    coins = [s if s is not None else reqs[i]["coin"] for i, s in zip(first[batch.PAGE].to_list(), first["s"].to_list(),
+                                                                      strict=True)]
+    df = batch.attach(df, first.select(batch.PAGE).with_columns(
+        pl.Series("_coin", coins), pl.Series("_asset", [canonical(VENUE, c)[0] for c in coins]),
+        pl.Series("_interval", [reqs[i].get("interval", "1h") for i in first[batch.PAGE].to_list()]),
+        pl.Series("_fetched", [pages[i].fetched_at for i in first[batch.PAGE].to_list()]).cast(UTC_MS)))
     out = df.select(
-        pl.lit(VENUE).alias("venue"), pl.lit(coin).alias("instrument"), pl.lit("perp").alias("kind"),
-        (pl.col("i") if "i" in df.columns else pl.lit(req.get("interval", "1h"))).alias("interval"),
-        ts_ms("t").alias("ts"), pl.lit(canonical(VENUE, coin)[0]).alias("asset"),
+        pl.lit(VENUE).alias("venue"), pl.col("_coin").alias("instrument"), pl.lit("perp").alias("kind"),
+        pl.coalesce("i", "_interval").alias("interval"),
+        ts_ms("t").alias("ts"), pl.col("_asset").alias("asset"),
         num("o").alias("open"), num("h").alias("high"), num("l").alias("low"), num("c").alias("close"),
         num("v").alias("volume_base"), pl.lit(None, pl.Float64).alias("volume_usd"),
-        pl.lit(None, UTC_MS).alias("expiry"), ts_ms("T").alias("_close_time"))
+        pl.lit(None, UTC_MS).alias("expiry"), batch.PAGE, ts_ms("T").alias("_close_time"), "_fetched")
     # Only closed candles: the one still forming when fetched (T >= fetched_at) would change later.
-    out = out.filter(pl.col("_close_time") < pl.lit(ctx.fetched_at).cast(UTC_MS)).drop("_close_time")
-    return {"prices": out}
+    res.add("prices", out.filter(pl.col("_close_time") < pl.col("_fetched")).drop("_close_time", "_fetched"))
+    return res
+
+
+def _snapshot(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    """metaAndAssetCtxs: one instrument list + OI snapshot per run, parsed page by page."""
+    res = batch.BatchResult()
+    for i, pg in enumerate(pages):
+        try:
+            frames = parse_meta_and_asset_ctxs(orjson.loads(pg.body), pg.params,
+                                               ParseContext(pg.fetched_at, ctx.instruments, ctx.columns))
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
+            res.errors[i] = str(exc)
+            continue
+        for t, df in frames.items():
+            res.add(t, df.with_columns(pl.lit(i, pl.Int64).alias(batch.PAGE)))
+    return res
 
 
 INFO_PARSERS = {
+    "metaAndAssetCtxs": _snapshot,
+    "fundingHistory": batch_funding_history,
+    "candleSnapshot": batch_candles,
+}
+
+
+def batch_info(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    """/info is one endpoint for every request type: the pages of each type go to its batch parser."""
+    by_type: dict[str, list[int]] = {}
+    res = batch.BatchResult()
+    for i, pg in enumerate(pages):
+        kind = pg.params.get("type")
+        if kind not in INFO_PARSERS:
+            res.errors[i] = f"hyperliquid /info: no parser for request type {kind!r}"
+        else:
+            by_type.setdefault(kind, []).append(i)
+    for kind, idx in by_type.items():
+        part = batch.isolate(INFO_PARSERS[kind], [pages[i] for i in idx], ctx)
+        res.errors.update({idx[k]: msg for k, msg in part.errors.items()})
+        remap = pl.Series([*idx], dtype=pl.Int64)
+        for t, df in part.frames.items():
+            res.add(t, df.with_columns(remap.gather(df[batch.PAGE]).alias(batch.PAGE)))
+    for t, df in res.frames.items():      # back into page order (rows keep theirs)
+        res.frames[t] = df.sort(batch.PAGE, maintain_order=True)
+    return res
+
+
+parse_funding_history = batch.single(batch_funding_history)
+parse_candles = batch.single(batch_candles)
+parse_info = batch.single(batch_info)
+
+
+PARSERS = {
     "metaAndAssetCtxs": parse_meta_and_asset_ctxs,
     "fundingHistory": parse_funding_history,
     "candleSnapshot": parse_candles,
 }
 
 
-def parse_info(data, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-    kind = params.get("type")
-    parser = INFO_PARSERS.get(kind)
-    if parser is None:
-        raise ValueError(f"hyperliquid /info: no parser for request type {kind!r}")
-    return parser(data, params, ctx)
-
-
-PARSERS = {ENDPOINT: Parser(parse_info)}
+PARSERS = {ENDPOINT: Parser(batch=batch_info)}

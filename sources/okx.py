@@ -41,6 +41,7 @@ import polars as pl
 
 from perpwatch.core import settings
 from perpwatch.core.assets import canonical
+from perpwatch.sources import batch
 from perpwatch.sources.base import ParseContext, Parser, Stream, clamp_window, tradable
 from perpwatch.sources.http import BadPayload, BadRequest, Budget, Fetched, RateLimited, VenueClient
 from perpwatch.sources.normalize import UTC_MS, funding_derived, interval_from_spacing, num, ts_ms
@@ -301,14 +302,6 @@ def _asset(ctx: ParseContext, inst: str) -> str:
     return ctx.instrument(VENUE, inst).get("asset") or canonical(VENUE, inst)[0]
 
 
-def _arrays(rows: list, cols: list[str], endpoint: str, inst: str, min_width: int) -> pl.DataFrame:
-    if any(not isinstance(r, list) or len(r) < min_width for r in rows):
-        raise ValueError(f"okx {endpoint} [{inst}]: rows must be arrays of >= {min_width} fields, got {str(rows[0])[:80]}")
-    width = min(len(cols), max(len(r) for r in rows))      # short rows (older API versions) pad with nulls
-    return pl.DataFrame([[None if x is None else str(x) for x in r[:width]] + [None] * (width - len(r))
-                         for r in rows], schema={c: pl.Utf8 for c in cols[:width]}, orient="row")
-
-
 INSTRUMENT_SCHEMA = {"venue": pl.Utf8, "instrument": pl.Utf8, "asset": pl.Utf8, "quote": pl.Utf8, "settle": pl.Utf8,
                      "margin": pl.Utf8, "kind": pl.Utf8, "contract_size": pl.Float64, "contract_unit": pl.Utf8,
                      "multiplier": pl.Float64, "funding_interval_hours": pl.Float64, "expiry": UTC_MS,
@@ -375,74 +368,126 @@ def parse_funding_now(data: dict, params: dict, ctx: ParseContext) -> dict[str, 
         pl.when(hours.is_in([1.0, 2.0, 4.0, 6.0, 8.0])).then(hours).otherwise(None).alias("funding_interval_hours"))}
 
 
-def _check_units(df: pl.DataFrame, reported: str, computed: str, inst: str, field: str) -> None:
-    bad = df.filter(pl.col(reported).is_not_null() & pl.col(computed).is_not_null()
-                    & ((pl.col(reported) - pl.col(computed)).abs() > UNIT_TOLERANCE * pl.col(computed).abs() + 1e-9))
-    if bad.height:
-        r = bad.row(0, named=True)
-        raise ValueError(f"okx {OI_HISTORY} [{inst}]: {bad.height} row(s) where {field}={r[reported]} "
-                         f"disagrees with contracts x contract size = {r[computed]} (ts {r['ts']}): wrong ctVal or unit")
+def _array_rows(endpoint: str, cols: list[str], min_width: int, check=None):
+    """rows_of for OKX array endpoints: each row an array of >= min_width fields; short rows (older
+    API versions) pad with nulls. Meta: the page's width (fields beyond it are absent, not empty)."""
+    def rows_of(data, params: dict):
+        rows = _rows(data, endpoint, params)
+        if not rows:
+            return [], None
+        inst = params.get("instId", "")
+        if check is not None:
+            check(params, inst)
+        widths = {len(r) if isinstance(r, list) else -1 for r in rows}
+        if min(widths) < min_width:
+            raise ValueError(f"okx {endpoint} [{inst}]: rows must be arrays of >= {min_width} fields, "
+                             f"got {str(rows[0])[:80]}")
+        width = min(len(cols), max(widths))
+        if widths != {len(cols)}:
+            rows = [r[:width] + [None] * (len(cols) - len(r[:width])) for r in rows]
+        return rows, width
+    return rows_of
 
 
-def parse_oi_history(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-    inst = params.get("instId", "")
-    rows = _rows(data, OI_HISTORY, params)
-    if not rows:
-        return {"open_interest": pl.DataFrame()}
-    df = _arrays(rows, ["ts", "oi", "oiCcy", "oiUsd"], OI_HISTORY, inst, 2)
-    info = ctx.instrument(VENUE, inst)
-    size, unit = info.get("contract_size"), info.get("contract_unit")
-    inverse = info.get("margin") == "inverse" or (not info and inst.split("-")[1:2] == ["USD"])
+def _opt(col: str) -> pl.Expr:
+    e = pl.col(col).str.strip_chars()
+    return pl.when(e == "").then(None).otherwise(e).cast(pl.Float64)
+
+
+def _sorted(df: pl.DataFrame, col: str) -> pl.DataFrame:
+    """OKX lists newest first: each page's rows in time order (pages keep theirs)."""
+    return df.sort(batch.PAGE, col, maintain_order=True)
+
+
+def _units_disagree(reported: str, computed: str) -> pl.Expr:
+    return (pl.col(reported).is_not_null() & pl.col(computed).is_not_null()
+            & ((pl.col(reported) - pl.col(computed)).abs() > UNIT_TOLERANCE * pl.col(computed).abs() + 1e-9))
+
+
+OI_COLS = ["ts", "oi", "oiCcy", "oiUsd"]
+
+
+def batch_oi_history(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    """rubik open-interest-history: [ts, oi (contracts), oiCcy (base), oiUsd]; the reported units are
+    checked against contracts x ctVal (a page where they disagree is rejected: wrong ctVal or unit)."""
+    dec = batch.decode(pages, _array_rows(OI_HISTORY, OI_COLS, 2))
+    df = batch.frame(dec, {c: pl.Utf8 for c in OI_COLS}, orient="row")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    insts = [pages[i].params.get("instId", "") for i in dec.pages]
+    info = [ctx.instrument(VENUE, s) for s in insts]
+    df = batch.attach(df, batch.per_page(
+        dec, _inst=insts, _asset=[_asset(ctx, s) for s in insts],
+        _inv=[m.get("margin") == "inverse" or (not m and s.split("-")[1:2] == ["USD"]) for m, s in zip(info, insts, strict=True)],
+        _base_size=pl.Series([m.get("contract_size") if m.get("contract_size") and m.get("contract_unit") == "base"
+                              else None for m in info], dtype=pl.Float64),
+        _usd_size=pl.Series([m.get("contract_size") if m.get("contract_size") and m.get("contract_unit") == "usd"
+                             else None for m in info], dtype=pl.Float64)))
     oi = num("oi")
-    df = df.with_columns(ts_ms("ts").alias("ts"), oi.alias("oi_contracts"), _opt_num(df, "oiCcy").alias("rep_base"),
-                         _opt_num(df, "oiUsd").alias("rep_usd"),
-                         (oi * size if size and unit == "base" else pl.lit(None, pl.Float64)).alias("ct_base"),
-                         (oi * size if size and unit == "usd" else pl.lit(None, pl.Float64)).alias("ct_usd"))
-    _check_units(df, "rep_base", "ct_base", inst, "oiCcy")
-    _check_units(df, "rep_usd", "ct_usd", inst, "oiUsd")
+    df = df.with_columns(ts_ms("ts").alias("ts"), oi.alias("oi_contracts"), _opt("oiCcy").alias("rep_base"),
+                         _opt("oiUsd").alias("rep_usd"), (oi * pl.col("_base_size")).alias("ct_base"),
+                         (oi * pl.col("_usd_size")).alias("ct_usd"))
+    for reported, computed, name in (("rep_base", "ct_base", "oiCcy"), ("rep_usd", "ct_usd", "oiUsd")):
+        df = batch.reject(df, res.errors, _units_disagree(reported, computed), lambda r, rep=reported, com=computed, f=name: (
+            f"okx {OI_HISTORY} [{r['_inst']}]: row(s) where {f}={r[rep]} disagrees with contracts x contract "
+            f"size = {r[com]} (ts {r['ts']}): wrong ctVal or unit"))
     out = df.select(
-        pl.lit(VENUE).alias("venue"), pl.lit(inst).alias("instrument"), "ts", pl.lit(_asset(ctx, inst)).alias("asset"),
-        pl.lit("inverse" if inverse else "linear").alias("margin"), "oi_contracts",
-        pl.coalesce("rep_base", "ct_base").alias("oi_base"), pl.coalesce("rep_usd", "ct_usd").alias("oi_usd"))
-    return {"open_interest": out.sort("ts")}
+        pl.lit(VENUE).alias("venue"), pl.col("_inst").alias("instrument"), "ts", pl.col("_asset").alias("asset"),
+        pl.when(pl.col("_inv")).then(pl.lit("inverse")).otherwise(pl.lit("linear")).alias("margin"), "oi_contracts",
+        pl.coalesce("rep_base", "ct_base").alias("oi_base"), pl.coalesce("rep_usd", "ct_usd").alias("oi_usd"),
+        batch.PAGE)
+    res.add("open_interest", _sorted(out, "ts"))
+    return res
 
 
-def parse_funding_history(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-    rows = _rows(data, FUNDING_HISTORY, params)
-    if not rows:
-        return {"funding_rates": pl.DataFrame()}
-    df = pl.DataFrame(rows, infer_schema_length=None)
-    missing = [c for c in ("instId", "fundingRate", "fundingTime") if c not in df.columns]
-    if missing:
-        raise ValueError(f"okx {FUNDING_HISTORY} [{params.get('instId', '-')}]: missing field(s) {missing}")
-    inst = df["instId"][0]
-    known = ctx.instrument(VENUE, inst).get("funding_interval_hours") or 8.0
+FUNDING_SHAPE = {"instId": pl.Utf8, "fundingRate": pl.Utf8, "realizedRate": pl.Utf8, "fundingTime": pl.Utf8}
+
+
+def batch_funding_history(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+    """funding-rate-history: realizedRate (what was paid) over fundingRate; interval from spacing."""
+    dec = batch.decode(pages, lambda data, params: (_rows(data, FUNDING_HISTORY, params) or [], None))
+    df = batch.frame(dec, FUNDING_SHAPE)
+    df = batch.require(df, dec.errors, ["instId", "fundingRate", "fundingTime"], f"okx {FUNDING_HISTORY}")
+    res = batch.BatchResult(errors=dec.errors)
+    if df.height == 0:
+        return res
+    first = batch.first_per_page(df, "instId")
+    insts = first["instId"].to_list()
+    df = batch.attach(df, first.select(batch.PAGE).with_columns(
+        pl.Series("_asset", [_asset(ctx, s) for s in insts]),
+        pl.Series("_known", [float(ctx.instrument(VENUE, s).get("funding_interval_hours") or 8.0) for s in insts])))
     df = df.with_columns(ts_ms("fundingTime").dt.truncate("1h").alias("funding_time"),
-                         pl.coalesce(_opt_num(df, "realizedRate"), num("fundingRate")).alias("funding_rate"))
-    df = df.with_columns(interval_from_spacing(df, "funding_time", "instId", pl.lit(float(known)))
+                         pl.coalesce(_opt("realizedRate"), num("fundingRate")).alias("funding_rate"))
+    df = df.with_columns(interval_from_spacing(df, "funding_time", [batch.PAGE, "instId"], pl.col("_known"))
                          .alias("interval_hours"))
     out = df.select(
         pl.lit(VENUE).alias("venue"), pl.col("instId").alias("instrument"), "funding_time",
-        pl.lit(_asset(ctx, inst)).alias("asset"), "funding_rate", "interval_hours",
+        pl.col("_asset").alias("asset"), "funding_rate", "interval_hours",
         *funding_derived(pl.col("funding_rate"), pl.col("interval_hours")),
-        pl.lit(None, pl.Float64).alias("mark_price"))
-    return {"funding_rates": out.sort("funding_time")}
+        pl.lit(None, pl.Float64).alias("mark_price"), batch.PAGE)
+    res.add("funding_rates", _sorted(out, "funding_time"))
+    return res
 
 
-def _parse_ratio(population: str, endpoint: str):
-    def parse(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-        inst = params.get("instId", "")
-        rows = _rows(data, endpoint, params)
-        if not rows:
-            return {"long_short_ratio": pl.DataFrame()}
-        df = _arrays(rows, ["ts", "ratio"], endpoint, inst, 2)
+def _batch_ratio(population: str, endpoint: str):
+    """rubik long/short ratios: [ts, ratio] (long/short); shares are ratio/(1+ratio) and 1/(1+ratio)."""
+    def parse(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+        dec = batch.decode(pages, _array_rows(endpoint, ["ts", "ratio"], 2))
+        df = batch.frame(dec, {"ts": pl.Utf8, "ratio": pl.Utf8}, orient="row")
+        res = batch.BatchResult(errors=dec.errors)
+        if df.height == 0:
+            return res
+        insts = [pages[i].params.get("instId", "") for i in dec.pages]
+        df = batch.attach(df, batch.per_page(dec, _inst=insts, _asset=[_asset(ctx, s) for s in insts]))
         ratio = num("ratio")
         out = df.select(
-            pl.lit(VENUE).alias("venue"), pl.lit(inst).alias("instrument"), ts_ms("ts").alias("ts"),
-            pl.lit(population).alias("population"), pl.lit(_asset(ctx, inst)).alias("asset"),
+            pl.lit(VENUE).alias("venue"), pl.col("_inst").alias("instrument"), ts_ms("ts").alias("ts"),
+            pl.lit(population).alias("population"), pl.col("_asset").alias("asset"),
             (ratio / (1.0 + ratio)).alias("long_share"), (1.0 / (1.0 + ratio)).alias("short_share"),
-            ratio.alias("ratio"))
-        return {"long_short_ratio": out.sort("ts")}
+            ratio.alias("ratio"), batch.PAGE)
+        res.add("long_short_ratio", _sorted(out, "ts"))
+        return res
     return parse
 
 
@@ -450,47 +495,66 @@ CANDLE_COLS = ["ts", "open", "high", "low", "close", "vol", "volCcy", "volCcyQuo
 MARK_COLS = ["ts", "open", "high", "low", "close", "confirm"]
 
 
-def _parse_candles(kind: str, endpoint: str):
-    def parse(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.DataFrame]:
-        inst_id = params.get("instId", "")
-        rows = _rows(data, endpoint, params)
-        if not rows:
-            return {"prices": pl.DataFrame()}
-        label, span = BARS.get(params.get("bar", "1m"), (None, None))
-        if label is None:      # 1m default or 1D (cut at UTC+8): never stored
-            raise ValueError(f"okx {endpoint} [{inst_id}]: unsupported bar {params.get('bar')!r} (use 1H or 1Dutc)")
-        inst = f"{inst_id}-SWAP" if kind == "index" else inst_id
-        traded = kind in ("perp", "future")
-        df = _arrays(rows, CANDLE_COLS if traded else MARK_COLS, endpoint, inst_id, 5)
-        info = ctx.instrument(VENUE, inst)
-        k = "future" if kind == "perp" and info.get("kind") == "future" else kind
-        if traded and "volCcy" in df.columns:
-            size = info.get("contract_size")
-            quote = _opt_num(df, "volCcyQuote")
-            if info.get("contract_unit") == "usd" and size:
-                quote = pl.coalesce(quote, num("vol") * size)          # inverse: contracts x USD per contract
-            vols = [num("volCcy").alias("volume_base"), pl.coalesce(quote, num("volCcy") * num("close")).alias("volume_usd")]
+def _batch_candles(kind: str, endpoint: str):
+    traded = kind in ("perp", "future")
+    cols = CANDLE_COLS if traded else MARK_COLS
+
+    def check(params: dict, inst: str) -> None:
+        if params.get("bar", "1m") not in BARS:     # 1m default or 1D (cut at UTC+8): never stored
+            raise ValueError(f"okx {endpoint} [{inst}]: unsupported bar {params.get('bar')!r} (use 1H or 1Dutc)")
+
+    def parse(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
+        dec = batch.decode(pages, _array_rows(endpoint, cols, 5, check))
+        df = batch.frame(dec, {c: pl.Utf8 for c in cols}, orient="row")
+        res = batch.BatchResult(errors=dec.errors)
+        if df.height == 0:
+            return res
+        ids = [pages[i].params.get("instId", "") for i in dec.pages]
+        insts = [f"{s}-SWAP" if kind == "index" else s for s in ids]
+        info = [ctx.instrument(VENUE, s) for s in insts]
+        spans = [BARS[pages[i].params.get("bar", "1m")] for i in dec.pages]
+        df = batch.attach(df, batch.per_page(
+            dec, _inst=insts, _asset=[_asset(ctx, s) for s in insts],
+            _kind=["future" if kind == "perp" and m.get("kind") == "future" else kind for m in info],
+            _label=[sp[0] for sp in spans], _span=pl.Series([sp[1] for sp in spans], dtype=pl.Duration("ms")),
+            _ccy=[traded and w >= 7 for w in dec.meta],
+            _usd_size=pl.Series([m.get("contract_size") if m.get("contract_unit") == "usd" and m.get("contract_size")
+                                 else None for m in info], dtype=pl.Float64),
+            _expiry=pl.Series([m.get("expiry") for m in info], dtype=UTC_MS),
+            _fetched=pl.Series([pages[i].fetched_at for i in dec.pages]).cast(UTC_MS)))
+        if traded:
+            # inverse: contracts x USD per contract when volCcyQuote is absent
+            quote = pl.coalesce(_opt("volCcyQuote"), num("vol") * pl.col("_usd_size"))
+            ccy = pl.col("_ccy")
+            vols = [pl.when(ccy).then(num("volCcy")).otherwise(None).alias("volume_base"),
+                    pl.when(ccy).then(pl.coalesce(quote, num("volCcy") * num("close"))).otherwise(None).alias("volume_usd")]
         else:
             vols = [pl.lit(None, pl.Float64).alias("volume_base"), pl.lit(None, pl.Float64).alias("volume_usd")]
         out = df.select(
-            pl.lit(VENUE).alias("venue"), pl.lit(inst).alias("instrument"), pl.lit(k).alias("kind"),
-            pl.lit(label).alias("interval"), ts_ms("ts").alias("ts"), pl.lit(_asset(ctx, inst)).alias("asset"),
+            pl.lit(VENUE).alias("venue"), pl.col("_inst").alias("instrument"), pl.col("_kind").alias("kind"),
+            pl.col("_label").alias("interval"), ts_ms("ts").alias("ts"), pl.col("_asset").alias("asset"),
             num("open").alias("open"), num("high").alias("high"), num("low").alias("low"),
-            num("close").alias("close"), *vols,
-            (pl.col("confirm") if "confirm" in df.columns else pl.lit(None, pl.Utf8)).alias("_confirm"))
+            num("close").alias("close"), *vols, pl.col("_expiry").alias("expiry"), batch.PAGE,
+            pl.col("confirm").alias("_confirm"), "_span", "_fetched")
         # "0" = still forming; without the field, keep only bars closed when fetched
         out = out.filter(pl.when(pl.col("_confirm").is_not_null()).then(pl.col("_confirm") != "0")
-                         .otherwise(pl.col("ts") + span <= pl.lit(ctx.fetched_at).cast(UTC_MS))).drop("_confirm")
-        return {"prices": out.with_columns(pl.lit(info.get("expiry"), UTC_MS).alias("expiry")).sort("ts")}
+                         .otherwise(pl.col("ts") + pl.col("_span") <= pl.col("_fetched"))
+                         ).drop("_confirm", "_span", "_fetched")
+        res.add("prices", _sorted(out, "ts"))
+        return res
     return parse
+
+
+parse_oi_history = batch.single(batch_oi_history)
+parse_funding_history = batch.single(batch_funding_history)
 
 
 PARSERS = {
     INSTRUMENTS: Parser(parse_instruments),
     FUNDING_NOW: Parser(parse_funding_now),
-    FUNDING_HISTORY: Parser(parse_funding_history),
-    OI_HISTORY: Parser(parse_oi_history),
-    **{ep: Parser(_parse_ratio(pop, ep)) for pop, ep in RATIO_ENDPOINTS.items()},
-    **{ep: Parser(_parse_candles(kind, ep)) for kind, pair in CANDLES.items() if kind != "future" for ep, _ in pair},
+    FUNDING_HISTORY: Parser(batch=batch_funding_history),
+    OI_HISTORY: Parser(batch=batch_oi_history),
+    **{ep: Parser(batch=_batch_ratio(pop, ep)) for pop, ep in RATIO_ENDPOINTS.items()},
+    **{ep: Parser(batch=_batch_candles(kind, ep)) for kind, pair in CANDLES.items() if kind != "future" for ep, _ in pair},
 }
 

@@ -31,13 +31,13 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     s = r["load"]["summary"]
     rows = r["load"]["raw"]["rows"]
     assert rows == 10_000 and r["load"]["raw"]["pages"] == 20
-    assert sorted(r["load"]["raw"]["variants"]) == ["per_page_novalidation", "per_page_validated"]
-    for v in ("per_page_novalidation", "per_page_validated"):
+    assert sorted(r["load"]["raw"]["variants"]) == ["pipeline_novalidation", "pipeline_validated"]
+    for v in ("pipeline_novalidation", "pipeline_validated"):
         fresh, reload = s[f"{v}.fresh"], s[f"{v}.reload"]
         assert (fresh["loaded"], fresh["duplicate"], fresh["quarantined"]) == (rows, 0, 0)
         assert (reload["loaded"], reload["duplicate"]) == (0, rows)        # idempotent
         assert 0 < fresh["total"]["median"] < 60 and fresh["rows_per_s"] > 0
-    assert all(x["rows_in_table"] == rows for x in r["load"]["raw"]["variants"]["per_page_validated"])
+    assert all(x["rows_in_table"] == rows for x in r["load"]["raw"]["variants"]["pipeline_validated"])
     assert s["executemany"]["rows"] == 500 and s["ceiling"]["rows_per_s"] > s["executemany"]["rows_per_s"]
     m = r["marts"]
     assert sorted(int(k) for k in m["sizes"]) == [1, 2, 4]

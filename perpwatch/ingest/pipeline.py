@@ -23,6 +23,7 @@ from perpwatch.core.assets import validate_asset, validate_instrument
 from perpwatch.ingest import gaps
 from perpwatch.ingest.validate import Failure, validate
 from perpwatch.sources.base import ParseContext, Stream
+from perpwatch.sources.batch import PAGE, Page, isolate
 from perpwatch.sources.http import BadPayload, Banned, Fetched, SourceError
 from perpwatch.warehouse.columns import staging_columns
 
@@ -133,39 +134,91 @@ class Parsed:
     frames: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: defaultdict(list))
 
 
+def _quarantine_unparsed(con, report: RunReport, p: Fetched, exc: str) -> None:
+    """A payload its parser rejects is quarantined alone; the run goes on."""
+    dataset = (p.stream or "unknown").split("/", 1)[0]
+    report.tainted.add((p.source, p.stream or "", p.instrument or ""))
+    msg = f"{p.source} {p.endpoint} [{p.instrument or '-'}]: unparseable payload raw_id={p.raw_id}: {exc}"
+    report.warnings.append(msg)
+    st = report.stat(p.source, dataset)
+    st.quarantined_batches += 1
+    st.messages.append(msg)
+    warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=p.source,
+                         dataset=dataset, endpoint=p.endpoint, instrument=p.instrument,
+                         raw_ids=[p.raw_id], failed=[{"expectation": "parse", "message": str(exc)}],
+                         rows=0, sample=[p.body[:300].decode("utf-8", "replace")], message=msg)
+
+
+def _tag(df: pl.DataFrame, group: list[Fetched], positions: list[int]) -> pl.DataFrame:
+    """Each row of a batch frame gets its payload's raw_id, source, stream, endpoint and the
+    (source, instrument) group it is validated/quarantined in, plus `_pos` (the payload's place in
+    the run's order). A payload covering several instruments (a websocket batch, a replayed
+    payload) is grouped per instrument: the row's own instrument, not the page's."""
+    page = df[PAGE]
+    pick = lambda values, dtype: pl.Series(values, dtype=dtype).gather(page)  # noqa: E731
+    inst = pick([p.instrument or None for p in group], pl.Utf8)
+    row_inst = (df["instrument"].cast(pl.Utf8).fill_null("") if "instrument" in df.columns
+                else pl.Series([""] * df.height, dtype=pl.Utf8))
+    return df.drop(PAGE).with_columns(
+        pick([p.raw_id for p in group], pl.Int64).alias("raw_id"),
+        pick([p.source for p in group], pl.Utf8).alias("_source"),
+        pick([p.stream or "" for p in group], pl.Utf8).alias("_stream"),
+        inst.fill_null(row_inst).alias("_instrument"),
+        pick([p.endpoint for p in group], pl.Utf8).alias("_endpoint"),
+        pick(positions, pl.Int64).alias("_pos"))
+
+
 def parse_all(con, report: RunReport, payloads: Iterable[Fetched], ctx_instruments: dict) -> Parsed:
+    """Parse a run's payloads: every (source, endpoint) with a batch parser is parsed in one call
+    over all its payloads; the others (instrument lists, snapshots, files, providers) page by page.
+    Each table's rows come out in payload order (and each payload's row order), so the load's
+    "later payload wins a repeated key" is the same whichever way a payload was parsed."""
     out = Parsed()
-    for p in payloads:
-        if p.status != 200:
+    ok = [p for p in payloads if p.status == 200]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, p in enumerate(ok):
+        groups.setdefault((p.source, p.endpoint), []).append(i)
+    pieces: dict[str, list[pl.DataFrame]] = defaultdict(list)
+    pctx = ParseContext(datetime.now(UTC), ctx_instruments, staging_columns())
+    for (source, endpoint), idx in groups.items():
+        parser = sources.get(source).PARSERS.get(endpoint)
+        if parser is not None and parser.batch is not None:
+            group = [ok[i] for i in idx]
+            res = isolate(parser.batch, [Page(p.body, p.params, p.fetched_at) for p in group], pctx)
+            for k, exc in sorted(res.errors.items()):
+                _quarantine_unparsed(con, report, group[k], exc)
+            for table, df in res.frames.items():
+                if df.height:
+                    pieces[table].append(_tag(df, group, idx))
             continue
-        try:
-            frames = parse_payload(p.source, p.endpoint, p.params, p.body, p.fetched_at, ctx_instruments)
-        except Exception as exc:  # a parser error quarantines this payload; the run goes on
-            dataset = (p.stream or "unknown").split("/", 1)[0]
-            report.tainted.add((p.source, p.stream or "", p.instrument or ""))
-            msg = f"{p.source} {p.endpoint} [{p.instrument or '-'}]: unparseable payload raw_id={p.raw_id}: {exc}"
-            report.warnings.append(msg)
-            st = report.stat(p.source, dataset)
-            st.quarantined_batches += 1
-            st.messages.append(msg)
-            warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=p.source,
-                                 dataset=dataset, endpoint=p.endpoint, instrument=p.instrument,
-                                 raw_ids=[p.raw_id], failed=[{"expectation": "parse", "message": str(exc)}],
-                                 rows=0, sample=[p.body[:300].decode("utf-8", "replace")], message=msg)
-            continue
-        for table, df in frames.items():
-            if df.height == 0:
+        for i in idx:
+            p = ok[i]
+            try:
+                frames = parse_payload(p.source, p.endpoint, p.params, p.body, p.fetched_at, ctx_instruments)
+            except Exception as exc:  # a parser error quarantines this payload; the run goes on
+                _quarantine_unparsed(con, report, p, str(exc))
                 continue
-            out.frames[table].append(df.with_columns(
-                pl.lit(p.raw_id, pl.Int64).alias("raw_id"), pl.lit(p.source).alias("_source"),
-                pl.lit(p.stream or "").alias("_stream"),
-                # a payload covering several instruments (a websocket batch, a replayed payload) is
-                # validated/quarantined per instrument: the row's own instrument, not the first row's
-                # (a parser may name its own groups: an imported file's rows are one each, per payload)
-                (pl.format("{} {}", pl.lit(p.raw_id), pl.col("_instrument")) if "_instrument" in df.columns
-                 else pl.lit(p.instrument) if p.instrument else pl.col("instrument").cast(pl.Utf8).fill_null("")
-                 if "instrument" in df.columns else pl.lit("")).alias("_instrument"),
-                pl.lit(p.endpoint).alias("_endpoint")))
+            for table, df in frames.items():
+                if df.height == 0:
+                    continue
+                pieces[table].append(df.with_columns(
+                    pl.lit(p.raw_id, pl.Int64).alias("raw_id"), pl.lit(p.source).alias("_source"),
+                    pl.lit(p.stream or "").alias("_stream"),
+                    # a parser may name its own groups: an imported file's rows are one each, per payload
+                    (pl.format("{} {}", pl.lit(p.raw_id), pl.col("_instrument")) if "_instrument" in df.columns
+                     else pl.lit(p.instrument) if p.instrument else pl.col("instrument").cast(pl.Utf8).fill_null("")
+                     if "instrument" in df.columns else pl.lit("")).alias("_instrument"),
+                    pl.lit(p.endpoint).alias("_endpoint"), pl.lit(i, pl.Int64).alias("_pos")))
+    for table, frames in pieces.items():
+        if len(frames) == 1:
+            out.frames[table].append(frames[0].drop("_pos"))
+            continue
+        # frames of several groups (or pages): back into payload order; stable, so rows keep theirs
+        frames.sort(key=lambda f: f["_pos"][0])
+        df = pl.concat(frames, how="diagonal_relaxed")
+        if not df["_pos"].is_sorted():
+            df = df.sort("_pos", maintain_order=True)
+        out.frames[table].append(df.drop("_pos"))
     return out
 
 
