@@ -363,7 +363,7 @@ def test_a_dollar_index_without_available_at_waits_the_default_lag(con, pin):
     _publication_fixture(con, "null")
     build_all(con, only=PUBLICATION_MARTS)
     inst = _institutional(con)
-    assert [inst[i]["corr_dxy_30d"] for i in range(10)] == [None] * 10     # day 2 (3rd return) at day 10 00:00 + 24 h
+    assert [inst[i]["corr_dxy_30d"] for i in range(10)] == [None] * 10     # 3rd return (day 3) known at day 11 00:00
     assert inst[10]["corr_dxy_30d"] == pytest.approx(1.0, abs=1e-9)       # dates <= 3: returns +a, -a, +a
     assert inst[11]["corr_dxy_30d"] == pytest.approx(1.0, abs=1e-9)
     assert inst[17]["corr_dxy_30d"] == pytest.approx(0.0, abs=1e-9)
