@@ -166,7 +166,7 @@ class WSServer:
         # Split & Migration"): regular market streams such as !forceOrder@arr live under /market
         # (/market/ws/<streams>, /market/stream?streams=...). Only those paths are served. The legacy
         # /ws/... and /stream paths complete the handshake and then never push a message, as reported from
-        # the real host in 2026-09 (../shared/fixtures/README.md, corrections 2026-12-04).
+        # the real host in 2026-09 (docs/venues.md, corrections 2026-12-04).
         combined = False
         streams: set[str] = set()
         legacy = not rest or rest[0] != "market"

@@ -95,7 +95,7 @@ def floor_to(dt: datetime, step: timedelta) -> datetime:
 def history_floor(stream: Stream, now: datetime | None = None) -> datetime | None:
     """Earliest start the venue serves for `stream`, counted back from NOW, not from the request's end:
     Binance /futures/data/* answers HTTP 400 {"code":-1130} to a startTime older than 30 days before the
-    current time whatever the endTime (../shared/fixtures/README.md, corrections 2026-12-04). One grid step
+    current time whatever the endTime (docs/venues.md, corrections 2026-12-04). One grid step
     of margin, on the grid, so clock skew and the request's own latency never cross the line."""
     if stream.history is None:
         return None

@@ -120,7 +120,9 @@ def parse_treasury(data: dict, params: dict, ctx: ParseContext) -> dict[str, pl.
         pl.lit(as_of, pl.Date).alias("as_of"), pl.col("name").str.strip_chars().alias("company"),
         pl.col("symbol").alias("ticker"), pl.col("country"),
         pl.col("total_holdings").alias("holdings_btc"), pl.col("total_current_value_usd").alias("value_usd"),
-        pl.lit(SOURCE).alias("source"))
+        pl.lit(SOURCE).alias("source"),
+        # publication time (docs/signals.md): a snapshot without a timestamp is known when it was fetched
+        pl.lit(ctx.fetched_at).cast(UTC_MS).alias("available_at"))
     return {"treasury_holdings": out.filter(pl.col("company").is_not_null() & (pl.col("company") != ""))}
 
 

@@ -443,6 +443,8 @@ def derive(df: pl.DataFrame, table: str, ctx: ParseContext) -> pl.DataFrame:
             df = df.with_columns(pl.lit("1d" if daily else "1h").alias("interval"))
     if table == "treasury_holdings" and not has("as_of"):
         df = df.with_columns(pl.lit(ctx.fetched_at.astimezone(UTC).date(), pl.Date).alias("as_of"))
+        if not has("available_at"):   # a snapshot dated by its import is known from the import on
+            df = df.with_columns(pl.lit(ctx.fetched_at).cast(UTC_MS).alias("available_at"))
     if tables.table(table).provider and not has("source"):
         df = df.with_columns(pl.lit(SOURCE).alias("source"))
     if table == "etf_flows" and has("ticker"):

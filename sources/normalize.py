@@ -32,15 +32,19 @@ def interval_from_spacing(df: pl.DataFrame, time_col: str, group: str, fallback:
                           allowed=(1.0, 2.0, 4.0, 6.0, 8.0)) -> pl.Expr:
     """Funding interval per row from the spacing of consecutive settlements of one instrument.
 
-    The gap to the previous row decides; the first row of a page uses the gap to the next row.
-    Gaps that are not a real interval (a missing settlement, a page edge) fall back.
+    The gap to the previous row decides. A gap that is not a real interval (a missing settlement)
+    keeps the last real interval of the same instrument before it: what was in force then, known at
+    that time, whereas `fallback` (the instrument's metadata) is its interval *now* and may have
+    changed since (a venue moving a contract from 8 h to 4 h would halve every older rate_8h after a
+    gap). Only without any earlier real gap in the batch (the first rows of a page) the gap to the
+    next row decides, then `fallback`.
     """
     prev = (pl.col(time_col) - pl.col(time_col).shift(1).over(group, order_by=time_col)).dt.total_minutes() / 60.0
     nxt = (pl.col(time_col).shift(-1).over(group, order_by=time_col) - pl.col(time_col)).dt.total_minutes() / 60.0
     ok = list(allowed)
-    return (pl.when(prev.round(2).is_in(ok)).then(prev.round(2))
-            .when(prev.is_null() & nxt.round(2).is_in(ok)).then(nxt.round(2))
-            .otherwise(fallback))
+    real_prev = pl.when(prev.round(2).is_in(ok)).then(prev.round(2))
+    last_real = real_prev.forward_fill().over(group, order_by=time_col)
+    return pl.coalesce(last_real, pl.when(nxt.round(2).is_in(ok)).then(nxt.round(2)), fallback)
 
 
 def empty(schema: dict) -> pl.DataFrame:

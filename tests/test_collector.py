@@ -385,7 +385,11 @@ def test_collector_reconnects_lands_raw_loads_once_and_replays(venues_server, tm
     okx_instruments_from_raw = _seed_okx_instruments(db, fixture)
     t0 = time.monotonic()
     stats = _collect(db, srv)
-    assert time.monotonic() - t0 < 15
+    elapsed = time.monotonic() - t0
+    assert elapsed < 15
+    with warehouse.session(db) as con:     # connected time was recorded per venue (perpwatch/ingest/coverage.py)
+        covered = dict(con.execute("SELECT venue, sum(covered_s) FROM meta.liquidation_coverage GROUP BY venue").fetchall())
+    assert set(covered) == {"binance", "bybit", "okx"} and all(0 < s <= elapsed for s in covered.values()), covered
 
     # the first connection was dropped; the collector reconnected and resubscribed
     assert stats.connects == {"binance_ws": 2, "bybit_ws": 2, "okx_ws": 2}
@@ -523,8 +527,7 @@ def test_current_binance_path_captures_and_a_silent_legacy_path_ends_warning(tmp
         assert good.status == "success", good.as_dict()
         assert good.messages["binance_ws"] > 0 and good.loaded > 0 and good.silences["binance_ws"] == 0
 
-        legacy = collector.WsVenue("binance", "binance_ws", "BINANCE_FSTREAM", "/ws/!forceOrder@arr",
-                                   "!forceOrder@arr")
+        legacy = dataclasses.replace(streams.WS_VENUES["binance"], path="/ws/!forceOrder@arr")
         monkeypatch.setitem(streams.WS_VENUES, "binance", legacy)
         bad = collector.collect(db=tmp_path / "b.duckdb", venues=["binance"], assets=["BTC"], seconds=2.6,
                                 flush_every_s=0.5, silence_s=0.8, backoff_base_s=0.01, backoff_max_s=0.02,
@@ -544,3 +547,92 @@ def test_current_binance_path_captures_and_a_silent_legacy_path_ends_warning(tmp
         (n, kept, last) = con.execute("SELECT messages, kept, last_message_at FROM meta.ws_streams").fetchone()
     assert n == good.messages["binance_ws"] + good.skipped["binance_ws"] and kept == good.messages["binance_ws"]
     assert last is not None
+
+
+# --------------------------------------------------------------------------- capture coverage
+
+
+def _at(day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(2026, 3, 2 + day, hour, minute, tzinfo=UTC)
+
+
+def test_coverage_accounts_connected_seconds_per_hour_and_records_outages():
+    """Connected 10:00-10:50 and 11:40-12:05; flushes at 10:30, 11:20 (no messages, stream down) and 12:05.
+    Hour 10: 1800 + 1200 = 3000 s; hour 11: 0 (written at the 11:20 flush) + 1200; hour 12: 300."""
+    from perpwatch.ingest.coverage import Coverage
+
+    cov = Coverage({"binance_ws": "binance"}, start=_at(0, 10))
+    cov.connected("binance_ws", _at(0, 10))
+    con = warehouse.connect(":memory:")
+    try:
+        Coverage.write(con, cov.take(_at(0, 10, 30)), now=_at(0, 10, 30))
+        cov.disconnected("binance_ws", _at(0, 10, 50))
+        cov.disconnected("binance_ws", _at(0, 10, 55))          # idempotent
+        Coverage.write(con, cov.take(_at(0, 11, 20)), now=_at(0, 11, 20))
+        assert con.execute("SELECT hour, covered_s FROM meta.liquidation_coverage ORDER BY hour").fetchall() == [
+            (_at(0, 10), 3000.0), (_at(0, 11), 0.0)]             # the outage hour is on record, uncovered
+        cov.connected("binance_ws", _at(0, 11, 40))
+        Coverage.write(con, cov.take(_at(0, 12, 5)), now=_at(0, 12, 5))
+        assert con.execute("SELECT hour, covered_s FROM meta.liquidation_coverage ORDER BY hour").fetchall() == [
+            (_at(0, 10), 3000.0), (_at(0, 11), 1200.0), (_at(0, 12), 300.0)]
+    finally:
+        con.close()
+    # a venue with two streams is covered only while both are connected: 00:05-00:20 and 00:40-01:00
+    two = Coverage({"a_ws": "binance", "b_ws": "binance"}, start=_at(1))
+    two.connected("a_ws", _at(1))                             # b not yet: not covered
+    two.connected("b_ws", _at(1, 0, 5))
+    two.disconnected("b_ws", _at(1, 0, 20))
+    two.connected("b_ws", _at(1, 0, 40))
+    assert two.take(_at(1, 1)) == {("binance", _at(1)): 900.0 + 1200.0}
+
+
+def test_a_collector_outage_is_uncovered_and_makes_no_false_surge(tmp_path, monkeypatch):
+    """Days 0-4 the collector is connected 00:00-12:00 and down 12:00-24:00 (flushing every 3 h, no
+    messages while down), capturing 1000 / 1100 / 1000 / 1100 / 1000 USD an hour; day 5 it is up all day
+    at 1050 an hour. Days 0-4 are half covered (12 of 24 hours): scaled to 24 000 / 26 400 / ...; day 5:
+    25 200. z(day 5) = (25 200 - 24 960) / sd(24 000, 26 400, 24 000, 26 400, 24 000) = 240 / sqrt(1 728 000).
+    Without the coverage rows the half days read 12 000-13 200 and day 5 is a z = 19.35 "surge"."""
+    from perpwatch.ingest.coverage import Coverage
+    from perpwatch.transforms import build_all
+    from tests.test_signals import MARTS, add_closes, write_settings
+
+    settings = tmp_path / "signals.toml"
+    write_settings(settings, {"liquidations": {"zscore_window_days": 5, "zscore_min_days": 3, "surge_zscore": 2.0,
+                                               "min_hour_coverage": 0.9, "min_day_coverage": 0.5}})
+    monkeypatch.setenv("PERPWATCH_SIGNALS", str(settings))
+    db = tmp_path / "w.duckdb"
+    c = collector.Collector(db, [streams.WS_VENUES["binance"]], ["BTC"], 1, 1, backoff_base_s=0.1,
+                            backoff_max_s=1, open_timeout_s=1, lock_wait_s=5, say=lambda _m: None)
+    c.coverage = Coverage({"binance_ws": "binance"}, start=_at(0))
+    events = [(_at(d), "up") for d in range(6)] + [(_at(d, 12), "down") for d in range(5)]
+    events += [(_at(0) + (k + 1) * (_at(0, 3) - _at(0)), "flush") for k in range(48)]   # every 3 h to day 6 00:00
+    for t, what in sorted(events, key=lambda e: (e[0], e[1] != "flush")):
+        if what == "up":
+            c.coverage.connected("binance_ws", t)
+        elif what == "down":
+            c.coverage.disconnected("binance_ws", t)
+        else:
+            assert c.flush_sync({}, c.coverage.take(t))       # a flush without messages still writes coverage
+    con = warehouse.connect(db)
+    try:
+        cov = con.execute("SELECT covered_s, count(*) FROM meta.liquidation_coverage GROUP BY ALL ORDER BY 1").fetchall()
+        assert cov == [(0.0, 60), (3600.0, 84)]              # 5 x 12 outage hours on record; 5 x 12 + 24 covered
+        add_closes(con, "BTC", [100.0] * 6)
+        for d, per_hour in enumerate([1000, 1100, 1000, 1100, 1000, 1050]):
+            for h in range(12 if d < 5 else 24):
+                con.execute("INSERT INTO staging.liquidations (venue, instrument, ts, side, price, qty_base, asset, usd)"
+                            " VALUES ('binance', 'BTCUSDT', ?, 'long', 100, ?, 'BTC', ?)",
+                            [_at(d, h, 30), per_hour / 100, float(per_hour)])
+        build_all(con, only=MARTS)
+        df = con.sql("SELECT * FROM marts.daily_signals ORDER BY date").pl()
+        assert df["liquidation_coverage"].to_list() == [0.5] * 5 + [1.0]
+        assert df["liquidations_usd_est"].to_list() == [24000.0, 26400.0, 24000.0, 26400.0, 24000.0, 25200.0]
+        assert df["liquidation_zscore"][5] == pytest.approx(240 / 1728000 ** 0.5)
+        assert df["liquidation_surge"][5] is False
+        # the same captures without coverage rows: the outage reads as quiet half days
+        con.execute("DELETE FROM meta.liquidation_coverage")
+        build_all(con, only=MARTS)
+        z = con.execute("SELECT liquidation_zscore, liquidation_surge FROM marts.daily_signals ORDER BY date").fetchall()[5]
+        assert z[0] == pytest.approx((25200 - 12480) / 432000 ** 0.5) and z[1] is True
+    finally:
+        con.close()

@@ -125,7 +125,8 @@ def test_coingecko_treasury_stamped_with_fetch_date():
     df = coingecko.parse_treasury(body, {}, ctx(datetime(2026, 11, 20, 23, 59, tzinfo=UTC)))["treasury_holdings"]
     assert df.to_dicts()[0] == {"as_of": date(2026, 11, 20), "company": "Strategy", "ticker": "MSTR.US",
                                 "country": "US", "holdings_btc": 843738.0, "value_usd": 64484706340.107254,
-                                "source": "coingecko"}
+                                "source": "coingecko",
+                                "available_at": datetime(2026, 11, 20, 23, 59, tzinfo=UTC)}   # when fetched
     assert df["holdings_btc"].sum() == 843738.0 + 43514.0
 
 

@@ -197,3 +197,34 @@ def test_a_collector_gap_does_not_create_a_surge(con, pin):
     # day 7 vs days 2-5 (day 6 excluded, not zero): mean 24900, sd sqrt(3960000 / 3)
     assert row(df, "BTC", 7)["liquidation_zscore"] == pytest.approx(-900 / 1320000 ** 0.5)
     assert not any(r[2] == "liquidation_surge" for r in _alerts(con))
+
+
+# --------------------------------------------------------------------------- 5. funding interval, point in time
+
+
+def test_a_missing_settlement_keeps_the_interval_in_force_not_the_current_metadata():
+    """Binance fundingRate page of an 8 h perp whose metadata now says 4 h (the venue moved it later).
+    Settlements 00:00, 08:00, [16:00 missing], 00:00, 08:00 of 2026-03-02/03, each rate 0.0004.
+    The 00:00 row after the gap (16 h, not an interval) keeps the 8 h in force before it: rate_8h
+    0.0004, annualised 0.0004 x 3 x 365 = 0.438. The old fallback to the current metadata (4 h) made
+    it 0.0008 and 0.876."""
+    from perpwatch.sources import binance
+    from perpwatch.sources.base import ParseContext
+
+    ms = [int(datetime(2026, 3, d, h, tzinfo=UTC).timestamp() * 1000) for d, h in ((2, 0), (2, 8), (3, 0), (3, 8))]
+    page = [{"symbol": "BTCUSDT", "fundingTime": t, "fundingRate": "0.00040000", "markPrice": "100.0"} for t in ms]
+    ctx = ParseContext(datetime(2026, 6, 1, tzinfo=UTC), instruments={("binance", "BTCUSDT"): {"funding_interval_hours": 4.0}})
+    out = binance.parse_funding_rate(page, {}, ctx)["funding_rates"]
+    assert out["interval_hours"].to_list() == [8.0, 8.0, 8.0, 8.0]   # first row: the gap to the next (8 h)
+    assert out["rate_8h"].to_list() == pytest.approx([0.0004] * 4)
+    assert out["rate_annualized"][2] == pytest.approx(0.438)
+    # nothing but the gap known: a lone settlement takes the metadata (the only source left)
+    lone = binance.parse_funding_rate(page[2:3], {}, ctx)["funding_rates"]
+    assert (lone["interval_hours"][0], lone["rate_8h"][0]) == (4.0, pytest.approx(0.0008))
+    # a page starting right after the gap: first row 00:00 (gap to next 8 h) -> 8, not 4
+    tail = binance.parse_funding_rate(page[2:], {}, ctx)["funding_rates"]
+    assert tail["interval_hours"].to_list() == [8.0, 8.0]
+    # a real switch is a real gap: 8 h settlements, then 4 h ones, are read as such
+    switch = [int(datetime(2026, 3, 2, h, tzinfo=UTC).timestamp() * 1000) for h in (0, 8, 16, 20)]
+    sw = binance.parse_funding_rate([{**page[0], "fundingTime": t} for t in switch], {}, ctx)["funding_rates"]
+    assert sw["interval_hours"].to_list() == [8.0, 8.0, 8.0, 4.0]

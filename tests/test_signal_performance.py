@@ -69,14 +69,15 @@ def test_hac_t_stat_matches_a_reference_on_overlapping_windows():
     out = sp.evaluate(frame("BTC", closes, flags={2, 3, 10}), [SIG_DOWN], [3])
     r = one(out, "down_after", "BTC", 3)
     fwd = {i: closes[i + 3] / closes[i] - 1 for i in range(13)}
-    # baseline: days with a 3-day return and no event within 2 days: 6, 7 (0, 1, 4, 5, 8, 9, 11, 12 are near)
-    base_days = [6, 7]
-    assert (r["n_events"], r["n_episodes"], r["baseline_n"]) == (3, 2, 2)
+    # baseline: days with a 3-day return outside the 2 days after an event: 0, 1, 6, 7, 8, 9
+    # (4, 5 follow events 2-3, 11, 12 follow event 10; 1 and 8, 9 precede events and stay in)
+    base_days = [0, 1, 6, 7, 8, 9]
+    assert (r["n_events"], r["n_episodes"], r["baseline_n"]) == (3, 2, 6)
     days = [2, 3, 10] + base_days
-    y, x = [fwd[i] for i in days], [1, 1, 1, 0, 0]
+    y, x = [fwd[i] for i in days], [1, 1, 1, 0, 0, 0, 0, 0, 0]
     t = reference_hac_t(y, x, days, 2)
     assert r["t_stat"] == pytest.approx(t, rel=1e-9)
-    naive = (sum(y[:3]) / 3 - sum(y[3:]) / 2) / (statistics.stdev(y[:3]) / math.sqrt(3))
+    naive = (sum(y[:3]) / 3 - sum(y[3:]) / 6) / (statistics.stdev(y[:3]) / math.sqrt(3))
     assert abs(r["t_stat"] - naive) > 1e-6          # not the old iid t
     assert r["se_method"] == "newey_west" and r["n_tests"] == 1
 
@@ -129,9 +130,10 @@ def test_event_and_baseline_statistics_by_hand():
     assert r2["mean_max_drawdown"] == pytest.approx(0.35 / 3)
     # baseline day 3: 99 -> 120 -> 90 falls 25 % from the new peak, not 9 % from the entry
     mdd = [0.1, 0.1, 0.0, 0.25, 0.25, 0.0, 0.0, 0.0]  # days 0..7
-    # h = 2 baseline: days 0, 3, 5 lie within 1 day of an event (1, 2, 4): only days 6, 7 remain
-    assert r2["baseline_n"] == 2
-    assert r2["baseline_mean_max_drawdown"] == pytest.approx((mdd[6] + mdd[7]) / 2)
+    # h = 2 baseline: days 3 and 5 are the day after an event (2, 4): days 0, 6, 7 remain (day 0
+    # precedes event 1 and stays: dropping it would select baseline days on what happens next)
+    assert r2["baseline_n"] == 3
+    assert r2["baseline_mean_max_drawdown"] == pytest.approx((mdd[0] + mdd[6] + mdd[7]) / 3)
 
 
 def test_missing_days_break_forward_windows_and_availability_defines_the_baseline():
@@ -220,3 +222,54 @@ def test_mart_builds_from_daily_signals():
     assert r["hit_rate"] == 0.0 and r["expected_sign"] == 1
     assert list(perf.columns[:3]) == ["signal", "asset", "horizon_days"]
     assert perf.select(pl.struct("signal", "asset", "horizon_days").is_duplicated().any()).item() is False
+
+
+# --------------------------------------------------------------------------- real history (docs/signals.md)
+
+
+@pytest.fixture(scope="module")
+def history_output(tmp_path_factory):
+    """`python -m perpwatch.serving.history` on data/history/ with the default settings (about 20 s)."""
+    import contextlib
+    import io
+
+    from perpwatch.serving import history
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("PERPWATCH_SIGNALS", raising=False)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert history.main(["--db", str(tmp_path_factory.mktemp("history") / "h.duckdb")]) == 0
+    return out.getvalue()
+
+
+def _history_section() -> str:
+    text = (ROOT / "docs" / "signals.md").read_text()
+    return text[text.index("## What real history says"):]
+
+
+def test_the_real_history_block_in_the_docs_is_what_the_script_prints(history_output):
+    from perpwatch.serving import history
+
+    doc = _history_section()
+    begin, end = doc.index(history.BEGIN), doc.index(history.END) + len(history.END)
+    assert doc[begin:end] + "\n" == history_output, "re-run: python -m perpwatch.serving.history"
+
+
+def test_real_history_headline_numbers(history_output):
+    """The verdicts the prose states, read back from the printed summary."""
+    import re
+
+    assert "- tests: 66 (signal, asset, horizon) rows with a t-statistic: 16 signals" in history_output
+    assert "- |t| >= 3: 0 rows" in history_output
+    assert "- Bonferroni (p < 0.05 / 66, |t| >= 3.37): 0 rows" in history_output
+    assert "- |t| >= 1.96: 11 rows (expected by chance alone: 3.3)" in history_output
+    assert "- largest |t|: 2.82 (regime:falling_oi_rising_price BTC 7d)" in history_output
+    assert "| `funding_extreme_low` | BTC | 1 / 3 / 7 | 80 (48) |" in history_output
+    # every decimal figure of the prose around the block is one the script printed (rule thresholds
+    # quoted from signals.toml excepted)
+    doc = _history_section()
+    prose = doc[:doc.index("<!-- history:begin")] + doc[doc.index("<!-- history:end"):]
+    printed = set(re.findall(r"\d+\.\d+", history_output))
+    figures = set(re.findall(r"\d+\.\d+", prose)) - {"0.5", "1.5"}
+    assert figures and figures <= printed, sorted(figures - printed)

@@ -75,7 +75,8 @@ STAGING: tuple[Table, ...] = (
 BY_NAME: dict[str, Table] = {t.name: t for t in STAGING}
 LOAD_ORDER: tuple[str, ...] = tuple(t.name for t in STAGING)
 # Columns that record provenance, not content: a reload that differs only here is a duplicate.
-PROVENANCE = frozenset({"raw_id", "ingested_at", "as_of"})
+# available_at too: refetching an unchanged row keeps the time it first became known.
+PROVENANCE = frozenset({"raw_id", "ingested_at", "as_of", "available_at"})
 
 
 def table(name: str) -> Table:

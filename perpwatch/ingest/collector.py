@@ -54,6 +54,7 @@ from perpwatch import sources, warehouse
 from perpwatch.core import settings
 from perpwatch.core.assets import validate_asset
 from perpwatch.ingest import pipeline
+from perpwatch.ingest.coverage import Coverage
 from perpwatch.sources import streams
 from perpwatch.sources.http import Fetched
 from perpwatch.sources.streams import WsVenue
@@ -138,6 +139,8 @@ class Collector:
         self.failures: dict[str, list[str]] = defaultdict(list)   # connection attempts that failed
         self.stopping = False
         self.flush_now: asyncio.Event | None = None
+        # connected seconds per venue and hour -> meta.liquidation_coverage at every flush (perpwatch/ingest/coverage.py)
+        self.coverage = Coverage({v.source: v.venue for v in venues})
 
     # ------------------------------------------------------------------ setup / teardown (sync)
     def open(self, refresh_instruments: bool) -> None:
@@ -219,18 +222,22 @@ class Collector:
             old.last_at = new.last_at or old.last_at
             self.buffers[k] = old
 
-    def flush_sync(self, taken: dict[str, _Buffer]) -> bool:
-        """Land each venue's batch as one raw payload and load it. False = warehouse locked, retry later."""
+    def flush_sync(self, taken: dict[str, _Buffer], covered: dict | None = None) -> bool:
+        """Land each venue's batch as one raw payload and load it, and record the capture coverage.
+        False = warehouse locked, retry later."""
         with self._flush_lock:
-            return self._flush_locked(taken)
+            return self._flush_locked(taken, covered)
 
-    def _flush_locked(self, taken: dict[str, _Buffer]) -> bool:
+    def _flush_locked(self, taken: dict[str, _Buffer], covered: dict | None = None) -> bool:
         try:
             con = warehouse.connect(self.db, wait_s=self.lock_wait_s)
         except warehouse.WarehouseLocked as exc:
             log.warning("collector: %s; keeping %d batches buffered", exc, len(taken))
             return False
         try:
+            Coverage.write(con, covered or {})
+            if not taken:
+                return True
             lander = warehouse.Lander(con, self.report.run_id)
             fetched: list[Fetched] = []
             for venue, buf in taken.items():
@@ -271,10 +278,12 @@ class Collector:
 
     async def flush(self) -> None:
         taken = self._take()
-        if not taken:
+        covered = self.coverage.take()      # every flush, messages or not: an outage is recorded too
+        if not taken and not covered:
             return
-        if not await asyncio.to_thread(self.flush_sync, taken):
+        if not await asyncio.to_thread(self.flush_sync, taken, covered):
             self._put_back(taken)
+            self.coverage.put_back(covered)
 
     async def flusher(self) -> None:
         while not self.stopping:
@@ -364,6 +373,7 @@ class Collector:
                     if self.stats.connects[v.source]:
                         self.stats.reconnects[v.source] += 1
                     self.stats.connects[v.source] += 1
+                    self.coverage.connected(v.source)
                     self.say(f"{v.source}: connected to {url}"
                              + (f" (reconnect {self.stats.reconnects[v.source]})" if self.stats.reconnects[v.source]
                                 else ""))
@@ -392,6 +402,7 @@ class Collector:
                     self.report.warnings.append(msg)
                 log.exception("%s: unexpected error; reconnecting", v.source)
             finally:
+                self.coverage.disconnected(v.source)
                 if hb is not None:
                     hb.cancel()
             if self.stopping:

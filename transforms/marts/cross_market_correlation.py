@@ -12,9 +12,11 @@ Alignment (a 24/7 market against exchange calendars):
   back (a hole in the data, not a weekend) or came from a different `source` (two underlying series,
   e.g. Stooq spot gold and the PAXG token, never make one return); a crypto return is NULL when
   either close is missing.
-Publication time: each row's available_at is when its latest inputs were known: the benchmark close's
-staging.macro_closes.available_at (else date + the series' [availability] lag in signals.toml: the
-dollar index about a week) and the crypto close (end of day D). marts.daily_institutional joins on it.
+Publication time: each row's available_at is when its inputs were known: the latest of the benchmark
+closes' staging.macro_closes.available_at (else date + the series' [availability] lag in signals.toml:
+the dollar index about a week) up to and including D, and the crypto close (end of day D). A running
+maximum, so it never decreases with date: a close published late delays every later row whose window
+could read it. marts.daily_institutional joins on it.
 Window: the last `window_days` benchmark trading days up to and including D (rows, not calendar days),
 so a row uses nothing after D. `n_obs` = days in the window with both returns; `correlation` is NULL
 when n_obs < ceil(min_coverage x window_days) (default 80 %) or a series is flat.
@@ -79,7 +81,8 @@ def aligned_returns_sql(cfg: dict) -> str:
     return f"""
     WITH b AS (
         SELECT date, series AS benchmark, close, source,
-               greatest({macro_available_sql(avail)}, to_timestamp((date - DATE '1970-01-01' + 1) * 86400)) AS available_at,
+               max(greatest({macro_available_sql(avail)}, to_timestamp((date - DATE '1970-01-01' + 1) * 86400)))
+                   OVER (w ROWS UNBOUNDED PRECEDING) AS available_at,
                lag(date) OVER w AS prev_date, lag(close) OVER w AS prev_close, lag(source) OVER w AS prev_source
         FROM staging.macro_closes m
         WHERE series IN ({bench}) AND close > 0

@@ -6,7 +6,9 @@
 -- the previous 3 days); US spot bitcoin ETF flows (BTC rows only) of the latest ETF trading day
 -- published by then (normally D - 1: Farside publishes D the next US morning), at most 7 days old;
 -- per benchmark, the latest 30/90-trading-day correlation published by then (its closes' available_at:
--- FRED posts the dollar index about a week late), at most 10 days old.
+-- FRED posts the dollar index about a week late), at most 10 days old. Rows published together
+-- (FRED releases a week of the dollar index at once; both input marts' available_at never decreases
+-- with date) resolve to the latest date among them, not to whichever the as-of join meets first.
 WITH spine0 AS (
     SELECT date, asset FROM marts.reference_close
     UNION
@@ -17,6 +19,7 @@ etf AS (
     SELECT 'BTC' AS asset, date AS etf_date, total_flow_usd, flow_5d_avg_usd, flow_20d_avg_usd,
            cumulative_flow_usd, streak_days, available_at AS etf_available_at
     FROM marts.etf_flows_daily
+    QUALIFY date = max(date) OVER (PARTITION BY available_at)
 ),
 cb AS (   -- one row per (date, asset, benchmark) with both windows
     SELECT date AS corr_date, asset, benchmark,
@@ -25,7 +28,8 @@ cb AS (   -- one row per (date, asset, benchmark) with both windows
            max(regime) FILTER (WHERE window_days = 30) AS regime30,
            max(available_at) AS corr_available_at
     FROM marts.cross_market_correlation
-    GROUP BY ALL
+    GROUP BY date, asset, benchmark
+    QUALIFY corr_date = max(corr_date) OVER (PARTITION BY asset, benchmark, corr_available_at)
 ),
 spx AS (SELECT * FROM cb WHERE benchmark = 'SPX'),
 ndx AS (SELECT * FROM cb WHERE benchmark = 'NDX'),

@@ -3,9 +3,11 @@
 -- A day's total is the sum of its per-ticker rows (Farside) when it has any, otherwise the
 -- all-fund total reported by a totals-only source (ticker TOTAL: SoSoValue, the Date,Total CSV).
 -- Holidays and unpublished days have no row. Averages and streaks count ETF trading days (rows),
--- and each row uses only that day and earlier days (no look-ahead). available_at: when the day's
--- numbers became known (the latest of its rows' staging.etf_flows.available_at, or date +
--- [availability] etf_flow_lag_hours when a row has none): marts join on it, not on date.
+-- and each row uses only that day and earlier days (no look-ahead). available_at: when the row's
+-- numbers became known: the latest staging.etf_flows.available_at (or date + [availability]
+-- etf_flow_lag_hours when a row has none) of this day AND every earlier day, because the averages
+-- and the cumulative sum read them (a late-published Thursday delays Friday's row too); so it never
+-- decreases with date. Marts join on it, not on date.
 WITH per_day AS (
     SELECT date,
            sum(flow_usd) FILTER (WHERE ticker <> 'TOTAL') AS tickers_flow_usd,
@@ -46,7 +48,7 @@ SELECT date,
        n_tickers,
        reported_total_usd,
        total_basis,
-       available_at
+       max(available_at) OVER (ORDER BY date ROWS UNBOUNDED PRECEDING) AS available_at
 FROM runs
 WINDOW w5 AS (ORDER BY date ROWS BETWEEN 4 PRECEDING AND CURRENT ROW),
        w20 AS (ORDER BY date ROWS BETWEEN 19 PRECEDING AND CURRENT ROW)

@@ -9,8 +9,11 @@ horizon h of [performance] horizons_days:
   D .. D + h (largest fall from a running peak, a positive fraction);
 - baseline: every day in the same period on which the signal *could* have fired (its inputs
   exist that day, e.g. funding for a funding rule) and that lies outside every event window of
-  the same asset (no event within h - 1 days either side, so no forward window overlaps an
-  event's): the mean of the same forward return on ordinary days;
+  the same asset (not within the h - 1 days after an event, whose forward windows are mostly the
+  event's own): the mean of the same forward return on ordinary days. Days *before* an event stay
+  in: leaving out "days followed by an event within h - 1 days" selects on the future (an OI/price
+  regime is itself a price move, so the baseline would lose exactly the days that precede rallies
+  or drops); their overlap with the event's window is what the HAC errors below account for;
 - hit_rate: share of events whose forward return has the sign the claim predicts
   (expected_sign, +1 up / -1 down; a zero return is a miss); NULL where no direction is
   claimed (then compare mean_abs_forward_return with baseline_mean_abs_return: the seed's
@@ -365,7 +368,8 @@ def hac_tstat(dates: np.ndarray, y: np.ndarray, event: np.ndarray, lag: int) -> 
 
 
 def _near_events(frame: pl.DataFrame, h: int) -> np.ndarray:
-    """True on non-event days with an event of the same asset within h - 1 days (overlapping windows)."""
+    """True on non-event days inside an event window of the same asset: an event 1 .. h - 1 days
+    earlier. Only earlier events: excluding days because an event follows would condition on the future."""
     near = np.zeros(frame.height, dtype=bool)
     if h <= 1:
         return near
@@ -379,7 +383,7 @@ def _near_events(frame: pl.DataFrame, h: int) -> np.ndarray:
             continue
         hit = np.zeros(m.sum(), dtype=bool)
         for k in range(1, h):
-            hit |= np.isin(days[m] + k, ev_days) | np.isin(days[m] - k, ev_days)
+            hit |= np.isin(days[m] - k, ev_days)
         near[m] = hit & ~ev[m]
     return near
 
