@@ -60,13 +60,23 @@ if _why:
     pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=_why)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sim():
     from perpwatch.simulator.server import start
 
     s = start(port=0, seed=7, now=NOW)
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def file_db(sim, tmp_path_factory) -> Path:
+    """(a) one process loads the window for every venue into the DuckDB file and builds."""
+    tmp = tmp_path_factory.mktemp("file")
+    env = env_for(sim, tmp, "file")
+    logs = {"file": tmp / "file.log"}
+    finish({"file": backfill(env, VENUES, logs["file"])}, logs)
+    return Path(env["PERPWATCH_DB"])
 
 
 @pytest.fixture
@@ -247,11 +257,7 @@ def check_reads(url: str, lines: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------- tests
 
-def test_three_workers_into_the_lake_equal_one_process_into_the_file(sim, lake_url, tmp_path):
-    file_env = env_for(sim, tmp_path, "file")
-    logs = {"file": tmp_path / "file.log"}
-    finish({"file": backfill(file_env, VENUES, logs["file"])}, logs)
-
+def test_three_workers_into_the_lake_equal_one_process_into_the_file(sim, file_db, lake_url, tmp_path):
     warehouse.connect(lake_url).close()      # initialise the catalog once, then the workers attach
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
@@ -269,7 +275,7 @@ def test_three_workers_into_the_lake_equal_one_process_into_the_file(sim, lake_u
         stop.set()
         rd.join(60)
     assert rd.exitcode == 0
-    rows = assert_same_warehouse(Path(file_env["PERPWATCH_DB"]), lake_url, tmp_path / "cmp")
+    rows = assert_same_warehouse(file_db, lake_url, tmp_path / "cmp")
     lines = [json.loads(x) for x in reads.read_text().splitlines()]
     seen = check_reads(lake_url, lines)
     # not vacuous: the reader saw marts from more than one build while the workers were writing
@@ -319,3 +325,43 @@ def test_two_builds_on_the_lake_serialise_through_the_lease(sim, lake_url, tmp_p
     n = len(set(names))
     assert n > 5 and len(names) == 2 * n, names
     assert len(set(names[:n])) == n and len(set(names[n:])) == n, names
+
+
+def test_deployed_three_workers_prefect_on_postgresql(sim, file_db, lake_url, tmp_path):
+    """Prefect server on PostgreSQL, pool with 3 workers, the ingest deployments triggered together with
+    fixed windows, all COMPLETED; then the build deployment; the warehouse equals the file's."""
+    from perpwatch import deploy
+
+    prefect_db = f"{PG}/pw_prefect_{uuid.uuid4().hex[:10]}"
+    lake.create_database(prefect_db)
+    warehouse.connect(lake_url).close()
+    env = {**env_for(sim, tmp_path, "deployed", lake_url), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    stack = deploy.Stack(home=tmp_path / "prefect", port=deploy.free_port(), base_env=env,
+                         worker_log=tmp_path / "worker.log", workers=3, database_url=prefect_db)
+    assert stack.env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    window = {"start": START.isoformat(), "end": NOW.isoformat(), "assets": ASSETS}
+    try:
+        stack.up()
+        assert deploy.queue_limits(stack.api_url)["warehouse"] == 3      # the lake admits concurrent writers
+        # three ingest deployments at once, one venue set each (binance twice: the overlapping stream);
+        # each deployment keeps its own limit of 1, so three different ones run side by side
+        runs = {
+            "perpwatch-ingest/hourly": {**window, "venues": WORKERS["w1"], "kind": "backfill"},
+            "perpwatch-backfill/manual": {**window, "venues": WORKERS["w2"], "build": False, "publish": False},
+            "perpwatch-daily/daily": {**window, "venues": WORKERS["w3"], "publish": False},
+        }
+        ids = {name: deploy.trigger(stack.api_url, name, params) for name, params in runs.items()}
+        done = {name: deploy.wait_for_run(stack.api_url, rid, timeout=900) for name, rid in ids.items()}
+        states = {name: fr.state_type.value for name, fr in done.items()}
+        assert set(states.values()) == {"COMPLETED"}, (states, (tmp_path / "worker.log").read_text()[-4000:])
+        # they ran at the same time on different workers
+        spans = sorted((fr.start_time, fr.end_time) for fr in done.values())
+        assert spans[1][0] < spans[0][1] and spans[2][0] < spans[0][1], spans
+        # after every load, one full build (the daily run built once already: the lease kept them apart)
+        fr = deploy.wait_for_run(stack.api_url, deploy.trigger(stack.api_url, "perpwatch-build/daily",
+                                                               {"publish": False}), timeout=600)
+        assert fr.state_type.value == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+    finally:
+        stack.down()
+        lake.drop_database(prefect_db)
+    assert_same_warehouse(file_db, lake_url, tmp_path / "cmp")
