@@ -54,8 +54,8 @@ def _drop(url: str) -> None:
 # --------------------------------------------------------------------------- (a) concurrent ingest
 
 def _env(sim, d: Path, data_path: Path, catalog: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PERPWATCH_CATALOG"}
-    env.update(sim.env())
+    env = {**os.environ, **sim.env()}
+    env.pop("PERPWATCH_CATALOG", None)
     env.update({"PERPWATCH_PROVIDERS": "", "PERPWATCH_DB": str(d / "perpwatch.duckdb"),
                 "PERPWATCH_SERVING_DB": str(d / "serving.duckdb"), "PERPWATCH_EXPORTS": str(d / "exports"),
                 "PERPWATCH_GX_DOCS": str(d / "gx"), "PERPWATCH_DATA_PATH": str(data_path),
