@@ -1,12 +1,13 @@
 """`make bench`: benchmarks against the alternatives and the physical limits (GitHub issue 8).
 
-    python -m perpwatch.bench [--size tiny|full] [--only load,marts,extract,e2e] [--out BENCHMARKS.md]
+    python -m perpwatch.bench [--size tiny|full] [--only load,marts,extract,e2e,lake] [--out BENCHMARKS.md]
 
-Four workloads, each with its baseline in the same invocation (medians of several runs, min–max):
+Five workloads, each with its baseline in the same invocation (medians of several runs, min–max):
 load path (vs dlt merge, a row-at-a-time executemany loader and DuckDB's Arrow ingest ceiling), marts
 at scale (generated warehouse, 1x/2x/4x, daily incremental pass), extraction against the rate limits
 (vs a sequential sleep-on-429 loop and the floor the limits allow), end to end (`make demo`, Prefect
-and Great Expectations start-up). Writes the report to BENCHMARKS.md (full) or --out; raw numbers to
+and Great Expectations start-up), and the DuckLake scale-out (`bench/lake.py`: 3 workers into the lake vs
+one process into the file, reader wait vs warehouse size, load rows/s; needs PostgreSQL). Writes the report to BENCHMARKS.md (full) or --out; raw numbers to
 data/bench/results-<size>.json. dlt runs only in a separate venv (.bench-venv, created on demand).
 A benchmark is not a test: tests/test_bench_smoke.py only checks that `--size tiny` runs and is sane.
 """
@@ -31,15 +32,19 @@ SIZES = {
         "marts": {"days": 1825, "assets": [50, 100, 200], "runs": 2, "heatmap_probe": (90, 4), "heatmap_at_scale": False},
         "extract": {"n": 200, "runs": 3, "latency_ms": 50.0, "limits_scale": 0.25, "window_scale": 0.05},
         "e2e": {"runs": 3, "demo": True},
+        "lake": {"days": 30, "assets": ["BTC", "ETH", "SOL"], "latency_ms": 50.0, "runs": 2,
+                 "pub_days": 365, "pub_assets": 25, "load_rows": 1_000_000},
     },
     "tiny": {
         "load": {"rows": 10_000, "runs": 1, "dlt_rows": None, "em_rows": 500},
         "marts": {"days": 20, "assets": [1, 2, 4], "runs": 1, "heatmap_probe": (10, 1), "heatmap_at_scale": True},
         "extract": {"n": 3, "runs": 1, "latency_ms": 50.0, "limits_scale": 0.01, "window_scale": 0.01},
         "e2e": {"runs": 1, "demo": False},
+        "lake": {"days": 2, "assets": ["BTC"], "latency_ms": 50.0, "runs": 1,
+                 "pub_days": 30, "pub_assets": 2, "load_rows": 20_000},
     },
 }
-WORKLOADS = ("load", "marts", "extract", "e2e")
+WORKLOADS = ("load", "marts", "extract", "e2e", "lake")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             from perpwatch.bench import e2e
 
             results["e2e"] = e2e.run(c["runs"], c["demo"], progress=say)
+        elif w == "lake":
+            from perpwatch.bench import lake
+
+            results["lake"] = lake.run(c, workdir, progress=say)
         if isinstance(results.get(w), dict):
             results[w]["rss_method"] = "own"     # child peak RSS measured through the launcher (bench.common)
         results.setdefault("seconds", {})[w] = time.perf_counter() - t0

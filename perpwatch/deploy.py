@@ -262,7 +262,7 @@ def crash_leftovers(api_url: str) -> list[str]:
 
 def database_url(url: str) -> str:
     """PREFECT_API_DATABASE_CONNECTION_URL for the server: postgresql://… becomes postgresql+asyncpg://…
-    (the driver Prefect's server uses; asyncpg ships with Prefect)."""
+    (the driver Prefect's server uses: asyncpg, pinned in pyproject.toml)."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix):]
@@ -308,12 +308,15 @@ class Stack:
     procs: list[subprocess.Popen] = field(default_factory=list)
     deploy_output: str = ""
     workers: int = 1
+    database_url: str | None = None     # PostgreSQL for the server's own database (else SQLite in home)
 
     def __post_init__(self):
         self.home = Path(self.home).resolve()
         self.external = self.api_url is not None
         self.api_url = self.api_url or f"http://127.0.0.1:{self.port}/api"
         self.env = environment(self.home, self.api_url, self.base_env)
+        if self.database_url:
+            self.env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(self.database_url)
 
     def up(self, worker: bool = True, say=lambda _m: None) -> Stack:
         try:
@@ -413,8 +416,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="PostgreSQL URL for the Prefect server's own database "
                          "(default $PREFECT_API_DATABASE_CONNECTION_URL; unset = SQLite in --home)")
     args = ap.parse_args(argv)
-    if args.database_url:
-        os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(args.database_url)
     if args.workers > 1 and not settings.get().catalog:
         print("--workers N > 1 needs the DuckLake backend (PERPWATCH_CATALOG): the DuckDB file admits one "
               "writer process", file=sys.stderr)
@@ -428,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"port {port} is in use (another Prefect server?). Stop it, pick --port N, or reuse it with "
               f"--api-url http://127.0.0.1:{port}/api", file=sys.stderr)
         return 2
-    stack = Stack(home=Path(args.home), port=port, api_url=args.api_url, workers=args.workers)
+    stack = Stack(home=Path(args.home), port=port, api_url=args.api_url, workers=args.workers,
+                  database_url=args.database_url)
     stopping = False
 
     def on_signal(signum, _frame):

@@ -18,6 +18,7 @@ from perpwatch.core import settings
 from perpwatch.ingest import pipeline
 from perpwatch.ingest.pipeline import Runner, RunReport
 from perpwatch.serving import alerts
+from perpwatch.warehouse import lease
 
 log = logging.getLogger("perpwatch")
 CHUNK_DAYS = 30
@@ -31,8 +32,12 @@ def ingest(kind: str = "run", start: datetime | None = None, end: datetime | Non
 
 
 def build(db=None, since: datetime | None = None) -> dict[str, float]:
-    """Rebuild the marts from staging (incrementally from `since` for marts that opt in)."""
-    with warehouse.session(db) as con:
+    """Rebuild the marts from staging (incrementally from `since` for marts that opt in).
+
+    On the lake (PERPWATCH_CATALOG) a build first takes the `build` lease in the catalog
+    (warehouse/lease.py), so two builds from different workers run one after the other instead of
+    conflicting half-way; on the DuckDB file the file lock already does that."""
+    with lease.hold(db, "build"), warehouse.session(db) as con:
         if since is not None:
             return transforms.build_incremental(con, since.date() if isinstance(since, datetime) else since)
         return transforms.build_all(con)

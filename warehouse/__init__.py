@@ -105,13 +105,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     apply_comments(con, only_existing=True)
 
 
-# Lake-only bookkeeping (warehouse/lake.py): write tokens that serialise upserts per table, and
-# the maintenance log shown by `perpwatch status`.
+# Lake-only bookkeeping (warehouse/lake.py): write tokens that serialise upserts per table, the
+# maintenance log shown by `perpwatch status`, and leases (warehouse/lease.py: one full mart rebuild
+# at a time; the rows exist before anyone takes them so that two takers conflict).
 LAKE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta.write_tokens (table_name VARCHAR NOT NULL, writes BIGINT, updated_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS meta.maintenance (
     started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ, snapshots_expired BIGINT, files_merged BIGINT,
     files_deleted BIGINT, retention_days DOUBLE, message VARCHAR);
+CREATE TABLE IF NOT EXISTS meta.leases (name VARCHAR NOT NULL, holder VARCHAR, acquired_at TIMESTAMPTZ,
+    expires_at TIMESTAMPTZ);
 """
 
 
@@ -131,7 +134,7 @@ def ensure_schema_lake(con: duckdb.DuckDBPyConnection) -> None:
     have = {f"{s}.{t}" for s, t in con.execute(
         "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
     wanted = set(KEYS) | {"raw.payloads", "meta.watermarks", "meta.runs", "meta.run_datasets", "quarantine.batches",
-                          "meta.gaps", "meta.write_tokens", "meta.maintenance"}
+                          "meta.gaps", "meta.write_tokens", "meta.maintenance", "meta.leases"}
     con.execute("BEGIN TRANSACTION")
     try:
         if not wanted <= have:
@@ -139,6 +142,11 @@ def ensure_schema_lake(con: duckdb.DuckDBPyConnection) -> None:
         tokens = {r[0] for r in con.execute("SELECT table_name FROM meta.write_tokens").fetchall()}
         for table in sorted(set(KEYS) - tokens):
             con.execute("INSERT INTO meta.write_tokens VALUES (?, 0, now())", [table])
+        from perpwatch.warehouse.lease import NAMES
+
+        leases = {r[0] for r in con.execute("SELECT name FROM meta.leases").fetchall()}
+        for name in sorted(set(NAMES) - leases):
+            con.execute("INSERT INTO meta.leases VALUES (?, NULL, NULL, NULL)", [name])
         apply_comments(con, only_existing=True)
         con.execute("COMMIT")
     except BaseException:

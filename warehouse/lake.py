@@ -108,6 +108,12 @@ def connect(url: str, read_only: bool = False, as_of=None, init: bool = True) ->
     try:
         load_extensions(con)
         con.execute("SET TimeZone='UTC'")
+        # Every commit (autocommit statements too) first claims the next snapshot id; a writer that loses
+        # that race is retried inside COMMIT by DuckLake itself. Its default (10 tries from 100 ms, x1.5)
+        # ran out with three workers and a reader on 2 cores; 50 tries from 20 ms x1.1 (~23 s in all,
+        # last wait ~2 s) absorbed it. Logical conflicts still reach warehouse.write / retry.
+        con.execute("SET ducklake_max_retry_count = 50; SET ducklake_retry_wait_ms = 20; "
+                    "SET ducklake_retry_backoff = 1.1")
         if not read_only and init and url not in _initialised:
             initialise(url, con)
         _retry_transient(lambda: con.execute(_attach_sql(url, read_only or as_of is not None, as_of)))
@@ -169,8 +175,15 @@ def next_raw_id(con) -> int:
 
 
 def is_conflict(exc: BaseException) -> bool:
+    """A commit lost a race with another writer (retrying the whole transaction is the remedy).
+
+    Besides DuckLake's own "conflict" errors this includes two writers that claimed the same next
+    snapshot id: DuckLake retries that inside COMMIT (ducklake_max_retry_count, default 10) and, when
+    those run out under load, surfaces PostgreSQL's unique violation on ducklake_snapshot (seen with
+    three workers and a reader on 2 cores, tests/test_lake_e2e.py)."""
     text = str(exc).lower()
-    return "conflict" in text or "could not serialize" in text or "deadlock" in text
+    return ("conflict" in text or "could not serialize" in text or "deadlock" in text
+            or 'violates unique constraint "ducklake_snapshot' in text)
 
 
 def claim(con, table: str) -> None:
