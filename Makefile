@@ -47,7 +47,7 @@ bi: $(STAMP) $(BI_STAMP)
 	@$(BIN)/python -m perpwatch.cli bi
 
 test: $(STAMP) $(BI_STAMP) browser
-	@$(BIN)/lint-imports --no-cache   # layer contracts (pyproject [tool.importlinter]): a backward import fails the suite
+	@$(BIN)/lint-imports --no-cache --no-logo   # layer contracts (pyproject [tool.importlinter]): a backward import fails the suite
 	@$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
