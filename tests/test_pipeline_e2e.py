@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -141,10 +142,15 @@ def test_bad_input_is_quarantined_and_the_rest_loads(env, tmp_path, monkeypatch)
                       [by["funding_rates"][5]]).fetchone()
     body = warehouse.payload_body(raw[0], raw[1])
     assert raw[2] == 200 and body.startswith(b"[") and not body.rstrip().endswith(b"]")
-    # nothing half-loaded: no SOL rows in the bad datasets; the SOL ratio batch is out whole
+    # unreadable payloads are out whole; of the SOL ratios only the 73 bad account rows (ratio -3) are out,
+    # the positions and top-trader populations of the same instrument load
     assert con.execute("SELECT count(*) FROM staging.funding_rates WHERE instrument='SOLUSDT'").fetchone()[0] == 0
     assert con.execute("SELECT count(*) FROM staging.open_interest WHERE instrument='SOLUSDT'").fetchone()[0] == 0
-    assert con.execute("SELECT count(*) FROM staging.long_short_ratio WHERE instrument='SOLUSDT'").fetchone()[0] == 0
+    assert set(con.execute("SELECT population, count(*) FROM staging.long_short_ratio WHERE instrument='SOLUSDT' "
+                       "GROUP BY 1").fetchall()) == {("positions", 73), ("top_accounts", 73)}
+    refs = json.loads(con.execute("SELECT row_refs FROM quarantine.batches WHERE dataset = 'long_short_ratio'"
+                                  ).fetchone()[0])
+    assert sum(len(r["rows"]) for r in refs) == 73           # every bad row named by raw_id and row number
     # the good instruments still load, including after HTTP 500 x2 and a 429 with Retry-After
     assert con.execute("SELECT count(*) FROM staging.funding_rates WHERE instrument='BTCUSDT'").fetchone()[0] == 9
     assert con.execute("SELECT count(*) FROM staging.prices WHERE instrument='BTCUSDT' AND kind='mark'").fetchone()[0] == 72
@@ -154,7 +160,7 @@ def test_bad_input_is_quarantined_and_the_rest_loads(env, tmp_path, monkeypatch)
     assert statuses.count(500) == 2 and statuses.count(429) == 1
     assert elapsed >= 1.0                                     # Retry-After was honoured
     run = con.execute("SELECT status, rows_quarantined, message FROM meta.runs").fetchone()
-    assert run[0] == "warning" and run[1] == 73 * 3 and "SOLUSDT" in run[2]   # the whole SOL ratio batch
+    assert run[0] == "warning" and run[1] == 73 and "SOLUSDT" in run[2]       # exactly the bad ratio rows
     # watermarks of quarantined streams did not move, so the next clean run fetches them
     assert con.execute("SELECT count(*) FROM meta.watermarks WHERE instrument='SOLUSDT' "
                        "AND dataset IN ('funding_rates','open_interest','long_short_ratio/accounts')").fetchone()[0] == 0
