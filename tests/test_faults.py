@@ -305,24 +305,38 @@ def test_data_faults_are_caught_and_a_rerun_converges(env, tmp_path, monkeypatch
     assert 1 <= missing <= 3                                     # the gap fault took 1-3 inner bars
     assert cnt["funding BTCUSDT"] == 9 and cnt["oi BTCUSDT"] == 73 and cnt["prices/spot BTCUSDT"] == 72
     assert cnt["ratio/top_accounts SOLUSDT"] == 73 and cnt["ratio/accounts SOLUSDT"] == 73
-    assert not any(k.endswith("SOLUSDT") and k.startswith(("prices/", "oi", "funding")) for k in cnt)
-    # the gap is recorded, open, with the exact number of missing bars; the failed streams, which never
-    # had a watermark, keep their window as an open "unloaded window" gap for the next run
-    g = con.execute("SELECT source, dataset, instrument, missing, status FROM meta.gaps WHERE missing IS NOT NULL"
-                    ).fetchall()
-    assert [x[:3] + (x[4],) for x in g] == [("binance", "prices/perp", "BTCUSDT", "open")]
-    assert sum(x[3] for x in g) == missing
+    # one bad row (negative, 1e20, NaN) costs exactly that row: the rest of its stream loads
+    assert cnt["ratio/accounts BTCUSDT"] == 73 - 1 and cnt["funding SOLUSDT"] == 18 - 1
+    assert cnt["prices/perp SOLUSDT"] == 72 - 1
+    rows = dict(con.execute("SELECT dataset || ' ' || instrument, sum(rows) FROM quarantine.batches "
+                            "WHERE row_refs IS NOT NULL GROUP BY 1").fetchall())
+    assert rows == {"long_short_ratio BTCUSDT": 1, "funding_rates SOLUSDT": 1, "prices SOLUSDT": 1}
+    # unreadable payloads cost their stream's window: nothing of those streams loaded
+    assert not any(k in cnt for k in ("oi SOLUSDT", "ratio/top_positions SOLUSDT"))
+    assert cnt["prices/index SOLUSDT"] == 72 and cnt["prices/spot SOLUSDT"] == 72     # reset, timeout: retried
+    # the gap is recorded, open, with the exact number of missing bars (a quarantined row inside a series
+    # is a gap too: re-requested until it arrives good or is found unfillable); the failed streams, which
+    # never had a watermark, keep their window as an open "unloaded window" gap for the next run
+    g = {(x[1], x[2]): x[3] for x in con.execute(
+        "SELECT source, dataset, instrument, missing, status FROM meta.gaps WHERE missing IS NOT NULL "
+        "AND status = 'open'").fetchall()}
+    assert g[("prices/perp", "BTCUSDT")] == missing
+    assert set(g) <= {("prices/perp", "BTCUSDT"), ("prices/perp", "SOLUSDT"), ("funding_rates", "SOLUSDT"),
+                      ("long_short_ratio/accounts", "BTCUSDT")}
+    assert all(v == 1 for k, v in g.items() if k != ("prices/perp", "BTCUSDT"))
     unloaded = {f"{d} {i}" for d, i in con.execute("SELECT dataset, instrument FROM meta.gaps WHERE missing IS NULL "
                                                   "AND status = 'open'").fetchall()}
-    assert {"funding_rates SOLUSDT", "open_interest SOLUSDT", "prices/mark SOLUSDT",
-            "long_short_ratio/top_positions SOLUSDT", "long_short_ratio/accounts BTCUSDT"} <= unloaded
-    # watermarks: failed streams did not move (SOL prices: the whole quarantined group); the gap did not stop it
+    assert {"open_interest SOLUSDT", "long_short_ratio/top_positions SOLUSDT"} <= unloaded
+    # watermarks: streams with an unreadable page did not move; row-level quarantine did not stop a stream
     marks = dict(con.execute("SELECT dataset || ' ' || instrument, last_ts FROM meta.watermarks").fetchall())
     assert marks["prices/perp BTCUSDT"] == NOW - timedelta(hours=1)
-    for k in ("funding_rates SOLUSDT", "open_interest SOLUSDT", "prices/perp SOLUSDT", "prices/index SOLUSDT",
-              "prices/spot SOLUSDT", "long_short_ratio/accounts BTCUSDT", "long_short_ratio/top_positions SOLUSDT"):
+    for k in ("open_interest SOLUSDT", "long_short_ratio/top_positions SOLUSDT"):
         assert k not in marks, k
     assert marks["long_short_ratio/top_accounts SOLUSDT"] == NOW
+    assert marks["long_short_ratio/accounts BTCUSDT"] == NOW
+    assert marks["prices/perp SOLUSDT"] == NOW - timedelta(hours=1)
+    assert marks["funding_rates SOLUSDT"] == con.execute(
+        "SELECT max(funding_time) FROM staging.funding_rates WHERE instrument = 'SOLUSDT'").fetchone()[0]
     con.close()
     assert duplicate_keys(db) == 0
     # the same backfill again, without faults: everything arrives, the gap is filled, nothing is lost
