@@ -375,6 +375,14 @@ def shape_generic(df: pl.DataFrame, table: str, params: dict, ctx: ParseContext,
                 notes.append(f"funding_time: naive times at {sorted(set(probe.drop_nulls().dt.hour().to_list()))}h "
                              f"-> local time UTC{offset:+g}, shifted to UTC (override with tz_offset)")
     frame, problems = convert(df, types, offset or 0.0)
+    if not offset:   # values without a UTC offset are read as UTC: say so, per column
+        for col, ty in types.items():
+            if ty.startswith("TIMESTAMP") and col in df.columns and not df[col].dtype.is_integer() \
+                    and not (isinstance(df[col].dtype, pl.Datetime) and df[col].dtype.time_zone):
+                _v, naive = conv_time(df[col], 0.0)
+                n = int((naive & _v.is_not_null()).sum())
+                if n:
+                    notes.append(f"{col}: {n} value(s) without a UTC offset read as UTC (tz_offset shifts them)")
     bad = {p["row"] for p in problems}
     frame = frame.filter(~pl.col("_row").is_in(sorted(bad)))
     lit = {"venue": _infer_venue(params) if not tables.table(table).provider else None,

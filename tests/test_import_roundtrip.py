@@ -14,8 +14,8 @@ import pytest
 from perpwatch import jobs, warehouse
 from perpwatch.core import tables
 from perpwatch.ingest import importer
-from perpwatch.sources import imports
 from perpwatch.simulator.server import start
+from perpwatch.sources import imports
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 KIND = {t: k for k, t in imports.KINDS.items()}
@@ -95,3 +95,15 @@ def test_every_iso_8601_form_a_database_writes():
     bad, _ = imports.conv_time(pl.Series(["2020-13-01 00:00:00+00", "yesterday"]))
     assert bad.to_list() == [None, None]          # still unparseable: quarantined with row and reason
     assert imports.conv_date(pl.Series(["2020-01-01", "2020-01-01 00:00:00+00"])).to_list() == [t0.date()] * 2
+
+
+def test_naive_times_are_utc_with_a_note(tmp_path):
+    f = tmp_path / "oi.csv"
+    f.write_text("venue,instrument,ts,oi_base,oi_usd\nbinance,BTCUSDT,2026-11-19 10:00:00,100,9000000\n"
+                 "binance,BTCUSDT,2026-11-19T11:00:00+00,101,9090000\n")
+    rep = importer.import_file("open-interest", str(f), db=tmp_path / "w.duckdb")
+    assert rep.loaded == 2, (rep.errors, rep.problems)
+    assert any(n.startswith("ts: 1 value(s) without a UTC offset read as UTC") for n in rep.notes), rep.notes
+    with warehouse.session(tmp_path / "w.duckdb", read_only=True) as con:
+        assert [r[0] for r in con.execute("SELECT ts FROM staging.open_interest ORDER BY ts").fetchall()] == \
+            [datetime(2026, 11, 19, 10, tzinfo=UTC), datetime(2026, 11, 19, 11, tzinfo=UTC)]

@@ -345,7 +345,7 @@ def test_replay_degrades_per_payload(env, tmp_path):
         q = con.execute("SELECT raw_id, rows, message, row_refs FROM quarantine.batches WHERE run_id = ? "
                         "ORDER BY raw_id", [rr.run_id]).fetchall()
         assert [(r[0], r[1]) for r in q] == [(bad_id, 0), (absurd_id, 1)]
-        assert "raw_id=%d" % bad_id in q[0][2] and "not zlib data" in q[0][2] and q[0][3] is None
+        assert f"raw_id={bad_id}" in q[0][2] and "not zlib data" in q[0][2] and q[0][3] is None
         assert json.loads(q[1][3]) == [{"raw_id": absurd_id, "rows": [0]}]
         got = con.sql("SELECT funding_time, funding_rate, raw_id FROM staging.funding_rates ORDER BY 1").pl()
     finally:
