@@ -207,3 +207,30 @@ def test_existing_warehouse_gets_the_identity_default(tmp_path):
         warehouse.payload_body(b"plain", "zlib", raw_id=7)
     with pytest.raises(warehouse.UndecodableBody, match="unknown encoding 'gzip'"):
         warehouse.payload_body(b"plain", "gzip")
+
+
+def test_prefect_flow_state_matches_the_run_status(env, tmp_path, monkeypatch):
+    """The ingest flow: a warning run ends Completed with the warning as its message, a failed run ends
+    Failed; both carry the same outcome dict the CLI prints, and meta.runs agrees."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    from perpwatch.flows.ingest import ingest, state_outcome
+
+    proxy = FaultProxy(env.base_url)
+    try:
+        monkeypatch.setenv("PERPWATCH_URL_BINANCE_FAPI", proxy.base_url + "/binance-fapi")
+        proxy.add("/fapi/v1/fundingRate", "truncate", symbol="BTCUSDT")
+        warn = ingest(start=NOW - timedelta(days=1), end=NOW, venues=["binance"], assets=["BTC"],
+                      db=str(tmp_path / "w.duckdb"), kind="backfill", return_state=True)
+        proxy.add("/fapi/v1/klines", "status:400", symbol="BTCUSDT")      # a client error: not retried
+        fail = ingest(start=NOW - timedelta(days=1), end=NOW, venues=["binance"], assets=["BTC"],
+                      db=str(tmp_path / "f.duckdb"), kind="backfill", return_state=True)
+    finally:
+        proxy.stop()
+    out = state_outcome(warn)
+    assert warn.type.value == "COMPLETED" and warn.message.startswith("warning: ") and "fundingRate" in warn.message
+    assert out["status"] == "warning" and out["payloads_quarantined"] == 1
+    out_f = state_outcome(fail)
+    assert fail.type.value == "FAILED" and out_f["status"] == "failed" and "klines" in fail.message
+    for db, want in (("w", "warning"), ("f", "failed")):
+        with warehouse.session(tmp_path / f"{db}.duckdb", read_only=True) as con:
+            assert con.execute("SELECT status FROM meta.runs").fetchone()[0] == want
