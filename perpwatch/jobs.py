@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from perpwatch import transforms, warehouse
+from perpwatch.core import phases
 from perpwatch.ingest import pipeline
 from perpwatch.ingest.pipeline import Runner, RunReport
 from perpwatch.serving import alerts
@@ -67,8 +68,10 @@ def after_load(db=None, build_marts: bool = True, publish_snapshot: bool = True,
     out = AfterLoad()
     if not build_marts:
         return out
+    phases.mark("build")
     out.marts = runner.call(build, db, since)
     if publish_snapshot:
+        phases.mark("publish")
         out.serving = runner.call(publish, db)
     out.delivery = runner.call(deliver, db)
     return out

@@ -73,11 +73,16 @@ def connect(path: str | Path | None = None, read_only: bool = False, wait_s: flo
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
+    waited = False
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only)
             break
         except duckdb.IOException as exc:
+            if "lock" in str(exc).lower() and not waited:
+                waited = True
+                from perpwatch.core import phases
+                phases.mark("lock-wait")
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 if "lock" in str(exc).lower():
                     raise WarehouseLocked(

@@ -17,7 +17,7 @@ import orjson
 import polars as pl
 
 from perpwatch import sources, warehouse
-from perpwatch.core import settings, tables
+from perpwatch.core import phases, settings, tables
 from perpwatch.core.assets import validate_asset, validate_instrument
 from perpwatch.ingest import gaps
 from perpwatch.ingest.validate import Failure, validate
@@ -683,12 +683,14 @@ def ingest(kind: str = "run", start: datetime | None = None, end: datetime | Non
     report = plan.report
     try:
         say(f"planned {len(plan.units)} units across {len({u.source for u in plan.units})} sources")
+        phases.mark("extract")
         results = runner.map(extract, [(plan.run_id, u) for u in plan.units])
         pages: list[PageRef] = []
         for u, r in zip(plan.units, results, strict=True):
             report.merge(r.report)
             pages += r.pages
             say(f"fetched {u.source} {u.kind}: {len(r.pages)} pages")
+        phases.mark("load")
         report.merge(runner.call(load, plan.run_id, db, tuple(pages), frozenset(report.tainted)))
     except Exception as exc:
         report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
