@@ -185,7 +185,9 @@ def test_transport_faults_are_retried(env, monkeypatch):
     assert took[1] >= 1.0 and took[2] >= 1.0          # Retry-After honoured (429, then 418 ban)
     assert cl.stats["rate_limited"] == 1 and cl.stats["banned"] == 1
     assert cl.stats["server_errors"] == 3             # a burst of three 5xx, then the clean answer
-    assert 0.8 <= took[5] < 3.0 and took[6] >= 0.15   # read timeout, retry; slow but fine
+    # read timeout, then a retry (counted below); slow but fine. Lower bounds only: they are what the
+    # client must wait, while an upper bound would measure how busy the machine is
+    assert took[5] >= 0.8 and took[6] >= 0.15
     assert cl.stats["retries"] == 3 + 2 + 1           # 5xx x3, reset x2 (before/mid body), timeout x1
     assert {m for p, *_ in f.log if p.startswith("reset") for m in [p]} <= {"reset:before", "reset:mid"}
     # a truncated 200 is returned (and landed) as is; decoding it names the payload
@@ -448,10 +450,8 @@ def test_backfill_under_tight_limits_is_never_banned(tmp_path, monkeypatch):
                     b.window_s *= ws
                 return cl
             monkeypatch.setattr(mod, "make_client", scaled)
-        t0 = time.monotonic()
         r = jobs.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=["binance", "bybit", "okx"],
                          assets=["BTC"], db=tmp_path / "w.duckdb", build=False)
-        took = time.monotonic() - t0
         stats = s.stats.as_dict()
         with warehouse.session(tmp_path / "w.duckdb", read_only=True) as con:
             bodies = [warehouse.payload_body(b, e) for src, b, e in con.execute(
@@ -464,7 +464,7 @@ def test_backfill_under_tight_limits_is_never_banned(tmp_path, monkeypatch):
     assert r.status == "success", r.errors + r.warnings
     assert made == {"binance": 1, "bybit": 1, "okx": 1}           # one client (one set of budgets) per source
     assert stats["418"] == 0 and stats["429"] <= 2, stats
-    assert sum(stats["requests"].values()) >= 50 and took < 60
+    assert sum(stats["requests"].values()) >= 50
     assert bybit_rate_limited == 0 and okx_rate_limited == 0      # nor their HTTP-200 "too many visits" codes
 
 
