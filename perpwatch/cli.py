@@ -198,7 +198,7 @@ def _backfill_notes(res: dict) -> None:
         print(f"backfill failed: {len(res['failed'])} of {res['chunks']} chunks failed "
               f"({', '.join(res['failed'])}); see perpwatch status and meta.runs", file=sys.stderr)
     for g in res.get("missing", [])[:20]:
-        print(f"  MISSING {g['source']} {g['dataset']} [{g['instrument']}] {g['gap_start']} .. {g['gap_end']}"
+        print(f"  MISSING ({g.get('status', 'open')}) {g['source']} {g['dataset']} [{g['instrument']}] {g['gap_start']} .. {g['gap_end']}"
               + (f" ({g['missing']} rows)" if g.get("missing") is not None else ""), file=sys.stderr)
     if res.get("gaps_open"):
         print(f"backfill: {res['gaps_open']} gap(s) still open after {res.get('heal_passes', 0)} heal pass(es)",

@@ -122,7 +122,7 @@ class BackfillResult:
     gaps_open: int = 0                 # gaps of the window still open at the end (after healing)
     heal_passes: int = 0
     failed: list[str] = field(default_factory=list)          # chunk runs whose last attempt failed
-    missing: list[dict] = field(default_factory=list)        # what is still missing: the open gaps (<= 50)
+    missing: list[dict] = field(default_factory=list)        # still missing: open and unfillable gaps (<= 50)
     marts: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -141,16 +141,17 @@ def _gap_notice(message: str) -> bool:
 
 
 def open_gaps_in(db, start: datetime, end: datetime, venues: list[str] | None = None) -> list[dict]:
-    """Open gaps (meta.gaps) that overlap [start, end), of the given venues' sources, oldest first."""
+    """Gaps (meta.gaps) still missing — open (re-requested) or unfillable (the venue lacks the rows) — that
+    overlap [start, end), of the given venues' sources, oldest first."""
     from perpwatch.ingest import gaps
 
     with warehouse.session(db) as con:
-        rows = gaps.open_gaps(con).filter(pl.col("status") == "open")
+        rows = gaps.open_gaps(con)
     rows = rows.filter((pl.col("gap_end") >= start) & (pl.col("gap_start") < end))
     if venues:
         rows = rows.filter(pl.col("source").is_in(list(venues)))
     return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()
-             if k in ("source", "dataset", "instrument", "gap_start", "gap_end", "missing", "attempts")}
+             if k in ("source", "dataset", "instrument", "gap_start", "gap_end", "missing", "status", "attempts")}
             for r in rows.sort("gap_start").iter_rows(named=True)]
 
 
@@ -181,29 +182,29 @@ def backfill(start: datetime, end: datetime | None = None, venues: list[str] | N
     missing = open_gaps_in(db, utc(start), end, venues)
     while heal and res.heal_passes < heal_passes:
         failed = [w for w, r in last.items() if r.status == "failed"]
-        if not missing and not failed:
+        still_open = [g for g in missing if g["status"] == "open"]      # unfillable ones are not re-read
+        if not still_open and not failed:
             break
         res.heal_passes += 1
         todo = list(failed)
-        if missing:   # one run over the span of the open gaps (pipeline._window starts at the earliest)
-            lo = min(datetime.fromisoformat(g["gap_start"]) for g in missing)
-            hi = max(datetime.fromisoformat(g["gap_end"]) for g in missing) + timedelta(days=1)
+        if still_open:   # one run over the span of the open gaps (pipeline._window starts at the earliest)
+            lo = min(datetime.fromisoformat(g["gap_start"]) for g in still_open)
+            hi = max(datetime.fromisoformat(g["gap_end"]) for g in still_open) + timedelta(days=1)
             span = (max(utc(start), lo), min(end, hi))
             if not any(f[0] <= span[0] and span[1] <= f[1] for f in failed) and span[0] < span[1]:
                 todo.append(span)
-        srcs = sorted({g["source"] for g in missing}) if missing and not failed else venues
+        srcs = sorted({g["source"] for g in still_open}) if still_open and not failed else venues
         for w in todo:
             rep = ingest("backfill", w[0], w[1], srcs if w not in last else venues, assets, db, runner=runner)
             res.add(rep)
             if w in last:
                 last[w] = rep
             warned |= any(not _gap_notice(x) for x in rep.warnings)
-            if progress:
-                progress(res.heal_passes, heal_passes, rep)
+            log.info("backfill heal pass %d/%d: %s %s", res.heal_passes, heal_passes, rep.run_id, rep.status)
         missing = open_gaps_in(db, utc(start), end, venues)
     res.failed = [r.run_id for r in last.values() if r.status == "failed"]
     res.missing = missing[:50]
-    res.gaps_open = len(missing)
+    res.gaps_open = sum(g["status"] == "open" for g in missing)
     if res.failed:
         res.status = "failed"
     elif missing or res.quarantined or res.payloads_quarantined or warned:

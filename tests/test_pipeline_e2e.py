@@ -147,7 +147,7 @@ def test_bad_input_is_quarantined_and_the_rest_loads(env, tmp_path, monkeypatch)
     assert con.execute("SELECT count(*) FROM staging.funding_rates WHERE instrument='SOLUSDT'").fetchone()[0] == 0
     assert con.execute("SELECT count(*) FROM staging.open_interest WHERE instrument='SOLUSDT'").fetchone()[0] == 0
     assert set(con.execute("SELECT population, count(*) FROM staging.long_short_ratio WHERE instrument='SOLUSDT' "
-                       "GROUP BY 1").fetchall()) == {("positions", 73), ("top_accounts", 73)}
+                       "GROUP BY 1").fetchall()) == {("top_positions", 73), ("top_accounts", 73)}
     refs = json.loads(con.execute("SELECT row_refs FROM quarantine.batches WHERE dataset = 'long_short_ratio'"
                                   ).fetchone()[0])
     assert sum(len(r["rows"]) for r in refs) == 73           # every bad row named by raw_id and row number
