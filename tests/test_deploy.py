@@ -42,7 +42,8 @@ def test_make_deploy_runs_the_daily_deployment(tmp_path):
         stack.up()
         deps = {d["name"]: d for d in deploy.deployments(stack.api_url)}
         assert set(deps) == {"perpwatch-backfill/manual", "perpwatch-build/daily", "perpwatch-collector/liquidations",
-                             "perpwatch-daily/daily", "perpwatch-ingest/hourly", "perpwatch-markets/daily"}
+                             "perpwatch-daily/daily", "perpwatch-ingest/hourly", "perpwatch-markets/daily",
+                             "perpwatch-maintenance/maintenance"}
         assert deps["perpwatch-daily/daily"] == {"name": "perpwatch-daily/daily", "schedule": "15 0 * * * UTC",
                                                  "queue": "warehouse", "limit": 1, "collision": "ENQUEUE"}
         assert deps["perpwatch-markets/daily"]["schedule"] == "30 22 * * * America/New_York"
