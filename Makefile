@@ -14,7 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 BI_VENV := .venv-bi
 BI_STAMP := $(BI_VENV)/.installed
 
-.PHONY: install demo test lint bench bench-quick deploy clean bi bi-install browser
+.PHONY: install system-deps demo test lint bench bench-quick deploy clean bi bi-install browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,17 +36,21 @@ $(BI_STAMP): bi/requirements.txt bi/constraints.txt
 
 bi-install: $(BI_STAMP)
 
-# Headless Chromium + chromedriver from Debian, for the dashboard screenshot test (tests/test_bi.py).
-browser:
+# System packages the suite needs, installed here, visibly, once (apt-get; sudo when not root): Chromium
+# and chromedriver render the HTML report (tests/test_status_report.py) and the Superset dashboard
+# (tests/test_bi.py). Tests never install anything; the suite then runs offline.
+system-deps:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  echo "installing chromium and chromium-driver with apt-get"; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+	  echo "installing chromium and chromium-driver with apt-get (make system-deps)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+browser: system-deps
 
 bi: $(STAMP) $(BI_STAMP)
 	@$(BIN)/python -m perpwatch.cli bi
 
-test: $(STAMP) $(BI_STAMP) browser
+test: $(STAMP) $(BI_STAMP) system-deps
 	@$(BIN)/lint-imports --no-cache --no-logo   # layer contracts (pyproject [tool.importlinter]): a backward import fails the suite
 	@$(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -102,7 +102,8 @@ def run_artifacts(report: RunReport) -> None:
         lines = [f"# Run {report.run_id}: **{report.status}**", ""]
         t = report.totals()
         lines.append(f"fetched {t['fetched']}, loaded {t['loaded']}, duplicate {t['duplicate']}, "
-                     f"quarantined {t['quarantined']}")
+                     f"quarantined {t['quarantined']}, payloads_quarantined {t['payloads_quarantined']}, "
+                     f"gaps_open {t['gaps_open']}")
         lines += [""] + [f"- ERROR: {e}" for e in report.errors] + [f"- WARNING: {w}" for w in report.warnings]
         if failed:
             lines += ["", "Quarantined batches: `perpwatch status`, or "

@@ -42,6 +42,27 @@ def outcome(report: pipeline.RunReport) -> dict:
     return {"run_id": report.run_id, "status": report.status, **report.totals()}
 
 
+def final_state(result: dict, status: str, message: str):
+    """The flow run's state for a run status (perpwatch/core/outcome.py): failed -> Failed, warning ->
+    Completed with the warning as its message, success -> Completed. The result dict rides on the state
+    either way, so a caller (and the CLI) reads the same counts."""
+    from prefect.states import Completed, Failed
+
+    if status == "failed":
+        return Failed(message=message[:1000] or "failed", data=result)
+    return Completed(message=(f"warning: {message}"[:1000] if status == "warning" else None), data=result)
+
+
+def state_outcome(state) -> dict:
+    """The outcome dict carried by a final flow state (Completed or Failed from final_state); a flow that
+    crashed before returning one reads as failed with its error."""
+    try:
+        out = state.result(raise_on_failure=False)
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return out if isinstance(out, dict) else {"status": "failed", "error": str(out)}
+
+
 @flow(name="perpwatch-ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
 def ingest(start: datetime | None = None, end: datetime | None = None, venues: list[str] | None = None,
            assets: list[str] | None = None, db: str | None = None, kind: str = "run") -> dict:
@@ -52,4 +73,4 @@ def ingest(start: datetime | None = None, end: datetime | None = None, venues: l
     run_artifacts(report)
     for w in report.warnings + report.errors:
         logger.warning(w)
-    return outcome(report)
+    return final_state(outcome(report), report.status, "; ".join(report.errors + report.warnings))

@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from perpwatch import jobs, sources
-from perpwatch.flows.ingest import PrefectRunner, outcome
+from perpwatch.flows.ingest import PrefectRunner, final_state, outcome
 
 
 def available_providers() -> list[str]:
@@ -23,7 +23,7 @@ def available_providers() -> list[str]:
 
 @flow(name="perpwatch-markets", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
 def markets(providers: list[str] | None = None, start: datetime | None = None, end: datetime | None = None,
-            assets: list[str] | None = None, db: str | None = None, build: bool = False) -> dict:
+            assets: list[str] | None = None, db: str | None = None, build: bool = False):
     """Ingest the institutional / traditional-market providers; optionally rebuild and publish marts."""
     logger = get_run_logger()
     chosen = providers or available_providers()
@@ -42,4 +42,4 @@ def markets(providers: list[str] | None = None, start: datetime | None = None, e
     if build:
         from perpwatch.flows.build import build as build_flow
         result["marts"] = sorted(build_flow(db=db, publish=True))
-    return result
+    return final_state(result, report.status, "; ".join(report.errors + report.warnings))

@@ -31,6 +31,12 @@ def _common(p: argparse.ArgumentParser, venues: bool = True) -> None:
                        help="comma-separated assets (default $PERPWATCH_ASSETS or BTC,ETH,SOL)")
 
 
+def _ok_warnings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ok-warnings", action="store_true",
+                   help="exit 0 on a warning (default 3: something was quarantined or is still missing); "
+                        "failed is always 1 (perpwatch/core/outcome.py)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="perpwatch", description="Derivatives-market intelligence pipeline.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -40,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_date, help="run as of this time (UTC; default now): windows end here")
     p.add_argument("--no-build", action="store_true", help="skip building marts")
     p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect")
+    _ok_warnings(p)
 
     p = sub.add_parser("backfill", help="like run, over a window, respecting each venue's history depth")
     _common(p)
@@ -47,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_date, help="YYYY-MM-DD (UTC, exclusive; default now)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-prefect", action="store_true")
+    p.add_argument("--heal", action=argparse.BooleanOptionalAction, default=True,
+                   help="re-read the window's open gaps and failed chunks, up to 3 passes (default on)")
+    _ok_warnings(p)
 
     p = sub.add_parser("build", help="rebuild the marts from staging and publish the serving snapshot")
     _common(p, venues=False)
@@ -57,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="rebuild staging from the landed raw payloads, no network")
     _common(p, venues=False)
     p.add_argument("--no-build", action="store_true")
+    _ok_warnings(p)
+
+    p = sub.add_parser("quarantine", help="list, release (re-validate and load after a fix) or drop quarantined batches")
+    _common(p, venues=False)
+    qs = p.add_subparsers(dest="action", required=True)
+    q = qs.add_parser("list", help="open batches (--all: released and dropped too)")
+    q.add_argument("--all", action="store_true")
+    q.add_argument("--json", action="store_true")
+    q = qs.add_parser("release", help="re-parse the batch's raw payloads, validate with today's suite, load what passes")
+    q.add_argument("batch_id")
+    q = qs.add_parser("drop", help="close the batch without loading it (raw payloads stay)")
+    q.add_argument("batch_id")
 
     p = sub.add_parser("sim", help="run the venue simulator on loopback")
     p.add_argument("--port", type=int, default=0)
@@ -78,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tz-offset", help="hours naive timestamps run ahead of UTC (default: auto-detect)")
     p.add_argument("--max-size", type=float, help="refuse files above this size in MB (default 512)")
     p.add_argument("--no-build", action="store_true")
+    _ok_warnings(p)
 
     p = sub.add_parser("heatmap", help="render the estimated liquidation heatmap")
     _common(p, venues=False)
@@ -119,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_report(report) -> None:
     t = report.totals()
     print(f"run {report.run_id}: {report.status} — fetched {t['fetched']}, loaded {t['loaded']}, "
-          f"duplicate {t['duplicate']}, quarantined {t['quarantined']}")
+          f"duplicate {t['duplicate']}, quarantined {t['quarantined']}, "
+          f"payloads_quarantined {t['payloads_quarantined']}, gaps_open {t['gaps_open']}")
     for e in report.errors:
         print(f"  ERROR {e}", file=sys.stderr)
     for w in report.warnings:
@@ -128,42 +152,59 @@ def _print_report(report) -> None:
 
 def _ingest_command(args) -> int:
     """`run` and `backfill`: the same jobs with or without Prefect (--no-prefect runs them in process)."""
+    from perpwatch.core import outcome
     start, end = getattr(args, "start", None), getattr(args, "end", None)
+    code = lambda status: outcome.exit_code(status, args.ok_warnings)  # noqa: E731
     if args.no_prefect:
         from perpwatch import jobs
         from perpwatch.core import progress
         if args.cmd == "backfill":
             with progress.reporter("backfill") as say:
                 res = jobs.backfill(start, end, args.venues, args.assets, args.db, build=not args.no_build,
-                                    progress=lambda i, n, rep: say(f"chunk {i}/{n}: {rep.run_id} {rep.status}"))
-            print(json.dumps(res.as_dict()))
-            if res.failed:
-                print(f"backfill failed: {len(res.failed)} of {res.chunks} chunks failed "
-                      f"({', '.join(res.failed)}); see perpwatch status and meta.runs", file=sys.stderr)
-                return 1
-            return 0
+                                    progress=lambda i, n, rep: say(f"chunk {i}/{n}: {rep.run_id} {rep.status}"),
+                                    heal=args.heal)
+            print(json.dumps(res.as_dict(), default=str))
+            _backfill_notes(res.as_dict())
+            return code(res.status)
         with progress.reporter(args.cmd) as say:
             report = jobs.run(args.cmd, start, end, args.venues, args.assets, args.db, build=not args.no_build,
                               publish=not args.no_build, progress=say)
         _print_report(report)
-        return 0 if report.status != "failed" else 1
+        return code(report.status)
     if args.cmd == "backfill":   # chunked (30 days) with a progress bar on a terminal
         from perpwatch.flows.backfill import backfill
-        try:
-            res = backfill(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db,
-                           build=not args.no_build)
-        except RuntimeError as exc:
-            print(f"backfill failed: {exc}", file=sys.stderr)
-            return 1
+        state = backfill(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db,
+                         build=not args.no_build, heal=args.heal, return_state=True)
+        res = _flow_result(state)
         print(json.dumps(res, default=str))
-        return 0
+        _backfill_notes(res)
+        return code(res["status"])
     from perpwatch.flows.build import build
     from perpwatch.flows.ingest import ingest
-    res = ingest(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db, kind=args.cmd)
-    print(json.dumps(res))
+    res = _flow_result(ingest(start=start, end=end, venues=args.venues, assets=args.assets, db=args.db,
+                              kind=args.cmd, return_state=True))
+    print(json.dumps(res, default=str))
     if not args.no_build:
         build(db=args.db, publish=True)
-    return 0 if res["status"] != "failed" else 1
+    return code(res["status"])
+
+
+def _flow_result(state) -> dict:
+    """The outcome dict a flow run returned, from its final state (a Failed state carries it too)."""
+    from perpwatch.flows.ingest import state_outcome
+    return state_outcome(state)
+
+
+def _backfill_notes(res: dict) -> None:
+    if res.get("failed"):
+        print(f"backfill failed: {len(res['failed'])} of {res['chunks']} chunks failed "
+              f"({', '.join(res['failed'])}); see perpwatch status and meta.runs", file=sys.stderr)
+    for g in res.get("missing", [])[:20]:
+        print(f"  MISSING ({g.get('status', 'open')}) {g['source']} {g['dataset']} [{g['instrument']}] {g['gap_start']} .. {g['gap_end']}"
+              + (f" ({g['missing']} rows)" if g.get("missing") is not None else ""), file=sys.stderr)
+    if res.get("gaps_open"):
+        print(f"backfill: {res['gaps_open']} gap(s) still open after {res.get('heal_passes', 0)} heal pass(es)",
+              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_report(report)
         if not args.no_build:
             jobs.after_load(args.db, True, True)
-        return 0 if report.status != "failed" else 1
+        from perpwatch.core import outcome
+        return outcome.exit_code(report.status, args.ok_warnings)
+    if args.cmd == "quarantine":
+        return _quarantine_command(args)
     if args.cmd == "sim":
         from perpwatch.simulator.server import main as sim_main
         argv2 = ["--port", str(args.port), "--seed", str(args.seed)]
@@ -206,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "import":
         from perpwatch.ingest.importer import main as import_main
         code = import_main(args)
-        if code == 0 and not args.no_build:
+        if code in (0, 3) and not args.no_build:   # loaded something: warning (3) too
             from perpwatch import jobs
             jobs.after_load(args.db, True, True)
         return code
@@ -241,6 +285,38 @@ def main(argv: list[str] | None = None) -> int:
         from perpwatch.bi.superset import main as bi_main
         return bi_main([] if args.port is None else ["--port", str(args.port)])
     return 2
+
+
+def _quarantine_command(args) -> int:
+    from perpwatch import warehouse
+    from perpwatch.core import outcome
+    from perpwatch.ingest import quarantine
+    try:
+        if args.action == "list":
+            with warehouse.session(args.db) as con:
+                batches = quarantine.list_batches(con, include_closed=args.all)
+            if args.json:
+                print(json.dumps(batches, default=str))
+                return 0
+            for b in batches:
+                refs = b["row_refs"]
+                unit = (f"{b['rows']} row(s): " + "; ".join(f"raw_id {r['raw_id']} row {','.join(map(str, r['rows'][:10]))}"
+                                                        for r in refs[:5])) if refs is not None \
+                    else f"payload(s) raw_id {','.join(map(str, b['raw_ids'][:10]))}"
+                print(f"{b['batch_id']}  {b['status']:8s} {b['received_at']:%Y-%m-%d %H:%M}  {b['source']}/{b['dataset']} "
+                      f"[{b['instrument'] or '-'}]  {unit}\n    {b['message'][:300]}")
+            print(f"{len(batches)} batch(es)" + ("" if args.all else " open"))
+            return 0
+        if args.action == "drop":
+            print(json.dumps(quarantine.drop(args.db, args.batch_id)))
+            return 0
+        rel = quarantine.release(args.db, args.batch_id)
+    except (KeyError, ValueError) as exc:
+        print(f"quarantine {args.action}: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    from dataclasses import asdict
+    print(json.dumps(asdict(rel), default=str))
+    return outcome.exit_code(rel.status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,7 +29,7 @@ def main() -> int:
 
         from perpwatch import sources, warehouse
         from perpwatch.flows.build import build
-        from perpwatch.flows.ingest import ingest
+        from perpwatch.flows.ingest import ingest, state_outcome
 
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         start = end - timedelta(days=30)
@@ -40,8 +40,10 @@ def main() -> int:
               f"from {', '.join(venues)} into {settings.db_path()} ...")
         # Prices, funding and the macro/ETF providers go back further so 30/90-day correlations have
         # enough history; every venue's own history depth (Binance OI: 30 days) still applies.
-        results = [ingest(start=long_start, end=end, venues=["binance", *providers], kind="backfill"),
-                   ingest(start=start, end=end, venues=[v for v in venues if v != "binance"], kind="backfill")]
+        results = [state_outcome(ingest(start=long_start, end=end, venues=["binance", *providers], kind="backfill",
+                                        return_state=True)),
+                   state_outcome(ingest(start=start, end=end, venues=[v for v in venues if v != "binance"],
+                                        kind="backfill", return_state=True))]
         # Liquidations exist only as live websocket streams: capture a few seconds of them.
         from perpwatch.ingest.collector import collect
         cap = collect(seconds=DEMO_COLLECT_SECONDS, flush_every_s=2, progress=lambda _m: None)

@@ -191,8 +191,13 @@ def conv_time(s: pl.Series, offset_hours: float = 0.0) -> tuple[pl.Series, pl.Se
     if s.dtype.is_integer():
         t = s.cast(pl.Utf8)
     frame = pl.DataFrame({"t": t})
-    norm = (pl.col("t").str.replace(r"^(\d{4}-\d{2}-\d{2})T", "$1 ").str.replace(r"(?i)\s*(z|utc)$", "+00:00")
-            .str.replace(r"([+-]\d{2})(\d{2})$", "$1:$2"))
+    # ISO 8601 / RFC 3339 as databases and spreadsheets write them: 'T' or ' ', 'Z'/'UTC', offsets
+    # +HH:MM, +HHMM or +HH (DuckDB and PostgreSQL print TIMESTAMPTZ as '2020-01-01 00:00:00+00'),
+    # fractional seconds of any length; the offset only after a time of day (never a date's '-01')
+    norm = (pl.col("t").str.strip_chars().str.replace(r"^(\d{4}-\d{2}-\d{2})[Tt]", "$1 ")
+            .str.replace(r"(?i)\s*(z|utc)$", "+00:00")
+            .str.replace(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*([+-]\d{2})(\d{2})$", "$1$2:$3")
+            .str.replace(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*([+-]\d{2})$", "$1$2:00"))
     aware_fmt = pl.coalesce([norm.str.strptime(pl.Datetime("ms", "UTC"), f, strict=False)
                              for f in ("%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M%:z")])
     naive = pl.coalesce([norm.str.strptime(pl.Datetime("ms"), f, strict=False)
@@ -370,6 +375,14 @@ def shape_generic(df: pl.DataFrame, table: str, params: dict, ctx: ParseContext,
                 notes.append(f"funding_time: naive times at {sorted(set(probe.drop_nulls().dt.hour().to_list()))}h "
                              f"-> local time UTC{offset:+g}, shifted to UTC (override with tz_offset)")
     frame, problems = convert(df, types, offset or 0.0)
+    if not offset:   # values without a UTC offset are read as UTC: say so, per column
+        for col, ty in types.items():
+            if ty.startswith("TIMESTAMP") and col in df.columns and not df[col].dtype.is_integer() \
+                    and not (isinstance(df[col].dtype, pl.Datetime) and df[col].dtype.time_zone):
+                _v, naive = conv_time(df[col], 0.0)
+                n = int((naive & _v.is_not_null()).sum())
+                if n:
+                    notes.append(f"{col}: {n} value(s) without a UTC offset read as UTC (tz_offset shifts them)")
     bad = {p["row"] for p in problems}
     frame = frame.filter(~pl.col("_row").is_in(sorted(bad)))
     lit = {"venue": _infer_venue(params) if not tables.table(table).provider else None,

@@ -4,6 +4,7 @@ Rules match a path suffix and query parameters and apply one action a limited nu
   truncate            cut the JSON body in half
   drop_field:NAME     remove NAME from every object in a JSON list
   set:NAME=VALUE      set NAME to VALUE (a string, as venues send numbers) in every object
+  set_at:KEY=K:NAME=VALUE   set NAME to VALUE only in the objects whose KEY starts with K (one row)
   status:CODE[:RA]    answer HTTP CODE (with Retry-After: RA seconds) instead of forwarding
 """
 
@@ -104,6 +105,13 @@ class FaultProxy:
             name = action.split(":", 1)[1]
             for r in rows:
                 r.pop(name, None)
+        elif action.startswith("set_at:"):
+            match, assign = action.split(":", 2)[1:]
+            key, want = match.split("=", 1)
+            name, value = assign.split("=", 1)
+            for r in rows:
+                if str(r.get(key)).startswith(want):
+                    r[name] = value
         elif action.startswith("set:"):
             name, value = action.split(":", 1)[1].split("=", 1)
             for r in rows:

@@ -185,7 +185,9 @@ def test_transport_faults_are_retried(env, monkeypatch):
     assert took[1] >= 1.0 and took[2] >= 1.0          # Retry-After honoured (429, then 418 ban)
     assert cl.stats["rate_limited"] == 1 and cl.stats["banned"] == 1
     assert cl.stats["server_errors"] == 3             # a burst of three 5xx, then the clean answer
-    assert 0.8 <= took[5] < 3.0 and took[6] >= 0.15   # read timeout, retry; slow but fine
+    # read timeout, then a retry (counted below); slow but fine. Lower bounds only: they are what the
+    # client must wait, while an upper bound would measure how busy the machine is
+    assert took[5] >= 0.8 and took[6] >= 0.15
     assert cl.stats["retries"] == 3 + 2 + 1           # 5xx x3, reset x2 (before/mid body), timeout x1
     assert {m for p, *_ in f.log if p.startswith("reset") for m in [p]} <= {"reset:before", "reset:mid"}
     # a truncated 200 is returned (and landed) as is; decoding it names the payload
@@ -305,24 +307,38 @@ def test_data_faults_are_caught_and_a_rerun_converges(env, tmp_path, monkeypatch
     assert 1 <= missing <= 3                                     # the gap fault took 1-3 inner bars
     assert cnt["funding BTCUSDT"] == 9 and cnt["oi BTCUSDT"] == 73 and cnt["prices/spot BTCUSDT"] == 72
     assert cnt["ratio/top_accounts SOLUSDT"] == 73 and cnt["ratio/accounts SOLUSDT"] == 73
-    assert not any(k.endswith("SOLUSDT") and k.startswith(("prices/", "oi", "funding")) for k in cnt)
-    # the gap is recorded, open, with the exact number of missing bars; the failed streams, which never
-    # had a watermark, keep their window as an open "unloaded window" gap for the next run
-    g = con.execute("SELECT source, dataset, instrument, missing, status FROM meta.gaps WHERE missing IS NOT NULL"
-                    ).fetchall()
-    assert [x[:3] + (x[4],) for x in g] == [("binance", "prices/perp", "BTCUSDT", "open")]
-    assert sum(x[3] for x in g) == missing
+    # one bad row (negative, 1e20, NaN) costs exactly that row: the rest of its stream loads
+    assert cnt["ratio/accounts BTCUSDT"] == 73 - 1 and cnt["funding SOLUSDT"] == 18 - 1
+    assert cnt["prices/perp SOLUSDT"] == 72 - 1
+    rows = dict(con.execute("SELECT dataset || ' ' || instrument, sum(rows) FROM quarantine.batches "
+                            "WHERE row_refs IS NOT NULL GROUP BY 1").fetchall())
+    assert rows == {"long_short_ratio BTCUSDT": 1, "funding_rates SOLUSDT": 1, "prices SOLUSDT": 1}
+    # unreadable payloads cost their stream's window: nothing of those streams loaded
+    assert not any(k in cnt for k in ("oi SOLUSDT", "ratio/top_positions SOLUSDT"))
+    assert cnt["prices/index SOLUSDT"] == 72 and cnt["prices/spot SOLUSDT"] == 72     # reset, timeout: retried
+    # the gap is recorded, open, with the exact number of missing bars (a quarantined row inside a series
+    # is a gap too: re-requested until it arrives good or is found unfillable); the failed streams, which
+    # never had a watermark, keep their window as an open "unloaded window" gap for the next run
+    g = {(x[1], x[2]): x[3] for x in con.execute(
+        "SELECT source, dataset, instrument, missing, status FROM meta.gaps WHERE missing IS NOT NULL "
+        "AND status = 'open'").fetchall()}
+    assert g[("prices/perp", "BTCUSDT")] == missing
+    assert set(g) <= {("prices/perp", "BTCUSDT"), ("prices/perp", "SOLUSDT"), ("funding_rates", "SOLUSDT"),
+                      ("long_short_ratio/accounts", "BTCUSDT")}
+    assert all(v == 1 for k, v in g.items() if k != ("prices/perp", "BTCUSDT"))
     unloaded = {f"{d} {i}" for d, i in con.execute("SELECT dataset, instrument FROM meta.gaps WHERE missing IS NULL "
                                                   "AND status = 'open'").fetchall()}
-    assert {"funding_rates SOLUSDT", "open_interest SOLUSDT", "prices/mark SOLUSDT",
-            "long_short_ratio/top_positions SOLUSDT", "long_short_ratio/accounts BTCUSDT"} <= unloaded
-    # watermarks: failed streams did not move (SOL prices: the whole quarantined group); the gap did not stop it
+    assert {"open_interest SOLUSDT", "long_short_ratio/top_positions SOLUSDT"} <= unloaded
+    # watermarks: streams with an unreadable page did not move; row-level quarantine did not stop a stream
     marks = dict(con.execute("SELECT dataset || ' ' || instrument, last_ts FROM meta.watermarks").fetchall())
     assert marks["prices/perp BTCUSDT"] == NOW - timedelta(hours=1)
-    for k in ("funding_rates SOLUSDT", "open_interest SOLUSDT", "prices/perp SOLUSDT", "prices/index SOLUSDT",
-              "prices/spot SOLUSDT", "long_short_ratio/accounts BTCUSDT", "long_short_ratio/top_positions SOLUSDT"):
+    for k in ("open_interest SOLUSDT", "long_short_ratio/top_positions SOLUSDT"):
         assert k not in marks, k
     assert marks["long_short_ratio/top_accounts SOLUSDT"] == NOW
+    assert marks["long_short_ratio/accounts BTCUSDT"] == NOW
+    assert marks["prices/perp SOLUSDT"] == NOW - timedelta(hours=1)
+    assert marks["funding_rates SOLUSDT"] == con.execute(
+        "SELECT max(funding_time) FROM staging.funding_rates WHERE instrument = 'SOLUSDT'").fetchone()[0]
     con.close()
     assert duplicate_keys(db) == 0
     # the same backfill again, without faults: everything arrives, the gap is filled, nothing is lost
@@ -434,10 +450,8 @@ def test_backfill_under_tight_limits_is_never_banned(tmp_path, monkeypatch):
                     b.window_s *= ws
                 return cl
             monkeypatch.setattr(mod, "make_client", scaled)
-        t0 = time.monotonic()
         r = jobs.run(kind="backfill", start=NOW - timedelta(days=2), end=NOW, venues=["binance", "bybit", "okx"],
                          assets=["BTC"], db=tmp_path / "w.duckdb", build=False)
-        took = time.monotonic() - t0
         stats = s.stats.as_dict()
         with warehouse.session(tmp_path / "w.duckdb", read_only=True) as con:
             bodies = [warehouse.payload_body(b, e) for src, b, e in con.execute(
@@ -451,7 +465,7 @@ def test_backfill_under_tight_limits_is_never_banned(tmp_path, monkeypatch):
     assert made == {"binance": 1, "bybit": 1, "okx": 1}           # one client (one set of budgets) per source
     assert stats["418"] == 0 and stats["429"] <= 2, stats
     # (OKX answers funding-rate?instId=ANY in one request now, as the real API does: no per-swap fallback)
-    assert sum(stats["requests"].values()) >= 45 and took < 60
+    assert sum(stats["requests"].values()) >= 45
     assert bybit_rate_limited == 0 and okx_rate_limited == 0      # nor their HTTP-200 "too many visits" codes
 
 

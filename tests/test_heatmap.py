@@ -211,13 +211,15 @@ def test_thirty_days_three_assets_is_fast():
     settings = heatmap_settings()
     estimate_levels(bars.head(10), settings)  # warm-up
     best = min(_timed(lambda: estimate_levels(bars, settings)) for _ in range(3))
-    assert best < 1.0, f"30 days x 3 assets took {best:.2f}s"
+    # CPU seconds of this process (all threads, so up to 2x wall time on 2 cores): what the estimate costs,
+    # not how busy the machine is
+    assert best < 2.0, f"30 days x 3 assets took {best:.2f} CPU s"
 
 
 def _timed(fn) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 # --------------------------------------------------------------------------- clusters

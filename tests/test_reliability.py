@@ -1,4 +1,4 @@
-"""Crash safety (SIGKILL at random points) and two pipelines started together."""
+"""Crash safety (SIGKILL at every phase checkpoint) and two pipelines started together."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import pytest
 
 from perpwatch import warehouse
 from perpwatch.simulator.server import start
-from perpwatch.transforms import build_all
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,43 +79,93 @@ def assert_consistent(db: Path) -> None:
         con.close()
 
 
+PHASES = ("extract", "load", "build", "publish")     # perpwatch/core/phases.py checkpoints of a backfill
+
+
+def wait_for_phase(p: subprocess.Popen, log: Path, phase: str, timeout: float = 180.0) -> bool:
+    """Block until process p has written `<pid> <phase>` to the phase log (True) or has exited (False).
+    Polls the file the process appends to: an event, not a guess at how long a phase takes."""
+    want = f"{p.pid} {phase}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and want in log.read_text().splitlines():
+            return True
+        if p.poll() is not None:
+            return False
+        time.sleep(0.005)
+    raise AssertionError(f"phase {phase} not reached in {timeout:.0f}s")
+
+
+def assert_serving_readable(db: Path) -> None:
+    """After a kill (during publish too): the serving snapshot published before is still a complete
+    database (old or new, never half-built) and every export a complete Parquet file (os.replace swaps)."""
+    serving = db.with_name(db.stem + "_serving.duckdb")
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM marts.daily_signals").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM staging.prices").fetchone()[0] > 0
+    finally:
+        con.close()
+    files = list((db.parent / f"{db.stem}_exports").glob("*.parquet"))
+    assert any(f.name == "daily_signals.parquet" for f in files)
+    for f in files:
+        assert pl.read_parquet(f).height >= 0, f
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_recover(sim, tmp_path):
+def test_sigkill_at_every_phase_then_recover(sim, tmp_path):
+    """After one published day, a 3-day backfill SIGKILLed twice in each phase (extraction, load, build,
+    publish: the moment the phase starts, then a random 0-0.3 s into it) leaves a consistent warehouse
+    and a complete serving snapshot and exports each time; the next run completes and staging, marts (as built, not rebuilt) and the exported marts
+    equal a clean run's."""
     clean = tmp_path / "clean.duckdb"
     r = subprocess.run(backfill_cmd(), env=cli_env(sim, clean), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 
     db = tmp_path / "crash.duckdb"
+    r = subprocess.run(backfill_cmd(days=1), env=cli_env(sim, db), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr              # a first day published: the snapshot kills must not break
+    log = tmp_path / "phases.log"
     rng = random.Random(11)
-    kills = 0
-    for _ in range(8):
-        p = subprocess.Popen(backfill_cmd(), env=cli_env(sim, db), cwd=ROOT,
+    killed: dict[str, int] = {}
+    for i, phase in enumerate(PHASES * 2):
+        log.unlink(missing_ok=True)
+        p = subprocess.Popen(backfill_cmd(), env={**cli_env(sim, db), "PERPWATCH_PHASE_LOG": str(log)}, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(1.5, 6.0))     # imports take ~1.5 s; the run ~3 s: kills land in every phase
-        if p.poll() is None:
+        try:
+            assert wait_for_phase(p, log, phase), f"run exited before {phase}"
+            if i >= len(PHASES):
+                time.sleep(rng.uniform(0.0, 0.3))       # a little way into the phase
+            assert p.poll() is None, f"run finished before the kill in {phase}"
             os.killpg(p.pid, signal.SIGKILL)
-            kills += 1
-        p.wait(timeout=60)
+        finally:
+            p.wait(timeout=60)
+        assert p.returncode == -signal.SIGKILL
+        killed[phase] = killed.get(phase, 0) + 1
         assert_consistent(db)
-    assert kills >= 4
+        assert_serving_readable(db)
+    assert killed == dict.fromkeys(PHASES, 2)
     r = subprocess.run(backfill_cmd(), env=cli_env(sim, db), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert_consistent(db)
-    # rebuild both with the same transform code, then compare staging and marts
-    for path in (clean, db):
-        with warehouse.session(path) as con:
-            build_all(con)
-    expected = snapshot(clean)
-    got = snapshot(db)
+    expected, got = snapshot(clean), snapshot(db)
     for name, df in expected.items():
         assert got[name].equals(df), name
+    exports = {d: {f.name: pl.read_parquet(f) for f in (d.parent / f"{d.stem}_exports").glob("*.parquet")}
+               for d in (clean, db)}
+    assert set(exports[clean]) == set(exports[db]) and "daily_signals.parquet" in exports[db]
+    for name, df in exports[clean].items():
+        other = exports[db][name]
+        assert df.sort(df.columns, nulls_last=True).equals(other.sort(other.columns, nulls_last=True)), name
 
 
 @pytest.mark.slow
 def test_two_pipelines_started_together(sim, tmp_path):
     db = tmp_path / "both.duckdb"
-    procs = [subprocess.Popen(backfill_cmd(), env=cli_env(sim, db), cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    log = tmp_path / "phases.log"
+    procs = [subprocess.Popen(backfill_cmd(), env={**cli_env(sim, db), "PERPWATCH_PHASE_LOG": str(log)}, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = [p.returncode for p in procs]
     # one runs, the other waits for the write lock and then runs (finding everything loaded)
@@ -127,6 +176,8 @@ def test_two_pipelines_started_together(sim, tmp_path):
     con.close()
     assert [s for s, _ in runs] == ["success", "success"]
     assert runs[1][1] == 0          # the second found nothing new to load
+    waits = [line.split()[0] for line in log.read_text().splitlines() if line.endswith(" lock-wait")]
+    assert waits and set(waits) <= {str(p.pid) for p in procs}     # one of them waited for the write lock
 
 
 def test_lock_wait_gives_a_clear_message(tmp_path):

@@ -73,11 +73,16 @@ def connect(path: str | Path | None = None, read_only: bool = False, wait_s: flo
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
+    waited = False
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only)
             break
         except duckdb.IOException as exc:
+            if "lock" in str(exc).lower() and not waited:
+                waited = True
+                from perpwatch.core import phases
+                phases.mark("lock-wait")
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 if "lock" in str(exc).lower():
                     raise WarehouseLocked(
@@ -102,7 +107,18 @@ def session(path: str | Path | None = None, read_only: bool = False) -> Iterator
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(schema_sql(lake=False))
+    upgrade_payload_encoding(con)
     apply_comments(con, only_existing=True)
+
+
+def upgrade_payload_encoding(con) -> None:
+    """Warehouses made before the default changed: raw.payloads.encoding defaulted to 'zlib', so a body
+    inserted by hand without `encoding` was taken for zlib data. The default is now 'identity' (read as
+    stored; land() always writes 'zlib' explicitly). Altered once, only when it differs."""
+    row = con.execute("SELECT column_default FROM duckdb_columns() WHERE database_name = current_database() "
+                      "AND schema_name = 'raw' AND table_name = 'payloads' AND column_name = 'encoding'").fetchone()
+    if row is not None and "identity" not in str(row[0] or ""):
+        con.execute("ALTER TABLE raw.payloads ALTER COLUMN encoding SET DEFAULT 'identity'")
 
 
 # Lake-only bookkeeping (warehouse/lake.py): write tokens that serialise upserts per table, the
@@ -139,6 +155,15 @@ def ensure_schema_lake(con: duckdb.DuckDBPyConnection) -> None:
     try:
         if not wanted <= have:
             con.execute(schema_sql(lake=True))
+        else:   # a lake made before a column was added: the ALTER ... ADD COLUMN IF NOT EXISTS lines, once
+            cols = {f"{s}.{t}.{c}" for s, t, c in con.execute(
+                "SELECT schema_name, table_name, column_name FROM duckdb_columns() "
+                "WHERE database_name = current_database()").fetchall()}
+            for stmt in SCHEMA_FILE.read_text().split(";"):
+                body = " ".join(line for line in stmt.splitlines() if not line.lstrip().startswith("--")).split()
+                if body[:2] == ["ALTER", "TABLE"] and body[3:8] == ["ADD", "COLUMN", "IF", "NOT", "EXISTS"] \
+                        and f"{body[2]}.{body[8]}" not in cols:
+                    con.execute(" ".join(body))
         tokens = {r[0] for r in con.execute("SELECT table_name FROM meta.write_tokens").fetchall()}
         for table in sorted(set(KEYS) - tokens):
             con.execute("INSERT INTO meta.write_tokens VALUES (?, 0, now())", [table])
@@ -234,8 +259,8 @@ def land(con, source: str, endpoint: str, params: dict, status: int, body: bytes
     digest = hashlib.sha256(body).hexdigest()
     packed = zlib.compress(body, 6)
     if on_lake if on_lake is not None else lake.is_lake(con):   # DuckLake has no sequences: the id comes from PostgreSQL (lake.next_raw_id)
-        sql = (f"INSERT INTO {lake.ALIAS}.raw.payloads (raw_id, source, endpoint, params, fetched_at, http_status, body, sha256, run_id) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sql = (f"INSERT INTO {lake.ALIAS}.raw.payloads (raw_id, source, endpoint, params, fetched_at, http_status, body, sha256, run_id, encoding) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'zlib')")
         args = [source, endpoint, json.dumps(params, sort_keys=True), fetched_at, status, packed, digest, run_id]
 
         def put(c) -> int:
@@ -253,8 +278,8 @@ def land(con, source: str, endpoint: str, params: dict, status: int, body: bytes
     # raw_id comes from the sequence explicitly: a column DEFAULT nextval(...) plus a COMMENT ON COLUMN
     # makes DuckDB 1.5.5 fail to replay its WAL after a crash ("GetDefaultDatabase with no default
     # database set"), found by tests/test_reliability.py.
-    sql = ("INSERT INTO raw.payloads (raw_id, source, endpoint, params, fetched_at, http_status, body, sha256, run_id) "
-           "VALUES (nextval('raw.payload_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?) RETURNING raw_id")
+    sql = ("INSERT INTO raw.payloads (raw_id, source, endpoint, params, fetched_at, http_status, body, sha256, run_id, "
+           "encoding) VALUES (nextval('raw.payload_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, 'zlib') RETURNING raw_id")
     args = [source, endpoint, json.dumps(params, sort_keys=True), fetched_at, status, packed, digest, run_id]
     if lock is None:
         return con.execute(sql, args).fetchone()[0]
@@ -266,8 +291,29 @@ def land(con, source: str, endpoint: str, params: dict, status: int, body: bytes
             cur.close()
 
 
-def payload_body(blob: bytes, encoding: str | None = "zlib") -> bytes:
-    return zlib.decompress(blob) if encoding == "zlib" else bytes(blob)
+class UndecodableBody(ValueError):
+    """A raw.payloads body that its `encoding` cannot decode (corrupt, or mislabelled)."""
+
+
+ENCODINGS = ("zlib", "identity")
+
+
+def payload_body(blob: bytes | None, encoding: str | None = "zlib", raw_id: int | None = None) -> bytes:
+    """The body as received. `encoding` 'zlib' (what land() writes) is decompressed; 'identity' (the
+    column default, so a row inserted by hand without `encoding` is read as stored) or NULL is returned
+    as stored. Anything else, or a zlib body that does not decompress, raises UndecodableBody."""
+    where = f"raw_id={raw_id}: " if raw_id is not None else ""
+    if blob is None:
+        raise UndecodableBody(f"{where}body is NULL")
+    if encoding in (None, "identity"):
+        return bytes(blob)
+    if encoding != "zlib":
+        raise UndecodableBody(f"{where}unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+    try:
+        return zlib.decompress(blob)
+    except zlib.error as exc:
+        raise UndecodableBody(f"{where}body is not zlib data although encoding='zlib' ({exc}); "
+                              f"{len(blob)} bytes") from exc
 
 
 # --------------------------------------------------------------------------- loading
@@ -430,13 +476,16 @@ def transaction(con):
 
 def quarantine(con, *, batch_id: str, run_id: str, source: str, dataset: str, endpoint: str | None,
                instrument: str | None, raw_ids: list[int], failed: list[dict], rows: int,
-               sample: list[dict] | None, message: str) -> None:
+               sample: list[dict] | None, message: str, row_refs: list[dict] | None = None) -> None:
+    """Record a quarantined unit. `row_refs` [{"raw_id", "rows": [row numbers]}] when only those rows of
+    the payloads failed; None when the payloads (raw_ids) were quarantined whole."""
     con.execute("""INSERT INTO quarantine.batches (batch_id, run_id, source, dataset, endpoint, instrument,
-                   raw_id, raw_ids, failed_expectations, rows, sample, message, received_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())""",
+                   raw_id, raw_ids, failed_expectations, rows, sample, message, received_at, row_refs, status)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, 'open')""",
                 [batch_id, run_id, source, dataset, endpoint, instrument, raw_ids[0] if raw_ids else None,
                  json.dumps(raw_ids), json.dumps(failed, default=str), rows,
-                 json.dumps(sample or [], default=str), message])
+                 json.dumps(sample or [], default=str), message,
+                 None if row_refs is None else json.dumps(row_refs)])
 
 
 def start_run(con, run_id: str, kind: str) -> None:
@@ -445,10 +494,12 @@ def start_run(con, run_id: str, kind: str) -> None:
 
 
 def finish_run(con, run_id: str, status: str, fetched: int, loaded: int, quarantined: int,
-               duplicate: int, message: str) -> None:
+               duplicate: int, message: str, payloads_quarantined: int = 0, gaps_open: int = 0) -> None:
     retry(lambda: con.execute("""UPDATE meta.runs SET finished_at = now(), status = ?, rows_fetched = ?, rows_loaded = ?,
-                   rows_quarantined = ?, rows_duplicate = ?, message = ? WHERE run_id = ?""",
-                [status, fetched, loaded, quarantined, duplicate, message, run_id]), what=f"meta.runs {run_id}")
+                   rows_quarantined = ?, rows_duplicate = ?, message = ?, payloads_quarantined = ?, gaps_open = ?
+                   WHERE run_id = ?""",
+                [status, fetched, loaded, quarantined, duplicate, message, payloads_quarantined, gaps_open,
+                 run_id]), what=f"meta.runs {run_id}")
 
 
 def record_dataset(con, run_id: str, source: str, dataset: str, fetched: int, loaded: int,

@@ -10,7 +10,9 @@ CREATE SCHEMA IF NOT EXISTS quarantine;
 
 CREATE SEQUENCE IF NOT EXISTS raw.payload_id_seq START 1;
 
--- [raw_id] every response body as received, zlib-compressed, before parsing.
+-- [raw_id] every response body as received, before parsing. The pipeline stores bodies zlib-compressed
+-- and sets encoding = 'zlib' explicitly; the default 'identity' means "stored as received", so a row
+-- inserted by hand without `encoding` is read as stored (docs/contract.md).
 CREATE TABLE IF NOT EXISTS raw.payloads (
     raw_id      BIGINT NOT NULL,   -- nextval('raw.payload_id_seq') at insert (no DEFAULT: see warehouse.land)
     source      VARCHAR NOT NULL,
@@ -21,7 +23,7 @@ CREATE TABLE IF NOT EXISTS raw.payloads (
     body        BLOB,
     sha256      VARCHAR NOT NULL,
     run_id      VARCHAR,
-    encoding    VARCHAR DEFAULT 'zlib'
+    encoding    VARCHAR DEFAULT 'identity'
 );
 
 -- [venue, instrument]
@@ -119,6 +121,14 @@ CREATE TABLE IF NOT EXISTS quarantine.batches (
     failed_expectations JSON, rows BIGINT, sample JSON, message VARCHAR,
     received_at TIMESTAMPTZ, resolved_at TIMESTAMPTZ
 );
+-- row_refs: [{"raw_id", "rows": [row numbers in that payload's parsed rows]}] when only those rows
+-- failed (NULL: the payloads in raw_ids were quarantined whole). status: open | released | dropped
+-- (`perpwatch quarantine release|drop`); resolved_at is set when it leaves 'open'.
+ALTER TABLE quarantine.batches ADD COLUMN IF NOT EXISTS row_refs JSON;
+ALTER TABLE quarantine.batches ADD COLUMN IF NOT EXISTS status VARCHAR;
+-- payloads quarantined whole and gaps still open after the run (perpwatch/ingest/pipeline.record)
+ALTER TABLE meta.runs ADD COLUMN IF NOT EXISTS payloads_quarantined BIGINT;
+ALTER TABLE meta.runs ADD COLUMN IF NOT EXISTS gaps_open BIGINT;
 
 -- [source, dataset, instrument, gap_start] rows missing inside a stored series (perpwatch/ingest/gaps.py):
 -- open gaps widen the next run's window for that stream until they are filled or found unfillable.

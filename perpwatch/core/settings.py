@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     expectations: Path | None = _f(None, "Folder of the Great Expectations suites, one JSON per staging "
                                    "table (default: the repository's expectations/).", "Storage",
                                    example="expectations")
+    phase_log: Path | None = _f(None, "Append one line per pipeline phase entered (pid, phase: extract, load, "
+                                "build, publish, lock-wait) to this file, flushed at once: a trace for "
+                                "operators and the checkpoint the crash tests kill at (perpwatch/core/phases.py).",
+                                "Storage", example="data/phases.log")
     signals: Path | None = _f(None, "A signal-settings TOML whose values override perpwatch/core/signals.toml "
                               "(sections and keys it leaves out keep the project defaults).", "Storage",
                               example="my_signals.toml")

@@ -197,6 +197,19 @@ def detect(con, report) -> dict[str, int]:
     return counts
 
 
+def open_in(con, windows: dict) -> list[dict]:
+    """Open gaps of the given streams (`windows`: Stream -> (start, end)), oldest first, as dicts with
+    source, dataset, instrument, gap_start, gap_end, missing, attempts, detected_run."""
+    keys = {(s.source, s.name, s.instrument) for s in windows}
+    if not keys:
+        return []
+    rows = con.execute("SELECT source, dataset, instrument, gap_start, gap_end, missing, attempts, detected_run "
+                       "FROM meta.gaps WHERE status = 'open' ORDER BY gap_start, source, dataset, instrument"
+                       ).fetchall()
+    cols = ("source", "dataset", "instrument", "gap_start", "gap_end", "missing", "attempts", "detected_run")
+    return [dict(zip(cols, r, strict=True)) for r in rows if r[:3] in keys]
+
+
 def open_gaps(con) -> pl.DataFrame:
     """Open and unfillable gaps, newest first, for `perpwatch status` (works on a read-only connection
     and on a warehouse made before meta.gaps existed: then an empty frame)."""

@@ -317,7 +317,8 @@ def main(args) -> int:
         print(f"import failed: {exc}", file=sys.stderr)
         return 2
     print_report(rep)
-    return 0 if rep.status != "failed" else 1
+    from perpwatch.core import outcome
+    return outcome.exit_code(rep.status, getattr(args, "ok_warnings", False))
 
 
 def build_parser() -> argparse.ArgumentParser:

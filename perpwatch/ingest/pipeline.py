@@ -18,7 +18,7 @@ import orjson
 import polars as pl
 
 from perpwatch import sources, warehouse
-from perpwatch.core import settings, tables
+from perpwatch.core import phases, settings, tables
 from perpwatch.core.assets import validate_asset, validate_instrument
 from perpwatch.ingest import gaps
 from perpwatch.ingest.validate import Failure, validate
@@ -44,6 +44,7 @@ class DatasetStats:
     updated: int = 0
     quarantined: int = 0
     quarantined_batches: int = 0
+    payloads_quarantined: int = 0     # payloads quarantined whole (unparseable, undecodable, table-level failure)
     validation: str = "skipped"
     messages: list[str] = field(default_factory=list)
 
@@ -71,6 +72,8 @@ class RunReport:
             self.warnings.append(f"{source}: banned by the venue, skipped until {until:%Y-%m-%d %H:%M:%S} UTC: {reason}")
         if old is None or old[0] < until:
             self.bans[source] = (until, reason)
+    # gaps (meta.gaps, status open) of this run's streams still open when it finished (record())
+    open_gaps: list[dict] = field(default_factory=list)
 
     def stat(self, source: str, dataset: str) -> DatasetStats:
         return self.stats.setdefault((source, dataset), DatasetStats(source, dataset))
@@ -79,7 +82,8 @@ class RunReport:
         """Fold what one step of this run learned (a fragment with the same run_id) into this report."""
         for (src, ds), st in part.stats.items():
             mine = self.stat(src, ds)
-            for k in ("payloads", "fetched", "loaded", "duplicate", "updated", "quarantined", "quarantined_batches"):
+            for k in ("payloads", "fetched", "loaded", "duplicate", "updated", "quarantined", "quarantined_batches",
+                      "payloads_quarantined"):
                 setattr(mine, k, getattr(mine, k) + getattr(st, k))
             if st.validation != "skipped":
                 mine.validation = st.validation
@@ -99,8 +103,12 @@ class RunReport:
         return RunReport(self.run_id, self.kind)
 
     def totals(self) -> dict[str, int]:
+        """Row counts (fetched = loaded + quarantined + duplicate), payloads quarantined whole, open gaps."""
         s = self.stats.values()
-        return {k: sum(getattr(x, k) for x in s) for k in ("fetched", "loaded", "quarantined", "duplicate")}
+        out = {k: sum(getattr(x, k) for x in s)
+               for k in ("fetched", "loaded", "quarantined", "duplicate", "payloads_quarantined")}
+        out["gaps_open"] = len(self.open_gaps)
+        return out
 
     def table(self) -> list[dict]:
         return [{"source": s.source, "dataset": s.dataset, "payloads": s.payloads, "fetched": s.fetched,
@@ -136,17 +144,8 @@ class Parsed:
 
 def _quarantine_unparsed(con, report: RunReport, p: Fetched, exc: str) -> None:
     """A payload its parser rejects is quarantined alone; the run goes on."""
-    dataset = (p.stream or "unknown").split("/", 1)[0]
-    report.tainted.add((p.source, p.stream or "", p.instrument or ""))
-    msg = f"{p.source} {p.endpoint} [{p.instrument or '-'}]: unparseable payload raw_id={p.raw_id}: {exc}"
-    report.warnings.append(msg)
-    st = report.stat(p.source, dataset)
-    st.quarantined_batches += 1
-    st.messages.append(msg)
-    warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=p.source,
-                         dataset=dataset, endpoint=p.endpoint, instrument=p.instrument,
-                         raw_ids=[p.raw_id], failed=[{"expectation": "parse", "message": str(exc)}],
-                         rows=0, sample=[p.body[:300].decode("utf-8", "replace")], message=msg)
+    quarantine_payload(con, report, p.raw_id, p.source, p.endpoint, p.stream, p.instrument, "unparseable payload",
+                       exc, p.body, expectation="parse")
 
 
 def _tag(df: pl.DataFrame, group: list[Fetched], positions: list[int]) -> pl.DataFrame:
@@ -238,65 +237,76 @@ def merge_instruments(df: pl.DataFrame) -> pl.DataFrame:
 
 def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
                move_watermarks: bool = True, now: datetime | None = None) -> None:
-    """Validate one dataset's batch for this run, quarantine failing (source, instrument) groups,
-    upsert the rest on the grain with the watermarks in the same transaction."""
+    """Validate one dataset's batch for this run, quarantine the smallest unit that failed, upsert the
+    rest on the grain with the watermarks in the same transaction.
+
+    The unit quarantined (docs/reliability.md, "Quarantine"):
+    - a row-level failure (GX names the rows: unexpected_index_list, or a non-finite float) costs
+      exactly the failing rows, recorded with their raw_id and row number inside that payload; the
+      stream's other rows load and its watermark moves past what loaded (the venue serves the same
+      bad row again, so a bad row must never hold the stream back);
+    - a table-level failure (no row indexes: a missing column, an empty batch) costs the payload(s)
+      that fail on their own (found by bisecting the batch by raw_id) and taints their streams.
+    When the newest payload's row for a key is quarantined, the key falls back to the next newest
+    candidate in this batch (validated in its turn), so a replay after a bad payload keeps every good
+    row exactly as it was."""
     if not frames:
         return
     df = pl.concat(frames, how="diagonal_relaxed")
+    if "_row" not in df.columns:   # the row's number inside its payload's frame for this table (0-based)
+        df = df.with_columns(pl.int_range(pl.len()).over(pl.col("raw_id").fill_null(-1)).alias("_row"))
     if table == "instruments":
         df = merge_instruments(df)
     df = df.with_columns(pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"))
     full = f"staging.{table}"
     entry = tables.table(table)
     key = list(entry.key)
-    for src in df["_source"].unique().to_list():
-        report.stat(src, table).fetched += int((df["_source"] == src).sum())
+    fetched = dict(df.group_by("_source").len().iter_rows())
+    for src, n in fetched.items():
+        report.stat(src, table).fetched += n
     # Overlapping pages and re-fetched windows repeat keys across payloads: the newest payload wins,
     # the rest are counted as duplicates (reconciliation: fetched = loaded + quarantined + duplicate).
-    deduped = df.unique(subset=key, keep="last", maintain_order=True)
-    if deduped.height != df.height:
-        dropped = df.group_by("_source").len().join(deduped.group_by("_source").len(), on="_source", how="left")
-        for src, n_all, n_kept in dropped.iter_rows():
-            report.stat(src, table).duplicate += n_all - (n_kept or 0)
-        df = deduped
-    outcome = validate(table, df.drop(INTERNAL, strict=False), now=now)
-    check_finite(df, outcome)
-    df = df.with_row_index("__pos")
-    if outcome.success:
-        bad_groups = pl.DataFrame(schema={"_source": pl.Utf8, "_instrument": pl.Utf8})
-    elif outcome.table_level_failed or not outcome.bad_rows:
-        bad_groups = df.select("_source", "_instrument").unique()
-    else:
-        bad_groups = (df.filter(pl.col("__pos").is_in(sorted(outcome.bad_rows)))
-                      .select("_source", "_instrument").unique())
-    failed = [{"expectation": f.expectation, "column": f.column, "unexpected_count": f.unexpected_count,
-               "sample": f.sample} for f in outcome.failures]
-    for src, inst in bad_groups.iter_rows():
-        grp = df.filter((pl.col("_source") == src) & (pl.col("_instrument") == inst))
-        bad = grp.filter(pl.col("__pos").is_in(sorted(outcome.bad_rows))) if outcome.bad_rows else grp
-        endpoints = grp["_endpoint"].unique().to_list()
-        what = "; ".join(f.describe() for f in outcome.failures)
-        msg = f"{src} {','.join(endpoints)} [{inst}] {table}: failed validation: {what}"
-        report.warnings.append(msg)
+    pending = df.with_row_index("__cand")
+    kept: list[pl.DataFrame] = []
+    any_bad = False
+    quarantined: dict[str, int] = defaultdict(int)
+    for _pass in range(MAX_FALLBACK_PASSES):
+        batch = pending.unique(subset=key, keep="last", maintain_order=True)
+        fallback = pending.join(batch.select("__cand"), on="__cand", how="anti")
+        outcome = validate(table, batch.drop(INTERNAL + ["_row", "__cand"], strict=False), now=now)
+        check_finite(batch, outcome)
+        if outcome.success:
+            kept.append(batch)
+            break
+        any_bad = True
+        bad_payloads = _table_level_culprits(table, batch, outcome, now) if outcome.table_level_failed else set()
+        batch = batch.with_row_index("__pos")
+        is_bad = pl.col("__pos").is_in(sorted(outcome.bad_rows)) | \
+            pl.col("raw_id").fill_null(-1).is_in(sorted(bad_payloads))
+        bad = batch.filter(is_bad)
+        kept.append(batch.filter(~is_bad).drop("__pos"))
+        for src, n in _quarantine_rows(con, report, table, bad, outcome, bad_payloads).items():
+            quarantined[src] += n
+        # the keys whose chosen row was bad fall back to an older candidate (not from a bad payload)
+        pending = (fallback.join(bad.select(key).unique(), on=key, how="semi", nulls_equal=True)
+                   .filter(~pl.col("raw_id").fill_null(-1).is_in(sorted(bad_payloads))))
+        if pending.height == 0:
+            break
+    good = pl.concat(kept, how="diagonal_relaxed") if kept else df.clear()
+    loaded_by_src = dict(good.group_by("_source").len().iter_rows()) if good.height else {}
+    for src, n in fetched.items():
         st = report.stat(src, table)
-        st.quarantined += grp.height
-        st.quarantined_batches += 1
-        st.messages.append(msg)
-        report.tainted.update((src, stream, inst) for stream in grp["_stream"].unique().to_list())
-        warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=src, dataset=table,
-                             endpoint=",".join(endpoints), instrument=inst,
-                             raw_ids=sorted(set(grp["raw_id"].to_list())), failed=failed, rows=grp.height,
-                             sample=(bad if bad.height else grp).head(5).drop("__pos").to_dicts(), message=msg)
-    good = df.join(bad_groups, on=["_source", "_instrument"], how="anti") if bad_groups.height else df
+        # in-batch repeats: what was fetched and neither kept nor quarantined in this call
+        st.duplicate += n - loaded_by_src.get(src, 0) - quarantined[src]
     for src in good["_source"].unique(maintain_order=True).to_list():
         part = good.filter(pl.col("_source") == src)
         st = report.stat(src, table)
-        st.validation = "passed" if outcome.success else "partial"
+        st.validation = "partial" if quarantined[src] else "passed"
 
         def write(part=part, src=src):
             # rows, watermarks and the run's loaded count commit together (one DuckLake snapshot);
             # on a commit conflict with another writer warehouse.write re-runs this from scratch
-            res = warehouse.upsert(con, full, part.drop(INTERNAL + ["__pos"], strict=False))
+            res = warehouse.upsert(con, full, part.drop(INTERNAL + ["_row", "__cand"], strict=False))
             if move_watermarks and entry.watermarked:
                 tcol = entry.time_column
                 marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument")
@@ -310,10 +320,82 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
         st.loaded += res.loaded
         st.updated += res.updated
         st.duplicate += res.duplicate
-    if not outcome.success:
-        for src in bad_groups["_source"].unique().to_list():
-            if report.stat(src, table).validation != "partial":
-                report.stat(src, table).validation = "failed"
+    if any_bad:
+        for src in fetched:
+            st = report.stat(src, table)
+            if quarantined[src] and src not in loaded_by_src:
+                st.validation = "failed"
+
+
+MAX_FALLBACK_PASSES = 4      # validation passes per batch: the first, then older candidates of bad keys
+
+
+def _table_level_culprits(table: str, batch: pl.DataFrame, outcome, now) -> set[int]:
+    """The payloads (raw_ids) whose rows fail a table-level expectation on their own, by bisection:
+    O(k log n) validations for k culprits among n payloads. When no payload fails alone (an aggregate
+    bound), every payload of the batch is a culprit."""
+    from perpwatch.ingest import validate as gxv
+
+    last = gxv.LAST_RESULTS.get(table)      # Data Docs show the whole batch's result, not a probe's
+    ids = batch["raw_id"].fill_null(-1).unique(maintain_order=True).to_list()
+
+    def probe(part_ids: list[int]) -> set[int]:
+        part = batch.filter(pl.col("raw_id").fill_null(-1).is_in(part_ids))
+        o = validate(table, part.drop(INTERNAL + ["_row", "__cand"], strict=False), now=now)
+        if not o.table_level_failed:
+            return set()
+        if len(part_ids) == 1:
+            return set(part_ids)
+        mid = len(part_ids) // 2
+        return probe(part_ids[:mid]) | probe(part_ids[mid:])
+
+    try:
+        found = probe(ids) if len(ids) > 1 else set(ids)
+    finally:
+        if last is not None:
+            gxv.LAST_RESULTS[table] = last
+    return found or set(ids)
+
+
+def _quarantine_rows(con, report: RunReport, table: str, bad: pl.DataFrame, outcome,
+                     bad_payloads: set[int]) -> dict[str, int]:
+    """One quarantine.batches row per (source, instrument, unit): the rows (with raw_id and row number
+    inside the payload, `row_refs`) or the whole payloads that failed, and the expectations they failed."""
+    counts: dict[str, int] = defaultdict(int)
+    if bad.height == 0:
+        return counts
+    bad = bad.with_columns(pl.col("raw_id").fill_null(-1).is_in(sorted(bad_payloads)).alias("__payload"))
+    for (src, inst, whole), grp in bad.group_by(["_source", "_instrument", "__payload"], maintain_order=True):
+        positions = set(grp["__pos"].to_list())
+        fails = [f for f in outcome.failures if (whole and f.table_level) or positions & set(f.rows)]
+        failed = [{"expectation": f.expectation, "column": f.column,
+                   "unexpected_count": len(positions & set(f.rows)) if f.rows else f.unexpected_count,
+                   "sample": f.sample} for f in fails]
+        endpoints = grp["_endpoint"].unique(maintain_order=True).to_list()
+        raw_ids = sorted({int(r) for r in grp["raw_id"].drop_nulls().to_list()})
+        refs = [{"raw_id": int(r), "rows": sorted(int(x) for x in g["_row"].to_list())}
+                for (r,), g in grp.group_by(["raw_id"], maintain_order=True) if r is not None]
+        what = "; ".join(f.describe() for f in fails)
+        unit = (f"{len(raw_ids)} payload(s) quarantined whole (raw_id {', '.join(map(str, raw_ids[:10]))})" if whole
+                else f"{grp.height} row(s) quarantined (" + "; ".join(
+                    f"raw_id {r['raw_id']} row {', '.join(map(str, r['rows'][:10]))}" for r in refs[:10]) + ")")
+        msg = f"{src} {','.join(endpoints)} [{inst}] {table}: failed validation: {what}; {unit}"
+        report.warnings.append(msg)
+        st = report.stat(src, table)
+        st.quarantined += grp.height
+        counts[src] += grp.height
+        st.quarantined_batches += 1
+        st.messages.append(msg)
+        if whole:
+            st.payloads_quarantined += len(raw_ids)
+            # what is in a payload that fails as a whole is unknown: its streams re-read the window
+            report.tainted.update((src, stream, inst) for stream in grp["_stream"].unique().to_list())
+        warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=src, dataset=table,
+                             endpoint=",".join(endpoints), instrument=inst, raw_ids=raw_ids, failed=failed,
+                             rows=grp.height, sample=grp.head(5).drop("__pos", "__cand", "__payload",
+                                                                     strict=False).to_dicts(),
+                             message=msg, row_refs=None if whole else refs)
+    return counts
 
 
 def check_finite(df: pl.DataFrame, outcome) -> None:
@@ -601,8 +683,9 @@ def extract_streams(module, client, streams, windows, report: RunReport) -> list
     return got
 
 
-def read_pages(con, refs: Iterable[PageRef]) -> list[Fetched]:
-    """The landed payloads behind page references, in the order given (the later payload wins a key)."""
+def read_pages(con, refs: Iterable[PageRef], report: RunReport | None = None) -> list[Fetched]:
+    """The landed payloads behind page references, in the order given (the later payload wins a key).
+    With a report, a body that cannot be decoded is quarantined (quarantine_payload) and skipped."""
     refs = list(refs)
     if not refs:
         return []
@@ -616,9 +699,36 @@ def read_pages(con, refs: Iterable[PageRef]) -> list[Fetched]:
     out = []
     for r in refs:
         params, fetched_at, body, enc = rows[r.raw_id]
+        try:
+            decoded = warehouse.payload_body(body, enc, raw_id=r.raw_id)
+        except warehouse.UndecodableBody as exc:
+            if report is None:
+                raise
+            quarantine_payload(con, report, r.raw_id, r.source, r.endpoint, r.stream, r.instrument,
+                               "undecodable body", exc, body)
+            continue
         out.append(Fetched(r.raw_id, r.source, r.endpoint, orjson.loads(params) if params else {}, r.status,
-                           warehouse.payload_body(body, enc), r.stream, r.instrument, fetched_at))
+                           decoded, r.stream, r.instrument, fetched_at))
     return out
+
+
+def quarantine_payload(con, report: RunReport, raw_id: int, source: str, endpoint: str, stream: str | None,
+                       instrument: str | None, what: str, exc: Exception | str, body: bytes | None,
+                       expectation: str = "decode") -> None:
+    """A payload that cannot be read (undecodable body) or parsed: quarantined whole with its raw_id and
+    the reason; its stream is tainted (the next run re-reads the window) and the rest goes on."""
+    dataset = (stream or "unknown").split("/", 1)[0]
+    report.tainted.add((source, stream or "", instrument or ""))
+    msg = f"{source} {endpoint} [{instrument or '-'}]: {what} raw_id={raw_id}: {exc}"
+    report.warnings.append(msg)
+    st = report.stat(source, dataset)
+    st.quarantined_batches += 1
+    st.payloads_quarantined += 1
+    st.messages.append(msg)
+    warehouse.quarantine(con, batch_id=str(uuid.uuid4()), run_id=report.run_id, source=source, dataset=dataset,
+                         endpoint=endpoint, instrument=instrument, raw_ids=[raw_id],
+                         failed=[{"expectation": expectation, "message": str(exc)}], rows=0,
+                         sample=[bytes(body or b"")[:300].decode("utf-8", "replace")], message=msg)
 
 
 def load(run_id: str, db, pages: Iterable[PageRef], tainted: frozenset = frozenset()) -> RunReport:
@@ -626,7 +736,7 @@ def load(run_id: str, db, pages: Iterable[PageRef], tainted: frozenset = frozens
     report = RunReport(run_id, "part")
     report.tainted |= set(tainted)
     with warehouse.session(db) as con:
-        load_parsed(con, report, read_pages(con, pages), instrument_context(con))
+        load_parsed(con, report, read_pages(con, pages, report), instrument_context(con))
     report.tainted -= set(tainted)
     return report
 
@@ -660,12 +770,14 @@ def ingest(kind: str = "run", start: datetime | None = None, end: datetime | Non
     report = plan.report
     try:
         say(f"planned {len(plan.units)} units across {len({u.source for u in plan.units})} sources")
+        phases.mark("extract")
         results = runner.map(extract, [(plan.run_id, u) for u in plan.units])
         pages: list[PageRef] = []
         for u, r in zip(plan.units, results, strict=True):
             report.merge(r.report)
             pages += r.pages
             say(f"fetched {u.source} {u.kind}: {len(r.pages)} pages")
+        phases.mark("load")
         report.merge(runner.call(load, plan.run_id, db, tuple(pages), frozenset(report.tainted)))
     except Exception as exc:
         report.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
@@ -718,6 +830,17 @@ def record(con, report: RunReport) -> None:
             warehouse.retry(lambda: gaps.detect(con, report), what="meta.gaps")
         except Exception as exc:  # noqa: BLE001 - gap bookkeeping must not lose the run's record
             report.errors.append(f"gap detection failed: {type(exc).__name__}: {exc}")
+        try:
+            report.open_gaps = gaps.open_in(con, report.windows)
+        except Exception as exc:  # noqa: BLE001
+            report.errors.append(f"open gaps unknown: {type(exc).__name__}: {exc}")
+        older = [g for g in report.open_gaps if g["detected_run"] != report.run_id]
+        if older:   # new ones are already named by gaps.detect's warning: each open gap is reported once
+            report.warnings.append(
+                f"{len(older)} gap(s) still open in this run's streams (re-requested next run; "
+                "`perpwatch backfill --heal` re-reads them now): " + ", ".join(
+                    f"{g['source']} {g['dataset']} [{g['instrument']}] from {g['gap_start']:%Y-%m-%d %H:%M}"
+                    for g in older[:5]) + (" ..." if len(older) > 5 else ""))
     t = report.totals()
     mismatch = [f"{s.source}/{s.dataset}: fetched {s.fetched} != loaded {s.loaded} + quarantined "
                 f"{s.quarantined} + duplicate {s.duplicate}"
@@ -735,7 +858,7 @@ def record(con, report: RunReport) -> None:
                                  s.duplicate, s.payloads, s.validation, "; ".join(s.messages)[:2000])
     message = "; ".join(report.errors + report.warnings)[:4000]
     warehouse.finish_run(con, report.run_id, report.status, t["fetched"], t["loaded"], t["quarantined"],
-                         t["duplicate"], message)
+                         t["duplicate"], message, t["payloads_quarantined"], t["gaps_open"])
 
 
 # --------------------------------------------------------------------------- replay
@@ -757,9 +880,14 @@ def replay(db=None, progress: Callable[[str], None] | None = None) -> RunReport:
         for raw_id, source, endpoint, params, fetched_at, status, body, enc in rows:
             if source not in known:
                 continue
-            p = orjson.loads(params) if params else {}
-            payloads.append(Fetched(raw_id, source, endpoint, p, status, warehouse.payload_body(body, enc),
-                                    None, None, fetched_at))
+            try:   # one undecodable body is quarantined with its raw_id; the replay goes on
+                decoded = warehouse.payload_body(body, enc, raw_id=raw_id)
+                p = orjson.loads(params) if params else {}
+            except (warehouse.UndecodableBody, orjson.JSONDecodeError) as exc:
+                quarantine_payload(con, report, raw_id, source, endpoint, None, None,
+                                   "unreadable payload", exc, body)
+                continue
+            payloads.append(Fetched(raw_id, source, endpoint, p, status, decoded, None, None, fetched_at))
         say(f"replaying {len(payloads)} payloads")
         is_inst = [p for p in payloads if _is_instrument_endpoint(p)]
         parsed = parse_all(con, report, is_inst, {})
