@@ -13,8 +13,10 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 BI_VENV := .venv-bi
 BI_STAMP := $(BI_VENV)/.installed
+DUCKDB2_VENV := .venv-bi-2x
+DUCKDB2_STAMP := $(DUCKDB2_VENV)/.installed
 
-.PHONY: install system-deps demo test lint bench bench-quick deploy clean bi bi-install browser
+.PHONY: install system-deps demo test lint bench bench-quick deploy clean bi bi-install bi-2x browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,6 +38,15 @@ $(BI_STAMP): bi/requirements.txt bi/constraints.txt
 
 bi-install: $(BI_STAMP)
 
+# A newer DuckDB (2.x, bi/requirements-2x.txt) alone in its own environment: tests/test_bi.py opens the
+# serving file written by the pipeline's 1.5.5 with it (docs/bi.md, "Versions").
+$(DUCKDB2_STAMP): bi/requirements-2x.txt
+	@test -x $(DUCKDB2_VENV)/bin/python || $(PY) -m venv $(DUCKDB2_VENV) || python3 -m venv $(DUCKDB2_VENV)
+	@$(DUCKDB2_VENV)/bin/python -m pip install -q -r bi/requirements-2x.txt
+	@touch $(DUCKDB2_STAMP)
+
+bi-2x: $(DUCKDB2_STAMP)
+
 # System packages the suite needs, installed here, visibly, once (apt-get; sudo when not root): Chromium
 # and chromedriver render the HTML report (tests/test_status_report.py) and the Superset dashboard
 # (tests/test_bi.py). Tests never install anything; the suite then runs offline.
@@ -50,7 +61,7 @@ browser: system-deps
 bi: $(STAMP) $(BI_STAMP)
 	@$(BIN)/python -m perpwatch.cli bi
 
-test: $(STAMP) $(BI_STAMP) system-deps
+test: $(STAMP) $(BI_STAMP) $(DUCKDB2_STAMP) system-deps
 	@$(BIN)/lint-imports --no-cache --no-logo   # layer contracts (pyproject [tool.importlinter]): a backward import fails the suite
 	@$(BIN)/python -m pytest -q -p no:cacheprovider
 
@@ -68,4 +79,4 @@ deploy: $(STAMP)
 	@$(BIN)/python -m perpwatch.deploy
 
 clean:
-	rm -rf $(VENV) $(BI_VENV) .prefect data/*.duckdb data/*.wal data/exports data/bi
+	rm -rf $(VENV) $(BI_VENV) $(DUCKDB2_VENV) .prefect data/*.duckdb data/*.wal data/exports data/bi

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     bi_admin_password: SecretStr = _f(SecretStr("perpwatch"), "Superset admin password (reset from this on "
                                       "every start; the default is for a local loopback install only).", "BI",
                                       example="perpwatch")
+    bi_screenshot: Path | None = _f(None, "Where tests/test_bi.py copies the dashboard screenshot it takes (unset: "
+                                    "nowhere; docs/img/bi_dashboard.png regenerates the picture in docs/bi.md).",
+                                    "BI", example="docs/img/bi_dashboard.png")
 
     # --- scope
     assets: Annotated[list[str], NoDecode] = _f(
