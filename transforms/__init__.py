@@ -202,9 +202,13 @@ def incremental_plan(con, since, models: dict[str, Model] | None = None) -> dict
     plan: dict[str, dict] = {}
     for n in names:
         m, spec = models[n], specs[n]
-        if m.kind == "python" and getattr(importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}"),
-                                          "INCREMENTAL", None) == "skip":
+        py_mode = getattr(importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}"), "INCREMENTAL",
+                          None) if m.kind == "python" else None
+        if py_mode == "skip":
             plan[n] = {"mode": "skip", "reason": "evaluation over all history: refreshed by full builds only"}
+        elif py_mode == "resume" and existing.get(n) == "BASE TABLE":
+            # the module's build_since(con, since) updates the table in place (e.g. from stored model state)
+            plan[n] = {"mode": "resume", "reason": "python mart: build_since resumes from stored state"}
         elif spec is None:
             plan[n] = {"mode": "full", "reason": "python mart" if m.kind == "python" else
                        ("view" if m.view else "no incremental header")}
@@ -285,6 +289,13 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
                 continue
             m, p = models[name], plan[name]
             if p["mode"] == "skip":
+                continue
+            if p["mode"] == "resume":
+                t0 = time.perf_counter()
+                mod = importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}")
+                with warehouse.transaction(con):
+                    mod.build_since(con, since)
+                timings[name] = time.perf_counter() - t0
                 continue
             if p["mode"] != "incremental":
                 timings[name] = _build_model(con, name, m)

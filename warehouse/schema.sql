@@ -154,3 +154,16 @@ CREATE TABLE IF NOT EXISTS meta.ws_streams (
     started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, messages BIGINT, kept BIGINT,
     last_message_at TIMESTAMPTZ, silences BIGINT, reconnects BIGINT
 );
+
+-- [asset, side, price] the liquidation-heatmap model's surviving levels after meta.heatmap_progress.through
+-- (transforms/heatmap.py): the daily build resumes the fold from here instead of replaying all history.
+CREATE TABLE IF NOT EXISTS meta.heatmap_levels (
+    asset VARCHAR NOT NULL, side VARCHAR NOT NULL, price DOUBLE NOT NULL, usd DOUBLE NOT NULL
+);
+
+-- [asset] what meta.heatmap_levels stands for: the day it is the end of, the newest day built, the last hour
+-- and OI folded in, and the settings it was built with (other settings: the next build is a full one).
+CREATE TABLE IF NOT EXISTS meta.heatmap_progress (
+    asset VARCHAR NOT NULL, through DATE NOT NULL, newest DATE NOT NULL, last_ts TIMESTAMPTZ,
+    last_oi_usd DOUBLE, settings VARCHAR NOT NULL, rebuilt_from DATE
+);
