@@ -445,7 +445,7 @@ def test_a_traded_through_level_is_removed_once_not_also_scaled_off():
 def _core_rows(bars: pl.DataFrame, settings: dict, **kw) -> pl.DataFrame:
     from perpwatch.transforms.heatmap import Params, fold_rows
 
-    return fold_rows(bars, Params.from_settings(settings), **kw)[0]
+    return fold_rows(bars, Params.from_settings(settings), **kw)[0].sort("asset", "ts", "side", "price_low")
 
 
 def _assert_same_rows(got: pl.DataFrame, want: pl.DataFrame) -> None:

@@ -388,11 +388,12 @@ def load_bars(
         where += " AND ts >= $start"
         params["start"] = start
     sql = f"""
-    WITH oi_rows AS (
-        SELECT venue, instrument, asset, date_trunc('hour', ts) AS ts, oi_usd::DOUBLE AS oi_usd
+    WITH oi_rows AS (   -- last snapshot per instrument-hour (arg_max on epoch hours: no ICU, no window)
+        SELECT venue, instrument, make_timestamptz(epoch_us(ts) // 3600000000 * 3600000000) AS ts,
+               arg_max(asset, ts) AS asset, arg_max(oi_usd::DOUBLE, ts) AS oi_usd
         FROM staging.open_interest
         WHERE oi_usd IS NOT NULL AND asset IS NOT NULL {where}
-        QUALIFY row_number() OVER (PARTITION BY venue, instrument, date_trunc('hour', ts) ORDER BY ts DESC) = 1
+        GROUP BY venue, instrument, epoch_us(ts) // 3600000000
     ), oi_lag AS (
         SELECT *, lag(oi_usd) OVER w AS prev_oi, lag(ts) OVER w AS prev_ts
         FROM oi_rows WINDOW w AS (PARTITION BY venue, instrument ORDER BY ts)
@@ -510,6 +511,7 @@ def fold_rows(
 
 
 def _finish_rows(frame: pl.DataFrame, prm: Params) -> pl.DataFrame:
+    """Rows in OUTPUT_SCHEMA (unsorted: the mart's order does not matter, sorting 10^8 rows does)."""
     step_ = prm.log_step
     return (
         frame.filter(pl.col("est_liquidation_usd") > 0)
@@ -520,7 +522,6 @@ def _finish_rows(frame: pl.DataFrame, prm: Params) -> pl.DataFrame:
         )
         .with_columns(((pl.col("price_low") + pl.col("price_high")) / 2).alias("price_mid"))
         .select(list(OUTPUT_SCHEMA))
-        .sort("asset", "ts", "side", "price_low")
     )
 
 
