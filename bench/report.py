@@ -184,10 +184,11 @@ def render(r: dict) -> str:
             sec.append(f"| {n} | {mode} | {x['median']:.2f} |")
         sections.append("\n".join(sec))
         z = mm["sizes"][full]
-        targets.append((f"2 Marts: full rebuild < 20 s at {full} assets × {mm['days']} d"
-                        + (" (heatmap marts excluded, see §2)" if mm["skip"] else ""),
+        limit = 20.0 if mm["skip"] else 45.0   # issue 16: every mart including the heatmap < 45 s
+        targets.append((f"2 Marts: full rebuild < {limit:.0f} s at {full} assets × {mm['days']} d"
+                        + (" (heatmap marts excluded, see §2)" if mm["skip"] else " (every mart incl. the heatmap)"),
                         f"{_s(z['total'])}; peak RSS {_s(z['peak_rss_mb'], 'MB', 0)}",
-                        judge(z["total"]["median"], 20.0, higher_is_better=False)))
+                        judge(z["total"]["median"], limit, higher_is_better=False)))
         if len(sizes) >= 3:
             r2 = mm["sizes"][sizes[1]]["total"]["median"] / base
             r4 = mm["sizes"][sizes[2]]["total"]["median"] / base
