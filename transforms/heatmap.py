@@ -387,42 +387,50 @@ def load_bars(
     if start is not None:
         where += " AND ts >= $start"
         params["start"] = start
+    # Hours as integers (epoch_us // 1 h) all the way: no ICU time-zone arithmetic, cheap keys.
     sql = f"""
-    WITH oi_rows AS (   -- last snapshot per instrument-hour (arg_max on epoch hours: no ICU, no window)
-        SELECT venue, instrument, make_timestamptz(epoch_us(ts) // 3600000000 * 3600000000) AS ts,
+    WITH oi_rows AS (   -- last snapshot per instrument-hour
+        SELECT venue, instrument, epoch_us(ts) // {_HOUR_US} AS h,
                arg_max(asset, ts) AS asset, arg_max(oi_usd::DOUBLE, ts) AS oi_usd
         FROM staging.open_interest
         WHERE oi_usd IS NOT NULL AND asset IS NOT NULL {where}
-        GROUP BY venue, instrument, epoch_us(ts) // 3600000000
+        GROUP BY venue, instrument, h
     ), oi_lag AS (
-        SELECT *, lag(oi_usd) OVER w AS prev_oi, lag(ts) OVER w AS prev_ts
-        FROM oi_rows WINDOW w AS (PARTITION BY venue, instrument ORDER BY ts)
+        SELECT *, lag(oi_usd) OVER w AS prev_oi, lag(h) OVER w AS prev_h
+        FROM oi_rows WINDOW w AS (PARTITION BY venue, instrument ORDER BY h)
     ), oi_hour AS (
-        SELECT asset, ts, sum(oi_usd) AS oi_usd,
-               sum(CASE WHEN prev_ts >= ts - to_hours({int(oi_max_gap_hours)}) THEN prev_oi ELSE oi_usd END)
-                   AS oi_prev_usd
-        FROM oi_lag GROUP BY asset, ts
+        SELECT asset, h, sum(oi_usd) AS oi_usd,
+               sum(CASE WHEN prev_h >= h - {int(oi_max_gap_hours)} THEN prev_oi ELSE oi_usd END) AS oi_prev_usd
+        FROM oi_lag GROUP BY asset, h
     ), venue_oi AS (
-        SELECT venue, asset, ts, sum(oi_usd) AS oi FROM oi_rows GROUP BY venue, asset, ts
+        SELECT venue, asset, h, sum(oi_usd) AS oi FROM oi_rows GROUP BY venue, asset, h
     ), perp AS (
-        SELECT venue, asset, ts, avg(open)::DOUBLE AS open, avg(high)::DOUBLE AS high,
+        SELECT venue, asset, epoch_us(ts) // {_HOUR_US} AS h, avg(open)::DOUBLE AS open, avg(high)::DOUBLE AS high,
                avg(low)::DOUBLE AS low, avg(close)::DOUBLE AS close
         FROM staging.prices
         WHERE kind = 'perp' AND "interval" = '1h' AND asset IS NOT NULL
           AND open > 0 AND high > 0 AND low > 0 AND close > 0 {where}
-        GROUP BY venue, asset, ts
-    ), price AS (
-        SELECT p.asset, p.ts, p.open, p.high, p.low, p.close
-        FROM perp p LEFT JOIN venue_oi v USING (venue, asset, ts)
-        QUALIFY row_number() OVER (PARTITION BY p.asset, p.ts ORDER BY coalesce(v.oi, 0) DESC, p.venue) = 1
+        GROUP BY venue, asset, h
+    ), price AS (   -- the largest-OI venue's bar; ties and hours without OI: the first venue by name
+        SELECT p.asset, p.h, arg_max({{'o': p.open, 'hi': p.high, 'lo': p.low, 'c': p.close}},
+                                     (coalesce(v.oi, 0), -r.venue_rank)) AS b
+        FROM perp p
+        JOIN (SELECT venue, row_number() OVER (ORDER BY venue) AS venue_rank FROM (SELECT DISTINCT venue FROM perp)) r
+          USING (venue)
+        LEFT JOIN venue_oi v USING (venue, asset, h)
+        GROUP BY p.asset, p.h
     )
-    SELECT price.asset, price.ts, price.open, price.high, price.low, price.close,
+    SELECT price.asset, price.h * {_HOUR_US} AS ts_us, b.o AS open, b.hi AS high, b.lo AS low, b.c AS close,
            oi_hour.oi_usd, oi_hour.oi_prev_usd
-    FROM price LEFT JOIN oi_hour USING (asset, ts)
-    ORDER BY price.asset, price.ts
+    FROM price LEFT JOIN oi_hour USING (asset, h)
+    ORDER BY price.asset, price.h
     """
     df = con.execute(sql, params).pl()
-    return df.with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
+    return df.select(
+        "asset",
+        pl.col("ts_us").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts"),
+        *BAR_COLUMNS[2:6], "oi_usd", "oi_prev_usd",
+    )
 
 
 # --------------------------------------------------------------------------- the mart at scale
