@@ -22,6 +22,7 @@ from perpwatch.transforms.heatmap import (
     nearest_clusters,
     new_state,
     step,
+    update_heatmap,
 )
 from perpwatch.transforms.marts import liquidation_heatmap as transform
 
@@ -527,7 +528,7 @@ def test_incremental_heatmap_equals_a_full_rebuild():
             inc_con.execute(f"CREATE TABLE {clusters_mart.TABLE} AS SELECT * FROM __c")
         else:
             since = prev.date()   # the first day the new staging rows touch
-            modes.append(transform.build_since(inc_con, since))
+            modes.append(update_heatmap(inc_con, since)[1])
             clusters_mart.build_since(inc_con, since)
         prev = cut
     assert modes[0].startswith("resumed from") and all(m.startswith("resumed") for m in modes)
@@ -545,5 +546,6 @@ def test_incremental_heatmap_equals_a_full_rebuild():
             else:
                 assert a[c].equals(b[c]), c
     # a change at or before the stored day makes the next build a full one
-    assert transform.build_since(inc_con, _date(2024, 3, 2)).startswith("full")
+    assert update_heatmap(inc_con, _date(2024, 3, 2))[1].startswith("full")
+    assert transform.build_since(inc_con, _date(2024, 3, 20)) == _date(2024, 3, 12)
     assert transforms.incremental_plan(inc_con, _date(2024, 3, 12))[transform.TABLE]["mode"] == "resume"

@@ -138,6 +138,7 @@ def _build_model(con, name: str, m: Model) -> float:
             con.register("__mart", df.to_arrow())
             con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __mart")
             con.unregister("__mart")
+        warehouse.record_change(con, name, None)   # publishing copies what changed (warehouse/publishing.py)
     return time.perf_counter() - t0
 
 
@@ -294,7 +295,8 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
                 t0 = time.perf_counter()
                 mod = importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}")
                 with warehouse.transaction(con):
-                    mod.build_since(con, since)
+                    changed = mod.build_since(con, since)   # the first day it rewrote, None: all of it
+                    warehouse.record_change(con, name, changed)
                 timings[name] = time.perf_counter() - t0
                 continue
             if p["mode"] != "incremental":
@@ -312,6 +314,7 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
             with warehouse.transaction(con):
                 con.execute(f'DELETE FROM {name} WHERE "{p["column"]}" >= {day}')
                 con.execute(f'INSERT INTO {name} SELECT * FROM ({sql}) WHERE "{p["column"]}" >= {day}')
+                warehouse.record_change(con, name, since)
             timings[name] = time.perf_counter() - t0
     finally:
         con.execute("DETACH __inc")

@@ -617,11 +617,13 @@ def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = Non
     return rows
 
 
-def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mapping | None = None) -> str:
+def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mapping | None = None
+                   ) -> tuple[date | None, str]:
     """Bring marts.liquidation_heatmap up to date from the stored state: fold the days after the state's
     day only, replace the rows from that day on, thin the day(s) that left the hourly window. A full
     rebuild instead when there is no usable state (first build, other settings) or staging changed at or
-    before the state's day (`since` <= it). Returns "resumed from YYYY-MM-DD" or "full: <why>"."""
+    before the state's day (`since` <= it). Returns (first day rewritten, None after a full rebuild; and
+    "resumed from YYYY-MM-DD" or "full: <why>")."""
     settings = heatmap_settings() if settings is None else settings
     prm = Params.from_settings(settings)
     stored = load_state(con, prm) if _table_exists(con, TABLE) else None
@@ -633,7 +635,7 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
         con.register("__hm_rows", rows.to_arrow())
         con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS SELECT * FROM __hm_rows")
         con.unregister("__hm_rows")
-        return f"full: {why}"
+        return None, f"full: {why}"
     state, through, old_newest, _ = stored
     resume = through + 1
     start = datetime.combine(_day(resume), datetime.min.time(), UTC)
@@ -642,7 +644,7 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
     bars = bars.filter(pl.col("ts") >= start)
     newest = _newest_day(bars)
     if newest is None:
-        return f"resumed from {_day(resume)}: no new bars"
+        return _day(resume), f"resumed from {_day(resume)}: no new bars"
     hourly_from = newest - prm.hourly_days + 1
     rows, new_state_ = fold_rows(bars, prm, init=state, hourly_from=hourly_from, through=newest - 1,
                                  top_bins=prm.top_bins)
@@ -652,7 +654,9 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
     con.unregister("__hm_rows")
     # days before `resume` that left the hourly window keep only their last usable hour
     thin_from, thin_to = old_newest - prm.hourly_days + 1, min(hourly_from, resume)
+    changed = _day(resume)
     if thin_to > thin_from:
+        changed = _day(thin_from)
         lo = datetime.combine(_day(thin_from), datetime.min.time(), UTC)
         hi = datetime.combine(_day(thin_to), datetime.min.time(), UTC)
         old = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours, start=lo).filter(pl.col("ts") < hi)
@@ -664,8 +668,8 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
         con.execute(f"""DELETE FROM {TABLE} WHERE ts >= ? AND ts < ? AND NOT EXISTS (
             SELECT 1 FROM __hm_keep k WHERE k.asset = {TABLE}.asset AND k.keep_us = epoch_us({TABLE}.ts))""", [lo, hi])
         con.unregister("__hm_keep")
-    save_state(con, new_state_, prm, through=newest - 1, newest=newest, rebuilt_from=resume)
-    return f"resumed from {_day(resume)}"
+    save_state(con, new_state_, prm, through=newest - 1, newest=newest, rebuilt_from=_epoch_day(changed))
+    return changed, f"resumed from {_day(resume)}"
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:

@@ -167,3 +167,10 @@ CREATE TABLE IF NOT EXISTS meta.heatmap_progress (
     asset VARCHAR NOT NULL, through DATE NOT NULL, newest DATE NOT NULL, last_ts TIMESTAMPTZ,
     last_oi_usd DOUBLE, settings VARCHAR NOT NULL, rebuilt_from DATE
 );
+
+-- [seq] every mart write of a build (transforms): which mart, and from which day on (NULL: all of it).
+-- Publishing (warehouse/publishing.py) rewrites only what changed since the version a serving copy or the
+-- exports reflect.
+CREATE TABLE IF NOT EXISTS meta.mart_changes (
+    seq BIGINT NOT NULL, table_name VARCHAR NOT NULL, changed_from DATE, changed_at TIMESTAMPTZ
+);

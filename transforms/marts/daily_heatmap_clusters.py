@@ -30,14 +30,15 @@ def build(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return daily_clusters(con)
 
 
-def build_since(con: duckdb.DuckDBPyConnection, since: date) -> str:
-    """Replace the rows from min(since, the heatmap's rebuilt_from) on (all rows after a full heatmap build)."""
+def build_since(con: duckdb.DuckDBPyConnection, since: date) -> date | None:
+    """Replace the rows from min(since, the heatmap's rebuilt_from) on (all rows after a full heatmap build).
+    Returns the first day rewritten (None: the whole table)."""
     got = con.execute(f"SELECT min(rebuilt_from), count(*), count(rebuilt_from) FROM {PROGRESS_TABLE}").fetchone()
     if got[1] == 0 or got[2] < got[1]:       # the heatmap was rebuilt in full: so is this
         con.register("__hc", build(con).to_arrow())
         con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS SELECT * FROM __hc")
         con.unregister("__hc")
-        return "full: the heatmap was rebuilt in full"
+        return None
     start = min(since, got[0])
     hm = con.execute("SELECT asset, ts, side, price_low, price_high, est_liquidation_usd, close "
                      "FROM marts.liquidation_heatmap WHERE ts >= ?", [datetime.combine(start, time(), UTC)]).pl()
@@ -47,4 +48,4 @@ def build_since(con: duckdb.DuckDBPyConnection, since: date) -> str:
     con.register("__hc", rows.to_arrow())
     con.execute(f"INSERT INTO {TABLE} SELECT * FROM __hc")
     con.unregister("__hc")
-    return f"from {start}"
+    return start

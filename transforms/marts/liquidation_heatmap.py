@@ -30,6 +30,7 @@ def build(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return build_heatmap(con, save=True)
 
 
-def build_since(con: duckdb.DuckDBPyConnection, since: date) -> str:
-    """Update the table in place from the stored state (a full rebuild when staging changed before it)."""
-    return update_heatmap(con, since)
+def build_since(con: duckdb.DuckDBPyConnection, since: date) -> date | None:
+    """Update the table in place from the stored state (a full rebuild when staging changed before it).
+    Returns the first day rewritten (None: the whole table)."""
+    return update_heatmap(con, since)[0]
