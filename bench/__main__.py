@@ -31,15 +31,17 @@ SIZES = {
         "marts": {"days": 1825, "assets": [50, 100, 200], "runs": 2, "heatmap_probe": (90, 4), "heatmap_at_scale": True},
         "extract": {"n": 200, "runs": 3, "latency_ms": 50.0, "limits_scale": 0.25, "window_scale": 0.05},
         "e2e": {"runs": 3, "demo": True},
+        "publish": {"days": 365, "assets": 20, "runs": 3},
     },
     "tiny": {
         "load": {"rows": 10_000, "runs": 1, "dlt_rows": None, "em_rows": 500},
         "marts": {"days": 20, "assets": [1, 2, 4], "runs": 1, "heatmap_probe": (10, 1), "heatmap_at_scale": True},
         "extract": {"n": 3, "runs": 1, "latency_ms": 50.0, "limits_scale": 0.01, "window_scale": 0.01},
         "e2e": {"runs": 1, "demo": False},
+        "publish": {"days": 30, "assets": 2, "runs": 2},
     },
 }
-WORKLOADS = ("load", "marts", "extract", "e2e")
+WORKLOADS = ("load", "marts", "extract", "e2e", "publish")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
             results["extract"] = extract.run(c["n"], c["runs"], c["latency_ms"], c["limits_scale"], c["window_scale"],
                                              workdir, progress=say)
+        elif w == "publish":
+            from perpwatch.bench import publish
+
+            results["publish"] = publish.run(c["days"], c["assets"], c["runs"], workdir, progress=say)
         elif w == "e2e":
             from perpwatch.bench import e2e
 

@@ -474,7 +474,9 @@ def publish(db=None, serving=None, exports=None, con=None) -> dict[str, str]:
             # serving copy to rebuild; the Parquet exports of the marts stay available.
             return export_marts(con, exports)
         got = publishing.publish_serving(con, serving)
-        return {"serving": got["serving"], "serving_mode": got["mode"], **export_marts(con, exports)}
+        changed = "; ".join(f"{t}: {how}" for t, how in sorted(got["changed"].items()))
+        return {"serving": got["serving"], "serving_mode": got["mode"], "serving_changed": changed,
+                **export_marts(con, exports)}
     finally:
         if own:
             con.close()

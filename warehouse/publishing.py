@@ -72,11 +72,25 @@ def _tables(con, catalog: str | None = None) -> dict[str, str]:
     return {f"{s}.{t}": k for s, t, k in rows if f"{s}.{t}" not in NOT_PUBLISHED}
 
 
+_COLS: dict[tuple[int, str | None], dict[str, list[tuple[str, str]]]] = {}
+
+
 def _columns(con, table: str, catalog: str | None = None) -> list[tuple[str, str]]:
-    s, t = table.split(".")
-    cat = "current_database()" if catalog is None else _q(catalog)
-    return con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = "
-                       f"{cat} AND table_schema = ? AND table_name = ? ORDER BY ordinal_position", [s, t]).fetchall()
+    """Columns (name, type) of `table`; one catalog query per publish step (_forget_columns clears it)."""
+    key = (id(con), catalog)
+    if key not in _COLS:
+        cat = "current_database()" if catalog is None else _q(catalog)
+        cols: dict[str, list[tuple[str, str]]] = {}
+        for s, t, c, typ in con.execute(
+                "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+                f"WHERE table_catalog = {cat} ORDER BY table_schema, table_name, ordinal_position").fetchall():
+            cols.setdefault(f"{s}.{t}", []).append((c, typ))
+        _COLS[key] = cols
+    return _COLS[key].get(table, [])
+
+
+def _forget_columns() -> None:
+    _COLS.clear()
 
 
 def mart_time_column(con, table: str) -> str | None:
@@ -144,6 +158,7 @@ def _update_in_place(con, path: Path, seq: int, stamp) -> dict[str, str] | None:
     except duckdb.Error:
         return None
     what: dict[str, str] = {}
+    _forget_columns()
     try:
         try:
             old_seq, old_stamp = con.execute("SELECT change_seq, ingested_through FROM __snap.meta.serving_version"
@@ -154,7 +169,7 @@ def _update_in_place(con, path: Path, seq: int, stamp) -> dict[str, str] | None:
         want = _tables(con)
         marts = _changes_since(con, old_seq)
         with warehouse.transaction(con):
-            for table in sorted(set(have) - set(want)):
+            for table in sorted(set(have) - set(want) - {VERSION_TABLE}):
                 con.execute(f"DROP {'VIEW' if have[table] == 'VIEW' else 'TABLE'} __snap.{_ident(table)}")
                 what[table] = "dropped"
             for table in sorted(want):
@@ -208,6 +223,7 @@ def _update_in_place(con, path: Path, seq: int, stamp) -> dict[str, str] | None:
 def publish_serving(con, serving: Path) -> dict:
     """Update the serving snapshot (see the module doc). Returns {'serving': path, 'mode': ..., 'changed': {...}}."""
     serving.parent.mkdir(parents=True, exist_ok=True)
+    _forget_columns()
     seq = con.execute("SELECT coalesce(max(seq), 0) FROM meta.mart_changes").fetchone()[0]
     stamps = [con.execute(f"SELECT max(ingested_at) FROM {_ident(t)}").fetchone()[0]
               for t in _tables(con) if t.startswith("staging.") and "ingested_at" in dict(_columns(con, t))]
@@ -253,6 +269,7 @@ def _held(path: Path) -> bool:
 def export_changed(con, exports: Path) -> dict[str, str]:
     """Parquet exports of the marts, partitioned by year, rewriting only what changed since the last export."""
     exports.mkdir(parents=True, exist_ok=True)
+    _forget_columns()
     state_file = exports / "_published.json"
     try:
         old_seq = int(json.loads(state_file.read_text())["change_seq"])
@@ -292,8 +309,10 @@ def export_changed(con, exports: Path) -> dict[str, str]:
                 for f in d.iterdir():
                     f.unlink()
                 d.rmdir()
-        if (out / "data.parquet").exists():
-            (out / "data.parquet").unlink()
+        if any(out.glob("year=*")):
+            (out / "data.parquet").unlink(missing_ok=True)
+        else:        # no rows: one empty file keeps the schema readable
+            _write_file(con, f"SELECT * FROM {_ident(table)} LIMIT 0", out / "data.parquet")
         legacy.unlink(missing_ok=True)
         written[table] = str(out)
     tmp = exports / f".{state_file.name}.{os.getpid()}.tmp"
