@@ -139,9 +139,9 @@ def test_parquet_exports_equal_the_marts(sim, tmp_path):
             assert written[f"marts.{name}"] == str(exports / name)
             mart = con.sql(f"SELECT * FROM marts.{name}").pl()
             files = sorted((exports / name).glob("**/*.parquet"))
-            # partitioned by year of the mart's date/ts column (issue 16); marts without one: one file
+            # partitioned by month of the mart's date/ts column (issue 16); marts without one, or empty: one file
             assert [f.relative_to(exports / name).as_posix() for f in files] in (
-                ["year=2026/data.parquet"], ["data.parquet"]), (name, files)
+                ["year=2026/month=11/data.parquet"], ["data.parquet"]), (name, files)
             exp = pl.read_parquet(files, hive_partitioning=False)
             assert exp.columns == mart.columns, name
             assert exp.height == mart.height, name
@@ -164,7 +164,7 @@ def test_parquet_exports_equal_the_marts(sim, tmp_path):
 
 def test_publish_rewrites_only_what_changed(tmp_path):
     """A daily incremental build changes the newest days: the next publish updates the other serving copy in
-    place with those rows only, rewrites only the exports' current year, and the snapshot equals the warehouse."""
+    place with those rows only, rewrites only the exports' current month, and the snapshot equals the warehouse."""
     from datetime import date
 
     from perpwatch.bench.gen_warehouse import append_day, generate
@@ -172,12 +172,12 @@ def test_publish_rewrites_only_what_changed(tmp_path):
     db, serving, exports = tmp_path / "w.duckdb", tmp_path / "serving.duckdb", tmp_path / "exports"
     end = datetime(2026, 1, 20, tzinfo=UTC)
     with warehouse.session(db) as con:
-        generate(con, 40, 2, end=end)            # 2025-12-11 .. 2026-01-19: two export years
+        generate(con, 40, 2, end=end)            # 2025-12-11 .. 2026-01-19: two export months
         transforms.build_all(con)
     first = warehouse.publish(db=db, serving=serving, exports=exports)
     assert first["serving_mode"] == "full copy" and serving.is_symlink()
-    old_year = exports / "daily_signals" / "year=2025" / "data.parquet"
-    new_year = exports / "daily_signals" / "year=2026" / "data.parquet"
+    old_year = exports / "daily_signals" / "year=2025" / "month=12" / "data.parquet"
+    new_year = exports / "daily_signals" / "year=2026" / "month=01" / "data.parquet"
     mtimes = {p: p.stat().st_mtime_ns for p in (old_year, new_year)}
     second = warehouse.publish(db=db, serving=serving, exports=exports)   # nothing changed: the other copy
     assert second["serving_mode"] == "full copy" and serving.resolve().name.endswith(".b")
@@ -192,7 +192,7 @@ def test_publish_rewrites_only_what_changed(tmp_path):
     # resumed after the stored day (01-18), and 01-13 left the 7-day hourly window: thinned to one hour
     assert changed["marts.liquidation_heatmap"] == "from 2026-01-13"
     assert "marts.etf_flows_daily" not in changed or changed["marts.etf_flows_daily"] == "full"
-    assert old_year.stat().st_mtime_ns == mtimes[old_year]          # 2025 untouched
+    assert old_year.stat().st_mtime_ns == mtimes[old_year]          # December untouched
     assert new_year.stat().st_mtime_ns > mtimes[new_year]
     # the serving copy equals the warehouse, table by table
     with warehouse.session(db) as con:

@@ -490,7 +490,7 @@ def record_change(con, table: str, changed_from=None) -> None:
 
 
 def export_marts(con, exports: Path) -> dict[str, str]:
-    """Parquet exports of the marts: <exports>/<mart>/year=YYYY/data.parquet, only what changed rewritten."""
+    """Parquet exports of the marts: <exports>/<mart>/year=YYYY/month=MM/data.parquet, only what changed rewritten."""
     from perpwatch.warehouse import publishing
 
     return publishing.export_changed(con, Path(exports))

@@ -17,9 +17,10 @@ The version a copy reflects is stored inside it (meta.serving_version). A reader
 keeps a shared lock on its file: when the file to update is still held, the publish writes a fresh file
 instead (a full copy, as before) and the held one is left alone; readers never see a half-built table.
 
-Exports: `<exports>/<mart>/year=YYYY/data.parquet` for marts with a date (or ts) column, else
-`<exports>/<mart>/data.parquet`; only the years at or after a mart's change are rewritten, each file via a
-temp file and os.replace. `<exports>/_published.json` holds the change sequence they reflect.
+Exports: `<exports>/<mart>/year=YYYY/month=MM/data.parquet` (UTC calendar month of the mart's date or ts
+column), else `<exports>/<mart>/data.parquet` (marts without one, and empty marts: a schema-only file);
+only the months at or after a mart's change are rewritten, each file via a temp file and os.replace, so a
+daily publish rewrites at most a month of each changed mart whatever the history. `<exports>/_published.json` holds the change sequence they reflect.
 """
 
 from __future__ import annotations
@@ -120,12 +121,13 @@ def _swap_link(serving: Path, target: Path) -> None:
     os.replace(tmp, serving)
 
 
-def _full_copy(con, path: Path, seq: int, stamp) -> None:
+def _full_copy(con, path: Path, seq: int) -> None:
     from perpwatch import warehouse
 
     path.unlink(missing_ok=True)
     con.execute(f"ATTACH {_q(str(path))} AS __snap")
     try:
+        stamp = _stamp(con)
         for schema in PUBLISHED_SCHEMAS:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS __snap.{schema}")
         for table in sorted(_tables(con)):
@@ -141,14 +143,27 @@ def _full_copy(con, path: Path, seq: int, stamp) -> None:
         snap.close()
 
 
+def _stamp(con, since=None):
+    """Newest staging ingested_at (after `since` only: zone maps skip the older row groups)."""
+    where = "" if since is None else " WHERE ingested_at > $since"
+    best = since
+    for t in _tables(con):
+        if t.startswith("staging.") and "ingested_at" in dict(_columns(con, t)):
+            v = con.execute(f"SELECT max(ingested_at) FROM {_ident(t)}{where}",
+                            {} if since is None else {"since": since}).fetchone()[0]
+            if v is not None and (best is None or v > best):
+                best = v
+    return best
+
+
 def _write_version(con, seq: int, stamp) -> None:
     con.execute("CREATE OR REPLACE TABLE __snap.meta.serving_version (change_seq BIGINT, ingested_through TIMESTAMPTZ, "
                 "published_at TIMESTAMPTZ)")
     con.execute("INSERT INTO __snap.meta.serving_version VALUES (?, ?, now())", [seq, stamp])
 
 
-def _update_in_place(con, path: Path, seq: int, stamp) -> dict[str, str] | None:
-    """Bring the copy at `path` up to (seq, stamp). None when it cannot be opened for writing (a reader holds it)
+def _update_in_place(con, path: Path, seq: int) -> dict[str, str] | None:
+    """Bring the copy at `path` up to change `seq` and the newest staging rows. None when it cannot be opened for writing (a reader holds it)
     or has no version (then the caller writes a fresh full copy)."""
     from perpwatch import warehouse
     from perpwatch.core import tables as registry
@@ -169,6 +184,7 @@ def _update_in_place(con, path: Path, seq: int, stamp) -> dict[str, str] | None:
         want = _tables(con)
         marts = _changes_since(con, old_seq)
         with warehouse.transaction(con):
+            stamp = _stamp(con, old_stamp)
             for table in sorted(set(have) - set(want) - {VERSION_TABLE}):
                 con.execute(f"DROP {'VIEW' if have[table] == 'VIEW' else 'TABLE'} __snap.{_ident(table)}")
                 what[table] = "dropped"
@@ -181,7 +197,7 @@ def _update_in_place(con, path: Path, seq: int, stamp) -> dict[str, str] | None:
                         continue
                     col = mart_time_column(con, table)
                     frm = marts[table]
-                    if frm is not None and col is not None and want[table] == "BASE TABLE":
+                    if frm is not None and col is not None:       # a table, or a view over cut inputs
                         typ = dict(_columns(con, table))[col]
                         cut = f'"{col}" >= {_lit_day(frm, typ)}'
                         con.execute(f"DELETE FROM __snap.{_ident(table)} WHERE {cut}")
@@ -191,13 +207,18 @@ def _update_in_place(con, path: Path, seq: int, stamp) -> dict[str, str] | None:
                         and "ingested_at" in dict(_columns(con, table)):
                     # rows loaded since the copy's stamp replace theirs by grain key (no temp table: one
                     # transaction may write one database only)
-                    key = registry.BY_NAME[name].key
+                    reg = registry.BY_NAME[name]
                     new_rows = f"SELECT * FROM {_ident(table)} WHERE ingested_at > $stamp"
-                    n = con.execute(f"SELECT count(*) FROM ({new_rows})", {"stamp": old_stamp}).fetchone()[0]
+                    n, t_min = con.execute(f'SELECT count(*), min("{reg.time_column}") FROM ({new_rows})',
+                                           {"stamp": old_stamp}).fetchone()
                     if n:
-                        on = " AND ".join(f'__snap.{_ident(table)}."{k}" IS NOT DISTINCT FROM c."{k}"' for k in key)
-                        con.execute(f"DELETE FROM __snap.{_ident(table)} USING ({new_rows}) c WHERE {on}",
-                                    {"stamp": old_stamp})
+                        on = " AND ".join(f'__snap.{_ident(table)}."{k}" IS NOT DISTINCT FROM c."{k}"' for k in reg.key)
+                        # when the time column is part of the grain, a replaced row has the time of its new
+                        # version: the bound lets zone maps skip the copy's older row groups
+                        bound = f' AND __snap.{_ident(table)}."{reg.time_column}" >= $t_min' \
+                            if reg.time_column in reg.key and t_min is not None else ""
+                        con.execute(f"DELETE FROM __snap.{_ident(table)} USING ({new_rows}) c WHERE {on}{bound}",
+                                    {"stamp": old_stamp, **({"t_min": t_min} if bound else {})})
                         con.execute(f"INSERT INTO __snap.{_ident(table)} {new_rows}", {"stamp": old_stamp})
                     a = con.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()[0]
                     b = con.execute(f"SELECT count(*) FROM __snap.{_ident(table)}").fetchone()[0]
@@ -225,21 +246,18 @@ def publish_serving(con, serving: Path) -> dict:
     serving.parent.mkdir(parents=True, exist_ok=True)
     _forget_columns()
     seq = con.execute("SELECT coalesce(max(seq), 0) FROM meta.mart_changes").fetchone()[0]
-    stamps = [con.execute(f"SELECT max(ingested_at) FROM {_ident(t)}").fetchone()[0]
-              for t in _tables(con) if t.startswith("staging.") and "ingested_at" in dict(_columns(con, t))]
-    stamp = max((s for s in stamps if s is not None), default=None)
     a, b = _buffers(serving)
     cur = _current(serving)
     target = b if cur == a.resolve() else a
     for stale in serving.parent.glob(f".{serving.name}.*"):
         stale.unlink(missing_ok=True)   # left by a publisher that was killed mid-way
-    what = _update_in_place(con, target, seq, stamp) if target.exists() else None
+    what = _update_in_place(con, target, seq) if target.exists() else None
     mode = "changed tables"
     if what is None:
         # first publish, an old single-file snapshot, or the file is held by a reader: a fresh full copy
         fresh = target if not target.exists() else serving.with_name(f"{serving.name}.{int(time.time() * 1000)}")
         tmp = fresh.with_name(f".{serving.name}.{os.getpid()}.tmp")
-        _full_copy(con, tmp, seq, stamp)
+        _full_copy(con, tmp, seq)
         if fresh == target or not _held(target):
             os.replace(tmp, target)
             fresh = target
@@ -267,7 +285,7 @@ def _held(path: Path) -> bool:
 
 
 def export_changed(con, exports: Path) -> dict[str, str]:
-    """Parquet exports of the marts, partitioned by year, rewriting only what changed since the last export."""
+    """Parquet exports of the marts, partitioned by month, rewriting only what changed since the last export."""
     exports.mkdir(parents=True, exist_ok=True)
     _forget_columns()
     state_file = exports / "_published.json"
@@ -296,19 +314,24 @@ def export_changed(con, exports: Path) -> dict[str, str]:
             written[table] = str(out)
             continue
         typ = dict(_columns(con, table))[col]
-        year = f'year(make_timestamp(epoch_us("{col}")))' if "TIME ZONE" in typ.upper() else f'year("{col}")'
+        day = f'make_timestamp(epoch_us("{col}"))' if "TIME ZONE" in typ.upper() else f'"{col}"'
+        month = f"(year({day}) * 100 + month({day}))"     # UTC calendar month of the row
         where = "" if frm is None else f' WHERE "{col}" >= {_lit_day(frm, typ)}'
-        years = [y for (y,) in con.execute(f"SELECT DISTINCT {year} FROM {_ident(table)}{where}").fetchall()
-                 if y is not None]
-        first = None if frm is None else frm.year
-        for y in years:
-            _write_file(con, f"SELECT * FROM {_ident(table)} WHERE {year} = {int(y)}", out / f"year={y}" / "data.parquet")
-        for d in out.glob("year=*"):       # years that have no rows any more
-            y = int(d.name.split("=", 1)[1])
-            if y not in years and (first is None or y >= first):
+        months = [m for (m,) in con.execute(f"SELECT DISTINCT {month} FROM {_ident(table)}{where}").fetchall()
+                  if m is not None]
+        first = None if frm is None else frm.year * 100 + frm.month
+        for m in months:
+            _write_file(con, f"SELECT * FROM {_ident(table)} WHERE {month} = {int(m)}",
+                        out / f"year={m // 100}" / f"month={m % 100:02d}" / "data.parquet")
+        for d in out.glob("year=*/month=*"):       # months that have no rows any more
+            m = int(d.parent.name.split("=", 1)[1]) * 100 + int(d.name.split("=", 1)[1])
+            if m not in months and (first is None or m >= first):
                 for f in d.iterdir():
                     f.unlink()
                 d.rmdir()
+        for y in out.glob("year=*"):
+            if y.is_dir() and not any(y.iterdir()):
+                y.rmdir()
         if any(out.glob("year=*")):
             (out / "data.parquet").unlink(missing_ok=True)
         else:        # no rows: one empty file keeps the schema readable
