@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 SIZES = {
     "full": {
-        "load": {"rows": 1_000_000, "runs": 3, "dlt_rows": 50_000, "em_rows": 5_000},
+        "load": {"rows": 1_000_000, "runs": 3, "dlt_rows": {"dict": 200_000, "arrow": 1_000_000}, "em_rows": 5_000},
         "marts": {"days": 1825, "assets": [50, 100, 200], "runs": 2, "heatmap_probe": (90, 4), "heatmap_at_scale": True},
         "extract": {"n": 200, "runs": 3, "latency_ms": 50.0, "limits_scale": 0.25, "window_scale": 0.05},
         "e2e": {"runs": 3, "demo": True},

@@ -284,11 +284,13 @@ def table_columns(con, table: str) -> list[str]:
         "ORDER BY ordinal_position", [schema, name]).fetchall()]
 
 
-def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> LoadResult:
+def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, *, deduplicated: bool = False) -> LoadResult:
     """Idempotent upsert on the table's grain. Call inside a transaction.
 
     In-batch repeats of a key keep the last row; rows identical to the stored ones are
     counted as duplicates and left alone; changed rows replace the stored row.
+    deduplicated=True: the caller already kept one row per key (pipeline.load_table does), so the
+    in-batch check is skipped.
     """
     from perpwatch.warehouse import lake
 
@@ -313,11 +315,12 @@ def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> Load
         # One join classifies the batch against what is stored (matched rowids, identical or
         # not); deletes go by rowid and counts come back as numbers, not rows. The in-batch
         # dedup pass only runs when the batch has repeated keys.
-        if con.execute(f"SELECT EXISTS (SELECT 1 FROM __batch GROUP BY {qk} HAVING count(*) > 1)").fetchone()[0]:
+        if not deduplicated and con.execute(
+                f"SELECT EXISTS (SELECT 1 FROM __batch GROUP BY {qk} HAVING count(*) > 1)").fetchone()[0]:
             con.execute(f"CREATE OR REPLACE TEMP TABLE __b AS SELECT * FROM __batch "
                         f"QUALIFY row_number() OVER (PARTITION BY {qk} ORDER BY __i DESC) = 1")
             src = "__b"
-        deduped = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
+        deduped = df.height if src == "__batch" else con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
         in_batch_dup = df.height - deduped
         con.execute(f"CREATE OR REPLACE TEMP TABLE __m AS SELECT b.__i, t.rowid AS __r, ({same}) AS __s "
                     f"FROM {src} b JOIN {table} t ON {on}")
