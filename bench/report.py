@@ -310,8 +310,10 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   vectorised (the diagnostic row in section 1 measures the suite without that expectation).
 - **Marts full rebuild.** `ts::DATE` on a TIMESTAMPTZ column goes through ICU for every row and a
   `QUALIFY row_number()` per day sorts the whole table (the diagnostics in section 2 measure both);
-  the marts use epoch days and `arg_max`. The liquidation heatmap is a per-asset-hour fold and is
-  measured separately (section 2).
+  the marts use epoch days and `arg_max`. The liquidation heatmap is built in the timings (its
+  vectorised core, transforms/heatmap_core.py; its bars query uses integer hours); its stored rows are
+  bounded per asset-day ([heatmap] hourly_days, top_bins), and the daily build resumes it from the
+  levels stored by the last build (meta.heatmap_levels).
 - **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback
   <days>` headers, checked against a full rebuild by tests/test_bench_smoke.py); signal_performance,
   an event study over all history, is refreshed by full builds only (`INCREMENTAL = "skip"`); other
