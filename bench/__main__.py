@@ -28,12 +28,13 @@ if str(ROOT) not in sys.path:
 
 SIZES = {
     "full": {
-        "load": {"rows": 1_000_000, "runs": 3, "dlt_rows": 50_000, "em_rows": 5_000},
-        "marts": {"days": 1825, "assets": [50, 100, 200], "runs": 2, "heatmap_probe": (90, 4), "heatmap_at_scale": False},
+        "load": {"rows": 1_000_000, "runs": 3, "dlt_rows": {"dict": 200_000, "arrow": 1_000_000}, "em_rows": 5_000},
+        "marts": {"days": 1825, "assets": [50, 100, 200], "runs": 2, "heatmap_probe": (90, 4), "heatmap_at_scale": True},
         "extract": {"n": 200, "runs": 3, "latency_ms": 50.0, "limits_scale": 0.25, "window_scale": 0.05},
         "e2e": {"runs": 3, "demo": True},
         "lake": {"days": 30, "assets": ["BTC", "ETH", "SOL"], "latency_ms": 50.0, "runs": 2,
                  "pub_days": 365, "pub_assets": 25, "load_rows": 1_000_000},
+        "publish": {"days": 365, "assets": 20, "runs": 3},
     },
     "tiny": {
         "load": {"rows": 10_000, "runs": 1, "dlt_rows": None, "em_rows": 500},
@@ -42,9 +43,10 @@ SIZES = {
         "e2e": {"runs": 1, "demo": False},
         "lake": {"days": 2, "assets": ["BTC"], "latency_ms": 50.0, "runs": 1,
                  "pub_days": 30, "pub_assets": 2, "load_rows": 20_000},
+        "publish": {"days": 30, "assets": 2, "runs": 2},
     },
 }
-WORKLOADS = ("load", "marts", "extract", "e2e", "lake")
+WORKLOADS = ("load", "marts", "extract", "e2e", "lake", "publish")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
 
             results["extract"] = extract.run(c["n"], c["runs"], c["latency_ms"], c["limits_scale"], c["window_scale"],
                                              workdir, progress=say)
+        elif w == "publish":
+            from perpwatch.bench import publish
+
+            results["publish"] = publish.run(c["days"], c["assets"], c["runs"], workdir, progress=say)
         elif w == "e2e":
             from perpwatch.bench import e2e
 

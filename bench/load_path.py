@@ -79,10 +79,10 @@ class _Stages:
             finally:
                 self.t["validate"] += time.perf_counter() - t0
 
-        def u(con, table, df):
+        def u(con, table, df, **kw):
             t0 = time.perf_counter()
             try:
-                return self.orig_upsert(con, table, df)
+                return self.orig_upsert(con, table, df, **kw)
             finally:
                 self.t["upsert"] += time.perf_counter() - t0
 
@@ -170,29 +170,40 @@ def _executemany_once(db: Path, pages) -> dict:
 def ensure_dlt_venv(progress) -> Path:
     """A separate venv with dlt pinned (never a perpwatch dependency): <repo>/.bench-venv."""
     py = BENCH_VENV / "bin" / "python"
-    ok = py.exists() and subprocess.run([str(py), "-c", "import dlt, duckdb, orjson; assert dlt.__version__ == '1.31.0'"],
+    ok = py.exists() and subprocess.run([str(py), "-c", "import dlt, duckdb, orjson, pyarrow; assert dlt.__version__ == '1.31.0'"],
                                         capture_output=True).returncode == 0
     if not ok:
         progress(f"creating {BENCH_VENV} with {DLT_PIN} (baseline only) ...")
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
         import duckdb
+        import pyarrow
 
         subprocess.run([str(py), "-m", "pip", "install", "-q", DLT_PIN, f"duckdb=={duckdb.__version__}",
-                        f"orjson=={orjson.__version__}"], check=True)
+                        f"orjson=={orjson.__version__}", f"pyarrow=={pyarrow.__version__}"], check=True)
     return py
 
 
-def _dlt(pages, workdir: Path, runs: int, progress) -> dict:
+def _dlt(pages, workdir: Path, runs: int, progress, sizes) -> dict:
+    """dlt merge via its dict route and its Arrow route at the sizes (rows) in `sizes`: a list for both
+    routes, or {route: [sizes]}."""
     py = ensure_dlt_venv(progress)
     pages_file = workdir / "dlt_pages.ndjson"
     pages_file.write_bytes(b"\n".join(body for _, body in pages))
-    res = subprocess.run([str(py), str(ROOT / "bench" / "dlt_baseline.py"),
-                          json.dumps({"pages_file": str(pages_file), "workdir": str(workdir / "dlt"), "runs": runs})],
-                         capture_output=True, text=True, timeout=3600)
-    pages_file.unlink(missing_ok=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"dlt baseline failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    out: dict = {}
+    try:
+        for route, route_sizes in (sizes.items() if isinstance(sizes, dict) else (("dict", sizes), ("arrow", sizes))):
+            res = subprocess.run([str(py), str(ROOT / "bench" / "dlt_baseline.py"),
+                                  json.dumps({"pages_file": str(pages_file), "workdir": str(workdir / "dlt"), "runs": runs,
+                                              "sizes": route_sizes, "routes": [route]})],
+                                 capture_output=True, text=True, timeout=7200)
+            if res.returncode != 0:
+                raise RuntimeError(f"dlt baseline failed:\n{res.stderr[-3000:]}")
+            got = json.loads(res.stdout.strip().splitlines()[-1])
+            out.setdefault("routes", {}).update(got["routes"])
+            out["dlt"], out["duckdb"] = got["dlt"], got["duckdb"]
+    finally:
+        pages_file.unlink(missing_ok=True)
+    return out
 
 
 def _gx_without_datetime_between(frame: pl.DataFrame, runs: int) -> Sample:
@@ -255,11 +266,17 @@ def run(rows: int, runs: int, workdir: Path, dlt_rows: int | None, em_rows: int,
              f"{[round(x['fresh'], 2) for x in em]}")
     dlt = None
     if dlt_rows:
-        dlt_pages = pages[: max(1, dlt_rows // 500)]
+        # per route two sizes (the trend), the larger one the same rows as perpwatch's where that route can
+        # take them in the bench's time (dlt_rows: {route: rows} or one number for both)
+        limits = dlt_rows if isinstance(dlt_rows, dict) else {"dict": dlt_rows, "arrow": dlt_rows}
+        sizes = {route: sorted({max(500, min(n, rows) // 4), min(n, rows)}) for route, n in limits.items()}
+        big = max(max(v) for v in sizes.values())
         try:
-            dlt = _dlt(dlt_pages, workdir, runs, progress)
-            dlt["rows"] = sum(len(orjson.loads(b)) for _, b in dlt_pages)
-            progress(f"  dlt merge ({dlt['rows']:,} rows): {[round(x['fresh_s'], 2) for x in dlt['runs']]}")
+            dlt = _dlt(pages[: max(1, big // 500)], workdir, runs, progress, sizes)
+            for route, by_size in dlt["routes"].items():
+                progress(f"  dlt merge, {route} route: " + "; ".join(
+                    f"{int(n):,} rows {[round(x['fresh_s'], 2) for x in v]} s (setup {[round(x['setup_s'], 2) for x in v]})"
+                    for n, v in by_size.items()))
         except Exception as exc:  # noqa: BLE001 - reported, the rest of the bench goes on
             dlt = {"error": str(exc)[:500]}
             progress(f"  dlt baseline failed: {exc}")
@@ -289,12 +306,16 @@ def summarise(res: dict) -> dict:
     s["executemany"] = {"rows": em["rows"], "fresh": Sample([r["fresh"] for r in em["runs"]]).as_dict(),
                         "reload": Sample([r["reload"] for r in em["runs"]]).as_dict()}
     s["executemany"]["rows_per_s"] = em["rows"] / s["executemany"]["fresh"]["median"]
-    if res.get("dlt") and "runs" in res["dlt"]:
+    if res.get("dlt") and "routes" in res["dlt"]:
         d = res["dlt"]
-        s["dlt"] = {"rows": d["rows"], "version": d["dlt"], "fresh": Sample([r["fresh_s"] for r in d["runs"]]).as_dict(),
-                    "reload": Sample([r["reload_s"] for r in d["runs"]]).as_dict(),
-                    "rows_in_table": d["runs"][-1]["rows_in_table"]}
-        s["dlt"]["rows_per_s"] = d["rows"] / s["dlt"]["fresh"]["median"]
+        s["dlt"] = {"version": d["dlt"], "routes": {}}
+        for route, by_size in d["routes"].items():
+            for n, rr in by_size.items():
+                x = {"rows": int(n), "fresh": Sample([r["fresh_s"] for r in rr]).as_dict(),
+                     "reload": Sample([r["reload_s"] for r in rr]).as_dict(),
+                     "setup": Sample([r["setup_s"] for r in rr]).as_dict(), "rows_in_table": rr[-1]["rows_in_table"]}
+                x["rows_per_s"] = int(n) / x["fresh"]["median"]
+                s["dlt"]["routes"].setdefault(route, {})[n] = x
     elif res.get("dlt"):
         s["dlt"] = res["dlt"]
     return s

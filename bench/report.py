@@ -87,9 +87,12 @@ def render(r: dict) -> str:
         sec.append(f"| row-at-a-time `executemany` INSERT OR REPLACE, PK on the grain ({em['rows']:,}-row sample) | "
                    f"{_s(em['fresh'])} | {_n(em['rows_per_s'])} | {_s(em['reload'])} | – | – | – | – |")
         d = s.get("dlt")
-        if d and "rows_per_s" in d:
-            sec.append(f"| dlt {d['version']} DuckDB destination, `merge` on the grain ({d['rows']:,}-row sample, "
-                       f"separate venv) | {_s(d['fresh'])} | {_n(d['rows_per_s'])} | {_s(d['reload'])} | – | – | – | – |")
+        if d and "routes" in d:
+            for route, by_size in d["routes"].items():
+                for n, x in sorted(by_size.items(), key=lambda kv: int(kv[0])):
+                    sec.append(f"| dlt {d['version']} DuckDB, `merge` on the grain, {route} route ({int(n):,} rows; "
+                               f"setup {_s(x['setup'])} not included) | {_s(x['fresh'])} | {_n(x['rows_per_s'])} | "
+                               f"{_s(x['reload'])} | – | – | – | – |")
         elif d:
             sec.append(f"| dlt | failed: {d.get('error', '?')[:200]} | | | | | | |")
         else:
@@ -105,10 +108,19 @@ def render(r: dict) -> str:
         sections.append("\n".join(sec))
         best = pf["total"]["median"]
         best_v = pv["total"]["median"]
-        if d and "rows_per_s" in d:
-            targets.append(("1 Load: ≥ 50× dlt (rows/s, fresh, with GX validation)",
-                            f"{rows / best_v / d['rows_per_s']:.0f}× (validated); {rows / best / d['rows_per_s']:.0f}× without "
-                            f"validation; dlt {_n(d['rows_per_s'])} rows/s", judge(rows / best_v / d["rows_per_s"], 50)))
+        if d and "routes" in d:
+            for route, goal in (("dict", 50), ("arrow", 3)):
+                if route not in d["routes"]:
+                    continue
+                by_size = d["routes"][route]
+                n_big = max(by_size, key=int)
+                x = by_size[n_big]
+                trend = ", ".join(f"{_n(v['rows_per_s'])} rows/s at {int(k):,}" for k, v in
+                                  sorted(by_size.items(), key=lambda kv: int(kv[0])))
+                same = " (same rows)" if int(n_big) == rows else f" (dlt on {int(n_big):,} rows)"
+                targets.append((f"1 Load: ≥ {goal}× dlt's {route} route (rows/s, fresh, with GX validation)",
+                                f"{rows / best_v / x['rows_per_s']:.1f}×{same}; dlt {trend}",
+                                judge(rows / best_v / x["rows_per_s"], goal)))
         targets.append(("1 Load: ≥ 1 M rows/s with GX validation (fresh)",
                         f"{_n(rows / best_v)} rows/s validated, {_n(rows / best)} without; "
                         f"reload {_n(s['pipeline_novalidation.reload']['rows_per_s'])}", judge(rows / best_v, 1e6)))
@@ -184,10 +196,11 @@ def render(r: dict) -> str:
             sec.append(f"| {n} | {mode} | {x['median']:.2f} |")
         sections.append("\n".join(sec))
         z = mm["sizes"][full]
-        targets.append((f"2 Marts: full rebuild < 20 s at {full} assets × {mm['days']} d"
-                        + (" (heatmap marts excluded, see §2)" if mm["skip"] else ""),
+        limit = 20.0 if mm["skip"] else 45.0   # issue 16: every mart including the heatmap < 45 s
+        targets.append((f"2 Marts: full rebuild < {limit:.0f} s at {full} assets × {mm['days']} d"
+                        + (" (heatmap marts excluded, see §2)" if mm["skip"] else " (every mart incl. the heatmap)"),
                         f"{_s(z['total'])}; peak RSS {_s(z['peak_rss_mb'], 'MB', 0)}",
-                        judge(z["total"]["median"], 20.0, higher_is_better=False)))
+                        judge(z["total"]["median"], limit, higher_is_better=False)))
         if len(sizes) >= 3:
             r2 = mm["sizes"][sizes[1]]["total"]["median"] / base
             r4 = mm["sizes"][sizes[2]]["total"]["median"] / base
@@ -195,6 +208,24 @@ def render(r: dict) -> str:
                             r2 <= 2.4 and r4 <= 4.8))
         targets.append(("2 Marts: daily incremental < 2 s", f"{_s(wh['total'])}; first pass "
                         f"{inc['as_is']['total_s']:.1f} s", judge(wh["total"]["median"], 2.0, higher_is_better=False)))
+
+    if "publish" in r:
+        pb = r["publish"]
+        one, four = pb["1x"], pb["4x"]
+        ratio = four["incremental"]["median"] / one["incremental"]["median"]
+        sec = ["## Publish what changed\n",
+               "After a daily incremental build (one more day landed), `warehouse.publish` brings the other serving "
+               "copy up to date in place (changed marts from their first changed day, staging rows loaded since) "
+               "and rewrites the exports' changed years (warehouse/publishing.py).\n",
+               "| history | first publish (everything) | publish after a daily build | serving file |",
+               "|---|---|---|---|"]
+        for k, x in (("1×", one), ("4×", four)):
+            sec.append(f"| {k} = {x['days']} d × {x['assets']} assets | {x['full_s']:.2f} s | {_s(x['incremental'])} "
+                       f"({', '.join(sorted(set(x['modes'])))}) | {x['serving_bytes'] / 1e6:.0f} MB |")
+        sections.append("\n".join(sec))
+        targets.append(("Publish: 4× history within 1.3× of 1× (after a daily build)",
+                        f"×{ratio:.2f} ({_s(four['incremental'])} vs {_s(one['incremental'])})",
+                        judge(ratio, 1.3, higher_is_better=False)))
 
     if "extract" in r:
         e = r["extract"]
@@ -299,15 +330,19 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   the upsert column is `warehouse.upsert` (Arrow ingest plus the duplicate check and the classifying
   join); "other" is `load_table` (concat, in-run dedup on the grain, quarantine bookkeeping,
   watermarks). The stage split above says which of these dominates in this run.
-- **dlt.** dlt normalises row by row in Python and merges through staging tables; it is compared in
-  rows/s on the sample stated in its row.
+- **dlt.** Two routes of dlt 1.x `merge` on the grain: dicts (dlt normalises row by row in Python) and
+  Arrow tables (dlt's documented fast route: Parquet load files, no row normalisation), each at two sizes
+  (the trend), its one-off setup (pipeline, schema, destination tables: a first run of one page) timed
+  separately; compared in rows/s of the fresh load.
 - **Validation.** GX evaluates a between-expectation on a datetime column row by row in Python;
   `perpwatch/ingest/validate.py` hands GX times as epoch milliseconds, so every expectation is
   vectorised (the diagnostic row in section 1 measures the suite without that expectation).
 - **Marts full rebuild.** `ts::DATE` on a TIMESTAMPTZ column goes through ICU for every row and a
   `QUALIFY row_number()` per day sorts the whole table (the diagnostics in section 2 measure both);
-  the marts use epoch days and `arg_max`. The liquidation heatmap is a per-asset-hour fold and is
-  measured separately (section 2).
+  the marts use epoch days and `arg_max`. The liquidation heatmap is built in the timings (its
+  vectorised core, transforms/heatmap_core.py; its bars query uses integer hours); its stored rows are
+  bounded per asset-day ([heatmap] hourly_days, top_bins), and the daily build resumes it from the
+  levels stored by the last build (meta.heatmap_levels).
 - **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback
   <days>` headers, checked against a full rebuild by tests/test_bench_smoke.py); signal_performance,
   an event study over all history, is refreshed by full builds only (`INCREMENTAL = "skip"`); other

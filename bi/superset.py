@@ -64,7 +64,8 @@ def bi_home() -> Path:
 
 
 def serving_db() -> Path:
-    return settings.serving_db_path().resolve()
+    # absolute, not resolve(): the snapshot is a symlink swapped by every publish (warehouse/publishing.py)
+    return settings.serving_db_path().absolute()
 
 
 def lake_url() -> str | None:
@@ -309,7 +310,7 @@ def start(port: int | None = None, home: Path | None = None, serving: Path | Non
     import requests
 
     home = Path(home or bi_home()).resolve()
-    serving = Path(serving or serving_db()).resolve()
+    serving = Path(serving or serving_db()).absolute()   # keep the symlink: it moves with every publish
     user, password = user or admin_user(), password or admin_password()
     if not serving.exists():
         if lake is None:

@@ -336,7 +336,7 @@ def test_duckdb_cli_reads_the_serving_file(built):
     version = subprocess.run([str(cli), "--version"], capture_output=True, text=True).stdout
     assert version.startswith("v1.5.")
     # the exports need no database file at all
-    parquet = built["dir"] / "exports" / "daily_signals.parquet"
+    parquet = built["dir"] / "exports" / "daily_signals" / "**" / "*.parquet"   # one file per month (issue 16)
     out = subprocess.run([str(cli), "-csv", "-c", f"SELECT count(*) FROM '{parquet}' WHERE asset = 'BTC'"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -98,6 +98,6 @@ def test_make_deploy_runs_the_daily_deployment(tmp_path):
             assert con.execute(f"SELECT count(*) FROM staging.{table}").fetchone()[0] > 0, table
     finally:
         con.close()
-    assert (tmp_path / "serving.duckdb").exists() and (tmp_path / "exports" / "daily_signals.parquet").exists()
+    assert (tmp_path / "serving.duckdb").exists() and any((tmp_path / "exports" / "daily_signals").glob("**/*.parquet"))
     assert (tmp_path / "gx_docs" / "index.html").exists()            # Great Expectations Data Docs
     assert (tmp_path / "reports" / "heatmap-BTC.png").exists()       # the heatmap the artifact shows

@@ -22,6 +22,7 @@ from perpwatch.transforms.heatmap import (
     nearest_clusters,
     new_state,
     step,
+    update_heatmap,
 )
 from perpwatch.transforms.marts import liquidation_heatmap as transform
 
@@ -439,3 +440,114 @@ def test_a_traded_through_level_is_removed_once_not_also_scaled_off():
     # a drop beyond the liquidations (to 5.2M) scales survivors by 5.2 / 10.4 = 0.5 only
     state, hm = step(state, bars_frame([bar(3, 95, 105, 94, 96, 5_200_000)]))
     assert hm["est_liquidation_usd"].to_list() == [pytest.approx(200_000)]
+
+
+# --------------------------------------------------------------------------- the mart at scale (issue 16)
+
+
+def _core_rows(bars: pl.DataFrame, settings: dict, **kw) -> pl.DataFrame:
+    from perpwatch.transforms.heatmap import Params, fold_rows
+
+    return fold_rows(bars, Params.from_settings(settings), **kw)[0].sort("asset", "ts", "side", "price_low")
+
+
+def _assert_same_rows(got: pl.DataFrame, want: pl.DataFrame) -> None:
+    keys = ["asset", "ts", "side", "price_low"]
+    assert got.select(keys).equals(want.select(keys))
+    assert got["close"].equals(want["close"])
+    np.testing.assert_allclose(got["est_liquidation_usd"].to_numpy(), want["est_liquidation_usd"].to_numpy(),
+                               rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_vectorised_core_equals_the_fold_at_every_hour(seed):
+    """heatmap_core (death hours, one scale per asset, interval sums) gives step's rows to 1e-9."""
+    bars = random_bars(24 * 20, seed=seed)
+    want = estimate_levels(bars, heatmap_settings())
+    got = _core_rows(bars, heatmap_settings())
+    assert want.height > 10_000
+    _assert_same_rows(got, want)
+
+
+def test_vectorised_core_on_the_hand_cases():
+    rows = [
+        bar(0, 100, 100.5, 99.5, 100, 10_000_000),
+        bar(1, 99, 102, 98, 100, 11_000_000),
+        bar(2, 100, 101, 90.4, 95, 10_400_000),   # trades through the long level, OI falls by what it held
+        bar(3, 95, 105, 94, 96, 5_200_000),       # OI halves beyond that
+        bar(4, 96, 96.5, 95.5, 96, 0),             # OI to zero: every level goes
+        bar(5, 96, 97, 95, 97, 1_000_000),         # OI from zero is no flow (prev <= 0)
+        bar(6, 97, 98, 96, 97.5, 2_000_000),
+    ]
+    want = estimate_levels(bars_frame(rows), ONE_TIER)
+    got = _core_rows(bars_frame(rows), ONE_TIER)
+    _assert_same_rows(got, want)
+    assert rows_at(got, 2)["est_liquidation_usd"].to_list() == [pytest.approx(400_000)]
+    assert rows_at(got, 4).height == 0 and rows_at(got, 6).height == 2
+
+
+def test_stored_rows_daily_snapshots_and_top_bins():
+    """Before the hourly window one hour per asset-day (its last), and at most top_bins bins per side."""
+    bars = random_bars(24 * 6, seed=5)
+    every = estimate_levels(bars, heatmap_settings())
+    newest = (T0 + timedelta(days=5)).date()
+    got = _core_rows(bars, heatmap_settings(), hourly_from=(newest - datetime(1970, 1, 1).date()).days - 1,
+                     top_bins=8)
+    hours = got.group_by("asset", pl.col("ts").dt.date().alias("d")).agg(pl.col("ts").n_unique().alias("n"))
+    assert set(hours.filter(pl.col("d") < newest - timedelta(days=1))["n"]) == {1}
+    assert set(hours.filter(pl.col("d") >= newest - timedelta(days=1))["n"]) == {24}
+    assert got.group_by("asset", "ts", "side").len()["len"].max() == 8
+    # the kept bins are each hour's largest, with the fold's values
+    t = T0 + timedelta(days=2, hours=23)
+    for side in ("long", "short"):
+        want = every.filter((pl.col("ts") == t) & (pl.col("asset") == "BTC") & (pl.col("side") == side)) \
+            .sort("est_liquidation_usd", descending=True).head(8).sort("price_low")
+        _assert_same_rows(got.filter((pl.col("ts") == t) & (pl.col("asset") == "BTC") & (pl.col("side") == side)),
+                          want)
+
+
+def test_incremental_heatmap_equals_a_full_rebuild():
+    """Staging arrives in five slices (one mid-day); each build after the first resumes from the stored state."""
+    from datetime import date as _date
+
+    from perpwatch import transforms
+    from perpwatch.transforms.marts import daily_heatmap_clusters as clusters_mart
+
+    full_con = warehouse(24 * 12)
+    inc_con = duckdb.connect(":memory:")
+    inc_con.execute((ROOT / "warehouse" / "schema.sql").read_text())
+    cuts = [T0 + timedelta(days=d, hours=h) for d, h in ((8, 0), (9, 0), (9, 13), (10, 0), (12, 0))]
+    modes = []
+    prev = T0 - timedelta(days=1)
+    for i, cut in enumerate(cuts):
+        for t in ("prices", "open_interest"):
+            inc_con.register("__src", full_con.execute(
+                f"SELECT * FROM staging.{t} WHERE ts >= ? AND ts < ?", [prev, cut]).arrow())
+            inc_con.execute(f"INSERT INTO staging.{t} SELECT * FROM __src")
+        if i == 0:
+            write_mart(inc_con)
+            inc_con.register("__c", clusters_mart.build(inc_con).to_arrow())
+            inc_con.execute(f"CREATE TABLE {clusters_mart.TABLE} AS SELECT * FROM __c")
+        else:
+            since = prev.date()   # the first day the new staging rows touch
+            modes.append(update_heatmap(inc_con, since)[1])
+            clusters_mart.build_since(inc_con, since)
+        prev = cut
+    assert modes[0].startswith("resumed from") and all(m.startswith("resumed") for m in modes)
+    write_mart(full_con)   # the full rebuild over the same staging (all 12 days)
+    for table, keys in ((transform.TABLE, "asset, ts, side, price_low"), (clusters_mart.TABLE, "date, asset")):
+        if table == clusters_mart.TABLE:
+            full_con.register("__c", clusters_mart.build(full_con).to_arrow())
+            full_con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM __c")
+        a = inc_con.execute(f"SELECT * FROM {table} ORDER BY {keys}").pl()
+        b = full_con.execute(f"SELECT * FROM {table} ORDER BY {keys}").pl()
+        assert a.height == b.height > 0
+        for c in a.columns:
+            if a.schema[c] == pl.Float64:
+                np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-9, atol=1e-9)
+            else:
+                assert a[c].equals(b[c]), c
+    # a change at or before the stored day makes the next build a full one
+    assert update_heatmap(inc_con, _date(2024, 3, 2))[1].startswith("full")
+    assert transform.build_since(inc_con, _date(2024, 3, 20)) == _date(2024, 3, 12)
+    assert transforms.incremental_plan(inc_con, _date(2024, 3, 12))[transform.TABLE]["mode"] == "resume"

@@ -134,11 +134,15 @@ def test_parquet_exports_equal_the_marts(sim, tmp_path):
         marts = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
                                            "WHERE table_schema='marts' ORDER BY 1").fetchall()]
         assert {"daily_signals", "liquidation_heatmap", "open_interest_by_venue"} <= set(marts)
-        assert sorted(p.stem for p in exports.glob("*.parquet")) == marts
+        assert sorted(p.name for p in exports.iterdir() if p.is_dir()) == marts
         for name in marts:
-            assert written[f"marts.{name}"] == str(exports / f"{name}.parquet")
+            assert written[f"marts.{name}"] == str(exports / name)
             mart = con.sql(f"SELECT * FROM marts.{name}").pl()
-            exp = pl.read_parquet(exports / f"{name}.parquet")
+            files = sorted((exports / name).glob("**/*.parquet"))
+            # partitioned by month of the mart's date/ts column (issue 16); marts without one, or empty: one file
+            assert [f.relative_to(exports / name).as_posix() for f in files] in (
+                ["year=2026/month=11/data.parquet"], ["data.parquet"]), (name, files)
+            exp = pl.read_parquet(files, hive_partitioning=False)
             assert exp.columns == mart.columns, name
             assert exp.height == mart.height, name
             assert exp.sort(exp.columns).equals(mart.sort(mart.columns)), name
@@ -156,3 +160,52 @@ def test_parquet_exports_equal_the_marts(sim, tmp_path):
         assert snap.execute("SELECT count(*) FROM marts.daily_signals").fetchone()[0] == n_signals
     finally:
         snap.close()
+
+
+def test_publish_rewrites_only_what_changed(tmp_path):
+    """A daily incremental build changes the newest days: the next publish updates the other serving copy in
+    place with those rows only, rewrites only the exports' current month, and the snapshot equals the warehouse."""
+    from datetime import date
+
+    from perpwatch.bench.gen_warehouse import append_day, generate
+
+    db, serving, exports = tmp_path / "w.duckdb", tmp_path / "serving.duckdb", tmp_path / "exports"
+    end = datetime(2026, 1, 20, tzinfo=UTC)
+    with warehouse.session(db) as con:
+        generate(con, 40, 2, end=end)            # 2025-12-11 .. 2026-01-19: two export months
+        transforms.build_all(con)
+    first = warehouse.publish(db=db, serving=serving, exports=exports)
+    assert first["serving_mode"] == "full copy" and serving.is_symlink()
+    old_year = exports / "daily_signals" / "year=2025" / "month=12" / "data.parquet"
+    new_year = exports / "daily_signals" / "year=2026" / "month=01" / "data.parquet"
+    mtimes = {p: p.stat().st_mtime_ns for p in (old_year, new_year)}
+    second = warehouse.publish(db=db, serving=serving, exports=exports)   # nothing changed: the other copy
+    assert second["serving_mode"] == "full copy" and serving.resolve().name.endswith(".b")
+    with warehouse.session(db) as con:
+        assert append_day(con, end) > 0
+        transforms.build_incremental(con, date(2026, 1, 20), now=end + timedelta(hours=30))
+    time.sleep(0.01)
+    got = warehouse.publish(db=db, serving=serving, exports=exports)
+    assert got["serving_mode"] == "changed tables" and serving.resolve().name.endswith(".a")
+    changed = dict(x.split(": ", 1) for x in got["serving_changed"].split("; "))
+    assert changed["marts.daily_signals"] == "from 2026-01-20" and changed["staging.prices"].endswith(" rows")
+    # resumed after the stored day (01-18), and 01-13 left the 7-day hourly window: thinned to one hour
+    assert changed["marts.liquidation_heatmap"] == "from 2026-01-13"
+    assert "marts.etf_flows_daily" not in changed or changed["marts.etf_flows_daily"] == "full"
+    assert old_year.stat().st_mtime_ns == mtimes[old_year]          # December untouched
+    assert new_year.stat().st_mtime_ns > mtimes[new_year]
+    # the serving copy equals the warehouse, table by table
+    with warehouse.session(db) as con:
+        con.execute(f"ATTACH '{serving}' AS s (READ_ONLY)")
+        tables = con.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables "
+                             "WHERE table_catalog = 's' AND table_schema <> 'meta'").fetchall()
+        assert len(tables) > 20
+        for (t,) in tables:
+            sch, name = t.split(".")
+            diff = con.execute(f'SELECT count(*) FROM (SELECT * FROM {sch}."{name}" EXCEPT ALL '
+                               f'SELECT * FROM s.{sch}."{name}")').fetchone()[0]
+            back = con.execute(f'SELECT count(*) FROM (SELECT * FROM s.{sch}."{name}" EXCEPT ALL '
+                               f'SELECT * FROM {sch}."{name}")').fetchone()[0]
+            assert (diff, back) == (0, 0), t
+        assert con.execute("SELECT count(*) FROM s.marts.daily_signals WHERE date = DATE '2026-01-20'").fetchone()[0] == 2
+        con.execute("DETACH s")

@@ -59,7 +59,9 @@ def publish(db: Path, out: Path) -> dict[str, str]:
     with warehouse.session(db) as con:
         transforms.build_all(con)
         warehouse.publish(con=con, serving=out / "serving.duckdb", exports=out / "exports")
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "exports").glob("*.parquet"))}
+    exports = out / "exports"     # <mart>/year=YYYY/month=MM/data.parquet (issue 16)
+    return {p.relative_to(exports).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(exports.glob("**/*.parquet"))}
 
 
 @pytest.mark.slow

@@ -122,8 +122,9 @@ def _build_all(con, only: list[str] | None) -> dict[str, float]:
     return timings
 
 
-def _build_model(con, name: str, m: Model) -> float:
-    """(Re)build one mart in full, in its own transaction. Returns seconds."""
+def _build_model(con, name: str, m: Model, changed_from=None) -> float:
+    """(Re)build one mart in full, in its own transaction. Returns seconds. changed_from: the first day whose
+    rows can differ (a view with an incremental header in an incremental build), None: any row."""
     t0 = time.perf_counter()
     with warehouse.transaction(con):
         if m.kind == "sql":
@@ -138,6 +139,7 @@ def _build_model(con, name: str, m: Model) -> float:
             con.register("__mart", df.to_arrow())
             con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __mart")
             con.unregister("__mart")
+        warehouse.record_change(con, name, changed_from)   # publishing copies what changed (warehouse/publishing.py)
     return time.perf_counter() - t0
 
 
@@ -202,9 +204,13 @@ def incremental_plan(con, since, models: dict[str, Model] | None = None) -> dict
     plan: dict[str, dict] = {}
     for n in names:
         m, spec = models[n], specs[n]
-        if m.kind == "python" and getattr(importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}"),
-                                          "INCREMENTAL", None) == "skip":
+        py_mode = getattr(importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}"), "INCREMENTAL",
+                          None) if m.kind == "python" else None
+        if py_mode == "skip":
             plan[n] = {"mode": "skip", "reason": "evaluation over all history: refreshed by full builds only"}
+        elif py_mode == "resume" and existing.get(n) == "BASE TABLE":
+            # the module's build_since(con, since) updates the table in place (e.g. from stored model state)
+            plan[n] = {"mode": "resume", "reason": "python mart: build_since resumes from stored state"}
         elif spec is None:
             plan[n] = {"mode": "full", "reason": "python mart" if m.kind == "python" else
                        ("view" if m.view else "no incremental header")}
@@ -286,8 +292,17 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
             m, p = models[name], plan[name]
             if p["mode"] == "skip":
                 continue
+            if p["mode"] == "resume":
+                t0 = time.perf_counter()
+                mod = importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}")
+                with warehouse.transaction(con):
+                    changed = mod.build_since(con, since)   # the first day it rewrote, None: all of it
+                    warehouse.record_change(con, name, changed)
+                timings[name] = time.perf_counter() - t0
+                continue
             if p["mode"] != "incremental":
-                timings[name] = _build_model(con, name, m)
+                # a view with the header promises rows before `since` read only inputs before it: unchanged
+                timings[name] = _build_model(con, name, m, since if p["mode"] == "view" else None)
                 continue
             t0 = time.perf_counter()
             for i in m.inputs:
@@ -301,6 +316,7 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
             with warehouse.transaction(con):
                 con.execute(f'DELETE FROM {name} WHERE "{p["column"]}" >= {day}')
                 con.execute(f'INSERT INTO {name} SELECT * FROM ({sql}) WHERE "{p["column"]}" >= {day}')
+                warehouse.record_change(con, name, since)
             timings[name] = time.perf_counter() - t0
     finally:
         con.execute("DETACH __inc")

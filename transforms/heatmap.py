@@ -16,9 +16,12 @@ whole history is a fold of `step` over the hours, so it can also run one hour at
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -54,7 +57,7 @@ CLUSTER_SCHEMA = {
 
 # Keys a settings mapping may leave out (new_state({...}) in tests, notebooks): they take the
 # project's values from [heatmap] in perpwatch/core/signals.toml. The tier keys are required.
-OPTIONAL = ("long_share_up", "max_distance_pct", "cluster_percentile", "oi_max_gap_hours")
+OPTIONAL = ("long_share_up", "max_distance_pct", "cluster_percentile", "oi_max_gap_hours", "hourly_days", "top_bins")
 
 _HOUR_US = 3_600_000_000
 
@@ -74,6 +77,8 @@ class Params:
     max_distance_pct: float
     cluster_percentile: float
     oi_max_gap_hours: int
+    hourly_days: int  # the mart keeps every hour of the newest `hourly_days` days, one snapshot per day before
+    top_bins: int  # the mart keeps the `top_bins` largest bins per (asset, hour, side); 0 = every bin
     # liquidation price / entry for each tier, sorted ascending, with the matching weights
     long_mult: np.ndarray = field(repr=False, compare=False)
     long_w: np.ndarray = field(repr=False, compare=False)
@@ -109,6 +114,8 @@ class Params:
             raise ValueError("[heatmap] max_distance_pct must be in (0, 1)")
         if not 0 <= float(s["cluster_percentile"]) <= 1:
             raise ValueError("[heatmap] cluster_percentile must be in [0, 1]")
+        if int(s["hourly_days"]) < 0 or int(s["top_bins"]) < 0:
+            raise ValueError("[heatmap] hourly_days and top_bins must be >= 0")
         w = w / w.sum()
         keep = w > 0
         lev_k, w_k = lev[keep], w[keep]
@@ -124,6 +131,8 @@ class Params:
             max_distance_pct=float(s["max_distance_pct"]),
             cluster_percentile=float(s["cluster_percentile"]),
             oi_max_gap_hours=int(s["oi_max_gap_hours"]),
+            hourly_days=int(s["hourly_days"]),
+            top_bins=int(s["top_bins"]),
             long_mult=long_mult[lo],
             long_w=w_k[lo],
             short_mult=short_mult[so],
@@ -230,6 +239,7 @@ def step(state: HeatmapState, bars: pl.DataFrame) -> tuple[HeatmapState, pl.Data
     inv_step = 1.0 / prm.log_step
     win_lo, win_hi = 1.0 - prm.max_distance_pct, 1.0 + prm.max_distance_pct
     up, down = prm.long_share_up, 1.0 - prm.long_share_up
+    pad_lo, pad_hi = 1.0 / (1.0 + 2 * prm.bin_pct), 1.0 + 2 * prm.bin_pct  # a slice wider than the edge bins
 
     for (asset,), g in frame.group_by("asset", maintain_order=True):
         lv = assets.get(asset, AssetLevels())
@@ -278,14 +288,19 @@ def step(state: HeatmapState, bars: pl.DataFrame) -> tuple[HeatmapState, pl.Data
                         if share < 1:
                             sp, su = _insert(sp, su, entry * prm.short_mult, d * (1 - share) * prm.short_w)
                 last_oi = oi
-            # 3. snapshot: bins within max_distance_pct of the close
+            # 3. snapshot: the bins from the one holding close * (1 - max_distance_pct) to the one holding
+            #    close * (1 + max_distance_pct), edge bins whole (bins, not prices, decide: same as heatmap_core)
             hours.append(i)
+            k_lo = math.floor(math.log(c * win_lo) * inv_step)
+            k_hi = math.floor(math.log(c * win_hi) * inv_step)
             for p, u in ((lp, lu), (sp, su)):
-                a, b = np.searchsorted(p, c * win_lo, "left"), np.searchsorted(p, c * win_hi, "right")
+                a, b = np.searchsorted(p, c * win_lo * pad_lo, "left"), np.searchsorted(p, c * win_hi * pad_hi, "right")
+                k = np.floor(np.log(p[a:b]) * inv_step).astype(np.int64)
+                a, b = a + int(np.searchsorted(k, k_lo, "left")), a + int(np.searchsorted(k, k_hi, "right"))
+                k = np.floor(np.log(p[a:b]) * inv_step).astype(np.int64)
                 if a == b:
                     counts.append(0)
                     continue
-                k = np.floor(np.log(p[a:b]) * inv_step).astype(np.int64)
                 change = np.ones(k.size, dtype=bool)
                 np.not_equal(k[1:], k[:-1], out=change[1:])
                 starts = np.flatnonzero(change)
@@ -350,7 +365,8 @@ def estimate_levels(bars: pl.DataFrame, settings: Mapping) -> pl.DataFrame:
 
 
 def load_bars(
-    con: duckdb.DuckDBPyConnection, assets: list[str] | None = None, oi_max_gap_hours: int | None = None
+    con: duckdb.DuckDBPyConnection, assets: list[str] | None = None, oi_max_gap_hours: int | None = None,
+    start: datetime | None = None,
 ) -> pl.DataFrame:
     """Hourly bars per asset from staging: perp OHLC and OI summed over venues.
 
@@ -360,54 +376,300 @@ def load_bars(
     floored to the hour, last snapshot wins). oi_prev_usd: the same instruments' previous
     snapshot if it is at most `oi_max_gap_hours` old, else their current value, so an
     instrument whose history starts later (or resumes after a long gap) adds no fake flow.
-    Default oi_max_gap_hours: [heatmap] oi_max_gap_hours of the signal settings.
+    Default oi_max_gap_hours: [heatmap] oi_max_gap_hours of the signal settings. start: only bars from
+    then on; oi_prev_usd of the first hours is right when start is oi_max_gap_hours + 1 hours earlier than
+    the first hour the caller keeps (the incremental build does that).
     """
     if oi_max_gap_hours is None:
         oi_max_gap_hours = heatmap_settings()["oi_max_gap_hours"]
     where = "" if assets is None else "AND asset IN (SELECT unnest($assets))"
-    params = {} if assets is None else {"assets": [a.upper() for a in assets]}
+    params: dict = {} if assets is None else {"assets": [a.upper() for a in assets]}
+    if start is not None:
+        where += " AND ts >= $start"
+        params["start"] = start
+    # Hours as integers (epoch_us // 1 h) all the way: no ICU time-zone arithmetic, cheap keys.
     sql = f"""
-    WITH oi_rows AS (
-        SELECT venue, instrument, asset, date_trunc('hour', ts) AS ts, oi_usd::DOUBLE AS oi_usd
+    WITH oi_rows AS (   -- last snapshot per instrument-hour
+        SELECT venue, instrument, epoch_us(ts) // {_HOUR_US} AS h,
+               arg_max(asset, ts) AS asset, arg_max(oi_usd::DOUBLE, ts) AS oi_usd
         FROM staging.open_interest
         WHERE oi_usd IS NOT NULL AND asset IS NOT NULL {where}
-        QUALIFY row_number() OVER (PARTITION BY venue, instrument, date_trunc('hour', ts) ORDER BY ts DESC) = 1
+        GROUP BY venue, instrument, h
     ), oi_lag AS (
-        SELECT *, lag(oi_usd) OVER w AS prev_oi, lag(ts) OVER w AS prev_ts
-        FROM oi_rows WINDOW w AS (PARTITION BY venue, instrument ORDER BY ts)
+        SELECT *, lag(oi_usd) OVER w AS prev_oi, lag(h) OVER w AS prev_h
+        FROM oi_rows WINDOW w AS (PARTITION BY venue, instrument ORDER BY h)
     ), oi_hour AS (
-        SELECT asset, ts, sum(oi_usd) AS oi_usd,
-               sum(CASE WHEN prev_ts >= ts - to_hours({int(oi_max_gap_hours)}) THEN prev_oi ELSE oi_usd END)
-                   AS oi_prev_usd
-        FROM oi_lag GROUP BY asset, ts
+        SELECT asset, h, sum(oi_usd) AS oi_usd,
+               sum(CASE WHEN prev_h >= h - {int(oi_max_gap_hours)} THEN prev_oi ELSE oi_usd END) AS oi_prev_usd
+        FROM oi_lag GROUP BY asset, h
     ), venue_oi AS (
-        SELECT venue, asset, ts, sum(oi_usd) AS oi FROM oi_rows GROUP BY venue, asset, ts
+        SELECT venue, asset, h, sum(oi_usd) AS oi FROM oi_rows GROUP BY venue, asset, h
     ), perp AS (
-        SELECT venue, asset, ts, avg(open)::DOUBLE AS open, avg(high)::DOUBLE AS high,
+        SELECT venue, asset, epoch_us(ts) // {_HOUR_US} AS h, avg(open)::DOUBLE AS open, avg(high)::DOUBLE AS high,
                avg(low)::DOUBLE AS low, avg(close)::DOUBLE AS close
         FROM staging.prices
         WHERE kind = 'perp' AND "interval" = '1h' AND asset IS NOT NULL
           AND open > 0 AND high > 0 AND low > 0 AND close > 0 {where}
-        GROUP BY venue, asset, ts
-    ), price AS (
-        SELECT p.asset, p.ts, p.open, p.high, p.low, p.close
-        FROM perp p LEFT JOIN venue_oi v USING (venue, asset, ts)
-        QUALIFY row_number() OVER (PARTITION BY p.asset, p.ts ORDER BY coalesce(v.oi, 0) DESC, p.venue) = 1
+        GROUP BY venue, asset, h
+    ), price AS (   -- the largest-OI venue's bar; ties and hours without OI: the first venue by name
+        SELECT p.asset, p.h, arg_max({{'o': p.open, 'hi': p.high, 'lo': p.low, 'c': p.close}},
+                                     (coalesce(v.oi, 0), -r.venue_rank)) AS b
+        FROM perp p
+        JOIN (SELECT venue, row_number() OVER (ORDER BY venue) AS venue_rank FROM (SELECT DISTINCT venue FROM perp)) r
+          USING (venue)
+        LEFT JOIN venue_oi v USING (venue, asset, h)
+        GROUP BY p.asset, p.h
     )
-    SELECT price.asset, price.ts, price.open, price.high, price.low, price.close,
+    SELECT price.asset, price.h * {_HOUR_US} AS ts_us, b.o AS open, b.hi AS high, b.lo AS low, b.c AS close,
            oi_hour.oi_usd, oi_hour.oi_prev_usd
-    FROM price LEFT JOIN oi_hour USING (asset, ts)
-    ORDER BY price.asset, price.ts
+    FROM price LEFT JOIN oi_hour USING (asset, h)
+    ORDER BY price.asset, price.h
     """
     df = con.execute(sql, params).pl()
-    return df.with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
+    return df.select(
+        "asset",
+        pl.col("ts_us").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts"),
+        *BAR_COLUMNS[2:6], "oi_usd", "oi_prev_usd",
+    )
 
 
-def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = None) -> pl.DataFrame:
-    """The whole marts.liquidation_heatmap table from staging.prices and staging.open_interest."""
+# --------------------------------------------------------------------------- the mart at scale
+#
+# The mart does not run `step` hour by hour: heatmap_core computes the same model vectorised over
+# assets x hours and evaluates it only at the hours the mart stores (Params.hourly_days, top_bins).
+# The state at the end of the newest complete day goes to meta.heatmap_levels / meta.heatmap_progress,
+# so the daily build resumes from it and folds only the days after it (update_heatmap).
+
+_DAY_US = 86_400_000_000
+LEVELS_TABLE, PROGRESS_TABLE = "meta.heatmap_levels", "meta.heatmap_progress"
+
+
+def _epoch_day(d: date) -> int:
+    return (d - date(1970, 1, 1)).days
+
+
+def _day(epoch_day: int) -> date:
+    return date(1970, 1, 1) + timedelta(days=int(epoch_day))
+
+
+def fold_rows(
+    bars: pl.DataFrame, prm: Params, *, init: Mapping[str, AssetLevels] | None = None,
+    hourly_from: int | None = None, through: int | None = None, top_bins: int | None = None,
+) -> tuple[pl.DataFrame, dict[str, AssetLevels]]:
+    """Heatmap rows of `bars` (all hours after `init`'s) at the snapshot hours, and the state after day `through`.
+
+    Snapshot hours per asset: every usable hour of epoch days >= hourly_from (None: every hour), and the
+    last usable hour of each earlier day. top_bins: keep that many largest bins per (asset, hour, side)
+    (None or 0: all). through: an epoch day; the returned state is the levels alive at its end (assets
+    without bars keep their `init` state). Rows equal `step`'s at those hours (to rounding: ~1e-12).
+    """
+    from perpwatch.transforms import heatmap_core as core
+
+    init = dict(init or {})
+    frame, has_prev = _bars_numpy(bars)
+    if init:  # hours already folded into the state are skipped, as in `step`
+        last = pl.DataFrame({"asset": list(init), "__last": [lv.last_ts_us for lv in init.values()]},
+                            schema={"asset": pl.String, "__last": pl.Int64})
+        frame = frame.join(last, on="asset", how="left").filter(
+            pl.col("__last").is_null() | (pl.col("ts_us") > pl.col("__last"))).drop("__last")
+    d = core.dense(frame, has_prev)
+    idx = {a: i for i, a in enumerate(d.assets)}
+    init_i = {idx[a]: (lv.long_price, lv.long_usd, lv.short_price, lv.short_usd, lv.last_oi_usd)
+              for a, lv in init.items() if a in idx}
+    state = dict(init)
+    if not d.assets:
+        return pl.DataFrame(schema=OUTPUT_SCHEMA), state
+    lv, S, a, _ = core.fold(d, prm, init_i)
+    hours = np.arange(d.hours)
+    day_of = (d.t0_us + hours * _HOUR_US) // _DAY_US
+    snap = []
+    for i in range(len(d.assets)):
+        u = hours[d.usable[i]]
+        if hourly_from is not None:
+            du = day_of[u]
+            last_of_day = np.r_[du[1:] != du[:-1], True] if u.size else np.zeros(0, bool)
+            u = u[(du >= hourly_from) | last_of_day]
+        snap.append(u)
+    got = core.snapshots(d, prm, lv, S, a, snap, top_bins or None)
+    names = pl.Series(d.assets, dtype=pl.String)
+    ai, hi = got["asset"].astype(np.int64), got["hour"].astype(np.int64)
+    raw = pl.DataFrame({
+        "asset": names.gather(ai),
+        "ts": pl.Series(d.t0_us + hi * _HOUR_US).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+        "side": pl.Series(got["side"].astype(np.int8)),
+        "price_bin": pl.Series(got["bin"].astype(np.int64)),
+        "est_liquidation_usd": pl.Series(got["usd"].astype(float)),
+        "close": pl.Series(d.close[ai, hi] if ai.size else np.empty(0)),
+    })
+    rows = _finish_rows(raw, prm)
+    if through is not None:
+        end = ((through + 1) * _DAY_US - d.t0_us) // _HOUR_US - 1  # last hour index of day `through`
+        if end >= 0:
+            end = min(end, d.hours - 1)
+            for asset, i in idx.items():
+                usable_to = np.flatnonzero(d.usable[i, : end + 1])
+                if usable_to.size == 0:
+                    continue  # nothing folded for this asset up to `through`: its init state stands
+                lp, lu, sp, su = core.end_levels(lv, S, a, i, end)
+                oi_ok = np.flatnonzero(d.usable[i, : end + 1] & ~np.isnan(d.oi[i, : end + 1]))
+                last_oi = float(d.oi[i, oi_ok[-1]]) if oi_ok.size else (init[asset].last_oi_usd if asset in init else None)
+                state[asset] = AssetLevels(*map(_frozen, (lp, lu, sp, su)), int(d.t0_us + usable_to[-1] * _HOUR_US),
+                                           last_oi)
+    return rows, state
+
+
+def _finish_rows(frame: pl.DataFrame, prm: Params) -> pl.DataFrame:
+    """Rows in OUTPUT_SCHEMA (unsorted: the mart's order does not matter, sorting 10^8 rows does)."""
+    step_ = prm.log_step
+    return (
+        frame.filter(pl.col("est_liquidation_usd") > 0)
+        .with_columns(
+            pl.when(pl.col("side") == 0).then(pl.lit("long")).otherwise(pl.lit("short")).alias("side"),
+            (pl.col("price_bin") * step_).exp().alias("price_low"),
+            ((pl.col("price_bin") + 1) * step_).exp().alias("price_high"),
+        )
+        .with_columns(((pl.col("price_low") + pl.col("price_high")) / 2).alias("price_mid"))
+        .select(list(OUTPUT_SCHEMA))
+    )
+
+
+def _settings_key(prm: Params) -> str:
+    keys = ("leverage", "weights", "maintenance_margin", "bin_pct", "long_share_up", "max_distance_pct",
+            "oi_max_gap_hours", "hourly_days", "top_bins")
+    return hashlib.sha256(json.dumps({k: getattr(prm, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _newest_day(bars: pl.DataFrame) -> int | None:
+    if bars.height == 0:
+        return None
+    ts = bars["ts"].max()
+    return _epoch_day(ts.astimezone(UTC).date())
+
+
+def save_state(con: duckdb.DuckDBPyConnection, state: Mapping[str, AssetLevels], prm: Params, *,
+               through: int, newest: int, rebuilt_from: int | None) -> None:
+    """Replace meta.heatmap_levels / meta.heatmap_progress with `state` (the levels after day `through`)."""
+    parts = []
+    for asset, lv in sorted(state.items()):
+        for side, p, u in (("long", lv.long_price, lv.long_usd), ("short", lv.short_price, lv.short_usd)):
+            if p.size:
+                parts.append(pl.DataFrame({"asset": asset, "side": side, "price": p, "usd": u}))
+    levels = pl.concat(parts) if parts else pl.DataFrame(
+        schema={"asset": pl.String, "side": pl.String, "price": pl.Float64, "usd": pl.Float64})
+    progress = pl.DataFrame({
+        "asset": sorted(state),
+        "through": [_day(through)] * len(state),
+        "newest": [_day(newest)] * len(state),
+        "last_ts": [None if state[a].last_ts_us is None else state[a].last_ts_us for a in sorted(state)],
+        "last_oi_usd": [state[a].last_oi_usd for a in sorted(state)],
+        "settings": [_settings_key(prm)] * len(state),
+        "rebuilt_from": [None if rebuilt_from is None else _day(rebuilt_from)] * len(state),
+    }, schema={"asset": pl.String, "through": pl.Date, "newest": pl.Date, "last_ts": pl.Int64,
+               "last_oi_usd": pl.Float64, "settings": pl.String, "rebuilt_from": pl.Date})
+    progress = progress.with_columns(pl.col("last_ts").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    con.execute(f"DELETE FROM {LEVELS_TABLE}; DELETE FROM {PROGRESS_TABLE}")
+    con.register("__hm_levels", levels.to_arrow())
+    con.register("__hm_progress", progress.to_arrow())
+    con.execute(f"INSERT INTO {LEVELS_TABLE} BY NAME SELECT * FROM __hm_levels")
+    con.execute(f"INSERT INTO {PROGRESS_TABLE} BY NAME SELECT * FROM __hm_progress")
+    con.unregister("__hm_levels")
+    con.unregister("__hm_progress")
+
+
+def load_state(con: duckdb.DuckDBPyConnection, prm: Params) -> tuple[dict[str, AssetLevels], int, int, int | None] | None:
+    """(state, through, newest, rebuilt_from) stored by the last build, or None when there is none for these settings."""
+    prog = con.execute(f"SELECT asset, through, newest, epoch_us(last_ts), last_oi_usd, settings, rebuilt_from "
+                       f"FROM {PROGRESS_TABLE}").fetchall()
+    if not prog or any(r[5] != _settings_key(prm) for r in prog) or len({(r[1], r[2]) for r in prog}) != 1:
+        return None
+    levels = con.execute(f"SELECT asset, side, price, usd FROM {LEVELS_TABLE} ORDER BY asset, side, price").pl()
+    by = {k[0] if isinstance(k, tuple) else k: g for k, g in levels.partition_by("asset", as_dict=True).items()} \
+        if levels.height else {}
+    state = {}
+    for asset, _t, _n, last_ts, last_oi, _s, _r in prog:
+        g = by.get(asset)
+        arrs = []
+        for side in ("long", "short"):
+            gs = g.filter(pl.col("side") == side) if g is not None else None
+            arrs += [_frozen(gs["price"].to_numpy().copy()) if gs is not None else _EMPTY,
+                     _frozen(gs["usd"].to_numpy().copy()) if gs is not None else _EMPTY]
+        state[asset] = AssetLevels(*arrs, None if last_ts is None else int(last_ts), last_oi)
+    r = prog[0]
+    return state, _epoch_day(r[1]), _epoch_day(r[2]), None if r[6] is None else _epoch_day(r[6])
+
+
+def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = None, *,
+                  save: bool = False) -> pl.DataFrame:
+    """The whole marts.liquidation_heatmap table (stored rows: Params.hourly_days / top_bins) from staging.
+    save: also store the state after the newest complete day (the mart's build does; read-only callers don't)."""
     settings = heatmap_settings() if settings is None else settings
     prm = Params.from_settings(settings)
-    return estimate_levels(load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours), settings)
+    bars = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours)
+    newest = _newest_day(bars)
+    if newest is None:
+        if save:
+            save_state(con, {}, prm, through=0, newest=0, rebuilt_from=None)
+        return pl.DataFrame(schema=OUTPUT_SCHEMA)
+    rows, state = fold_rows(bars, prm, hourly_from=newest - prm.hourly_days + 1, through=newest - 1,
+                            top_bins=prm.top_bins)
+    if save:
+        save_state(con, state, prm, through=newest - 1, newest=newest, rebuilt_from=None)
+    return rows
+
+
+def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mapping | None = None
+                   ) -> tuple[date | None, str]:
+    """Bring marts.liquidation_heatmap up to date from the stored state: fold the days after the state's
+    day only, replace the rows from that day on, thin the day(s) that left the hourly window. A full
+    rebuild instead when there is no usable state (first build, other settings) or staging changed at or
+    before the state's day (`since` <= it). Returns (first day rewritten, None after a full rebuild; and
+    "resumed from YYYY-MM-DD" or "full: <why>")."""
+    settings = heatmap_settings() if settings is None else settings
+    prm = Params.from_settings(settings)
+    stored = load_state(con, prm) if _table_exists(con, TABLE) else None
+    why = None if stored is not None else "no stored state for these settings"
+    if stored is not None and since <= _day(stored[1]):
+        why = f"staging changed on {since} <= state day {_day(stored[1])}"
+    if why is not None:
+        rows = build_heatmap(con, settings, save=True)
+        con.register("__hm_rows", rows.to_arrow())
+        con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS SELECT * FROM __hm_rows")
+        con.unregister("__hm_rows")
+        return None, f"full: {why}"
+    state, through, old_newest, _ = stored
+    resume = through + 1
+    start = datetime.combine(_day(resume), datetime.min.time(), UTC)
+    bars = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours,
+                     start=start - timedelta(hours=prm.oi_max_gap_hours + 1))
+    bars = bars.filter(pl.col("ts") >= start)
+    newest = _newest_day(bars)
+    if newest is None:
+        return _day(resume), f"resumed from {_day(resume)}: no new bars"
+    hourly_from = newest - prm.hourly_days + 1
+    rows, new_state_ = fold_rows(bars, prm, init=state, hourly_from=hourly_from, through=newest - 1,
+                                 top_bins=prm.top_bins)
+    con.execute(f"DELETE FROM {TABLE} WHERE ts >= ?", [start])
+    con.register("__hm_rows", rows.to_arrow())
+    con.execute(f"INSERT INTO {TABLE} SELECT * FROM __hm_rows")
+    con.unregister("__hm_rows")
+    # days before `resume` that left the hourly window keep only their last usable hour
+    thin_from, thin_to = old_newest - prm.hourly_days + 1, min(hourly_from, resume)
+    changed = _day(resume)
+    if thin_to > thin_from:
+        changed = _day(thin_from)
+        lo = datetime.combine(_day(thin_from), datetime.min.time(), UTC)
+        hi = datetime.combine(_day(thin_to), datetime.min.time(), UTC)
+        old = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours, start=lo).filter(pl.col("ts") < hi)
+        frame, _ = _bars_numpy(old)
+        usable = frame.filter((pl.col("close") > 0) & (pl.col("high") >= pl.col("low")) & (pl.col("low") > 0)
+                              & (pl.col("open") > 0))
+        keep = usable.group_by("asset", pl.col("ts_us") // _DAY_US).agg(pl.col("ts_us").max().alias("keep_us"))
+        con.register("__hm_keep", keep.select("asset", "keep_us").to_arrow())
+        con.execute(f"""DELETE FROM {TABLE} WHERE ts >= ? AND ts < ? AND NOT EXISTS (
+            SELECT 1 FROM __hm_keep k WHERE k.asset = {TABLE}.asset AND k.keep_us = epoch_us({TABLE}.ts))""", [lo, hi])
+        con.unregister("__hm_keep")
+    save_state(con, new_state_, prm, through=newest - 1, newest=newest, rebuilt_from=_epoch_day(changed))
+    return changed, f"resumed from {_day(resume)}"
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -533,6 +795,11 @@ def daily_clusters(
         heatmap = read_heatmap(source)
     else:
         heatmap = build_heatmap(source)
+    return clusters_of(heatmap, q)
+
+
+def clusters_of(heatmap: pl.DataFrame, q: float) -> pl.DataFrame:
+    """daily_clusters of a heatmap frame at percentile q."""
     if heatmap.height == 0:
         return pl.DataFrame(schema=CLUSTER_SCHEMA)
     hm = heatmap.with_columns(pl.col("ts").dt.date().alias("date"))

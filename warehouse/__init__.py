@@ -338,11 +338,13 @@ def table_columns(con, table: str) -> list[str]:
         "ORDER BY ordinal_position", [schema, name]).fetchall()]
 
 
-def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> LoadResult:
+def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, *, deduplicated: bool = False) -> LoadResult:
     """Idempotent upsert on the table's grain. Call inside a transaction.
 
     In-batch repeats of a key keep the last row; rows identical to the stored ones are
     counted as duplicates and left alone; changed rows replace the stored row.
+    deduplicated=True: the caller already kept one row per key (pipeline.load_table does), so the
+    in-batch check is skipped.
     """
     from perpwatch.warehouse import lake
 
@@ -367,11 +369,12 @@ def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> Load
         # One join classifies the batch against what is stored (matched rowids, identical or
         # not); deletes go by rowid and counts come back as numbers, not rows. The in-batch
         # dedup pass only runs when the batch has repeated keys.
-        if con.execute(f"SELECT EXISTS (SELECT 1 FROM __batch GROUP BY {qk} HAVING count(*) > 1)").fetchone()[0]:
+        if not deduplicated and con.execute(
+                f"SELECT EXISTS (SELECT 1 FROM __batch GROUP BY {qk} HAVING count(*) > 1)").fetchone()[0]:
             con.execute(f"CREATE OR REPLACE TEMP TABLE __b AS SELECT * FROM __batch "
                         f"QUALIFY row_number() OVER (PARTITION BY {qk} ORDER BY __i DESC) = 1")
             src = "__b"
-        deduped = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
+        deduped = df.height if src == "__batch" else con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
         in_batch_dup = df.height - deduped
         con.execute(f"CREATE OR REPLACE TEMP TABLE __m AS SELECT b.__i, t.rowid AS __r, ({same}) AS __s "
                     f"FROM {src} b JOIN {table} t ON {on}")
@@ -510,76 +513,49 @@ def record_dataset(con, run_id: str, source: str, dataset: str, fetched: int, lo
 
 # --------------------------------------------------------------------------- publishing
 
-PUBLISHED_SCHEMAS = ("staging", "marts", "meta", "quarantine")
+from perpwatch.warehouse.publishing import PUBLISHED_SCHEMAS  # noqa: E402,F401  (re-exported)
 
 
 def publish(db=None, serving=None, exports=None, con=None) -> dict[str, str]:
-    """Publish a consistent read-only snapshot for BI tools and Parquet exports of every mart.
+    """Publish a consistent read-only snapshot for BI tools and Parquet exports of every mart, rewriting
+    only what the builds and loads since the last publish changed (warehouse/publishing.py).
 
-    Both are written to temporary files and swapped in with os.replace, so a reader holding
-    the old file sees the old snapshot and a new open sees the new one, never a half-built table.
+    The snapshot is a symlink swapped with os.replace to a file brought up to date while no reader used
+    it; the exports are replaced file by file. A reader sees the old snapshot or the new one, never a
+    half-built table. Returns {"serving": path, "serving_mode": ..., "marts.x": export dir, ...}.
     """
-    import os
+    from perpwatch.warehouse import lake, publishing
 
     serving = Path(serving or settings.serving_db_path())
     exports = Path(exports or settings.exports_dir())
-    serving.parent.mkdir(parents=True, exist_ok=True)
-    exports.mkdir(parents=True, exist_ok=True)
     own = con is None
     con = con or connect(db)
-    from perpwatch.warehouse import lake
-
-    if lake.is_lake(con):
-        # Readers attach the lake at its latest snapshot (read-only) while writers commit: no
-        # serving copy to rebuild; the Parquet exports of the marts stay available.
-        try:
-            return export_marts(con, exports)
-        finally:
-            if own:
-                con.close()
-    tmp = serving.with_name(f".{serving.name}.{os.getpid()}.tmp")
-    for stale in [*serving.parent.glob(f".{serving.name}.*.tmp"), *serving.parent.glob(f".{serving.name}.*.tmp.wal"),
-                  *exports.glob(".*.parquet.*.tmp")]:
-        stale.unlink(missing_ok=True)   # left by a publisher that was killed mid-way
     try:
-        con.execute(f"ATTACH {_quote(str(tmp))} AS __snap")
-        try:
-            tables = con.execute(
-                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = current_database() "
-                f"AND table_schema IN ({', '.join(_quote(s) for s in PUBLISHED_SCHEMAS)}) ORDER BY 1, 2").fetchall()
-            for schema in PUBLISHED_SCHEMAS:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS __snap.{schema}")
-            for schema, name in tables:
-                con.execute(f'CREATE TABLE __snap.{schema}."{name}" AS SELECT * FROM {schema}."{name}"')
-        finally:
-            con.execute("DETACH __snap")
-        snap = duckdb.connect(str(tmp))
-        try:
-            apply_comments(snap)
-            snap.execute("CHECKPOINT")
-        finally:
-            snap.close()
-        os.replace(tmp, serving)
-        return {"serving": str(serving), **export_marts(con, exports)}
+        if lake.is_lake(con):
+            # Readers attach the lake at its latest snapshot (read-only) while writers commit: no
+            # serving copy to rebuild; the Parquet exports of the marts stay available.
+            return export_marts(con, exports)
+        got = publishing.publish_serving(con, serving)
+        changed = "; ".join(f"{t}: {how}" for t, how in sorted(got["changed"].items()))
+        return {"serving": got["serving"], "serving_mode": got["mode"], "serving_changed": changed,
+                **export_marts(con, exports)}
     finally:
-        tmp.unlink(missing_ok=True)
         if own:
             con.close()
 
 
-def export_marts(con, exports: Path) -> dict[str, str]:
-    """Parquet export of every mart, each written to a temp file and swapped in with os.replace."""
-    import os
+def record_change(con, table: str, changed_from=None) -> None:
+    """A build rewrote `table` from `changed_from` (a date; None = whole): what the next publish copies."""
+    from perpwatch.warehouse import publishing
 
-    written = {}
-    for (name,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='marts' "
-                               "AND table_catalog = current_database() ORDER BY 1").fetchall():
-        out = exports / f"{name}.parquet"
-        part = exports / f".{name}.parquet.{os.getpid()}.tmp"
-        con.execute(f'COPY (SELECT * FROM marts."{name}") TO {_quote(str(part))} (FORMAT parquet)')
-        os.replace(part, out)
-        written[f"marts.{name}"] = str(out)
-    return written
+    publishing.record_change(con, table, changed_from)
+
+
+def export_marts(con, exports: Path) -> dict[str, str]:
+    """Parquet exports of the marts: <exports>/<mart>/year=YYYY/month=MM/data.parquet, only what changed rewritten."""
+    from perpwatch.warehouse import publishing
+
+    return publishing.export_changed(con, Path(exports))
 
 
 # --------------------------------------------------------------------------- venue bans (issue 14)

@@ -164,3 +164,23 @@ CREATE TABLE IF NOT EXISTS meta.ws_streams (
     started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, messages BIGINT, kept BIGINT,
     last_message_at TIMESTAMPTZ, silences BIGINT, reconnects BIGINT
 );
+
+-- [asset, side, price] the liquidation-heatmap model's surviving levels after meta.heatmap_progress.through
+-- (transforms/heatmap.py): the daily build resumes the fold from here instead of replaying all history.
+CREATE TABLE IF NOT EXISTS meta.heatmap_levels (
+    asset VARCHAR NOT NULL, side VARCHAR NOT NULL, price DOUBLE NOT NULL, usd DOUBLE NOT NULL
+);
+
+-- [asset] what meta.heatmap_levels stands for: the day it is the end of, the newest day built, the last hour
+-- and OI folded in, and the settings it was built with (other settings: the next build is a full one).
+CREATE TABLE IF NOT EXISTS meta.heatmap_progress (
+    asset VARCHAR NOT NULL, through DATE NOT NULL, newest DATE NOT NULL, last_ts TIMESTAMPTZ,
+    last_oi_usd DOUBLE, settings VARCHAR NOT NULL, rebuilt_from DATE
+);
+
+-- [seq] every mart write of a build (transforms): which mart, and from which day on (NULL: all of it).
+-- Publishing (warehouse/publishing.py) rewrites only what changed since the version a serving copy or the
+-- exports reflect.
+CREATE TABLE IF NOT EXISTS meta.mart_changes (
+    seq BIGINT NOT NULL, table_name VARCHAR NOT NULL, changed_from DATE, changed_at TIMESTAMPTZ
+);

@@ -306,7 +306,8 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
         def write(part=part, src=src):
             # rows, watermarks and the run's loaded count commit together (one DuckLake snapshot);
             # on a commit conflict with another writer warehouse.write re-runs this from scratch
-            res = warehouse.upsert(con, full, part.drop(INTERNAL + ["_row", "__cand"], strict=False))
+            res = warehouse.upsert(con, full, part.drop(INTERNAL + ["_row", "__cand"], strict=False),
+                                   deduplicated=True)     # keys are unique: one candidate per key survives
             if move_watermarks and entry.watermarked:
                 tcol = entry.time_column
                 marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument")
