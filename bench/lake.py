@@ -136,6 +136,7 @@ def ingest(days: int, assets: list[str], latency_ms: float, runs: int, workdir: 
     workers: list[list[float]] = []
     cpu = {"file": Sample(), "lake": Sample()}
     floor: dict = {}
+    commits: dict = {}
     okx_worker = next(i for i, v in enumerate(SPLIT) if "okx" in v)
     try:
         for r in range(runs):
@@ -174,8 +175,8 @@ def ingest(days: int, assets: list[str], latency_ms: float, runs: int, workdir: 
                     con = warehouse.connect(url, read_only=True)
                     rows["lake"] = con.execute("SELECT count(*) FROM staging.open_interest").fetchone()[0] + \
                         con.execute("SELECT count(*) FROM staging.funding_rates").fetchone()[0]
-                    rows["lake_commits"] = con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0]
-                    rows["lake_payloads"] = con.execute("SELECT count(*) FROM raw.payloads").fetchone()[0]
+                    commits = {"snapshots": con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0],
+                               "payloads": con.execute("SELECT count(*) FROM raw.payloads").fetchone()[0]}
                     con.close()
                 finally:
                     _drop(url)
@@ -190,7 +191,7 @@ def ingest(days: int, assets: list[str], latency_ms: float, runs: int, workdir: 
             "split": SPLIT, "workers": workers, "okx_worker_alone": alone_s.as_dict(),
             "ratio_alone": alone_s.median / file_s.median, "rate_floor": floor,
             "ratio_floor": floor.get("floor_s", 0.0) / file_s.median,
-            "cpu_s": {k: v.as_dict() for k, v in cpu.items()}, "cores": os.cpu_count()}
+            "cpu_s": {k: v.as_dict() for k, v in cpu.items()}, "cores": os.cpu_count(), "lake_commits": commits}
 
 
 # --------------------------------------------------------------------------- (b) publish / read vs size

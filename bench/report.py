@@ -307,8 +307,8 @@ def _ingest_why(ing: dict) -> list[str]:
             + f"; the worker with OKX alone on a fresh lake (nothing else running): {_s(ing['okx_worker_alone'])} "
             f"= {ing['ratio_alone']:.2f}× the file. CPU used (user + system): file {_s(ing['cpu_s']['file'], 'CPU-s', 0)}, "
             f"lake {_s(ing['cpu_s']['lake'], 'CPU-s', 0)} on {ing['cores']} cores. Lake commits (DuckLake snapshots) in "
-            f"the three-worker run: {ing['oi_funding_rows'].get('lake_commits', '?')} for "
-            f"{ing['oi_funding_rows'].get('lake_payloads', '?')} landed payloads (raw landing commits in batches).\n")
+            f"the three-worker run: {ing.get('lake_commits', {}).get('snapshots', '?')} for "
+            f"{ing.get('lake_commits', {}).get('payloads', '?')} landed payloads (raw landing commits in batches).\n")
     fl = ing.get("rate_floor") or {}
     file_s = ing["file"]["median"]
     cpu_floor = ing["cpu_s"]["lake"]["median"] / ing["cores"] if ing["cpu_s"]["lake"].get("median") else 0.0
@@ -321,9 +321,8 @@ def _ingest_why(ing: dict) -> list[str]:
         head = ("Why ≤ 0.45 is out of reach on one host." if ing["ratio_floor"] > 0.45
                 else "The rate-limit floor.")
         out.append(
-            f"**{head}** OKX allows {fl['capacity']:.0f} requests per "
-            f"{fl['window_s']:.0f} s per IP on `{fl['endpoint']}` (the client keeps 80% of the documented limit, "
-            f"sources/okx.py); this backfill needs {fl['requests']} of them, so whichever process fetches them "
+            f"**{head}** OKX's `{fl['endpoint']}` allows {fl['capacity'] / 0.8:.0f} requests per "
+            f"{fl['window_s']:.0f} s per IP; the client uses {fl['capacity']:.0f} of them (80 %, sources/okx.py); this backfill needs {fl['requests']} of them, so whichever process fetches them "
             f"spends at least (⌈{fl['requests']}/{fl['capacity']:.0f}⌉ − 1) × {fl['window_s']:.0f} s = "
             f"**{fl['floor_s']:.0f} s** on that endpoint alone. One process already extracts every venue's units "
             "concurrently (8 threads, a budget per endpoint), so the file run is that floor plus start-up, "
