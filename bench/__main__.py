@@ -1,6 +1,6 @@
 """`make bench`: benchmarks against the alternatives and the physical limits (GitHub issue 8).
 
-    python -m perpwatch.bench [--size tiny|full] [--only load,marts,extract,e2e,lake] [--out BENCHMARKS.md]
+    python -m perpwatch.bench [--size tiny|medium|full] [--only load,marts,extract,e2e,lake] [--out BENCHMARKS.md]
 
 Five workloads, each with its baseline in the same invocation (medians of several runs, min–max):
 load path (vs dlt merge, a row-at-a-time executemany loader and DuckDB's Arrow ingest ceiling), marts
@@ -36,6 +36,16 @@ SIZES = {
                  "pub_days": 365, "pub_assets": 25, "load_rows": 1_000_000},
         "publish": {"days": 365, "assets": 20, "runs": 3},
     },
+    # the lake workload at the issue's ingest size in ~5 minutes (one run each, smaller (b)/(c));
+    # the other workloads as tiny
+    "medium": {
+        "load": {"rows": 10_000, "runs": 1, "dlt_rows": None, "em_rows": 500},
+        "marts": {"days": 20, "assets": [1, 2, 4], "runs": 1, "heatmap_probe": (10, 1), "heatmap_at_scale": True},
+        "extract": {"n": 3, "runs": 1, "latency_ms": 50.0, "limits_scale": 0.01, "window_scale": 0.01},
+        "e2e": {"runs": 1, "demo": False},
+        "lake": {"days": 30, "assets": ["BTC", "ETH", "SOL"], "latency_ms": 50.0, "runs": 1,
+                 "pub_days": 120, "pub_assets": 6, "load_rows": 200_000},
+    },
     "tiny": {
         "load": {"rows": 10_000, "runs": 1, "dlt_rows": None, "em_rows": 500},
         "marts": {"days": 20, "assets": [1, 2, 4], "runs": 1, "heatmap_probe": (10, 1), "heatmap_at_scale": True},
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perpwatch.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument("--only", default=",".join(WORKLOADS), help="comma separated subset of " + ",".join(WORKLOADS))
-    ap.add_argument("--out", default=None, help="report path (default: BENCHMARKS.md for full, data/bench/BENCHMARKS-tiny.md)")
+    ap.add_argument("--out", default=None, help="report path (default: BENCHMARKS.md for full, data/bench/BENCHMARKS-<size>.md)")
     ap.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
     ap.add_argument("--dlt", action="store_true", help="run the dlt baseline at --size tiny too")
     ap.add_argument("--runs", type=int, default=None, help="override the number of runs of every workload")
@@ -65,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results = json.loads(Path(a.render).read_text())
         out = Path(a.out) if a.out else (ROOT / "BENCHMARKS.md" if results["size"] == "full"
-                                         else Path(a.render).with_name("BENCHMARKS-tiny.md"))
+                                         else Path(a.render).with_name(f"BENCHMARKS-{results['size']}.md"))
         out.write_text(report.render(results))
         print(f"wrote {out} from {a.render}")
         return 0
@@ -95,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"size": a.size, "config": cfg, "machine": info, "started": datetime.now(UTC).isoformat(),
                      "command": "python -m perpwatch.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
     t_all = time.perf_counter()
-    out = Path(a.out) if a.out else (ROOT / "BENCHMARKS.md" if a.size == "full" else workdir / "BENCHMARKS-tiny.md")
+    out = Path(a.out) if a.out else (ROOT / "BENCHMARKS.md" if a.size == "full" else workdir / f"BENCHMARKS-{a.size}.md")
     res_path = workdir / f"results-{a.size}.json"
     previous = {}
     if set(only) != set(WORKLOADS) and res_path.exists():     # re-running some workloads: keep the others

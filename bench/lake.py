@@ -14,7 +14,9 @@ Needs PostgreSQL at PERPWATCH_TEST_PG (one random database per part, dropped at 
 
 from __future__ import annotations
 
+import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -65,33 +67,77 @@ def _env(sim, d: Path, data_path: Path, catalog: str | None) -> dict[str, str]:
     return env
 
 
-def _backfills(envs_venues: list[tuple[dict, list[str]]], days: int, assets: list[str], logdir: Path) -> float:
-    """Start every backfill at once; wall seconds until the last one finished (each must succeed)."""
+def _backfills(envs_venues: list[tuple[dict, list[str]]], days: int, assets: list[str], logdir: Path,
+               tag: str = "ingest") -> tuple[float, list[float], float]:
+    """Start every backfill at once; (wall seconds until the last one finished, each process's wall,
+    CPU seconds (user + system) the processes used). Each must succeed."""
     start = NOW - timedelta(days=days)
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     procs = []
     for i, (env, venues) in enumerate(envs_venues):
-        log = open(logdir / f"ingest-{i}.log", "wb")
+        log = open(logdir / f"{tag}-{i}.log", "wb")
         procs.append((subprocess.Popen(
             [sys.executable, "-m", "perpwatch", "backfill", "--no-prefect", "--no-build", "--start", start.isoformat(),
              "--end", NOW.isoformat(), "--venues", ",".join(venues), "--assets", ",".join(assets)],
             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
-    for p, log in procs:
-        p.wait()
-        log.close()
+    walls: list[float | None] = [None] * len(procs)
+    while any(w is None for w in walls):
+        for i, (p, _) in enumerate(procs):
+            if walls[i] is None and p.poll() is not None:
+                walls[i] = time.perf_counter() - t0
+        time.sleep(0.05)
     wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _, log in procs:
+        log.close()
     bad = [i for i, (p, _) in enumerate(procs) if p.returncode != 0]
     if bad:
-        raise RuntimeError(f"bench ingest failed in {bad}; see {logdir}/ingest-*.log")
-    return wall
+        raise RuntimeError(f"bench ingest failed in {bad}; see {logdir}/{tag}-*.log")
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return wall, [float(w) for w in walls], cpu
+
+
+def rate_floor(db: Path) -> dict:
+    """The wall time no split of the work can go under on one host: OKX's rubik/market endpoints allow
+    N requests per 2 s per IP (sources/okx.py LIMITS; the client keeps 80% of it, `Budget`), a sliding
+    window, so n requests of one endpoint need at least (ceil(n / capacity) - 1) x window seconds.
+    Counted from the requests the one-process run actually made (raw.payloads)."""
+    from perpwatch import warehouse
+    from perpwatch.sources import okx
+
+    con = warehouse.connect(db, read_only=True)
+    try:
+        counts = dict(con.execute("SELECT endpoint, count(*) FROM raw.payloads WHERE source = 'okx' "
+                                  "GROUP BY 1").fetchall())
+    finally:
+        con.close()
+    client = okx.make_client(None)
+    client.session.close()
+    per = {ep: ((math.ceil(n / b.capacity) - 1) * b.window_s, n, b.capacity, b.window_s)
+           for ep, n in counts.items() if (b := client.budgets.get(ep)) is not None}
+    if not per:
+        return {"venue": "okx", "floor_s": 0.0}
+    ep = max(per, key=lambda k: per[k][0])
+    floor, n, cap, window = per[ep]
+    return {"venue": "okx", "endpoint": ep, "requests": n, "capacity": cap, "window_s": window, "floor_s": floor}
 
 
 def ingest(days: int, assets: list[str], latency_ms: float, runs: int, workdir: Path, progress=print) -> dict:
+    """(a): one process into the file (all six venues, 8 extraction threads as always) vs three worker
+    processes into the lake (two venues each, 8 threads each); plus, same run, the worker that has OKX
+    alone into a fresh lake (what the split could reach without the other two workers sharing the
+    2 cores) and OKX's rate-limit floor (rate_floor)."""
     from perpwatch import warehouse
     from perpwatch.simulator.server import start
 
     sim = start(port=0, seed=7, now=NOW, latency_ms=latency_ms, limits_scale=1.0)
-    file_s, lake_s, rows = Sample(), Sample(), {}
+    file_s, lake_s, alone_s, rows = Sample(), Sample(), Sample(), {}
+    workers: list[list[float]] = []
+    cpu = {"file": Sample(), "lake": Sample()}
+    floor: dict = {}
+    commits: dict = {}
+    okx_worker = next(i for i, v in enumerate(SPLIT) if "okx" in v)
     try:
         for r in range(runs):
             base = workdir / f"lake-ingest-{r}"
@@ -99,32 +145,53 @@ def ingest(days: int, assets: list[str], latency_ms: float, runs: int, workdir: 
             base.mkdir(parents=True)
             f_env = _env(sim, base / "file", base / "unused", None)
             (base / "file").mkdir()
-            file_s.add(_backfills([(f_env, VENUES)], days, assets, base))
-            progress(f"  file, one process, {len(VENUES)} venues: {file_s.values[-1]:.1f}s")
-            url = _new_lake()
-            try:
-                os.environ["PERPWATCH_DATA_PATH"] = str(base / "lakedata")
-                warehouse.connect(url).close()          # initialise the catalog once, then the workers attach
-                envs = []
-                for i, venues in enumerate(SPLIT):
-                    (base / f"w{i}").mkdir()
-                    envs.append((_env(sim, base / f"w{i}", base / "lakedata", url), venues))
-                lake_s.add(_backfills(envs, days, assets, base))
-                progress(f"  lake, three workers: {lake_s.values[-1]:.1f}s")
-                con = warehouse.connect(url, read_only=True)
-                rows["lake"] = con.execute("SELECT count(*) FROM staging.open_interest").fetchone()[0] + \
-                    con.execute("SELECT count(*) FROM staging.funding_rates").fetchone()[0]
-                con.close()
-                con = warehouse.connect(Path(f_env["PERPWATCH_DB"]), read_only=True)
-                rows["file"] = con.execute("SELECT count(*) FROM staging.open_interest").fetchone()[0] + \
-                    con.execute("SELECT count(*) FROM staging.funding_rates").fetchone()[0]
-                con.close()
-            finally:
-                _drop(url)
+            wall, _, c = _backfills([(f_env, VENUES)], days, assets, base, "file")
+            file_s.add(wall)
+            cpu["file"].add(c)
+            progress(f"  file, one process, {len(VENUES)} venues: {wall:.1f}s ({c:.0f} CPU-s)")
+            floor = rate_floor(Path(f_env["PERPWATCH_DB"]))
+            for phase in ("lake", "alone"):
+                url = _new_lake()
+                try:
+                    data = base / f"lakedata-{phase}"
+                    os.environ["PERPWATCH_DATA_PATH"] = str(data)
+                    warehouse.connect(url).close()      # initialise the catalog once, then the workers attach
+                    envs = []
+                    for i, venues in enumerate(SPLIT):
+                        if phase == "alone" and i != okx_worker:
+                            continue
+                        (base / f"{phase}{i}").mkdir()
+                        envs.append((_env(sim, base / f"{phase}{i}", data, url), venues))
+                    wall, per, c = _backfills(envs, days, assets, base, phase)
+                    if phase == "alone":
+                        alone_s.add(wall)
+                        progress(f"  lake, the worker with {'+'.join(SPLIT[okx_worker])} alone: {wall:.1f}s")
+                        continue
+                    lake_s.add(wall)
+                    cpu["lake"].add(c)
+                    workers.append(per)
+                    progress(f"  lake, three workers: {wall:.1f}s ({c:.0f} CPU-s; workers "
+                             + ", ".join(f"{'+'.join(v)} {w:.1f}s" for v, w in zip(SPLIT, per, strict=True)) + ")")
+                    con = warehouse.connect(url, read_only=True)
+                    rows["lake"] = con.execute("SELECT count(*) FROM staging.open_interest").fetchone()[0] + \
+                        con.execute("SELECT count(*) FROM staging.funding_rates").fetchone()[0]
+                    commits = {"snapshots": con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0],
+                               "payloads": con.execute("SELECT count(*) FROM raw.payloads").fetchone()[0]}
+                    con.close()
+                finally:
+                    _drop(url)
+            con = warehouse.connect(Path(f_env["PERPWATCH_DB"]), read_only=True)
+            rows["file"] = con.execute("SELECT count(*) FROM staging.open_interest").fetchone()[0] + \
+                con.execute("SELECT count(*) FROM staging.funding_rates").fetchone()[0]
+            con.close()
     finally:
         sim.stop()
     return {"days": days, "assets": assets, "latency_ms": latency_ms, "file": file_s.as_dict(),
-            "lake": lake_s.as_dict(), "ratio": lake_s.median / file_s.median, "oi_funding_rows": rows}
+            "lake": lake_s.as_dict(), "ratio": lake_s.median / file_s.median, "oi_funding_rows": rows,
+            "split": SPLIT, "workers": workers, "okx_worker_alone": alone_s.as_dict(),
+            "ratio_alone": alone_s.median / file_s.median, "rate_floor": floor,
+            "ratio_floor": floor.get("floor_s", 0.0) / file_s.median,
+            "cpu_s": {k: v.as_dict() for k, v in cpu.items()}, "cores": os.cpu_count(), "lake_commits": commits}
 
 
 # --------------------------------------------------------------------------- (b) publish / read vs size

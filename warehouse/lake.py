@@ -33,6 +33,13 @@ from perpwatch.core import settings
 ALIAS = "lake"
 PG_ALIAS = "__pwcat"
 RAW_ID_SEQUENCE = "perpwatch_raw_id"
+# Buffered raw landing (warehouse.Lander(buffered=True), the pipeline's extract step): one DuckLake commit
+# per this many pages / compressed bytes / seconds since the oldest pending page, and at the end of every
+# extraction unit. Measured on this machine (2 cores, loaded): a single-payload commit 27-51 ms, 32
+# payloads in one INSERT 55-86 ms in all (bench/lake.py, docs/scale-out.md "Commit costs").
+LAND_BATCH_PAGES = 64
+LAND_BATCH_BYTES = 8 << 20
+LAND_BATCH_SECONDS = 2.0
 _loaded = threading.Lock()
 _initialised: set[str] = set()
 
@@ -172,6 +179,39 @@ def is_lake(con) -> bool:
 def next_raw_id(con) -> int:
     return con.execute(f"SELECT * FROM postgres_query('{PG_ALIAS}', "
                        f"'SELECT nextval(''{RAW_ID_SEQUENCE}'')')").fetchone()[0]
+
+
+def land_rows(con, rows: list[tuple]) -> None:
+    """Commit landed payloads in one transaction: rows of (raw_id, source, endpoint, params, fetched_at,
+    http_status, body, sha256, run_id), in landing order. One INSERT from an Arrow table, so a batch is
+    one Parquet file (or inlined in the catalog when it has at most DATA_INLINING_ROW_LIMIT rows),
+    not one file per row as an executemany would write."""
+    import pyarrow as pa
+
+    cols = list(zip(*rows, strict=True))
+    batch = pa.table({
+        "raw_id": pa.array(cols[0], pa.int64()), "source": pa.array(cols[1], pa.string()),
+        "endpoint": pa.array(cols[2], pa.string()), "params": pa.array(cols[3], pa.string()),
+        "fetched_at": pa.array(cols[4], pa.timestamp("us", tz="UTC")), "http_status": pa.array(cols[5], pa.int32()),
+        "body": pa.array(cols[6], pa.binary()), "sha256": pa.array(cols[7], pa.string()),
+        "run_id": pa.array(cols[8], pa.string()), "__i": pa.array(range(len(rows)), pa.int64())})
+    con.register("__landing", batch)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            # encoding written explicitly: the column default is 'identity' (a hand-inserted body is read as stored)
+            con.execute(f"INSERT INTO {ALIAS}.raw.payloads (raw_id, source, endpoint, params, fetched_at, http_status, "
+                        "body, sha256, run_id, encoding) SELECT raw_id, source, endpoint, params, fetched_at, http_status, "
+                        "body, sha256, run_id, 'zlib' FROM __landing ORDER BY __i")
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass                      # a failed COMMIT has already ended the transaction
+            raise
+    finally:
+        con.unregister("__landing")
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -310,11 +310,11 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
                                    deduplicated=True)     # keys are unique: one candidate per key survives
             if move_watermarks and entry.watermarked:
                 tcol = entry.time_column
-                marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument")
+                marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument", maintain_order=True)
                          .agg(pl.col(tcol).max().alias("last")))
-                for stream, inst, last in marks.iter_rows():
-                    if (src, stream, inst) not in report.tainted:   # a failed page: re-read it all next run
-                        warehouse.advance_watermark(con, src, stream, inst, last)
+                # a failed page: re-read it all next run (its watermark stays)
+                warehouse.advance_watermarks(con, src, [(stream, inst, last) for stream, inst, last in marks.iter_rows()
+                                                        if (src, stream, inst) not in report.tainted])
             warehouse.note_loaded(con, report.run_id, res.loaded)
             return res
         res = warehouse.write(con, write, table=full, batch=f"{report.run_id}/{src} ({part.height} rows)")
@@ -471,11 +471,16 @@ def value_open_interest(con, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
 
 # --------------------------------------------------------------------------- extraction
 
-def _window(con, stream: Stream, start: datetime | None, end: datetime) -> tuple[datetime, datetime]:
-    gap = gaps.earliest_open(con, stream)       # rows missing inside stored history: re-read from there
+def _window(con, stream: Stream, start: datetime | None, end: datetime,
+            known: tuple[dict, dict] | None = None) -> tuple[datetime, datetime]:
+    """[start, end) to fetch for a stream. `known` = (open gap starts, watermarks) read once for every
+    stream of a run (gaps.earliest_open_all, warehouse.all_watermarks); else read for this stream."""
+    key = (stream.source, stream.name, stream.instrument)
+    # rows missing inside stored history: re-read from there
+    gap = known[0].get(key) if known is not None else gaps.earliest_open(con, stream)
     if start is not None:
         return (min(start, gap - gaps.overlap(stream)) if gap else start), end
-    mark = warehouse.get_watermark(con, stream.source, stream.name, stream.instrument)
+    mark = known[1].get(key) if known is not None else warehouse.get_watermark(con, *key)
     begin = end - DEFAULT_LOOKBACK if mark is None else mark - gaps.overlap(stream)
     return (min(begin, gap - gaps.overlap(stream)) if gap else begin), end
 
@@ -536,7 +541,9 @@ class _RunResources:
     def __init__(self, run_id: str, db, chosen: list[str], client_factory=None):
         available = sources.available()
         self.con = warehouse.connect(db)
-        self.lander = warehouse.Lander(self.con, run_id)
+        # buffered: on the lake a unit's pages commit in batches; flushed before a step returns (extract,
+        # the instrument refresh), so every body is committed before the load step parses it
+        self.lander = warehouse.Lander(self.con, run_id, buffered=True)
         self.modules = {name: available[name] for name in chosen}
         make = client_factory or (lambda module, lander: module.make_client(lander))
         self.clients = {name: make(m, self.lander) for name, m in self.modules.items()}
@@ -552,9 +559,12 @@ class _RunResources:
                 self.bans[source] = (until, reason)
 
     def close(self) -> None:
-        for cl in self.clients.values():
-            getattr(getattr(cl, "session", None), "close", lambda: None)()
-        self.con.close()
+        try:
+            self.lander.flush()
+        finally:
+            for cl in self.clients.values():
+                getattr(getattr(cl, "session", None), "close", lambda: None)()
+            self.con.close()
 
 
 _RESOURCES: dict[str, _RunResources] = {}
@@ -604,8 +614,9 @@ def prepare(kind: str = "run", start: datetime | None = None, end: datetime | No
     try:
         instruments = _refresh_instruments(con, res, report)
         units = []
+        known = (gaps.earliest_open_all(con), warehouse.all_watermarks(con))
         for (name, kind_), streams in plan_units(res.modules, report, instruments, assets).items():
-            windows = tuple(_window(con, s, start, end) for s in streams)
+            windows = tuple(_window(con, s, start, end, known) for s in streams)
             report.windows.update(zip(streams, windows, strict=True))   # finish() checks these for gaps
             units.append(Unit(name, kind_, streams[0].dataset, tuple(streams), windows))
     except Exception as exc:
@@ -630,6 +641,7 @@ def _refresh_instruments(con, res: _RunResources, report: RunReport) -> pl.DataF
                 report.warnings.append(f"instruments not refreshed, using the {known} stored: {exc}")
             else:
                 report.errors.append(f"instruments failed: {exc}")
+    res.lander.flush()                         # landed (committed) before parsed
     parsed = parse_all(con, report, payloads, instrument_context(con))
     load_table(con, report, "instruments", parsed.frames.get("instruments", []))
     return con.sql("SELECT * FROM staging.instruments").pl()
@@ -654,7 +666,11 @@ def extract(run_id: str, unit: Unit) -> Extracted:
     """Fetch (and land) every page of one unit. An instrument that fails is reported; the others go on."""
     res = _resources(run_id)
     report = RunReport(run_id, "part")
-    pages = extract_streams(res.modules[unit.source], res.clients[unit.source], unit.streams, unit.windows, report)
+    try:
+        pages = extract_streams(res.modules[unit.source], res.clients[unit.source], unit.streams, unit.windows,
+                                report)
+    finally:
+        res.lander.flush()                     # every page of the unit committed before the step returns
     report.stat(unit.source, unit.dataset).payloads += len(pages)
     return Extracted(tuple(PageRef(p.raw_id, p.source, p.endpoint, p.status, p.stream, p.instrument)
                            for p in pages), report)
@@ -854,12 +870,12 @@ def record(con, report: RunReport) -> None:
         report.status = "warning"
     else:
         report.status = "success"
-    for s in report.stats.values():
-        warehouse.record_dataset(con, report.run_id, s.source, s.dataset, s.fetched, s.loaded, s.quarantined,
-                                 s.duplicate, s.payloads, s.validation, "; ".join(s.messages)[:2000])
+    datasets = [(s.source, s.dataset, s.fetched, s.loaded, s.quarantined, s.duplicate, s.payloads, s.validation,
+                 "; ".join(s.messages)[:2000]) for s in report.stats.values()]
     message = "; ".join(report.errors + report.warnings)[:4000]
     warehouse.finish_run(con, report.run_id, report.status, t["fetched"], t["loaded"], t["quarantined"],
-                         t["duplicate"], message, t["payloads_quarantined"], t["gaps_open"])
+                         t["duplicate"], message, t["payloads_quarantined"], t["gaps_open"],
+                         datasets)     # one transaction: datasets + the run's row
 
 
 # --------------------------------------------------------------------------- replay
