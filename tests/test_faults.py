@@ -402,8 +402,8 @@ def test_gap_bookkeeping_fill_unfillable_and_tainted(tmp_path):
 def test_reconciliation_mismatch_fails_the_run_loudly(env, tmp_path, monkeypatch):
     real = warehouse.upsert
 
-    def lossy(con, table, df):      # a loader that silently drops one row of every batch
-        res = real(con, table, df.head(df.height - 1) if table == "staging.funding_rates" else df)
+    def lossy(con, table, df, **kw):      # a loader that silently drops one row of every batch
+        res = real(con, table, df.head(df.height - 1) if table == "staging.funding_rates" else df, **kw)
         return res
 
     monkeypatch.setattr(warehouse, "upsert", lossy)

@@ -106,8 +106,10 @@ def assert_serving_readable(db: Path) -> None:
         assert con.execute("SELECT count(*) FROM staging.prices").fetchone()[0] > 0
     finally:
         con.close()
-    files = list((db.parent / f"{db.stem}_exports").glob("*.parquet"))
-    assert any(f.name == "daily_signals.parquet" for f in files)
+    # exports are partitioned by month (exports/<mart>/year=YYYY/month=MM/data.parquet), each swapped in whole
+    files = list((db.parent / f"{db.stem}_exports").glob("**/*.parquet"))
+    signals = [f for f in files if f.relative_to(db.parent / f"{db.stem}_exports").parts[0] == "daily_signals"]
+    assert signals and sum(pl.read_parquet(f).height for f in signals) > 0
     for f in files:
         assert pl.read_parquet(f).height >= 0, f
 
@@ -152,9 +154,11 @@ def test_sigkill_at_every_phase_then_recover(sim, tmp_path):
     expected, got = snapshot(clean), snapshot(db)
     for name, df in expected.items():
         assert got[name].equals(df), name
-    exports = {d: {f.name: pl.read_parquet(f) for f in (d.parent / f"{d.stem}_exports").glob("*.parquet")}
-               for d in (clean, db)}
-    assert set(exports[clean]) == set(exports[db]) and "daily_signals.parquet" in exports[db]
+    # exports/<mart>/year=YYYY/month=MM/data.parquet: compared partition by partition
+    exports = {d: {str(f.relative_to(d.parent / f"{d.stem}_exports")): pl.read_parquet(f)
+                   for f in (d.parent / f"{d.stem}_exports").glob("**/*.parquet")} for d in (clean, db)}
+    assert set(exports[clean]) == set(exports[db])
+    assert any(k.startswith("daily_signals/") for k in exports[db]), sorted(exports[db])
     for name, df in exports[clean].items():
         other = exports[db][name]
         assert df.sort(df.columns, nulls_last=True).equals(other.sort(other.columns, nulls_last=True)), name
