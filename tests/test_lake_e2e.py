@@ -31,12 +31,12 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from perpwatch import warehouse
-from perpwatch.core import settings, tables
+from perpwatch.core import tables
 from perpwatch.warehouse import lake
+from tests.pglake import PG, lake_database, unavailable
 
 pytestmark = pytest.mark.slow
 
-PG = settings.get().test_pg
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 DAYS = 10
 START = NOW - timedelta(days=DAYS)
@@ -47,15 +47,7 @@ WORKERS = {"w1": ["binance"], "w2": ["bybit"], "w3": ["okx", "binance"]}
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _pg_available() -> str | None:
-    try:
-        lake.create_database(f"{PG}/postgres")
-        return None
-    except Exception as exc:  # noqa: BLE001
-        return f"PostgreSQL/DuckLake not available: {exc}"
-
-
-_why = _pg_available()
+_why = unavailable()
 if _why:
     pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=_why)]
 
@@ -81,15 +73,7 @@ def file_db(sim, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def lake_url(tmp_path, monkeypatch):
-    url = f"{PG}/pw_e2e_{uuid.uuid4().hex[:10]}"
-    lake.create_database(url)
-    monkeypatch.setenv("PERPWATCH_DATA_PATH", str(tmp_path / "lakedata"))
-    monkeypatch.delenv("PERPWATCH_CATALOG", raising=False)
-    try:
-        yield url
-    finally:
-        lake._initialised.discard(url)
-        lake.drop_database(url)
+    yield from lake_database(tmp_path, monkeypatch, "pw_e2e")
 
 
 def env_for(sim, tmp_path: Path, name: str, catalog: str | None = None) -> dict[str, str]:

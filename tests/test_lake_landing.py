@@ -4,43 +4,25 @@ skipped with a reason when PostgreSQL or the extension packages are missing."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from perpwatch import warehouse
-from perpwatch.core import settings
 from perpwatch.warehouse import lake
+from tests.pglake import lake_database, unavailable
 
-PG = settings.get().test_pg
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _pg_available() -> str | None:
-    try:
-        lake.create_database(f"{PG}/postgres")
-        return None
-    except Exception as exc:  # noqa: BLE001
-        return f"PostgreSQL/DuckLake not available: {exc}"
-
-
-_why = _pg_available()
+_why = unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
 
 
 @pytest.fixture
 def lake_url(tmp_path, monkeypatch):
-    url = f"{PG}/pw_land_{uuid.uuid4().hex[:10]}"
-    lake.create_database(url)
-    monkeypatch.setenv("PERPWATCH_DATA_PATH", str(tmp_path / "lakedata"))
-    monkeypatch.delenv("PERPWATCH_CATALOG", raising=False)
-    try:
-        yield url
-    finally:
-        lake._initialised.discard(url)
-        lake.drop_database(url)
+    yield from lake_database(tmp_path, monkeypatch, "pw_land")
 
 
 def _committed(url: str) -> dict[int, bytes]:
