@@ -619,3 +619,23 @@ def test_incremental_reads_only_reachable_levels_and_survives_a_clear_and_rescal
     eth_born_after_clear = full_con.execute(
         "SELECT count(*) FROM meta.heatmap_levels WHERE asset = 'ETH'").fetchone()[0]
     assert eth_born_after_clear > 0
+
+
+def test_a_warehouse_with_the_old_level_table_is_upgraded_and_rebuilds_in_full():
+    """Before amount x scale, meta.heatmap_levels had a usd column: connecting remakes the table (it is only a
+    resume point) and the next build is a full one, after which the daily path resumes."""
+    from perpwatch import warehouse as wh
+
+    con = warehouse(24 * 10)
+    con.execute("DROP TABLE meta.heatmap_levels")
+    con.execute("CREATE TABLE meta.heatmap_levels (asset VARCHAR NOT NULL, side VARCHAR NOT NULL, "
+                "price DOUBLE NOT NULL, usd DOUBLE NOT NULL)")
+    con.execute("INSERT INTO meta.heatmap_levels VALUES ('BTC', 'long', 50000.0, 1e6)")
+    con.execute("CREATE TABLE marts.liquidation_heatmap AS SELECT 1 AS x")
+    wh.upgrade_heatmap_levels(con)
+    cols = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE schema_name = 'meta' "
+                                      "AND table_name = 'heatmap_levels' ORDER BY column_index").fetchall()]
+    assert cols == ["asset", "side", "price", "amount"]
+    assert con.execute("SELECT count(*) FROM meta.heatmap_levels").fetchone()[0] == 0
+    assert update_heatmap(con, (T0 + timedelta(days=9)).date())[1] == "full: no stored state for these settings"
+    assert update_heatmap(con, (T0 + timedelta(days=9)).date())[1].startswith("resumed from")
