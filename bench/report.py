@@ -384,7 +384,8 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   the marts use epoch days and `arg_max`. The liquidation heatmap is built in the timings (its
   vectorised core, transforms/heatmap_core.py; its bars query uses integer hours); its stored rows are
   bounded per asset-day ([heatmap] hourly_days, top_bins), and the daily build resumes it from the
-  levels stored by the last build (meta.heatmap_levels).
+  levels stored by the last build (meta.heatmap_levels: amount x a per-asset OI scale, so a day reads
+  only the levels its hours can reach and writes only the levels that died or were born).
 - **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback
   <days>` headers, checked against a full rebuild by tests/test_bench_smoke.py), each reading its
   inputs from its own cut; daily_signals reads 7 days of inputs and takes its trailing windows' history
@@ -395,5 +396,6 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   series, so a recent-days cut still reads most row groups (their zone maps span the whole history);
   a warehouse filled by daily loads is time-ordered and prunes them.
 - **Demo.** Extraction units are per (source, stream kind), so each venue's
-  per-endpoint budgets (OKX: 5 requests / 2 s per ratio endpoint) run in parallel.
+  per-endpoint budgets (OKX: 5 requests / 2 s per ratio endpoint) run in parallel; the two backfills
+  and the 15 s liquidation capture run at the same time (perpwatch/demo.py).
 """
