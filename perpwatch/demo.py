@@ -44,8 +44,14 @@ def main() -> int:
         # two backfills run (all three wait on the network and the venues' rate limits, not on the CPU).
         from concurrent.futures import ThreadPoolExecutor
 
+        # Prefect's local server (a fresh PREFECT_HOME migrates its database) starts here, once: two flows
+        # asking for it at the same moment race ("Server process did not start").
+        from prefect.client.orchestration import get_client
+
         from perpwatch.ingest.collector import collect
 
+        with get_client(sync_client=True) as client:
+            client.api_healthcheck()
         with ThreadPoolExecutor(3, thread_name_prefix="demo") as pool:
             captured = pool.submit(collect, seconds=DEMO_COLLECT_SECONDS, flush_every_s=2, progress=lambda _m: None)
             runs = [pool.submit(lambda: state_outcome(ingest(start=long_start, end=end, venues=["binance", *providers],
