@@ -34,6 +34,9 @@ def _noise(expr: str) -> str:
     return f"((hash({expr}) % 1000003)::DOUBLE / 1000003.0 - 0.5)"
 
 
+CHUNK_HOURS = 24 * 90
+
+
 def generate(con, days: int, assets: int, end: datetime = END, venues=VENUES, progress=None) -> dict[str, int]:
     """Fill staging.* of an (empty) warehouse. Returns rows per table."""
     say = progress or (lambda _m: None)
@@ -61,7 +64,8 @@ def generate(con, days: int, assets: int, end: datetime = END, venues=VENUES, pr
                p0 * exp(sum(r) OVER w) AS close,
                p0 * exp(sum(r) OVER w - r) AS open,
                oi0 * exp(0.3 * sin(h / 900.0 + aid) + 0.2 * {_noise("aid, h // 24, 'd'")} + 0.05 * sum(dr) OVER w / sqrt(h + 1)) AS oi_usd
-        FROM steps WINDOW w AS (PARTITION BY aid ORDER BY h ROWS UNBOUNDED PRECEDING)""")
+        FROM steps WINDOW w AS (PARTITION BY aid ORDER BY h ROWS UNBOUNDED PRECEDING)
+        ORDER BY h, aid""")
     say(f"truth {time.perf_counter() - t0:.1f}s")
     inst_case = "CASE v.venue " + " ".join(f"WHEN '{v}' THEN {instrument_sql(v, 'a.asset')}" for v in venues) + " END"
     con.execute(f"""INSERT INTO staging.instruments (venue, instrument, asset, quote, settle, margin, kind, contract_size,
@@ -72,29 +76,44 @@ def generate(con, days: int, assets: int, end: datetime = END, venues=VENUES, pr
                CASE WHEN v.venue = 'hyperliquid' THEN 1.0 ELSE 8.0 END, NULL, 'trading', TIMESTAMPTZ '{end:%Y-%m-%d %H:%M:%S}+00', 0, now()
         FROM __assets a, __venues v""")
     vmult = f"(1 + 0.0004 * {_noise('v.vid, t.aid, t.h')})"
+    # Staging is written in time order, 90 days at a time (hour-sorted inside), as daily loading writes it: a
+    # recent-days filter then skips the older row groups (zone maps), as it does on a real warehouse.
+    for lo in range(0, hours, CHUNK_HOURS):
+        _fill_chunk(con, f"t.h >= {lo} AND t.h < {lo + CHUNK_HOURS}", inst_case, vmult)
+    say(f"open_interest, prices, funding, long_short, liquidations {time.perf_counter() - t0:.1f}s")
+    con.execute("""INSERT INTO staging.market_caps (date, asset, market_cap_usd, source, raw_id, ingested_at)
+        SELECT ts::DATE, asset, close * 1e8, 'coingecko', 0, now() FROM __truth WHERE hour(ts) = 0 ORDER BY ts""")
+    con.execute("DROP TABLE __truth; DROP TABLE __assets; DROP TABLE __venues")
+    con.execute("CHECKPOINT")
+    return {t: con.execute(f"SELECT count(*) FROM staging.{t}").fetchone()[0]
+            for t in ("instruments", "open_interest", "prices", "funding_rates", "long_short_ratio", "liquidations",
+                      "market_caps")}
+
+
+def _fill_chunk(con, cond: str, inst_case: str, vmult: str) -> None:
+    """The staging rows of the hours `cond` selects (t.h), ordered by time."""
     con.execute(f"""INSERT INTO staging.open_interest (venue, instrument, ts, asset, margin, oi_contracts, oi_base, oi_usd, raw_id, ingested_at)
         SELECT v.venue, {inst_case.replace('a.asset', 't.asset')}, t.ts, t.asset,
                CASE WHEN v.venue = 'deribit' THEN 'inverse' ELSE 'linear' END,
                t.oi_usd * (0.1 + 0.1 * v.vid) / t.close, t.oi_usd * (0.1 + 0.1 * v.vid) / t.close, t.oi_usd * (0.1 + 0.1 * v.vid),
                0, now()
-        FROM __truth t, __venues v""")
-    say(f"open_interest {time.perf_counter() - t0:.1f}s")
+        FROM __truth t, __venues v WHERE {cond} ORDER BY t.h""")
     con.execute(f"""INSERT INTO staging.prices (venue, instrument, kind, "interval", ts, asset, open, high, low, close, volume_base, volume_usd, expiry, raw_id, ingested_at)
+        SELECT * FROM (
         SELECT v.venue, {inst_case.replace('a.asset', 't.asset')}, 'perp', '1h', t.ts, t.asset,
                t.open * {vmult}, greatest(t.open, t.close) * 1.003 * {vmult}, least(t.open, t.close) * 0.997 * {vmult}, t.close * {vmult},
                1000 + 500 * {_noise("v.vid, t.aid, t.h, 'v'")}, (1000 + 500 * {_noise("v.vid, t.aid, t.h, 'v'")}) * t.close, NULL, 0, now()
-        FROM __truth t, __venues v
+        FROM __truth t, __venues v WHERE {cond}
         UNION ALL
         SELECT 'binance', t.asset || 'USDT', k.kind, '1h', t.ts, t.asset,
                t.open * (1 - 0.0002 * k.s), greatest(t.open, t.close) * 1.003, least(t.open, t.close) * 0.997, t.close * (1 - 0.0002 * k.s),
                CASE WHEN k.kind = 'spot' THEN 800.0 END, CASE WHEN k.kind = 'spot' THEN 800.0 * t.close END, NULL, 0, now()
-        FROM __truth t, (VALUES ('index', 1), ('spot', 2)) k(kind, s)
+        FROM __truth t, (VALUES ('index', 1), ('spot', 2)) k(kind, s) WHERE {cond}
         UNION ALL
         SELECT 'binance', t.asset || 'USDT_' || strftime(date_trunc('quarter', t.ts) + INTERVAL 3 MONTH, '%y%m%d'), 'future', '1h', t.ts, t.asset,
                t.open * 1.01, greatest(t.open, t.close) * 1.013, least(t.open, t.close) * 1.007, t.close * 1.01, 10.0, 10.0 * t.close,
                date_trunc('quarter', t.ts) + INTERVAL 3 MONTH + INTERVAL 8 HOUR, 0, now()
-        FROM __truth t WHERE t.aid < 2""")
-    say(f"prices {time.perf_counter() - t0:.1f}s")
+        FROM __truth t WHERE t.aid < 2 AND {cond}) ORDER BY ts""")
     con.execute(f"""INSERT INTO staging.funding_rates (venue, instrument, funding_time, asset, funding_rate, interval_hours, rate_8h, rate_annualized, mark_price, raw_id, ingested_at)
         SELECT venue, instrument, ts, asset, rate, ih, rate * 8 / ih, rate * 8760 / ih, mark, 0, now() FROM (
             SELECT v.venue, {inst_case.replace('a.asset', 't.asset')} AS instrument, t.ts, t.asset,
@@ -103,28 +122,19 @@ def generate(con, days: int, assets: int, end: datetime = END, venues=VENUES, pr
                      * CASE WHEN v.venue = 'hyperliquid' THEN 0.125 ELSE 1.0 END AS rate,
                    t.close AS mark
             FROM __truth t, __venues v
-            WHERE v.venue = 'hyperliquid' OR t.h % 8 = 0)""")
-    say(f"funding {time.perf_counter() - t0:.1f}s")
+            WHERE (v.venue = 'hyperliquid' OR t.h % 8 = 0) AND {cond}) ORDER BY ts""")
     con.execute(f"""INSERT INTO staging.long_short_ratio (venue, instrument, ts, population, asset, long_share, short_share, ratio, raw_id, ingested_at)
         SELECT 'binance', t.asset || 'USDT', t.ts, t.population, t.asset, ls, 1 - ls, ls / (1 - ls), 0, now() FROM (
             SELECT t.*, p.population, 0.5 + 0.1 * sin(t.h / 150.0 + t.aid + p.k) + 0.05 * {_noise("t.aid, t.h, p.k, 'l'")} AS ls
-            FROM __truth t, (VALUES ('accounts', 0), ('top_accounts', 1), ('top_positions', 2)) p(population, k)) t
-        """)
-    say(f"long_short {time.perf_counter() - t0:.1f}s")
+            FROM __truth t, (VALUES ('accounts', 0), ('top_accounts', 1), ('top_positions', 2)) p(population, k)
+            WHERE {cond}) t ORDER BY t.ts""")
     con.execute(f"""INSERT INTO staging.liquidations (venue, instrument, ts, side, price, qty_base, asset, usd, raw_id, ingested_at)
         SELECT v.venue, {inst_case.replace('a.asset', 't.asset')}, t.ts + to_seconds((hash(t.aid, t.h, v.vid) % 3600)::BIGINT),
                CASE WHEN hash(t.aid, t.h, v.vid, 's') % 2 = 0 THEN 'long' ELSE 'short' END,
                t.close, q, t.asset, q * t.close, 0, now()
-        FROM (SELECT *, t.oi_usd / t.close * 0.0001 * (1 + {_noise("t.aid, t.h, 'q'")}) AS q FROM __truth t WHERE t.h % 8 = 3) t,
-             __venues v WHERE v.venue IN ('binance', 'bybit', 'okx')""")
-    con.execute("""INSERT INTO staging.market_caps (date, asset, market_cap_usd, source, raw_id, ingested_at)
-        SELECT ts::DATE, asset, close * 1e8, 'coingecko', 0, now() FROM __truth WHERE hour(ts) = 0""")
-    say(f"liquidations, market caps {time.perf_counter() - t0:.1f}s")
-    con.execute("DROP TABLE __truth; DROP TABLE __assets; DROP TABLE __venues")
-    con.execute("CHECKPOINT")
-    return {t: con.execute(f"SELECT count(*) FROM staging.{t}").fetchone()[0]
-            for t in ("instruments", "open_interest", "prices", "funding_rates", "long_short_ratio", "liquidations",
-                      "market_caps")}
+        FROM (SELECT *, t.oi_usd / t.close * 0.0001 * (1 + {_noise("t.aid, t.h, 'q'")}) AS q FROM __truth t
+              WHERE t.h % 8 = 3 AND {cond}) t,
+             __venues v WHERE v.venue IN ('binance', 'bybit', 'okx') ORDER BY 3""")
 
 
 def append_day(con, day: datetime, assets: int | None = None) -> int:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import shutil
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from perpwatch.bench.common import ROOT, Sample, child_json
@@ -21,8 +20,8 @@ PROPOSED_HEADERS = {
     "open_interest_by_venue.sql": "-- incremental: date",
     "carry.sql": "-- incremental: date",
     "daily_institutional.sql": "-- incremental: date lookback 11",
-    "daily_signals.sql": "-- incremental: date lookback greatest({{funding.percentile_window_days}}, "
-                         "{{liquidations.zscore_window_days}}, {{leverage.oi_to_mcap_window_days}}) + 8",
+    "daily_signals.sql": "-- incremental: date lookback 7",
+    "alerts.sql": "-- incremental: date",
 }
 DUCKDB_SETTINGS = {"memory_limit": "12GB", "threads": 2}
 
@@ -154,12 +153,9 @@ def run(days: int, assets: list[int], runs: int, workdir: Path, heatmap_probe: t
     con = warehouse.connect(full_db)
     try:
         last = con.execute("SELECT max(ts) FROM staging.open_interest").fetchone()[0]
-        new_day = (last + timedelta(hours=1)).date()
-        if new_day <= (END - timedelta(hours=1)).date():   # not appended yet by an earlier bench run
-            added = append_day(con, END)
-            new_day = END.date()
-        else:
-            added = None
+        # generated staging ends at END - 1 h; the landed day is END's (appended by an earlier bench run or now)
+        added = append_day(con, END) if last < END else None
+        new_day = END.date()
     finally:
         con.close()
     since = new_day.isoformat()

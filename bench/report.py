@@ -384,11 +384,18 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   the marts use epoch days and `arg_max`. The liquidation heatmap is built in the timings (its
   vectorised core, transforms/heatmap_core.py; its bars query uses integer hours); its stored rows are
   bounded per asset-day ([heatmap] hourly_days, top_bins), and the daily build resumes it from the
-  levels stored by the last build (meta.heatmap_levels).
+  levels stored by the last build (meta.heatmap_levels: amount x a per-asset OI scale, so a day reads
+  only the levels its hours can reach and writes only the levels that died or were born).
 - **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback
-  <days>` headers, checked against a full rebuild by tests/test_bench_smoke.py); signal_performance,
-  an event study over all history, is refreshed by full builds only (`INCREMENTAL = "skip"`); other
-  Python marts, views and alerts (streaks need all history) are rebuilt in full.
+  <days>` headers, checked against a full rebuild by tests/test_bench_smoke.py), each reading its
+  inputs from its own cut; daily_signals reads 7 days of inputs and takes its trailing windows' history
+  (up to 365 days) from its own stored rows, alerts carries on the streaks stored for the day before,
+  oi_milestones resumes from rearm_days back (`INCREMENTAL = "resume"`); signal_performance, an event
+  study over all history, is refreshed by full builds only (`INCREMENTAL = "skip"`); other Python
+  marts and views without a header are rebuilt in full. The generated staging is written series by
+  series, so a recent-days cut still reads most row groups (their zone maps span the whole history);
+  a warehouse filled by daily loads is time-ordered and prunes them.
 - **Demo.** Extraction units are per (source, stream kind), so each venue's
-  per-endpoint budgets (OKX: 5 requests / 2 s per ratio endpoint) run in parallel.
+  per-endpoint budgets (OKX: 5 requests / 2 s per ratio endpoint) run in parallel; the two backfills
+  and the 15 s liquidation capture run at the same time (perpwatch/demo.py).
 """

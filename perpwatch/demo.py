@@ -40,13 +40,21 @@ def main() -> int:
               f"from {', '.join(venues)} into {settings.db_path()} ...")
         # Prices, funding and the macro/ETF providers go back further so 30/90-day correlations have
         # enough history; every venue's own history depth (Binance OI: 30 days) still applies.
-        results = [state_outcome(ingest(start=long_start, end=end, venues=["binance", *providers], kind="backfill",
-                                        return_state=True)),
-                   state_outcome(ingest(start=start, end=end, venues=[v for v in venues if v != "binance"],
-                                        kind="backfill", return_state=True))]
-        # Liquidations exist only as live websocket streams: capture a few seconds of them.
+        # Liquidations exist only as live websocket streams: a few seconds of them are captured while the
+        # two backfills run (all three wait on the network and the venues' rate limits, not on the CPU).
+        from concurrent.futures import ThreadPoolExecutor
+
         from perpwatch.ingest.collector import collect
-        cap = collect(seconds=DEMO_COLLECT_SECONDS, flush_every_s=2, progress=lambda _m: None)
+
+        with ThreadPoolExecutor(3, thread_name_prefix="demo") as pool:
+            captured = pool.submit(collect, seconds=DEMO_COLLECT_SECONDS, flush_every_s=2, progress=lambda _m: None)
+            runs = [pool.submit(lambda: state_outcome(ingest(start=long_start, end=end, venues=["binance", *providers],
+                                                             kind="backfill", return_state=True))),
+                    pool.submit(lambda: state_outcome(ingest(start=start, end=end,
+                                                             venues=[v for v in venues if v != "binance"],
+                                                             kind="backfill", return_state=True)))]
+            results = [f.result() for f in runs]
+            cap = captured.result()
         print(f"liquidation streams ({', '.join(sorted(cap.messages)) or 'none'}): {cap.fetched} liquidations "
               f"captured in {DEMO_COLLECT_SECONDS:.0f}s, {cap.loaded} loaded ({cap.status})")
         build(publish=True)

@@ -45,7 +45,7 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     assert m["generation"]["4"]["open_interest"] == 4 * 5 * 20 * 24
     assert m["sizes"]["4"]["mart_rows"]["marts.reference_close"] == 4 * 20
     plan = m["incremental"]["with_headers"]["plan"]
-    assert plan["marts.daily_signals"]["mode"] == "incremental" and plan["marts.alerts"]["mode"] == "full"
+    assert plan["marts.daily_signals"]["mode"] == "incremental" and plan["marts.alerts"]["mode"] == "incremental"
     e = r["extract"]
     pw = e["perpwatch"][0]
     assert pw["errors"] == [] and pw["429"] == 0 and pw["418"] == 0
@@ -155,40 +155,133 @@ def _close(a, b):
     return a == b
 
 
+def _shape_history(con, end: datetime) -> None:
+    """Histories where the incremental cuts matter (applied to both warehouses before their first build):
+    G000 funds above the absolute extreme on the 3 days before `end` (a funding_extreme streak the
+    appended days continue across the incremental builds' first day, inside every percentile window);
+    G001's aggregate OI spikes past the first milestone above its other days on end - 30 days, exactly the
+    first day oi_milestones' incremental pass reads (rearm_days = 30); G001 has no liquidation anywhere and G000 none on okx in the 12 days
+    before `end` (capture started long before any cut: liquidations are 0, not unknown); G001's OI lacks
+    its hyperliquid instrument from end - 20 to end - 11 days (stored rows with another coverage key
+    inside the oi_to_mcap window)."""
+    d = lambda n: f"TIMESTAMPTZ '{end - timedelta(days=n):%Y-%m-%d %H:%M:%S}+00'"   # noqa: E731
+    con.execute(f"UPDATE staging.funding_rates SET rate_8h = 0.006, rate_annualized = 0.006 * 3 * 365 "
+                f"WHERE asset = 'G000' AND funding_time >= {d(3)} AND funding_time < {d(0)}")
+    _cross_on(con, "G001", (end - timedelta(days=30)).date(), _next_milestone(con, "G001", end.date(), 29))
+    con.execute(f"DELETE FROM staging.liquidations WHERE ts >= {d(12)} AND ts < {d(0)} "
+                f"AND (asset = 'G001' OR asset = 'G000' AND venue = 'okx')")
+    con.execute(f"DELETE FROM staging.open_interest WHERE asset = 'G001' AND venue = 'hyperliquid' "
+                f"AND ts >= {d(20)} AND ts < {d(10)}")
+
+
+def _day_oi(con, asset: str, day: date) -> float:
+    """The asset's end-of-day OI summed over instruments (what oi_milestones reads), from staging."""
+    return con.execute(
+        f"SELECT sum(oi) FROM (SELECT arg_max(oi_usd, ts) AS oi FROM staging.open_interest WHERE asset = '{asset}' "
+        f"AND ts >= TIMESTAMPTZ '{day:%Y-%m-%d} 00:00:00+00' AND ts < TIMESTAMPTZ '{day + timedelta(days=1):%Y-%m-%d} "
+        "00:00:00+00' GROUP BY venue, instrument)").fetchone()[0]
+
+
+def _next_milestone(con, asset: str, day: date, days: int) -> float:
+    """The lowest milestone above the asset's aggregate OI on each of the `days` days before `day`."""
+    from perpwatch.transforms.marts import oi_milestones
+
+    top = max(_day_oi(con, asset, day - timedelta(days=k)) for k in range(1, days + 1))
+    return min(x for x in oi_milestones.milestones() if x > top)
+
+
+def _cross_on(con, asset: str, day: date, level: float) -> None:
+    """Scale the asset's OI on `day` so its aggregate ends the day at 1.2 x level (above a milestone)."""
+    f = 1.2 * level / _day_oi(con, asset, day)
+    con.execute(f"UPDATE staging.open_interest SET oi_usd = oi_usd * {f!r}, oi_base = oi_base * {f!r} "
+                f"WHERE asset = '{asset}' AND ts >= TIMESTAMPTZ '{day:%Y-%m-%d} 00:00:00+00' "
+                f"AND ts < TIMESTAMPTZ '{day + timedelta(days=1):%Y-%m-%d} 00:00:00+00'")
+
+
+def test_render_sql_incremental_sections():
+    sql = "a {{#incremental}}b {{build.since}} {{/incremental}}{{^incremental}}c {{/incremental}}{{whole staging.x}}"
+    assert transforms.render_sql(sql) == "a c staging.x"
+    assert transforms.render_sql(sql, date(2026, 1, 2), '"w"') == "a b DATE '2026-01-02' \"w\".\"staging\".\"x\""
+    with pytest.raises(ValueError, match="build.since"):
+        transforms.render_sql("{{build.since}}")
+
+
 def test_incremental_build_matches_full_rebuild(tmp_path, monkeypatch):
+    """Daily incremental passes (two new days, then one more) give the marts a full rebuild gives, on a
+    history where each cut matters: windows reaching back past it into stored rows, a streak running
+    across it, a milestone crossed on the first rebuilt day and one whose rearm window starts on the cut,
+    capture that started long before it."""
     from perpwatch.bench.gen_warehouse import append_day, generate
     from perpwatch.bench.marts import HEATMAP, marts_with_headers
     from perpwatch.transforms.heatmap import CLUSTER_SCHEMA, OUTPUT_SCHEMA
-
     monkeypatch.setattr(transforms, "HERE", marts_with_headers(tmp_path / "m"))
     end = datetime(2026, 11, 20, tzinfo=UTC)
+    e = end.date()
     cons = []
     for name in ("inc", "full"):
         con = warehouse.connect(tmp_path / f"{name}.duckdb")
-        generate(con, 420, 2, end=end)       # longer than daily_signals' lookback (365 + 8 days)
+        generate(con, 420, 2, end=end)       # longer than the longest window (oi_to_mcap: 365 days)
+        _shape_history(con, end)
         for t, schema in zip(HEATMAP, (OUTPUT_SCHEMA, CLUSTER_SCHEMA), strict=True):
             con.register("e", pl.DataFrame(schema=schema).to_arrow())
             con.execute(f"CREATE TABLE {t} AS SELECT * FROM e")
         cons.append(con)
     inc, full = cons
-    only = [n for n in transforms.order(transforms.discover()) if n not in HEATMAP]
+    models = transforms.discover()
+    only = [n for n in transforms.order(models) if n not in HEATMAP]
     for n in only:                           # build_all(only=) would pull the heatmap back in
-        transforms._build_model(inc, n, transforms.discover()[n])
+        transforms._build_model(inc, n, models[n])
+    # milestones: G000 crosses the first one above its last 30 days on `end`; G001 ends `end` above the
+    # first one above its spike-free days, which its spike on end - 30 (inside the rearm window) already passed
+    m0 = _next_milestone(inc, "G000", e, 30)
+    m1 = _next_milestone(inc, "G001", e, 29)
+    assert _day_oi(inc, "G001", e - timedelta(days=30)) >= m1, "the spike must pass G001's milestone"
     for con in cons:
-        assert append_day(con, end) > 0
-    plan = transforms.incremental_plan(inc, date(2026, 11, 20))
-    assert plan["marts.daily_signals"]["mode"] == "incremental" and plan["marts.daily_signals"]["lookback"] >= 30
-    assert plan["marts.carry"]["mode"] == "view" and plan["marts.alerts"]["mode"] == "full"
-    transforms.build_incremental(inc, date(2026, 11, 20), only=only)
+        for k in range(2):
+            assert append_day(con, end + timedelta(days=k)) > 0
+        _cross_on(con, "G000", e, m0)
+        _cross_on(con, "G001", e, m1)
+        # G000 loses its deribit instrument from end + 1 day on: a new coverage key, whose oi_to_mcap
+        # window holds only days rebuilt by the same incremental passes
+        con.execute(f"DELETE FROM staging.open_interest WHERE asset = 'G000' AND venue = 'deribit' "
+                    f"AND ts >= TIMESTAMPTZ '{e + timedelta(days=1)} 00:00:00+00'")
+    plan = transforms.incremental_plan(inc, e)
+    assert plan["marts.daily_signals"]["mode"] == "incremental" and plan["marts.daily_signals"]["lookback"] == 7
+    assert plan["marts.daily_signals"]["inputs_from"]["staging.prices"] == e - timedelta(days=7)
+    assert plan["marts.reference_close"]["inputs_from"]["staging.prices"] == e - timedelta(days=1)
+    assert plan["marts.carry"]["mode"] == "view" and plan["marts.alerts"]["mode"] == "incremental"
+    assert plan["marts.oi_milestones"]["mode"] == "resume"
+    transforms.build_incremental(inc, e, only=only)                        # two new days
+    for con in cons:
+        assert append_day(con, end + timedelta(days=2)) > 0
+    transforms.build_incremental(inc, e + timedelta(days=2), only=only)    # and one more
     for n in only:
-        transforms._build_model(full, n, transforms.discover()[n])
-    for name in ("marts.reference_close", "marts.open_interest_by_venue", "marts.daily_institutional",
-                 "marts.daily_signals", "marts.alerts"):
+        transforms._build_model(full, n, models[n])
+
+    # the cases happened
+    assert full.execute(f"SELECT count(*) FROM marts.oi_milestones WHERE asset = 'G000' AND date = DATE '{e}' "
+                        f"AND milestone_usd = {m0}").fetchone()[0] == 1
+    assert full.execute(f"SELECT count(*) FROM marts.oi_milestones WHERE asset = 'G001' AND date = DATE '{e}'"
+                        ).fetchone()[0] == 0
+    assert full.execute(f"SELECT max(streak_days) FROM marts.alerts WHERE asset = 'G000' AND rule = 'funding_extreme' "
+                        f"AND date = DATE '{e + timedelta(days=2)}'").fetchone()[0] >= 6
+    assert full.execute(f"SELECT liquidations_long_usd, liquidations_short_usd FROM marts.daily_signals "
+                        f"WHERE asset = 'G001' AND date = DATE '{e}'").fetchone() == (0, 0)
+    assert full.execute(f"SELECT liquidation_covered_hours FROM marts.daily_signals WHERE asset = 'G000' "
+                        f"AND date = DATE '{e}'").fetchone()[0] == 72
+    assert full.execute(f"SELECT list(oi_to_mcap_threshold IS NULL ORDER BY date) FROM marts.daily_signals "
+                        f"WHERE asset = 'G000' AND date >= DATE '{e}'").fetchone()[0] == [False, True, True]
+    marts = [f"marts.{t}" for (t,) in full.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'marts' ORDER BY 1").fetchall()]
+    skipped = set(HEATMAP) | {"marts.signal_performance"}    # INCREMENTAL = "skip": full builds only
+    assert {"marts.daily_signals", "marts.alerts", "marts.oi_milestones", "marts.carry"} <= set(marts)
+    for name in sorted(set(marts) - skipped):
         cols = table_columns(full, name)
         q = f"SELECT {', '.join(chr(34) + c + chr(34) for c in cols)} FROM {name}"
         a = sorted(inc.execute(q).fetchall(), key=lambda r: tuple(map(str, r[:4])))
         b = sorted(full.execute(q).fetchall(), key=lambda r: tuple(map(str, r[:4])))
-        assert len(a) == len(b) > 0, name
-        assert any(r[0] == date(2026, 11, 20) for r in b if isinstance(r[0], date)) or name == "marts.alerts"
+        assert len(a) == len(b), name
+        if name in ("marts.reference_close", "marts.daily_signals", "marts.alerts"):
+            assert any(r[cols.index("date")] == e + timedelta(days=2) for r in b), name
         for x, y in zip(a, b, strict=True):
             assert all(_close(u, v) for u, v in zip(x, y, strict=True)), (name, x, y)

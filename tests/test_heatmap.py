@@ -301,11 +301,12 @@ def test_daily_clusters_use_each_days_last_hour():
 # --------------------------------------------------------------------------- warehouse and PNG
 
 
-def warehouse(hours: int = 24 * 9) -> duckdb.DuckDBPyConnection:
-    """In-memory warehouse with the real schema and two venues of synthetic BTC/ETH data."""
+def warehouse(hours: int = 24 * 9, bars: pl.DataFrame | None = None) -> duckdb.DuckDBPyConnection:
+    """In-memory warehouse with the real schema and two venues of synthetic BTC/ETH data (or of `bars`)."""
     con = duckdb.connect(":memory:")
     con.execute((ROOT / "warehouse" / "schema.sql").read_text())
-    bars = random_bars(hours, seed=3).filter(pl.col("asset") != "SOL")
+    if bars is None:
+        bars = random_bars(hours, seed=3).filter(pl.col("asset") != "SOL")
     prices, oi = [], []
     for venue, instrument, price_mult, oi_share in (
         ("binance", "{a}USDT", 1.0, 0.6),
@@ -551,3 +552,90 @@ def test_incremental_heatmap_equals_a_full_rebuild():
     assert update_heatmap(inc_con, _date(2024, 3, 2))[1].startswith("full")
     assert transform.build_since(inc_con, _date(2024, 3, 20)) == _date(2024, 3, 12)
     assert transforms.incremental_plan(inc_con, _date(2024, 3, 12))[transform.TABLE]["mode"] == "resume"
+
+
+def _stored_levels(con) -> pl.DataFrame:
+    return con.execute("SELECT l.asset, l.side, l.price, l.amount * p.scale AS usd FROM meta.heatmap_levels l "
+                       "JOIN meta.heatmap_progress p USING (asset) ORDER BY l.asset, l.side, l.price").pl()
+
+
+def test_incremental_reads_only_reachable_levels_and_survives_a_clear_and_rescaling(monkeypatch):
+    """A 40-day history in daily slices: a rally leaves old long levels far below the price (the daily build
+    must not read them, yet they must survive with the right USD), one asset's OI falls to zero (every level
+    dies, far ones included), and the stored scale is folded into the amounts after every decline. The
+    incremental mart and stored levels equal a full rebuild's."""
+    from perpwatch.transforms import heatmap as hm
+
+    hours = 24 * 40
+    base = random_bars(hours, seed=11).filter(pl.col("asset") != "SOL")
+    trend = np.r_[np.linspace(0, 1.2, hours // 2), np.full(hours - hours // 2, 1.2)]   # +230 % then flat
+    h_idx = pl.Series("h", np.tile(np.arange(hours), 2))
+    bars = base.with_columns(h_idx).with_columns(
+        *[(pl.col(c) * pl.col("h").map_elements(lambda i: float(np.exp(trend[i])), return_dtype=pl.Float64))
+          for c in ("open", "high", "low", "close")],
+        # ETH: OI to zero on day 25 at 05:00, back the next hour
+        pl.when((pl.col("asset") == "ETH") & (pl.col("h") == 24 * 25 + 5)).then(0.0).otherwise(pl.col("oi_usd"))
+        .alias("oi_usd"),
+    ).drop("h")
+    full_con = warehouse(bars=bars)
+    inc_con = duckdb.connect(":memory:")
+    inc_con.execute((ROOT / "warehouse" / "schema.sql").read_text())
+    monkeypatch.setattr(hm, "_RESCALE_BELOW", 0.9999)        # fold the scale into the amounts after each decline
+    seen: list[tuple[int, int]] = []
+    real_load = hm.load_levels
+
+    def counting(con, progress, ranges=None):
+        out = real_load(con, progress, ranges)
+        seen.append((sum(v.long_price.size + v.short_price.size for v in out.values()),
+                     con.execute("SELECT count(*) FROM meta.heatmap_levels").fetchone()[0]))
+        return out
+
+    monkeypatch.setattr(hm, "load_levels", counting)
+    prev = T0 - timedelta(days=1)
+    for i, cut in enumerate([T0 + timedelta(days=d) for d in range(10, 41)]):
+        for t in ("prices", "open_interest"):
+            inc_con.register("__src", full_con.execute(
+                f"SELECT * FROM staging.{t} WHERE ts >= ? AND ts < ?", [prev, cut]).arrow())
+            inc_con.execute(f"INSERT INTO staging.{t} SELECT * FROM __src")
+        if i == 0:
+            write_mart(inc_con)
+        else:
+            assert update_heatmap(inc_con, prev.date())[1].startswith("resumed")
+        prev = cut
+    write_mart(full_con)
+    assert any(loaded < stored for loaded, stored in seen[-10:])       # far levels were left unread
+    a = inc_con.execute(f"SELECT * FROM {transform.TABLE} ORDER BY asset, ts, side, price_low").pl()
+    b = full_con.execute(f"SELECT * FROM {transform.TABLE} ORDER BY asset, ts, side, price_low").pl()
+    assert a.height == b.height > 0
+    for c in a.columns:
+        if a.schema[c] == pl.Float64:
+            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-9, atol=1e-9)
+        else:
+            assert a[c].equals(b[c]), c
+    x, y = _stored_levels(inc_con), _stored_levels(full_con)
+    assert x.height == y.height > 0
+    assert x["price"].equals(y["price"]) and x["side"].equals(y["side"])
+    np.testing.assert_allclose(x["usd"].to_numpy(), y["usd"].to_numpy(), rtol=1e-9)
+    eth_born_after_clear = full_con.execute(
+        "SELECT count(*) FROM meta.heatmap_levels WHERE asset = 'ETH'").fetchone()[0]
+    assert eth_born_after_clear > 0
+
+
+def test_a_warehouse_with_the_old_level_table_is_upgraded_and_rebuilds_in_full():
+    """Before amount x scale, meta.heatmap_levels had a usd column: connecting remakes the table (it is only a
+    resume point) and the next build is a full one, after which the daily path resumes."""
+    from perpwatch import warehouse as wh
+
+    con = warehouse(24 * 10)
+    con.execute("DROP TABLE meta.heatmap_levels")
+    con.execute("CREATE TABLE meta.heatmap_levels (asset VARCHAR NOT NULL, side VARCHAR NOT NULL, "
+                "price DOUBLE NOT NULL, usd DOUBLE NOT NULL)")
+    con.execute("INSERT INTO meta.heatmap_levels VALUES ('BTC', 'long', 50000.0, 1e6)")
+    con.execute("CREATE TABLE marts.liquidation_heatmap AS SELECT 1 AS x")
+    wh.upgrade_heatmap_levels(con)
+    cols = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE schema_name = 'meta' "
+                                      "AND table_name = 'heatmap_levels' ORDER BY column_index").fetchall()]
+    assert cols == ["asset", "side", "price", "amount"]
+    assert con.execute("SELECT count(*) FROM meta.heatmap_levels").fetchone()[0] == 0
+    assert update_heatmap(con, (T0 + timedelta(days=9)).date())[1] == "full: no stored state for these settings"
+    assert update_heatmap(con, (T0 + timedelta(days=9)).date())[1].startswith("resumed from")

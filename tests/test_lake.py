@@ -238,3 +238,43 @@ def test_maintenance_compacts_and_status_reports_it(lake_url, capsys):
     assert main(["status", "--db", lake_url]) == 0
     text = capsys.readouterr().out
     assert "DuckLake catalog:" in text and f"{res['files']} data files" in text and "last maintenance: 20" in text
+
+
+def test_incremental_heatmap_on_the_lake_equals_a_full_rebuild_on_the_file(lake_url):
+    """The heatmap's daily path (range read of the stored levels, DELETE ... USING of the dead ones, born ones
+    inserted, scales rewritten) runs on DuckLake as on the file and ends where a full rebuild does."""
+    import numpy as np
+
+    from perpwatch.transforms import heatmap as hm
+    from tests.test_heatmap import T0 as H0
+    from tests.test_heatmap import warehouse as file_warehouse
+    from tests.test_heatmap import write_mart
+
+    src = file_warehouse(24 * 12)
+    con = warehouse.connect(lake_url)
+    try:
+        prev = H0 - timedelta(days=1)
+        for i, cut in enumerate([H0 + timedelta(days=d) for d in (8, 9, 10, 12)]):
+            for t in ("prices", "open_interest"):
+                con.register("__src", src.execute(f"SELECT * FROM staging.{t} WHERE ts >= ? AND ts < ?",
+                                                  [prev, cut]).arrow())
+                con.execute(f"INSERT INTO staging.{t} SELECT * FROM __src")
+                con.unregister("__src")
+            if i == 0:
+                rows = hm.build_heatmap(con, save=True)   # noqa: F841 (read by DuckDB)
+                con.execute(f"CREATE TABLE {hm.TABLE} AS SELECT * FROM rows")
+            else:
+                assert hm.update_heatmap(con, prev.date())[1].startswith("resumed")
+            prev = cut
+        write_mart(src)
+        q = f"SELECT asset, ts, side, price_low, est_liquidation_usd FROM {hm.TABLE} ORDER BY asset, ts, side, price_low"
+        a, b = con.execute(q).pl(), src.execute(q).pl()
+        lv = ("SELECT l.asset, l.side, l.price, l.amount * p.scale AS usd FROM meta.heatmap_levels l "
+              "JOIN meta.heatmap_progress p USING (asset) ORDER BY 1, 2, 3")
+        x, y = con.execute(lv).pl(), src.execute(lv).pl()
+    finally:
+        con.close()
+    assert a.height == b.height > 0 and a["price_low"].equals(b["price_low"])
+    np.testing.assert_allclose(a["est_liquidation_usd"].to_numpy(), b["est_liquidation_usd"].to_numpy(), rtol=1e-9)
+    assert x.height == y.height > 0 and x["price"].equals(y["price"])
+    np.testing.assert_allclose(x["usd"].to_numpy(), y["usd"].to_numpy(), rtol=1e-9)

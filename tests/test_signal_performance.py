@@ -273,3 +273,26 @@ def test_real_history_headline_numbers(history_output):
     printed = set(re.findall(r"\d+\.\d+", history_output))
     figures = set(re.findall(r"\d+\.\d+", prose)) - {"0.5", "1.5"}
     assert figures and figures <= printed, sorted(figures - printed)
+
+
+def test_near_event_days_match_the_definition_on_random_gappy_histories():
+    """_near_events (one sorted search) against its definition, row by row: a non-event day of an asset with an
+    event of the same asset 1 .. h-1 calendar days earlier. Several assets, missing days, unsorted rows."""
+    import numpy as np
+
+    from perpwatch.transforms.marts.signal_performance import _near_events
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for a in ("BTC", "ETH", "SOL", "DOGE"):
+        for d in range(200):
+            if rng.random() < 0.8:                       # about one day in five missing
+                rows.append({"asset": a, "date": date(2024, 1, 1) + timedelta(days=d), "__event": bool(rng.random() < 0.1)})
+    frame = pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=1)
+    events = {(r["asset"], r["date"]) for r in frame.iter_rows(named=True) if r["__event"]}
+    for h in (1, 2, 3, 7):
+        want = [not r["__event"] and any((r["asset"], r["date"] - timedelta(days=k)) in events for k in range(1, h))
+                for r in frame.iter_rows(named=True)]
+        got = _near_events(frame, h)
+        assert got.tolist() == want, h
+        assert h == 1 or 0 < sum(want) < frame.height

@@ -11,7 +11,7 @@ import importlib
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from graphlib import TopologicalSorter
 from pathlib import Path
 
@@ -84,14 +84,36 @@ def _with_inputs(con, models: dict[str, Model], only: list[str]) -> set[str]:
     return seen
 
 
-def render_sql(text: str) -> str:
-    """Substitute {{section.key}} with values from the signal settings file (numbers only)."""
+SECTION = re.compile(r"\{\{([#^])incremental\}\}(.*?)\{\{/incremental\}\}", re.S)
+WHOLE = re.compile(r"\{\{\s*whole\s+(staging|marts)\.([a-z_][a-z0-9_]*)\s*\}\}")
+
+
+def render_sql(text: str, since: date | None = None, catalog: str | None = None) -> str:
+    """Substitute {{section.key}} with values from the signal settings file (numbers only).
+
+    `since`: set in an incremental build (the first day it rewrites), None in a full build. It decides
+    the incremental-only parts of a mart: `{{#incremental}}...{{/incremental}}` is kept only in an
+    incremental build, `{{^incremental}}...{{/incremental}}` only in a full one; `{{build.since}}` is
+    that day (a DATE literal). `{{whole staging.x}}` is the input read whole even in an incremental
+    build (first-seen facts); `catalog` qualifies it there (quoted so the input cut does not touch it)."""
     cfg = signal_settings()
+    text = SECTION.sub(lambda m: m.group(2) if (m.group(1) == "#") == (since is not None) else "", text)
+
+    def whole(m: re.Match) -> str:
+        if since is None:
+            return f"{m.group(1)}.{m.group(2)}"
+        return f'{catalog + "." if catalog else ""}"{m.group(1)}"."{m.group(2)}"'
+
+    text = WHOLE.sub(whole, text)
 
     def sub(m: re.Match) -> str:
         if m.group(1) == "build" and m.group(2) == "now_us":
             now = build_now()
             return str(int(now.timestamp()) * 1_000_000 + now.microsecond)
+        if m.group(1) == "build" and m.group(2) == "since":
+            if since is None:
+                raise ValueError("{{build.since}} exists only in an incremental build: put it in {{#incremental}}")
+            return f"DATE '{since:%Y-%m-%d}'"
         value = cfg[m.group(1)][m.group(2)]
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"setting {m.group(1)}.{m.group(2)} must be a number, got {value!r}")
@@ -153,11 +175,19 @@ def _build_model(con, name: str, m: Model, changed_from=None) -> float:
 # It promises: the mart's rows with <date column> >= D depend only on input rows timestamped
 # >= D - lookback days (rolling windows, lags, "last value of the day" all fit inside it). A
 # mart whose rows depend on all history (running totals since the first row, first-seen
-# logic) must not opt in. `build_incremental(con, since)` then recomputes only the rows
-# >= since (DELETE + INSERT in one transaction) from inputs cut at since - lookback. A view
-# with the header passes the cut on to its own inputs. Python marts, views and SQL marts
+# logic) must not opt in as it stands. `build_incremental(con, since)` then recomputes only the
+# rows >= since (DELETE + INSERT in one transaction) from its inputs cut at since - lookback
+# (each mart its own cut: a mart with a short lookback never reads the long one of another). A
+# view with the header passes the cut on to its own inputs. Python marts, views and SQL marts
 # without the header are rebuilt in full exactly as build_all does, as is a mart whose table
 # does not exist yet or whose columns changed. After editing signals.toml, run build_all.
+#
+# Long histories without a long lookback (render_sql): a mart may read its OWN stored rows before
+# `since` inside `{{#incremental}}...{{/incremental}}` (only rendered in an incremental build;
+# `{{^incremental}}...{{/incremental}}` only in a full one; `{{build.since}}` is the day), e.g. the
+# day values a trailing window or a streak needs, instead of recomputing them from a year of
+# inputs; and `{{whole staging.x}}` reads an input whole in both builds (first-seen facts such as
+# the day capture started). The rows must equal a full rebuild's: tests/test_bench_smoke.py.
 
 INCREMENTAL = re.compile(r"^--\s*incremental:\s*([a-z_][a-z0-9_]*)(?:\s+lookback\s+(.+?))?\s*$", re.I)
 
@@ -192,9 +222,9 @@ def incremental_spec(con, model: Model) -> tuple[str, int] | None:
 
 
 def incremental_plan(con, since, models: dict[str, Model] | None = None) -> dict[str, dict]:
-    """What build_incremental(con, since) would do per mart: mode, reason and input cut-offs."""
-    from datetime import timedelta
-
+    """What build_incremental(con, since) would do per mart: mode, reason and input cut-offs
+    (`inputs_from`: the first day of each input the mart reads, a view with the header followed
+    to its own inputs; `__need__`: per input, the earliest day any mart reads)."""
     models = models or discover()
     names = order(models)
     existing = {f"marts.{r[0]}": r[1] for r in con.execute(
@@ -221,21 +251,25 @@ def incremental_plan(con, since, models: dict[str, Model] | None = None) -> dict
             plan[n] = {"mode": "full", "reason": "table does not exist yet"}
         else:
             plan[n] = {"mode": "incremental", "column": spec[0], "lookback": spec[1], "from": since}
-    # how far back each input must be readable: consumers' cut-offs, passed through views
-    need: dict[str, object] = {}
-    for n in reversed(names):
-        p = plan[n]
-        if p["mode"] == "incremental":
-            start = since
-        elif p["mode"] == "view" and n in need:
-            start = need[n]
-        else:
-            continue
-        cut = start - timedelta(days=p["lookback"])
-        for i in models[n].inputs:
+    need: dict[str, date] = {}
+
+    def reads(n: str, start: date) -> dict[str, date]:
+        """The inputs mart/view `n` reads to produce its rows from `start` on, and from which day."""
+        cut = start - timedelta(days=plan[n]["lookback"])
+        out: dict[str, date] = {}
+        for i in sorted(models[n].inputs):
+            if plan.get(i, {}).get("mode") in ("full", "resume", "skip") or \
+                    (i not in models and input_time_column(i) is None):
+                continue                                      # rebuilt otherwise, or a snapshot: read whole
+            out[i] = cut
             need[i] = min(need.get(i, cut), cut)
-    for n, p in plan.items():
-        p["inputs_from"] = {i: need[i] for i in sorted(models[n].inputs) if i in need}
+            if plan.get(i, {}).get("mode") == "view":
+                reads(i, cut)
+        return out
+
+    for n in names:
+        if plan[n]["mode"] == "incremental":
+            plan[n]["inputs_from"] = reads(n, since)
     plan["__need__"] = need   # type: ignore[assignment]
     return plan
 
@@ -249,43 +283,59 @@ def build_incremental(con, since, only: list[str] | None = None, now: datetime |
         BUILD_NOW.reset(token)
 
 
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
     models = discover()
     plan = incremental_plan(con, since, models)
-    need = plan.pop("__need__")
+    plan.pop("__need__")
     catalog = con.execute("SELECT current_database()").fetchone()[0]
     qcat = '"' + catalog.replace('"', '""') + '"'
     timings: dict[str, float] = {}
-    cut: set[str] = set()
+    views: dict[tuple[str, date], str | None] = {}
+    schemas: set[str] = set()
+    # literal SQL only below: the first parameterised query of a process makes DuckDB import pandas (~0.2 s)
 
-    def cut_view(ref: str) -> None:
-        """Create __inc.<ref>: the input from need[ref] on (a view with the header: its SQL over cut inputs)."""
-        if ref in cut or ref not in need:
-            return
+    def cut_view(ref: str, frm: date) -> str | None:
+        """The name of a view of input `ref` from day `frm` on (a view with the header: its SQL over its
+        own inputs cut at frm - its lookback), created once per (input, day); None: read it whole."""
+        if (ref, frm) in views:
+            return views[(ref, frm)]
         schema, name = ref.split(".")
         p = plan.get(ref, {})
+        body = None
         if p.get("mode") == "view":
-            for i in models[ref].inputs:
-                cut_view(i)
-            body = _rewrite(render_sql(_strip_comments(models[ref].path.read_text())), cut, qcat)
-        elif ref in models and p.get("mode") != "incremental":
-            return                      # rebuilt in full: no promised date column, read it whole
-        else:
+            sub = frm - timedelta(days=p["lookback"])
+            cuts = {i: v for i in models[ref].inputs if (v := cut_view(i, sub))}
+            body = _rewrite(render_sql(_strip_comments(models[ref].path.read_text()), frm, qcat), cuts, qcat)
+        elif ref not in models or p.get("mode") == "incremental":
             col = p["column"] if ref in models else input_time_column(ref)
-            if col is None:
-                return
-            typ = con.execute("SELECT data_type FROM information_schema.columns WHERE table_catalog = current_database() "
-                              "AND table_schema = ? AND table_name = ? AND column_name = ?", [schema, name, col]).fetchone()
-            # a TIMESTAMPTZ literal keeps the filter a plain range (zone maps); `>= DATE` would cast every row
-            lit = (f"TIMESTAMPTZ '{need[ref]:%Y-%m-%d} 00:00:00+00'" if typ and "TIME ZONE" in typ[0].upper()
-                   else f"DATE '{need[ref]:%Y-%m-%d}'")
-            body = f"SELECT * FROM {qcat}.{schema}.\"{name}\" WHERE \"{col}\" >= {lit}"
-        con.execute(f"CREATE OR REPLACE VIEW __inc.{ref} AS {body}")
-        cut.add(ref)
+            if col is not None:
+                typ = con.execute(
+                    "SELECT data_type FROM information_schema.columns WHERE table_catalog = current_database() "
+                    f"AND table_schema = {_sql_str(schema)} AND table_name = {_sql_str(name)} "
+                    f"AND column_name = {_sql_str(col)}").fetchone()
+                # a TIMESTAMPTZ literal keeps the filter a plain range (zone maps); `>= DATE` would cast every row
+                lit = (f"TIMESTAMPTZ '{frm:%Y-%m-%d} 00:00:00+00'" if typ and "TIME ZONE" in typ[0].upper()
+                       else f"DATE '{frm:%Y-%m-%d}'")
+                body = f'SELECT * FROM {qcat}.{schema}."{name}" WHERE "{col}" >= {lit}'
+        # else: rebuilt in full (no promised date column) or a snapshot table: read it whole
+        if body is None:
+            views[(ref, frm)] = None
+            return None
+        # one schema per input schema and day; the table name stays, so the SQL's aliases hold
+        sch = f"{schema}_{frm:%Y%m%d}"
+        if sch not in schemas:
+            con.execute(f'CREATE SCHEMA __inc."{sch}"')
+            schemas.add(sch)
+        views[(ref, frm)] = f'__inc."{sch}"."{name}"'
+        con.execute(f"CREATE VIEW {views[(ref, frm)]} AS {body}")
+        return views[(ref, frm)]
 
     con.execute("ATTACH ':memory:' AS __inc")
     try:
-        con.execute("CREATE SCHEMA __inc.staging; CREATE SCHEMA __inc.marts")
         for name in order(models):
             if only and name not in only:
                 continue
@@ -305,9 +355,9 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
                 timings[name] = _build_model(con, name, m, since if p["mode"] == "view" else None)
                 continue
             t0 = time.perf_counter()
-            for i in m.inputs:
-                cut_view(i)
-            sql = _rewrite(render_sql(_strip_comments(m.path.read_text())), cut)
+            frm = since - timedelta(days=p["lookback"])
+            cuts = {i: v for i in m.inputs if (v := cut_view(i, frm))}
+            sql = _rewrite(render_sql(_strip_comments(m.path.read_text()), since, qcat), cuts)
             cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM ({sql}) LIMIT 0").fetchall()]
             if cols != warehouse.table_columns(con, name):
                 timings[name] = _build_model(con, name, m)      # the SQL changed shape: rebuild whole
@@ -324,11 +374,11 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
     return timings
 
 
-def _rewrite(sql: str, cut: set[str], qualify_rest: str | None = None) -> str:
-    """Point references to cut inputs at their __inc views (same table names, so aliases hold);
-    inside an __inc view, qualify the other references with the warehouse catalog."""
+def _rewrite(sql: str, cuts: dict[str, str], qualify_rest: str | None = None) -> str:
+    """Point references to cut inputs at their views (`cuts`: input -> view name); inside a view in
+    __inc, qualify the other references with the warehouse catalog."""
     def sub(m: re.Match) -> str:
-        if m.group(0) in cut:
-            return f"__inc.{m.group(0)}"
+        if m.group(0) in cuts:
+            return cuts[m.group(0)]
         return f"{qualify_rest}.{m.group(0)}" if qualify_rest else m.group(0)
     return REF.sub(sub, sql)

@@ -382,11 +382,10 @@ def load_bars(
     """
     if oi_max_gap_hours is None:
         oi_max_gap_hours = heatmap_settings()["oi_max_gap_hours"]
-    where = "" if assets is None else "AND asset IN (SELECT unnest($assets))"
-    params: dict = {} if assets is None else {"assets": [a.upper() for a in assets]}
+    # literals, not parameters: a process's first parameterised DuckDB query imports pandas (~0.2 s)
+    where = "" if assets is None else f"AND asset IN ({', '.join(str_literal(a.upper()) for a in assets) or 'NULL'})"
     if start is not None:
-        where += " AND ts >= $start"
-        params["start"] = start
+        where += f" AND ts >= {ts_literal(start)}"
     # Hours as integers (epoch_us // 1 h) all the way: no ICU time-zone arithmetic, cheap keys.
     sql = f"""
     WITH oi_rows AS (   -- last snapshot per instrument-hour
@@ -425,7 +424,7 @@ def load_bars(
     FROM price LEFT JOIN oi_hour USING (asset, h)
     ORDER BY price.asset, price.h
     """
-    df = con.execute(sql, params).pl()
+    df = con.execute(sql).pl()
     return df.select(
         "asset",
         pl.col("ts_us").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts"),
@@ -444,6 +443,15 @@ _DAY_US = 86_400_000_000
 LEVELS_TABLE, PROGRESS_TABLE = "meta.heatmap_levels", "meta.heatmap_progress"
 
 
+def str_literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def ts_literal(ts: datetime) -> str:
+    """A TIMESTAMPTZ literal (UTC): keeps a `ts >=` filter a plain range the zone maps can prune."""
+    return f"TIMESTAMPTZ '{ts.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
+
+
 def _epoch_day(d: date) -> int:
     return (d - date(1970, 1, 1)).days
 
@@ -455,6 +463,7 @@ def _day(epoch_day: int) -> date:
 def fold_rows(
     bars: pl.DataFrame, prm: Params, *, init: Mapping[str, AssetLevels] | None = None,
     hourly_from: int | None = None, through: int | None = None, top_bins: int | None = None,
+    changes: dict | None = None,
 ) -> tuple[pl.DataFrame, dict[str, AssetLevels]]:
     """Heatmap rows of `bars` (all hours after `init`'s) at the snapshot hours, and the state after day `through`.
 
@@ -462,10 +471,20 @@ def fold_rows(
     last usable hour of each earlier day. top_bins: keep that many largest bins per (asset, hour, side)
     (None or 0: all). through: an epoch day; the returned state is the levels alive at its end (assets
     without bars keep their `init` state). Rows equal `step`'s at those hours (to rounding: ~1e-12).
+    changes: a dict to fill with what the fold did to the levels up to the end of `through`, per asset
+    folded that far (what save_changes stores): {"scale": {asset: S}} (every survivor's USD multiplied by
+    S), {"cleared": {asset}} (OI fell to zero: every level died), "died" (asset, side, price of `init`
+    levels that died) and "born" (asset, side, price, usd_over_scale: levels born and alive at the end,
+    USD / S).
     """
     from perpwatch.transforms import heatmap_core as core
 
     init = dict(init or {})
+    if changes is not None:
+        changes.update(scale={}, cleared=set(),
+                       died=pl.DataFrame(schema={"asset": pl.String, "side": pl.String, "price": pl.Float64}),
+                       born=pl.DataFrame(schema={"asset": pl.String, "side": pl.String, "price": pl.Float64,
+                                                 "usd_over_scale": pl.Float64}))
     frame, has_prev = _bars_numpy(bars)
     if init:  # hours already folded into the state are skipped, as in `step`
         last = pl.DataFrame({"asset": list(init), "__last": [lv.last_ts_us for lv in init.values()]},
@@ -515,7 +534,31 @@ def fold_rows(
                 last_oi = float(d.oi[i, oi_ok[-1]]) if oi_ok.size else (init[asset].last_oi_usd if asset in init else None)
                 state[asset] = AssetLevels(*map(_frozen, (lp, lu, sp, su)), int(d.t0_us + usable_to[-1] * _HOUR_US),
                                            last_oi)
+                if changes is not None:
+                    changes["scale"][asset] = float(S[i, end])
+            if changes is not None:
+                _level_changes(changes, d, lv, a, end)
     return rows, state
+
+
+def _level_changes(changes: dict, d, lv, a: np.ndarray, end: int) -> None:
+    """Fill `changes` (see fold_rows) for the assets in changes["scale"] at hour index `end`."""
+    names = np.asarray(d.assets, dtype=object)
+    idx = {x: i for i, x in enumerate(d.assets)}
+    folded = np.zeros(len(d.assets), dtype=bool)
+    folded[[idx[x] for x in changes["scale"]]] = True
+    changes["cleared"] = {d.assets[i] for i, t in lv.cleared if t <= end and folded[i]}
+    sel = folded[lv.asset]
+    died = sel & (lv.birth < 0) & (lv.death <= end)
+    born = sel & (lv.birth >= 0) & (lv.birth <= end) & (lv.death > end)
+    side = np.asarray(SIDES, dtype=object)
+    changes["died"] = pl.DataFrame({"asset": names[lv.asset[died]], "side": side[lv.side[died]],
+                                    "price": lv.price[died]},
+                                   schema={"asset": pl.String, "side": pl.String, "price": pl.Float64})
+    changes["born"] = pl.DataFrame({"asset": names[lv.asset[born]], "side": side[lv.side[born]],
+                                    "price": lv.price[born], "usd_over_scale": a[born]},
+                                   schema={"asset": pl.String, "side": pl.String, "price": pl.Float64,
+                                           "usd_over_scale": pl.Float64})
 
 
 def _finish_rows(frame: pl.DataFrame, prm: Params) -> pl.DataFrame:
@@ -546,56 +589,134 @@ def _newest_day(bars: pl.DataFrame) -> int | None:
     return _epoch_day(ts.astimezone(UTC).date())
 
 
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    schema, name = table.split(".")
+    return {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                      f"{str_literal(schema)} AND table_name = {str_literal(name)}").fetchall()}
+
+
+def _write_progress(con: duckdb.DuckDBPyConnection, state: Mapping[str, AssetLevels], scale: Mapping[str, float],
+                    prm: Params, *, through: int, newest: int, rebuilt_from: int | None) -> None:
+    names = sorted(state)
+    progress = pl.DataFrame({
+        "asset": names,
+        "through": [_day(through)] * len(names),
+        "newest": [_day(newest)] * len(names),
+        "last_ts": [state[a].last_ts_us for a in names],
+        "last_oi_usd": [state[a].last_oi_usd for a in names],
+        "settings": [_settings_key(prm)] * len(names),
+        "rebuilt_from": [None if rebuilt_from is None else _day(rebuilt_from)] * len(names),
+        "scale": [float(scale.get(a, 1.0)) for a in names],
+    }, schema={"asset": pl.String, "through": pl.Date, "newest": pl.Date, "last_ts": pl.Int64,
+               "last_oi_usd": pl.Float64, "settings": pl.String, "rebuilt_from": pl.Date, "scale": pl.Float64})
+    progress = progress.with_columns(pl.col("last_ts").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    con.execute(f"DELETE FROM {PROGRESS_TABLE}")
+    con.register("__hm_progress", progress.to_arrow())
+    con.execute(f"INSERT INTO {PROGRESS_TABLE} BY NAME SELECT * FROM __hm_progress")
+    con.unregister("__hm_progress")
+
+
 def save_state(con: duckdb.DuckDBPyConnection, state: Mapping[str, AssetLevels], prm: Params, *,
                through: int, newest: int, rebuilt_from: int | None) -> None:
-    """Replace meta.heatmap_levels / meta.heatmap_progress with `state` (the levels after day `through`)."""
+    """Replace meta.heatmap_levels / meta.heatmap_progress with `state` (the levels after day `through`),
+    every asset at scale 1 (amount = USD)."""
     parts = []
     for asset, lv in sorted(state.items()):
         for side, p, u in (("long", lv.long_price, lv.long_usd), ("short", lv.short_price, lv.short_usd)):
             if p.size:
-                parts.append(pl.DataFrame({"asset": asset, "side": side, "price": p, "usd": u}))
+                parts.append(pl.DataFrame({"asset": asset, "side": side, "price": p, "amount": u}))
     levels = pl.concat(parts) if parts else pl.DataFrame(
-        schema={"asset": pl.String, "side": pl.String, "price": pl.Float64, "usd": pl.Float64})
-    progress = pl.DataFrame({
-        "asset": sorted(state),
-        "through": [_day(through)] * len(state),
-        "newest": [_day(newest)] * len(state),
-        "last_ts": [None if state[a].last_ts_us is None else state[a].last_ts_us for a in sorted(state)],
-        "last_oi_usd": [state[a].last_oi_usd for a in sorted(state)],
-        "settings": [_settings_key(prm)] * len(state),
-        "rebuilt_from": [None if rebuilt_from is None else _day(rebuilt_from)] * len(state),
-    }, schema={"asset": pl.String, "through": pl.Date, "newest": pl.Date, "last_ts": pl.Int64,
-               "last_oi_usd": pl.Float64, "settings": pl.String, "rebuilt_from": pl.Date})
-    progress = progress.with_columns(pl.col("last_ts").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
-    con.execute(f"DELETE FROM {LEVELS_TABLE}; DELETE FROM {PROGRESS_TABLE}")
+        schema={"asset": pl.String, "side": pl.String, "price": pl.Float64, "amount": pl.Float64})
+    con.execute(f"DELETE FROM {LEVELS_TABLE}")
     con.register("__hm_levels", levels.to_arrow())
-    con.register("__hm_progress", progress.to_arrow())
     con.execute(f"INSERT INTO {LEVELS_TABLE} BY NAME SELECT * FROM __hm_levels")
-    con.execute(f"INSERT INTO {PROGRESS_TABLE} BY NAME SELECT * FROM __hm_progress")
     con.unregister("__hm_levels")
-    con.unregister("__hm_progress")
+    _write_progress(con, state, {}, prm, through=through, newest=newest, rebuilt_from=rebuilt_from)
 
 
-def load_state(con: duckdb.DuckDBPyConnection, prm: Params) -> tuple[dict[str, AssetLevels], int, int, int | None] | None:
-    """(state, through, newest, rebuilt_from) stored by the last build, or None when there is none for these settings."""
-    prog = con.execute(f"SELECT asset, through, newest, epoch_us(last_ts), last_oi_usd, settings, rebuilt_from "
-                       f"FROM {PROGRESS_TABLE}").fetchall()
-    if not prog or any(r[5] != _settings_key(prm) for r in prog) or len({(r[1], r[2]) for r in prog}) != 1:
+# amount x scale keeps USD; a scale this far from 1 is folded into the amounts (one UPDATE of that asset)
+_RESCALE_BELOW, _RESCALE_ABOVE = 1e-100, 1e100
+
+
+def save_changes(con: duckdb.DuckDBPyConnection, state: Mapping[str, AssetLevels], changes: dict,
+                 scale: Mapping[str, float], prm: Params, *, through: int, newest: int, rebuilt_from: int | None
+                 ) -> None:
+    """Store what one incremental fold changed (fold_rows(changes=...)): delete the levels that died, insert
+    the ones born, multiply the folded assets' scales. Rows untouched by the fold are not rewritten, so a
+    daily build writes what one day changed, not every surviving level of the history."""
+    new_scale = dict(scale)
+    for asset, s in changes["scale"].items():
+        new_scale[asset] = scale.get(asset, 1.0) * s
+    if changes["cleared"]:
+        con.execute(f"DELETE FROM {LEVELS_TABLE} WHERE asset IN ({', '.join(map(str_literal, sorted(changes['cleared'])))})")
+    if changes["died"].height:
+        con.register("__hm_died", changes["died"].to_arrow())
+        con.execute(f"DELETE FROM {LEVELS_TABLE} l USING __hm_died d "
+                    "WHERE l.asset = d.asset AND l.side = d.side AND l.price = d.price")
+        con.unregister("__hm_died")
+    born = changes["born"]
+    if born.height:
+        old = pl.DataFrame({"asset": list(scale), "__s": [float(v) for v in scale.values()]},
+                           schema={"asset": pl.String, "__s": pl.Float64})
+        born = born.join(old, on="asset", how="left").select(
+            "asset", "side", "price", (pl.col("usd_over_scale") / pl.col("__s").fill_null(1.0)).alias("amount"))
+        con.register("__hm_born", born.to_arrow())
+        con.execute(f"INSERT INTO {LEVELS_TABLE} BY NAME SELECT * FROM __hm_born")
+        con.unregister("__hm_born")
+    for asset, s in sorted(new_scale.items()):
+        if not _RESCALE_BELOW < s < _RESCALE_ABOVE:
+            con.execute(f"UPDATE {LEVELS_TABLE} SET amount = amount * {float(s)!r} WHERE asset = {str_literal(asset)}")
+            new_scale[asset] = 1.0
+    _write_progress(con, state, new_scale, prm, through=through, newest=newest, rebuilt_from=rebuilt_from)
+
+
+def load_progress(con: duckdb.DuckDBPyConnection, prm: Params) -> dict | None:
+    """What the last build stored (meta.heatmap_progress), or None when there is no usable state for these
+    settings: {"through", "newest" (epoch days), "assets": {asset: (last_ts_us, last_oi_usd, scale)}}."""
+    if "amount" not in _columns(con, LEVELS_TABLE) or "scale" not in _columns(con, PROGRESS_TABLE):
         return None
-    levels = con.execute(f"SELECT asset, side, price, usd FROM {LEVELS_TABLE} ORDER BY asset, side, price").pl()
-    by = {k[0] if isinstance(k, tuple) else k: g for k, g in levels.partition_by("asset", as_dict=True).items()} \
-        if levels.height else {}
+    prog = con.execute(f"SELECT asset, through, newest, epoch_us(last_ts), last_oi_usd, settings, scale "
+                       f"FROM {PROGRESS_TABLE}").fetchall()
+    if not prog or any(r[5] != _settings_key(prm) or r[6] is None for r in prog) \
+            or len({(r[1], r[2]) for r in prog}) != 1:
+        return None
+    return {"through": _epoch_day(prog[0][1]), "newest": _epoch_day(prog[0][2]),
+            "assets": {r[0]: (None if r[3] is None else int(r[3]), r[4], float(r[6])) for r in prog}}
+
+
+def load_levels(con: duckdb.DuckDBPyConnection, progress: dict, ranges: pl.DataFrame | None = None
+                ) -> dict[str, AssetLevels]:
+    """The stored levels as fold state (USD = amount x scale), for every asset of `progress`.
+    ranges (asset, lo, hi): only long levels at or above lo and short levels at or below hi (the ones the
+    hours being folded can trade through or show in their distance window); assets not in ranges get none."""
+    if ranges is None:
+        levels = con.execute(f"SELECT asset, side, price, amount FROM {LEVELS_TABLE} ORDER BY asset, side, price").pl()
+    else:
+        con.register("__hm_ranges", ranges.select("asset", "lo", "hi").to_arrow())
+        levels = con.execute(f"""SELECT l.asset, l.side, l.price, l.amount FROM {LEVELS_TABLE} l
+            JOIN __hm_ranges r ON l.asset = r.asset
+            WHERE (l.side = 'long' AND l.price >= r.lo) OR (l.side = 'short' AND l.price <= r.hi)
+            ORDER BY l.asset, l.side, l.price""").pl()
+        con.unregister("__hm_ranges")
+    by = {k[0]: g for k, g in levels.partition_by("asset", as_dict=True).items()} if levels.height else {}
     state = {}
-    for asset, _t, _n, last_ts, last_oi, _s, _r in prog:
+    for asset, (last_ts, last_oi, scale) in progress["assets"].items():
         g = by.get(asset)
         arrs = []
-        for side in ("long", "short"):
+        for side in SIDES:
             gs = g.filter(pl.col("side") == side) if g is not None else None
             arrs += [_frozen(gs["price"].to_numpy().copy()) if gs is not None else _EMPTY,
-                     _frozen(gs["usd"].to_numpy().copy()) if gs is not None else _EMPTY]
-        state[asset] = AssetLevels(*arrs, None if last_ts is None else int(last_ts), last_oi)
-    r = prog[0]
-    return state, _epoch_day(r[1]), _epoch_day(r[2]), None if r[6] is None else _epoch_day(r[6])
+                     _frozen(gs["amount"].to_numpy() * scale) if gs is not None else _EMPTY]
+        state[asset] = AssetLevels(*arrs, last_ts, last_oi)
+    return state
+
+
+def load_state(con: duckdb.DuckDBPyConnection, prm: Params) -> tuple[dict[str, AssetLevels], int, int] | None:
+    """(every stored level as fold state, through, newest), or None when there is none for these settings."""
+    progress = load_progress(con, prm)
+    if progress is None:
+        return None
+    return load_levels(con, progress), progress["through"], progress["newest"]
 
 
 def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = None, *,
@@ -623,20 +744,25 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
     day only, replace the rows from that day on, thin the day(s) that left the hourly window. A full
     rebuild instead when there is no usable state (first build, other settings) or staging changed at or
     before the state's day (`since` <= it). Returns (first day rewritten, None after a full rebuild; and
-    "resumed from YYYY-MM-DD" or "full: <why>")."""
+    "resumed from YYYY-MM-DD" or "full: <why>").
+
+    The fold reads only the stored levels the new hours can trade through or show (long levels at or
+    above the lowest low or distance-window edge of those hours, short levels at or below the highest):
+    every other level survives them untouched but for the asset's OI scale, which meta.heatmap_progress
+    carries. It writes only the levels that died or were born (save_changes)."""
     settings = heatmap_settings() if settings is None else settings
     prm = Params.from_settings(settings)
-    stored = load_state(con, prm) if _table_exists(con, TABLE) else None
-    why = None if stored is not None else "no stored state for these settings"
-    if stored is not None and since <= _day(stored[1]):
-        why = f"staging changed on {since} <= state day {_day(stored[1])}"
+    progress = load_progress(con, prm) if _table_exists(con, TABLE) else None
+    why = None if progress is not None else "no stored state for these settings"
+    if progress is not None and since <= _day(progress["through"]):
+        why = f"staging changed on {since} <= state day {_day(progress['through'])}"
     if why is not None:
         rows = build_heatmap(con, settings, save=True)
         con.register("__hm_rows", rows.to_arrow())
         con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS SELECT * FROM __hm_rows")
         con.unregister("__hm_rows")
         return None, f"full: {why}"
-    state, through, old_newest, _ = stored
+    through, old_newest = progress["through"], progress["newest"]
     resume = through + 1
     start = datetime.combine(_day(resume), datetime.min.time(), UTC)
     bars = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours,
@@ -645,10 +771,12 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
     newest = _newest_day(bars)
     if newest is None:
         return _day(resume), f"resumed from {_day(resume)}: no new bars"
+    state = load_levels(con, progress, _reach(bars, progress, prm))
     hourly_from = newest - prm.hourly_days + 1
+    changes: dict = {}
     rows, new_state_ = fold_rows(bars, prm, init=state, hourly_from=hourly_from, through=newest - 1,
-                                 top_bins=prm.top_bins)
-    con.execute(f"DELETE FROM {TABLE} WHERE ts >= ?", [start])
+                                 top_bins=prm.top_bins, changes=changes)
+    con.execute(f"DELETE FROM {TABLE} WHERE ts >= {ts_literal(start)}")
     con.register("__hm_rows", rows.to_arrow())
     con.execute(f"INSERT INTO {TABLE} SELECT * FROM __hm_rows")
     con.unregister("__hm_rows")
@@ -665,17 +793,38 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
                               & (pl.col("open") > 0))
         keep = usable.group_by("asset", pl.col("ts_us") // _DAY_US).agg(pl.col("ts_us").max().alias("keep_us"))
         con.register("__hm_keep", keep.select("asset", "keep_us").to_arrow())
-        con.execute(f"""DELETE FROM {TABLE} WHERE ts >= ? AND ts < ? AND NOT EXISTS (
-            SELECT 1 FROM __hm_keep k WHERE k.asset = {TABLE}.asset AND k.keep_us = epoch_us({TABLE}.ts))""", [lo, hi])
+        con.execute(f"""DELETE FROM {TABLE} WHERE ts >= {ts_literal(lo)} AND ts < {ts_literal(hi)} AND NOT EXISTS (
+            SELECT 1 FROM __hm_keep k WHERE k.asset = {TABLE}.asset AND k.keep_us = epoch_us({TABLE}.ts))""")
         con.unregister("__hm_keep")
-    save_state(con, new_state_, prm, through=newest - 1, newest=newest, rebuilt_from=_epoch_day(changed))
+    scale = {asset: v[2] for asset, v in progress["assets"].items()}
+    save_changes(con, new_state_, changes, scale, prm, through=newest - 1, newest=newest,
+                 rebuilt_from=_epoch_day(changed))
     return changed, f"resumed from {_day(resume)}"
+
+
+def _reach(bars: pl.DataFrame, progress: dict, prm: Params) -> pl.DataFrame:
+    """Per asset, the price range the hours still to fold can act on: lo = the lowest low or lower window
+    edge (a long level at or above it can die or be shown), hi = the highest high or upper window edge,
+    each one bin and a relative 1e-9 wider (edge bins count whole: the same padding as snapshots use)."""
+    frame, _ = _bars_numpy(bars)
+    last = pl.DataFrame({"asset": list(progress["assets"]), "__last": [v[0] for v in progress["assets"].values()]},
+                        schema={"asset": pl.String, "__last": pl.Int64})
+    pad = (1.0 + 2 * prm.bin_pct) * (1.0 + 1e-9)
+    return (
+        frame.join(last, on="asset", how="left")
+        .filter(pl.col("__last").is_null() | (pl.col("ts_us") > pl.col("__last")))
+        .filter((pl.col("close") > 0) & (pl.col("high") >= pl.col("low")) & (pl.col("low") > 0) & (pl.col("open") > 0))
+        .group_by("asset")
+        .agg(pl.min_horizontal(pl.col("low").min(), pl.col("close").min() * (1.0 - prm.max_distance_pct)).alias("lo"),
+             pl.max_horizontal(pl.col("high").max(), pl.col("close").max() * (1.0 + prm.max_distance_pct)).alias("hi"))
+        .with_columns(pl.col("lo") / pad, pl.col("hi") * pad)
+    )
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     schema, name = table.split(".")
-    q = "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
-    return con.execute(q, [schema, name]).fetchone()[0] > 0
+    q = f"SELECT count(*) FROM information_schema.tables WHERE table_schema = {str_literal(schema)} AND table_name = {str_literal(name)}"
+    return con.execute(q).fetchone()[0] > 0
 
 
 def read_heatmap(con: duckdb.DuckDBPyConnection, asset: str | None = None) -> pl.DataFrame:

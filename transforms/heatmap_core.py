@@ -21,7 +21,7 @@ Same model as `perpwatch.transforms.heatmap.step` (docs/heatmap.md), computed di
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -116,6 +116,7 @@ class Levels:
     birth: np.ndarray
     death: np.ndarray
     u0: np.ndarray
+    cleared: list[tuple[int, int]] = field(default_factory=list)  # (asset index, hour): OI fell to 0, all died
 
 
 def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float | None]]
@@ -202,7 +203,7 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
     for i, c in cleared:  # a clear kills every level alive at that hour
         m = (asset == i) & (birth < c) & (death > c)
         death[m] = c
-    return Levels(asset, side, price, birth, death, u0), S_hist, a, end_oi
+    return Levels(asset, side, price, birth, death, u0, cleared), S_hist, a, end_oi
 
 
 def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap: list[np.ndarray],

@@ -108,6 +108,7 @@ def session(path: str | Path | None = None, read_only: bool = False) -> Iterator
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(schema_sql(lake=False))
     upgrade_payload_encoding(con)
+    upgrade_heatmap_levels(con)
     apply_comments(con, only_existing=True)
 
 
@@ -119,6 +120,21 @@ def upgrade_payload_encoding(con) -> None:
                       "AND schema_name = 'raw' AND table_name = 'payloads' AND column_name = 'encoding'").fetchone()
     if row is not None and "identity" not in str(row[0] or ""):
         con.execute("ALTER TABLE raw.payloads ALTER COLUMN encoding SET DEFAULT 'identity'")
+
+
+def upgrade_heatmap_levels(con) -> None:
+    """Warehouses made before the heatmap state was stored as amount x scale: meta.heatmap_levels had a
+    `usd` column. The table is only the heatmap fold's resume point (the next build is a full one without
+    it), so it is made again, empty. Its own step: DuckDB refuses an ALTER and writes to the same table
+    in one transaction."""
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'meta' AND table_name = 'heatmap_levels'").fetchall()}
+    if "usd" in cols:
+        con.execute("DROP TABLE meta.heatmap_levels")
+        con.execute("CREATE TABLE meta.heatmap_levels (asset VARCHAR NOT NULL, side VARCHAR NOT NULL, "
+                    "price DOUBLE NOT NULL, amount DOUBLE)")
+        apply_comments(con, only_existing=True)
 
 
 # Lake-only bookkeeping (warehouse/lake.py): write tokens that serialise upserts per table, the
@@ -164,6 +180,7 @@ def ensure_schema_lake(con: duckdb.DuckDBPyConnection) -> None:
                 if body[:2] == ["ALTER", "TABLE"] and body[3:8] == ["ADD", "COLUMN", "IF", "NOT", "EXISTS"] \
                         and f"{body[2]}.{body[8]}" not in cols:
                     con.execute(" ".join(body))
+        upgrade_heatmap_levels(con)
         tokens = {r[0] for r in con.execute("SELECT table_name FROM meta.write_tokens").fetchall()}
         for table in sorted(set(KEYS) - tokens):
             con.execute("INSERT INTO meta.write_tokens VALUES (?, 0, now())", [table])
@@ -400,9 +417,10 @@ class LoadResult:
 
 def table_columns(con, table: str) -> list[str]:
     schema, name = table.split(".")
+    # literals, not parameters: a process's first parameterised query makes DuckDB import pandas (~0.2 s)
     return [r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema=? AND table_name=? "
-        "ORDER BY ordinal_position", [schema, name]).fetchall()]
+        f"SELECT column_name FROM information_schema.columns WHERE table_schema={_quote(schema)} "
+        f"AND table_name={_quote(name)} ORDER BY ordinal_position").fetchall()]
 
 
 def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, *, deduplicated: bool = False) -> LoadResult:

@@ -49,8 +49,10 @@ def _ident(table: str) -> str:
 
 def record_change(con, table: str, changed_from: date | None) -> None:
     """A build rewrote `table` (from `changed_from` on; None = all of it). Call inside the build's transaction."""
+    # literals, not parameters: a build's first parameterised query makes DuckDB import pandas (~0.2 s)
+    frm = "NULL" if changed_from is None else f"DATE '{changed_from:%Y-%m-%d}'"
     con.execute("INSERT INTO meta.mart_changes (seq, table_name, changed_from, changed_at) "
-                "SELECT coalesce(max(seq), 0) + 1, ?, ?, now() FROM meta.mart_changes", [table, changed_from])
+                f"SELECT coalesce(max(seq), 0) + 1, {_q(table)}, {frm}, now() FROM meta.mart_changes")
 
 
 def _changes_since(con, seq: int) -> dict[str, date | None]:

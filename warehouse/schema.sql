@@ -167,16 +167,18 @@ CREATE TABLE IF NOT EXISTS meta.ws_streams (
 
 -- [asset, side, price] the liquidation-heatmap model's surviving levels after meta.heatmap_progress.through
 -- (transforms/heatmap.py): the daily build resumes the fold from here instead of replaying all history.
+-- USD = amount x meta.heatmap_progress.scale (a daily build rewrites the scale, not every level).
 CREATE TABLE IF NOT EXISTS meta.heatmap_levels (
-    asset VARCHAR NOT NULL, side VARCHAR NOT NULL, price DOUBLE NOT NULL, usd DOUBLE NOT NULL
+    asset VARCHAR NOT NULL, side VARCHAR NOT NULL, price DOUBLE NOT NULL, amount DOUBLE
 );
 
 -- [asset] what meta.heatmap_levels stands for: the day it is the end of, the newest day built, the last hour
 -- and OI folded in, and the settings it was built with (other settings: the next build is a full one).
 CREATE TABLE IF NOT EXISTS meta.heatmap_progress (
     asset VARCHAR NOT NULL, through DATE NOT NULL, newest DATE NOT NULL, last_ts TIMESTAMPTZ,
-    last_oi_usd DOUBLE, settings VARCHAR NOT NULL, rebuilt_from DATE
+    last_oi_usd DOUBLE, settings VARCHAR NOT NULL, rebuilt_from DATE, scale DOUBLE
 );
+ALTER TABLE meta.heatmap_progress ADD COLUMN IF NOT EXISTS scale DOUBLE;
 
 -- [seq] every mart write of a build (transforms): which mart, and from which day on (NULL: all of it).
 -- Publishing (warehouse/publishing.py) rewrites only what changed since the version a serving copy or the

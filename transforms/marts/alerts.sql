@@ -1,9 +1,11 @@
+-- incremental: date
 -- grain: ts, asset, rule        time column: ts
 -- Every rule that fires on a day of marts.daily_signals, one row per (day, asset, rule): a
 -- rule fires at most once per asset per day by construction. ts is the END of the UTC day
 -- (D + 1 at 00:00 UTC), the first moment all of day D's inputs are known; `date` is D.
 -- Market-wide rules (the OI milestone of the sum over assets) use asset = 'ALL'.
--- streak_days counts consecutive days the same (asset, rule) has fired, this day included.
+-- streak_days counts consecutive days the same (asset, rule) has fired, this day included. An
+-- incremental build recomputes the days from `since` on and carries on the streaks stored for since - 1.
 -- complete: the day's row of marts.daily_signals is complete (for 'ALL': every asset's row is); an
 -- alert of an incomplete (in-progress) day is provisional and is delivered only as such
 -- (perpwatch/serving/alerts.py), with its final version or withdrawal sent once the day is complete.
@@ -121,8 +123,20 @@ streaks AS (
     SELECT *, date - CAST(row_number() OVER (PARTITION BY asset, rule ORDER BY date) AS INTEGER) AS island
     FROM fired
 )
+{{#incremental}}
+, carried AS (     -- streaks that ran on the day before the first rebuilt one: the run starting on that day goes on
+    SELECT asset, rule, streak_days AS carried_days FROM marts.alerts WHERE date = {{build.since}} - 1
+)
+{{/incremental}}
 SELECT timezone('UTC', (date + 1)::TIMESTAMP) AS ts, date, asset, rule, value, threshold, severity, message,
-       row_number() OVER (PARTITION BY asset, rule, island ORDER BY date) AS streak_days,
+       row_number() OVER (PARTITION BY asset, rule, island ORDER BY date)
+{{#incremental}}
+         + CASE WHEN island = {{build.since}} - 1 THEN coalesce(k.carried_days, 0) ELSE 0 END
+{{/incremental}}
+         AS streak_days,
        coalesce(c.complete, false) AS complete
 FROM streaks LEFT JOIN day_complete c USING (date, asset)
+{{#incremental}}
+LEFT JOIN carried k USING (asset, rule)
+{{/incremental}}
 ORDER BY ts, asset, rule

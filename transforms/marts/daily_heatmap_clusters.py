@@ -18,7 +18,13 @@ from datetime import UTC, date, datetime, time
 import duckdb
 import polars as pl
 
-from perpwatch.transforms.heatmap import PROGRESS_TABLE, clusters_of, daily_clusters, heatmap_settings
+from perpwatch.transforms.heatmap import (
+    PROGRESS_TABLE,
+    clusters_of,
+    daily_clusters,
+    heatmap_settings,
+    ts_literal,
+)
 
 TABLE = "marts.daily_heatmap_clusters"
 INPUTS = ["marts.liquidation_heatmap"]
@@ -41,10 +47,10 @@ def build_since(con: duckdb.DuckDBPyConnection, since: date) -> date | None:
         return None
     start = min(since, got[0])
     hm = con.execute("SELECT asset, ts, side, price_low, price_high, est_liquidation_usd, close "
-                     "FROM marts.liquidation_heatmap WHERE ts >= ?", [datetime.combine(start, time(), UTC)]).pl()
+                     f"FROM marts.liquidation_heatmap WHERE ts >= {ts_literal(datetime.combine(start, time(), UTC))}").pl()
     hm = hm.with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
     rows = clusters_of(hm, float(heatmap_settings()["cluster_percentile"])).filter(pl.col("date") >= start)
-    con.execute(f"DELETE FROM {TABLE} WHERE date >= ?", [start])
+    con.execute(f"DELETE FROM {TABLE} WHERE date >= DATE '{start.isoformat()}'")
     con.register("__hc", rows.to_arrow())
     con.execute(f"INSERT INTO {TABLE} SELECT * FROM __hc")
     con.unregister("__hc")

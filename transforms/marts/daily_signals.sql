@@ -1,4 +1,4 @@
--- incremental: date lookback greatest({{funding.percentile_window_days}}, {{liquidations.zscore_window_days}}, {{leverage.oi_to_mcap_window_days}}) + 8
+-- incremental: date lookback 7
 -- grain: date, asset          time column: date (UTC day)
 -- One row per asset per UTC day that has a reference close, computed only from data
 -- timestamped inside or before that day (tests/test_point_in_time.py proves it): every
@@ -8,6 +8,10 @@
 -- noise cannot move a value across a threshold it equals. UTC days/hours use epoch arithmetic
 -- (DATE '1970-01-01' + whole days): TIMESTAMPTZ casts go through the time-zone library and cost
 -- 3-5x more per row, and this way the day is UTC whatever the session time zone.
+-- Incremental build (transforms/__init__.py): a day's inputs reach back 7 days (oi_change_7d); the
+-- trailing windows read the rows this mart already holds for the days before the first rebuilt
+-- one (the same day values a full build computes) and are evaluated for the rebuilt days only;
+-- when capture started per asset and venue is read from all of staging.liquidations.
 WITH price AS (      -- complete-day close and a one-source return (marts.reference_close)
     SELECT date, asset, close_usd, close_complete, return_1d, return_mixed_source FROM marts.reference_close
 ),
@@ -108,8 +112,11 @@ liq AS (
            coalesce(sum(usd) FILTER (WHERE side = 'short'), 0) AS liquidations_short_usd
     FROM staging.liquidations GROUP BY date, asset
 ),
+liq_first AS (     -- first liquidation per asset and venue, over all history (first-seen: never cut)
+    SELECT asset, venue, min(ts) AS first_ts FROM {{whole staging.liquidations}} GROUP BY asset, venue
+),
 liq_start AS (     -- capture starts on an asset's first liquidation day: before it, unknown (NULL)
-    SELECT asset, DATE '1970-01-01' + CAST(floor(epoch_us(min(ts)) / 86400000000) AS INTEGER) AS first_date FROM staging.liquidations GROUP BY asset
+    SELECT asset, DATE '1970-01-01' + CAST(floor(epoch_us(min(first_ts)) / 86400000000) AS INTEGER) AS first_date FROM liq_first GROUP BY asset
 ),
 -- Capture coverage (meta.liquidation_coverage, written by the collector: seconds each venue's stream was
 -- connected in each UTC hour). An hour counts when covered_s >= [liquidations] min_hour_coverage x 3600.
@@ -129,11 +136,9 @@ tracked AS (
 ),
 liq_venues AS (    -- venues that capture an asset, and the day capture started
     SELECT l.asset, l.venue,
-           coalesce(any_value(t.start_date),
-                    DATE '1970-01-01' + CAST(floor(epoch_us(min(l.ts)) / 86400000000) AS INTEGER)) AS start_date,
-           any_value(t.venue) IS NOT NULL AS is_tracked
-    FROM staging.liquidations l LEFT JOIN tracked t USING (venue)
-    GROUP BY l.asset, l.venue
+           coalesce(t.start_date, DATE '1970-01-01' + CAST(floor(epoch_us(l.first_ts) / 86400000000) AS INTEGER)) AS start_date,
+           t.venue IS NOT NULL AS is_tracked
+    FROM liq_first l LEFT JOIN tracked t USING (venue)
 ),
 cov_day AS (
     SELECT venue, hour_n // 24 AS day_n, count(*) AS hours FROM cov_hour GROUP BY ALL
@@ -164,12 +169,15 @@ basis AS (         -- nearest dated future at least [basis] min_days_to_expiry o
     FROM carry WHERE kind = 'future'
     QUALIFY row_number() OVER (PARTITION BY date, asset ORDER BY days_to_expiry, venue, instrument) = 1
 ),
+bar23 AS MATERIALIZED (   -- the 23:00 hourly bars of perps and indexes: one read of staging.prices
+    SELECT venue, instrument, kind, asset, ts, close FROM staging.prices
+    WHERE kind IN ('perp', 'index') AND "interval" = '1h' AND epoch_us(ts) // 3600000000 % 24 = 23
+),
 premium AS (       -- perp vs index at the day's 23:00 bar (not annualised: a perp has no expiry)
     SELECT p.asset, DATE '1970-01-01' + CAST(floor(epoch_us(p.ts) / 86400000000) AS INTEGER) AS date, avg(p.close / i.close - 1) AS perp_premium
-    FROM staging.prices p
-    JOIN staging.prices i ON i.venue = p.venue AND i.instrument = p.instrument AND i.kind = 'index'
-         AND i."interval" = '1h' AND i.ts = p.ts AND i.close > 0
-    WHERE p.kind = 'perp' AND p."interval" = '1h' AND epoch_us(p.ts) // 3600000000 % 24 = 23
+    FROM bar23 p
+    JOIN bar23 i ON i.venue = p.venue AND i.instrument = p.instrument AND i.kind = 'index' AND i.ts = p.ts AND i.close > 0
+    WHERE p.kind = 'perp'
     GROUP BY p.asset, date
 ),
 milestone AS (
@@ -217,6 +225,7 @@ joined AS (
     LEFT JOIN marts.daily_heatmap_clusters hc ON hc.asset = p.asset AND hc.date = p.date
     WINDOW w AS (PARTITION BY p.asset ORDER BY p.date)
 ),
+{{^incremental}}
 windows AS (       -- trailing windows end the day before: the day never sees itself
     SELECT j.*,
            liquidations_long_usd + liquidations_short_usd AS liquidations_usd,
@@ -236,6 +245,48 @@ windows AS (       -- trailing windows end the day before: the day never sees it
            mw AS (PARTITION BY asset, oi_coverage_key ORDER BY date
                   RANGE BETWEEN INTERVAL ({{leverage.oi_to_mcap_window_days}}) DAY PRECEDING AND INTERVAL 1 DAY PRECEDING)
 ),
+{{/incremental}}
+{{#incremental}}
+history AS (       -- the windows' day values: this mart's stored rows before the first rebuilt day, then the rebuilt days
+    SELECT date, asset, oi_coverage_key, funding_rate_8h, liquidations_usd_est, oi_to_mcap FROM marts.daily_signals
+    WHERE date < {{build.since}} AND date >= {{build.since}} - INTERVAL (greatest({{funding.percentile_window_days}},
+          {{liquidations.zscore_window_days}}, {{leverage.oi_to_mcap_window_days}})) DAY
+    UNION ALL
+    SELECT date, asset, oi_coverage_key, funding_rate_8h, liquidations_usd_est, oi_to_mcap FROM joined
+    WHERE date >= {{build.since}}
+),
+trailing_stats AS ( -- the full build's windows fw, zw and mw, as aggregates over the same days, rebuilt days only
+    SELECT j.date, j.asset,
+           quantile_cont(h.funding_rate_8h, {{funding.extreme_percentile}})
+             FILTER (WHERE h.date >= j.date - INTERVAL ({{funding.percentile_window_days}}) DAY) AS funding_pctl_high,
+           quantile_cont(h.funding_rate_8h, 1 - {{funding.extreme_percentile}})
+             FILTER (WHERE h.date >= j.date - INTERVAL ({{funding.percentile_window_days}}) DAY) AS funding_pctl_low,
+           count(h.funding_rate_8h)
+             FILTER (WHERE h.date >= j.date - INTERVAL ({{funding.percentile_window_days}}) DAY) AS funding_history_days,
+           avg(h.liquidations_usd_est)
+             FILTER (WHERE h.date >= j.date - INTERVAL ({{liquidations.zscore_window_days}}) DAY) AS liq_mean,
+           stddev_samp(h.liquidations_usd_est)
+             FILTER (WHERE h.date >= j.date - INTERVAL ({{liquidations.zscore_window_days}}) DAY) AS liq_std,
+           count(h.liquidations_usd_est)
+             FILTER (WHERE h.date >= j.date - INTERVAL ({{liquidations.zscore_window_days}}) DAY) AS liq_history_days,
+           quantile_cont(h.oi_to_mcap, {{leverage.oi_to_mcap_percentile}})
+             FILTER (WHERE h.date >= j.date - INTERVAL ({{leverage.oi_to_mcap_window_days}}) DAY
+                       AND h.oi_coverage_key IS NOT DISTINCT FROM j.oi_coverage_key) AS oi_to_mcap_pctl_threshold,
+           count(h.oi_to_mcap)
+             FILTER (WHERE h.date >= j.date - INTERVAL ({{leverage.oi_to_mcap_window_days}}) DAY
+                       AND h.oi_coverage_key IS NOT DISTINCT FROM j.oi_coverage_key) AS oi_to_mcap_history_days
+    FROM joined j
+    LEFT JOIN history h ON h.asset = j.asset AND h.date < j.date
+          AND h.date >= j.date - INTERVAL (greatest({{funding.percentile_window_days}}, {{liquidations.zscore_window_days}},
+                                                    {{leverage.oi_to_mcap_window_days}})) DAY
+    WHERE j.date >= {{build.since}}
+    GROUP BY j.date, j.asset
+),
+windows AS (
+    SELECT j.*, liquidations_long_usd + liquidations_short_usd AS liquidations_usd, t.* EXCLUDE (date, asset)
+    FROM joined j JOIN trailing_stats t USING (date, asset)
+),
+{{/incremental}}
 flags AS (
     SELECT w.*,
            CASE

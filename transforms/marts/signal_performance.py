@@ -369,23 +369,22 @@ def hac_tstat(dates: np.ndarray, y: np.ndarray, event: np.ndarray, lag: int) -> 
 
 def _near_events(frame: pl.DataFrame, h: int) -> np.ndarray:
     """True on non-event days inside an event window of the same asset: an event 1 .. h - 1 days
-    earlier. Only earlier events: excluding days because an event follows would condition on the future."""
+    earlier. Only earlier events: excluding days because an event follows would condition on the future.
+    One sorted search over (asset, day) keys for every row at once (a loop over assets scanned all rows
+    per asset: quadratic in the number of assets)."""
     near = np.zeros(frame.height, dtype=bool)
-    if h <= 1:
+    if h <= 1 or frame.height == 0:
         return near
-    days = frame["date"].cast(pl.Int32).to_numpy()
-    ev = frame["__event"].to_numpy()
-    assets = frame["asset"].to_numpy()
-    for a in np.unique(assets):
-        m = assets == a
-        ev_days = days[m & ev]
-        if ev_days.size == 0:
-            continue
-        hit = np.zeros(m.sum(), dtype=bool)
-        for k in range(1, h):
-            hit |= np.isin(days[m] - k, ev_days)
-        near[m] = hit & ~ev[m]
-    return near
+    days = frame["date"].cast(pl.Int32).to_numpy().astype(np.int64)
+    ev = frame["__event"].to_numpy().astype(bool)
+    code = frame["asset"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    span = int(days.max() - days.min()) + 2 * h + 1          # keys of two assets never overlap
+    key = code * span + (days - int(days.min()) + h)
+    ev_keys = np.sort(key[ev])
+    if ev_keys.size == 0:
+        return near
+    count = np.searchsorted(ev_keys, key - 1, "right") - np.searchsorted(ev_keys, key - (h - 1), "left")
+    return (count > 0) & ~ev
 
 
 def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataFrame:
