@@ -2,6 +2,7 @@
 
     sim = start(seed=7, now=NOW, faults="all", fault_rate=0.1, fault_seed=3)
     sim.faults.injected            # Counter: profile -> responses it changed
+    sim.faults.injected_at         # Counter: (profile, prefix) -> the same, per venue prefix / stream
     sim.set_faults(None)           # back to clean answers
 
 CLI: ``python -m perpwatch.simulator --faults 429,truncate,gap --fault-rate 0.1 --fault-seed 3`` (``--faults all``).
@@ -9,7 +10,10 @@ CLI: ``python -m perpwatch.simulator --faults 429,truncate,gap --fault-rate 0.1 
 Every request attempt draws its own fault from ``hash(seed, method, path, query, body, attempt)``,
 where ``attempt`` counts the identical requests seen so far. A retry of the same request (or the
 next run, which asks for another window) therefore gets a fresh draw: faults are transient, and
-repeated runs converge to what a fault-free run loads. Profiles:
+repeated runs converge to what a fault-free run loads. ``rates={prefix: rate}`` overrides the rate
+for some prefixes (a provider asked once a run needs a higher one to meet every profile in a short
+soak); with ``cover=True`` a faulted attempt takes the applicable profile injected least often on its
+prefix so far (ties broken by the draw), so a short soak meets every profile on every prefix. Profiles:
 
 transport (any venue)
   429       the venue's own rate-limit answer + Retry-After (Bybit: HTTP 403 "access too frequent");
@@ -32,6 +36,8 @@ data (the JSON rows of the Binance/Bybit/OKX data endpoints in SPECS)
   absurd    one numeric field of one row is 1e20
 websocket
   ws_disconnect  every websocket connection is closed (1011) after a seed-drawn 5-40 data messages
+                 (drawn per stream and connection number); ``ws_drops=N``: only the first N
+                 connections of each stream. Counted when the connection is closed.
 
 Fields a parser treats as optional (they are absent from older real history: Binance ``markPrice``,
 Bybit ``singleOpenInterest``, OKX ``realizedRate``) are never dropped by ``drift``: a parser cannot
@@ -168,15 +174,21 @@ class Faults:
     """Decides and applies faults; thread-safe. ``injected`` counts what was done per profile."""
 
     def __init__(self, profiles, rate: float = 0.05, seed: int = 7, *, retry_after: float = 1.0,
-                 ban_s: float = 2.0, slow_s: float = 0.3, timeout_s: float = 31.0, strikes_to_ban: int = 10):
+                 ban_s: float = 2.0, slow_s: float = 0.3, timeout_s: float = 31.0, strikes_to_ban: int = 10,
+                 rates: dict[str, float] | None = None, cover: bool = False, ws_drops: int | None = None):
         self.profiles = parse_profiles(profiles)
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"fault rate must be within [0, 1], got {rate}")
+        for r in [rate, *(rates or {}).values()]:
+            if not 0.0 <= r <= 1.0:
+                raise ValueError(f"fault rate must be within [0, 1], got {r}")
         self.rate = float(rate)
+        self.rates = {k: float(v) for k, v in (rates or {}).items()}
+        self.cover = cover
+        self.ws_drops = ws_drops
         self.seed = int(seed)
         self.retry_after, self.ban_s, self.slow_s, self.timeout_s = retry_after, ban_s, slow_s, timeout_s
         self.strikes_to_ban = strikes_to_ban
         self.injected: Counter[str] = Counter()
+        self.injected_at: Counter[tuple[str, str]] = Counter()   # (profile, prefix)
         self.violations: Counter[str] = Counter()   # requests sent while told to wait / banned
         self.log: list[tuple[str, str, str, int]] = []   # (profile, prefix, path?query, attempt)
         self._attempts: Counter[tuple] = Counter()
@@ -216,23 +228,30 @@ class Faults:
         rng = random.Random(int.from_bytes(d[16:], "big"))
         if attempt <= burst_to:
             return "5xx", attempt, rng
-        if not self.profiles or int.from_bytes(d[:8], "big") / 2.0 ** 64 >= self.rate:
+        if not self.profiles or int.from_bytes(d[:8], "big") / 2.0 ** 64 >= self.rates.get(prefix, self.rate):
             return None, attempt, rng
         options = self.applicable(prefix, req.path)
         if not options:
             return None, attempt, rng
+        if self.cover:
+            with self._lock:
+                seen = {p: self.injected_at[(p.split(":")[0], prefix)] for p in options}
+            options = [p for p in options if seen[p] == min(seen.values())]
         profile = options[int.from_bytes(d[8:16], "big") % len(options)]
         if profile == "5xx":
             with self._lock:
                 self._burst[key] = attempt + rng.randint(0, 2)
         return profile, attempt, rng
 
-    def ws_drop_after(self, connection: int) -> int | None:
-        if "ws_disconnect" not in self.profiles:
+    def ws_drop_after(self, stream: str, connection: int) -> int | None:
+        """Data messages after which connection `connection` (1, 2, ... per stream) is closed; None: never."""
+        if "ws_disconnect" not in self.profiles or (self.ws_drops is not None and connection > self.ws_drops):
             return None
-        d = self._digest("ws", connection)
-        self.injected["ws_disconnect"] += 1
+        d = self._digest("ws", stream, connection)
         return 5 + int.from_bytes(d[:4], "big") % 36
+
+    def ws_dropped(self, stream: str, connection: int, sent: int) -> None:
+        self._record("ws_disconnect", stream, f"connection {connection} after {sent} messages", connection)
 
     # ------------------------------------------------------------------ serving
     def serve(self, prefix: str, req: Request, handle: Callable[[], Response]) -> tuple[Response, str | None]:
@@ -251,6 +270,7 @@ class Faults:
                     self._strikes[prefix] = 0
                     self._banned_until[prefix] = now + self.ban_s
                     self.injected["418"] += 1
+                    self.injected_at[("418", prefix)] += 1
                     self.violations["ban_after_overuse"] += 1
                     return _banned(prefix, self.ban_s), None
                 return _rate_limited(prefix, told - now), None
@@ -271,6 +291,7 @@ class Faults:
     def _record(self, name: str, prefix: str, where: str, attempt: int) -> None:
         with self._lock:
             self.injected[name.split(":")[0] if name.startswith("reset") else name] += 1
+            self.injected_at[(name.split(":")[0], prefix)] += 1
             self.log.append((name, prefix, where, attempt))
             del self.log[:-5000]
 

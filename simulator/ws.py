@@ -3,8 +3,16 @@
 The streams replay the market's liquidation events from the server's ``now`` onwards. With a
 fixed ``now`` market time runs ``speed`` times faster than wall time (default 60: one market
 minute per second); with the real clock (``now=None``) it runs in real time. Query parameters on
-the websocket URL override per connection: ``?speed=600&drop_after=5``.
+the websocket URL override per connection: ``?speed=600&drop_after=5&until=<ms>``.
 ``drop_after=N`` closes the connection (code 1011) after N data messages, to test reconnects.
+``until`` (market ms; ``WSServer.until`` for every connection) ends the replay: once market time
+reaches it, the connection is closed normally (1000, "end of replay").
+
+A connection's market time starts at ``now`` and runs from its first subscription on, in windows
+that end on whole seconds (a snapshot stream's 1 s bucket is never split): with a fixed ``now`` every
+connection sends the same messages in the same order, so a reconnect replays what was sent before.
+Per stream (binance-fstream, bybit-ws, okx-ws) the server counts ``connections[stream]`` and
+``ended[stream]`` (connections that reached ``until``).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import asyncio
 import itertools
 import threading
 import time
+from collections import Counter
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -29,11 +38,14 @@ _conn_ids = itertools.count(1)
 
 
 class WSServer:
-    def __init__(self, sim, port: int = 0, speed: float = 60.0, drop_after: int | None = None):
+    def __init__(self, sim, port: int = 0, speed: float = 60.0, drop_after: int | None = None,
+                 until: int | None = None):
         self.sim = sim
         self.speed = float(speed)
         self.drop_after = drop_after
-        self.connections = 0
+        self.until = until
+        self.connections: Counter[str] = Counter()    # per stream
+        self.ended: Counter[str] = Counter()          # connections that reached `until`
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._port_req = port
@@ -111,17 +123,22 @@ class WSServer:
 
     # ------------------------------------------------------------------ connection
     async def _handler(self, ws: ServerConnection) -> None:
-        self.connections += 1
         path = ws.request.path if ws.request is not None else "/"
         parts = urlsplit(path)
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         speed = float(q.get("speed", self.speed)) if self.sim.fixed_now is not None else 1.0
-        drop = int(q["drop_after"]) if "drop_after" in q else self.drop_after
-        if drop is None and self.sim.faults is not None:      # fault profile ws_disconnect
-            drop = self.sim.faults.ws_drop_after(self.connections)
         seg = parts.path.strip("/").split("/")
         kind = seg[0] if seg else ""
-        state = {"sent": 0, "drop": drop, "subs": set(), "speed": speed}
+        self.connections[kind] += 1
+        n = self.connections[kind]
+        drop = int(q["drop_after"]) if "drop_after" in q else self.drop_after
+        faults = None
+        if drop is None and self.sim.faults is not None:      # fault profile ws_disconnect
+            drop = self.sim.faults.ws_drop_after(kind, n)
+            faults = self.sim.faults if drop is not None else None     # counts the drop when it happens
+        until = int(q["until"]) if "until" in q else self.until
+        state = {"sent": 0, "drop": drop, "subs": set(), "speed": speed, "until": until, "kind": kind, "n": n,
+                 "faults": faults}
         try:
             if kind == "binance-fstream":
                 await self._binance(ws, seg[1:], q, state)
@@ -141,18 +158,34 @@ class WSServer:
         if data:
             state["sent"] += 1
             if state["drop"] is not None and state["sent"] >= state["drop"]:
+                if state["faults"] is not None:
+                    state["faults"].ws_dropped(state["kind"], state["n"], state["sent"])
                 await ws.close(1011, "simulated drop")
                 return False
         return True
 
-    async def _clock(self, state: dict):
-        """Yield consecutive market-time windows [t0, t1)."""
+    async def _clock(self, ws: ServerConnection, state: dict):
+        """Yield consecutive market-time windows [t0, t1) ending on whole seconds, from the first
+        subscription on (until the connection closes, or closing it at ``until``)."""
         t_start = self.sim.now_ms()
-        w0 = time.monotonic()
+        w0 = None
         cur = t_start
-        while True:
+        until = state["until"]
+        while ws.state is State.OPEN:
             await asyncio.sleep(TICK_S)
+            if not state["subs"]:
+                continue
+            if w0 is None:        # market time runs from the first subscription
+                w0 = time.monotonic() - TICK_S
             t1 = t_start + int((time.monotonic() - w0) * state["speed"] * 1000)
+            t1 -= t1 % 1000
+            if until is not None and t1 >= until:
+                if until > cur:
+                    yield cur, until
+                if ws.state is State.OPEN:
+                    self.ended[state["kind"]] += 1
+                    await ws.close(1000, "end of replay")
+                return
             if t1 > cur:
                 yield cur, t1
                 cur = t1
@@ -202,7 +235,7 @@ class WSServer:
             from .binance import BinanceFapi
 
             names = {a: BinanceFapi.perp_name(None, a) for a in self._assets()}  # type: ignore[arg-type]
-            async for t0, t1 in self._clock(state):
+            async for t0, t1 in self._clock(ws, state):
                 if rt.done():
                     return
                 subs = state["subs"]
@@ -263,7 +296,7 @@ class WSServer:
         rt = asyncio.ensure_future(reader())
         try:
             names = {a: ("1000PEPEUSDT", 1000.0) if a == "PEPE" else (f"{a}USDT", 1.0) for a in self._assets()}
-            async for t0, t1 in self._clock(state):
+            async for t0, t1 in self._clock(ws, state):
                 if rt.done():
                     return
                 msgs = []
@@ -323,7 +356,7 @@ class WSServer:
 
         rt = asyncio.ensure_future(reader())
         try:
-            async for t0, t1 in self._clock(state):
+            async for t0, t1 in self._clock(ws, state):
                 if rt.done():
                     return
                 if ("liquidation-orders", "SWAP") not in state["subs"]:

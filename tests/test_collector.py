@@ -177,6 +177,35 @@ def test_backoff_is_exponential_with_jitter_and_capped():
         assert all(cap / 2 <= x <= cap for x in d) and len(set(d)) > 1
 
 
+def test_a_stopping_collector_stops_reading_a_busy_stream(fixture):
+    """On Python 3.11 asyncio.wait_for can lose the cancellation that stops a venue's task (when recv()
+    completes at that moment); with a stream that always has a next message, receive() still ends once the
+    collector is stopping instead of reading for ever."""
+    v = streams.WS_VENUES["binance"]
+    c = collector.Collector(None, [v], ["BTC"], 1, 1000, backoff_base_s=0.1, backoff_max_s=1, open_timeout_s=1,
+                            lock_wait_s=1, say=lambda _m: None)
+    c.symbols = {"binance": ["BTCUSDT"]}
+    frame = json.dumps(fx(fixture, "binance_ws_forceOrder.json"))
+
+    class Busy:
+        received = 0
+
+        async def recv(self):
+            self.received += 1
+            if self.received == 5:
+                c.stopping = True        # the capture stops; the task's cancellation is lost
+            if self.received > 100:
+                raise ConnectionError("still reading after the capture stopped")
+            return frame
+
+    async def main() -> int:
+        c.flush_now = asyncio.Event()
+        ws = Busy()
+        await asyncio.wait_for(c.receive(v, ws, "ws://127.0.0.1:9/market/ws/!forceOrder@arr"), timeout=5)
+        return ws.received
+
+    assert asyncio.run(main()) == 5 and c.stats.messages["binance_ws"] == 5
+
 def test_symbols_from_instruments_or_default_names():
     inst = {("binance", "1000PEPEUSDT"): {"asset": "PEPE", "kind": "perp", "margin": "linear", "quote": "USDT",
                                           "status": "trading"},

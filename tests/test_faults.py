@@ -15,7 +15,7 @@ import pytest
 
 from perpwatch import jobs, warehouse
 from perpwatch.ingest import gaps, pipeline
-from perpwatch.simulator.common import Request
+from perpwatch.simulator.common import Request, Response
 from perpwatch.simulator.faults import PROFILES, SPECS, Faults, mutate, parse_profiles
 from perpwatch.simulator.server import main as sim_main
 from perpwatch.simulator.server import start
@@ -115,6 +115,26 @@ def test_profiles_parse_and_draws_are_seeded_per_attempt():
     assert "error200" in f.applicable("bybit", "/v5/market/kline")
     assert f.applicable("fred", "/graph/fredgraph.csv") == ["429", "418", "5xx", "slow", "timeout", "reset", "truncate"]
 
+
+
+def test_rates_per_prefix_cover_every_profile_and_counts_per_prefix():
+    """`rates` overrides the rate of a prefix; `cover` gives each fault the profile its prefix met least;
+    `injected_at` counts per (profile, prefix); `ws_drops` drops only each stream's first connections."""
+    f = Faults("429,5xx,reset,truncate", rate=0.0, rates={"fred": 1.0}, cover=True, seed=2, retry_after=0.0,
+               ban_s=0.0)
+    ok = lambda: Response(200, b'{"a": [1, 2, 3]}', "application/json")  # noqa: E731
+    for i in range(8):
+        f.serve("fred", Request("GET", "/graph/fredgraph.csv", {"id": str(i)}), ok)
+        f.serve("okx", Request("GET", "/api/v5/market/candles", {"after": str(i)}), ok)      # rate 0: never
+    assert f.injected_at == {("429", "fred"): 2, ("5xx", "fred"): 2, ("reset", "fred"): 2, ("truncate", "fred"): 2}
+    assert sum(f.injected.values()) == 8
+    w = Faults("ws_disconnect", seed=2, ws_drops=2)
+    drops = [w.ws_drop_after("bybit-ws", n) for n in (1, 2, 3)]
+    assert drops[2] is None and all(5 <= d <= 40 for d in drops[:2])
+    assert drops[:2] == [Faults("ws_disconnect", seed=2).ws_drop_after("bybit-ws", n) for n in (1, 2)]
+    assert not w.injected                                   # counted when a connection is closed
+    w.ws_dropped("bybit-ws", 1, drops[0])
+    assert w.injected_at == {("ws_disconnect", "bybit-ws"): 1}
 
 def test_data_fault_mutations_by_hand():
     import random
@@ -463,10 +483,15 @@ def test_backfill_under_tight_limits_is_never_banned(tmp_path, monkeypatch):
         s.stop()
     assert r.status == "success", r.errors + r.warnings
     assert made == {"binance": 1, "bybit": 1, "okx": 1}           # one client (one set of budgets) per source
-    assert stats["418"] == 0 and stats["429"] <= 2, stats
+    # "Almost": at 1 % a budget holds one or two requests per window, and a request the client sends inside
+    # its window can reach the server after the server's fixed window turned (thread and loopback jitter on
+    # a busy 2-core machine), so a rare over-limit answer is possible, whichever way the venue says it: an
+    # HTTP 429 or an HTTP-200 "too many visits" code (Bybit retCode 10006, OKX 50011). Seen: one in 2 of 6 runs
+    # under load. The client waits and retries each (the run succeeds); a ban (418) never comes.
+    assert stats["418"] == 0, stats
+    assert stats["429"] + bybit_rate_limited + okx_rate_limited <= 2, (stats, bybit_rate_limited, okx_rate_limited)
     # (OKX answers funding-rate?instId=ANY in one request now, as the real API does: no per-swap fallback)
     assert sum(stats["requests"].values()) >= 45
-    assert bybit_rate_limited == 0 and okx_rate_limited == 0      # nor their HTTP-200 "too many visits" codes
 
 
 # --------------------------------------------------------------------------- websockets

@@ -333,9 +333,11 @@ class Collector:
 
     async def receive(self, v: WsVenue, ws, url: str) -> None:
         """Read frames until the server closes or the stream stays silent (no data message) for silence_s:
-        then count it, warn, and close so run_venue reconnects."""
+        then count it, warn, and close so run_venue reconnects. Also until the capture stops: on Python
+        3.11 asyncio.wait_for loses a cancellation that arrives as recv() completes (CPython gh-86296), and
+        a busy stream would then keep a stopped collector reading for ever."""
         last_data = time.monotonic()
-        while True:
+        while not self.stopping:
             left = self.silence_s - (time.monotonic() - last_data)
             try:
                 if left <= 0:
