@@ -405,9 +405,9 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   (up to 365 days) from its own stored rows, alerts carries on the streaks stored for the day before,
   oi_milestones resumes from rearm_days back (`INCREMENTAL = "resume"`); signal_performance, an event
   study over all history, is refreshed by full builds only (`INCREMENTAL = "skip"`); other Python
-  marts and views without a header are rebuilt in full. The generated staging is written series by
-  series, so a recent-days cut still reads most row groups (their zone maps span the whole history);
-  a warehouse filled by daily loads is time-ordered and prunes them.
+  marts and views without a header are rebuilt in full. The generated staging is written in time
+  order, 90 days at a time (bench/gen_warehouse.py), as daily loads write it, so a recent-days cut skips
+  the older row groups by their zone maps.
 - **Demo.** Extraction units are per (source, stream kind), so each venue's
   per-endpoint budgets (OKX: 5 requests / 2 s per ratio endpoint) run in parallel; the two backfills
   and the 15 s liquidation capture run at the same time (perpwatch/demo.py), after Prefect's local server is
