@@ -335,6 +335,16 @@ def warehouse(hours: int = 24 * 9, bars: pl.DataFrame | None = None) -> duckdb.D
     return con
 
 
+def assert_same_rows(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    """Same non-empty rows in the same order: floats to 1e-9, everything else exactly."""
+    assert a.height == b.height > 0
+    for c in a.columns:
+        if a.schema[c] == pl.Float64:
+            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-9, atol=1e-9)
+        else:
+            assert a[c].equals(b[c]), c
+
+
 def write_mart(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     frame = transform.build(con)
     con.execute(f"CREATE OR REPLACE TABLE {transform.TABLE} AS SELECT * FROM frame")
@@ -542,12 +552,7 @@ def test_incremental_heatmap_equals_a_full_rebuild():
             full_con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM __c")
         a = inc_con.execute(f"SELECT * FROM {table} ORDER BY {keys}").pl()
         b = full_con.execute(f"SELECT * FROM {table} ORDER BY {keys}").pl()
-        assert a.height == b.height > 0
-        for c in a.columns:
-            if a.schema[c] == pl.Float64:
-                np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-9, atol=1e-9)
-            else:
-                assert a[c].equals(b[c]), c
+        assert_same_rows(a, b)
     # a change at or before the stored day makes the next build a full one
     assert update_heatmap(inc_con, _date(2024, 3, 2))[1].startswith("full")
     assert transform.build_since(inc_con, _date(2024, 3, 20)) == _date(2024, 3, 12)
@@ -606,12 +611,7 @@ def test_incremental_reads_only_reachable_levels_and_survives_a_clear_and_rescal
     assert any(loaded < stored for loaded, stored in seen[-10:])       # far levels were left unread
     a = inc_con.execute(f"SELECT * FROM {transform.TABLE} ORDER BY asset, ts, side, price_low").pl()
     b = full_con.execute(f"SELECT * FROM {transform.TABLE} ORDER BY asset, ts, side, price_low").pl()
-    assert a.height == b.height > 0
-    for c in a.columns:
-        if a.schema[c] == pl.Float64:
-            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-9, atol=1e-9)
-        else:
-            assert a[c].equals(b[c]), c
+    assert_same_rows(a, b)
     x, y = _stored_levels(inc_con), _stored_levels(full_con)
     assert x.height == y.height > 0
     assert x["price"].equals(y["price"]) and x["side"].equals(y["side"])

@@ -332,7 +332,6 @@ def _rows_frame(out: dict[str, list[np.ndarray]], names: list[str], prm: Params)
     if not names:
         return pl.DataFrame(schema=OUTPUT_SCHEMA)
     cat = {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
-    step_ = prm.log_step
     frame = pl.DataFrame(
         {
             "asset": pl.Series(names, dtype=pl.String).gather(cat["asset"].astype(np.int64)),
@@ -343,17 +342,7 @@ def _rows_frame(out: dict[str, list[np.ndarray]], names: list[str], prm: Params)
             "close": pl.Series(cat["close"].astype(float)),
         }
     )
-    return (
-        frame.filter(pl.col("est_liquidation_usd") > 0)
-        .with_columns(
-            pl.when(pl.col("side") == 0).then(pl.lit("long")).otherwise(pl.lit("short")).alias("side"),
-            (pl.col("price_bin") * step_).exp().alias("price_low"),
-            ((pl.col("price_bin") + 1) * step_).exp().alias("price_high"),
-        )
-        .with_columns(((pl.col("price_low") + pl.col("price_high")) / 2).alias("price_mid"))
-        .select(list(OUTPUT_SCHEMA))
-        .sort("asset", "ts", "side", "price_low")
-    )
+    return _finish_rows(frame, prm).sort("asset", "ts", "side", "price_low")
 
 
 def estimate_levels(bars: pl.DataFrame, settings: Mapping) -> pl.DataFrame:
@@ -481,10 +470,7 @@ def fold_rows(
 
     init = dict(init or {})
     if changes is not None:
-        changes.update(scale={}, cleared=set(),
-                       died=pl.DataFrame(schema={"asset": pl.String, "side": pl.String, "price": pl.Float64}),
-                       born=pl.DataFrame(schema={"asset": pl.String, "side": pl.String, "price": pl.Float64,
-                                                 "usd_over_scale": pl.Float64}))
+        changes.update(scale={}, cleared=set(), died=pl.DataFrame(schema=_DIED), born=pl.DataFrame(schema=_BORN))
     frame, has_prev = _bars_numpy(bars)
     if init:  # hours already folded into the state are skipped, as in `step`
         last = pl.DataFrame({"asset": list(init), "__last": [lv.last_ts_us for lv in init.values()]},
@@ -541,6 +527,10 @@ def fold_rows(
     return rows, state
 
 
+_DIED = {"asset": pl.String, "side": pl.String, "price": pl.Float64}
+_BORN = {**_DIED, "usd_over_scale": pl.Float64}
+
+
 def _level_changes(changes: dict, d, lv, a: np.ndarray, end: int) -> None:
     """Fill `changes` (see fold_rows) for the assets in changes["scale"] at hour index `end`."""
     names = np.asarray(d.assets, dtype=object)
@@ -553,12 +543,9 @@ def _level_changes(changes: dict, d, lv, a: np.ndarray, end: int) -> None:
     born = sel & (lv.birth >= 0) & (lv.birth <= end) & (lv.death > end)
     side = np.asarray(SIDES, dtype=object)
     changes["died"] = pl.DataFrame({"asset": names[lv.asset[died]], "side": side[lv.side[died]],
-                                    "price": lv.price[died]},
-                                   schema={"asset": pl.String, "side": pl.String, "price": pl.Float64})
+                                    "price": lv.price[died]}, schema=_DIED)
     changes["born"] = pl.DataFrame({"asset": names[lv.asset[born]], "side": side[lv.side[born]],
-                                    "price": lv.price[born], "usd_over_scale": a[born]},
-                                   schema={"asset": pl.String, "side": pl.String, "price": pl.Float64,
-                                           "usd_over_scale": pl.Float64})
+                                    "price": lv.price[born], "usd_over_scale": a[born]}, schema=_BORN)
 
 
 def _finish_rows(frame: pl.DataFrame, prm: Params) -> pl.DataFrame:
