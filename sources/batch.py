@@ -16,6 +16,7 @@ same batch function on a batch of one: there is no second, per-page implementati
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,23 +55,49 @@ _BAD = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 @dataclass
 class Decoded:
-    """All pages' rows in one list, with which page each run of rows came from."""
+    """All pages' rows, with which page each run of rows came from: Python rows (orjson) in `rows`,
+    pages polars read straight from their bytes (decode(objects=...)) in `frames`."""
 
     rows: list = field(default_factory=list)
-    pages: list[int] = field(default_factory=list)      # page index of each page that has rows
+    pages: list[int] = field(default_factory=list)      # page index of each page that has rows, ascending
     counts: list[int] = field(default_factory=list)     # its number of rows
     meta: list = field(default_factory=list)            # what rows_of said about the page
     errors: dict[int, str] = field(default_factory=dict)
+    frames: list[pl.DataFrame] = field(default_factory=list)    # polars-read pages (no `_page` yet)
+    frame_pages: list[int] = field(default_factory=list)  # the page of each of `frames`
+    row_pages: list[int] = field(default_factory=list)  # the pages (and counts) of `rows`
+    row_counts: list[int] = field(default_factory=list)
 
     def page_col(self) -> pl.Series:
-        return pl.Series(PAGE, np.repeat(np.asarray(self.pages, dtype=np.int64), self.counts))
+        return pl.Series(PAGE, np.repeat(np.asarray(self.row_pages, dtype=np.int64), self.row_counts))
 
 
-def decode(pages: list[Page], rows_of: Callable[[Any, dict], tuple[list, Any]]) -> Decoded:
+def decode(pages: list[Page], rows_of: Callable[[Any, dict], tuple[list, Any]],
+           objects: dict[str, pl.DataType] | None = None) -> Decoded:
     """orjson-decode each page and take its rows (rows_of checks the venue's envelope and raises
-    ValueError for an error reply or a shape it does not know; a page with no rows is skipped)."""
+    ValueError for an error reply or a shape it does not know; a page with no rows is skipped).
+
+    objects: for endpoints that answer with a bare JSON list of objects (rows_of takes any list as its
+    rows, with no meta): a page whose body is a JSON array is read by polars' JSON reader straight into
+    this schema (fields by name, extra fields ignored, a missing one null, numbers kept as their text
+    where the schema says Utf8), with no Python object per row. Any other body (an error object) and
+    any array polars will not read into the schema (malformed JSON, a row of another shape) takes the
+    orjson path, where rows_of and `frame` reject it as before."""
     out = Decoded()
     for i, pg in enumerate(pages):
+        if objects is not None and pg.body.lstrip()[:1] == b"[":
+            try:
+                df = pl.read_json(io.BytesIO(pg.body), schema=objects)
+            except pl.exceptions.PolarsError:
+                pass
+            else:
+                if df.height:
+                    out.frames.append(df)
+                    out.frame_pages.append(i)
+                    out.pages.append(i)
+                    out.counts.append(df.height)
+                    out.meta.append(None)
+                continue
         try:
             data = orjson.loads(pg.body)
         except orjson.JSONDecodeError as exc:
@@ -83,6 +110,8 @@ def decode(pages: list[Page], rows_of: Callable[[Any, dict], tuple[list, Any]]) 
             continue
         if rows:
             out.rows.extend(rows)
+            out.row_pages.append(i)
+            out.row_counts.append(len(rows))
             out.pages.append(i)
             out.counts.append(len(rows))
             out.meta.append(meta)
@@ -91,12 +120,21 @@ def decode(pages: list[Page], rows_of: Callable[[Any, dict], tuple[list, Any]]) 
 
 def frame(dec: Decoded, schema: dict[str, pl.DataType], orient: str | None = None) -> pl.DataFrame:
     """The decoded rows as one frame of the asserted schema (dict rows: fields by name, extra fields
-    ignored, a missing field is null; array rows: by position) plus `_page`. Numbers the venues send
-    as strings are kept as strings (Utf8) and converted by the parsers' vectorised casts."""
-    if not dec.rows:
+    ignored, a missing field is null; array rows: by position) plus `_page`, in page order. Numbers the
+    venues send as strings are kept as strings (Utf8) and converted by the parsers' vectorised casts."""
+    parts = []
+    if dec.frames:
+        read = pl.concat(dec.frames, how="vertical")
+        counts = [f.height for f in dec.frames]
+        parts.append(read.with_columns(pl.Series(PAGE, np.repeat(np.asarray(dec.frame_pages, dtype=np.int64), counts))))
+    if dec.rows:
+        parts.append(pl.DataFrame(dec.rows, schema=schema, orient=orient).with_columns(dec.page_col()))
+    if not parts:
         return pl.DataFrame(schema={**schema, PAGE: pl.Int64})
-    df = pl.DataFrame(dec.rows, schema=schema, orient=orient)
-    return df.with_columns(dec.page_col())
+    if len(parts) == 1:
+        return parts[0]
+    df = pl.concat(parts, how="vertical")
+    return df if df[PAGE].is_sorted() else df.sort(PAGE, maintain_order=True)
 
 
 def per_page(dec: Decoded, **cols: list) -> pl.DataFrame:

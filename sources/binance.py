@@ -251,7 +251,7 @@ FUNDING_SHAPE = {"symbol": pl.Utf8, "fundingRate": pl.Utf8, "fundingTime": pl.Ut
 def batch_funding_rate(pages: list[batch.Page], ctx: ParseContext, venue: str = VENUE) -> batch.BatchResult:
     """/fapi/v1/fundingRate (and /dapi): the rate is for the symbol's own interval, read from the
     spacing of consecutive settlements on the page (fallback: fundingInfo, else 8h)."""
-    dec = batch.decode(pages, _list_rows("fundingRate rows"))
+    dec = batch.decode(pages, _list_rows("fundingRate rows"), objects=FUNDING_SHAPE)
     df = batch.frame(dec, FUNDING_SHAPE)
     df = batch.require(df, dec.errors, ["symbol", "fundingRate", "fundingTime"], "fundingRate")
     res = batch.BatchResult(errors=dec.errors)
@@ -278,7 +278,7 @@ OI_SHAPE = {"symbol": pl.Utf8, "sumOpenInterest": pl.Utf8, "sumOpenInterestValue
 def batch_open_interest_hist(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
     """/futures/data/openInterestHist (USD-M): sumOpenInterest in base coin (of the symbol's unit:
     1000PEPEUSDT counts thousands), sumOpenInterestValue in USD."""
-    dec = batch.decode(pages, _list_rows("openInterestHist rows"))
+    dec = batch.decode(pages, _list_rows("openInterestHist rows"), objects=OI_SHAPE)
     df = batch.frame(dec, OI_SHAPE)
     df = batch.require(df, dec.errors, list(OI_SHAPE), "openInterestHist")
     res = batch.BatchResult(errors=dec.errors)
@@ -308,7 +308,7 @@ RATIO_SHAPE = {"symbol": pl.Utf8, "longAccount": pl.Utf8, "shortAccount": pl.Utf
 def _batch_ratio(population: str):
     """The three long/short ratio endpoints: accounts (longAccount/shortAccount) or positions."""
     def parse(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
-        dec = batch.decode(pages, _list_rows(f"{population} long/short rows"))
+        dec = batch.decode(pages, _list_rows(f"{population} long/short rows"), objects=RATIO_SHAPE)
         df = batch.frame(dec, RATIO_SHAPE).with_columns(
             pl.coalesce("longAccount", "longPosition").alias("_long"),
             pl.coalesce("shortAccount", "shortPosition").alias("_short"))

@@ -198,7 +198,7 @@ OI_SHAPE = {"pair": pl.Utf8, "contractType": pl.Utf8, "sumOpenInterest": pl.Utf8
 def batch_open_interest_hist(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
     """/futures/data/openInterestHist on dapi: sumOpenInterest in contracts, sumOpenInterestValue in
     base coin; only contractType=PERPETUAL rows map to one instrument (a page with others is rejected)."""
-    dec = batch.decode(pages, binance._list_rows("dapi openInterestHist rows"))
+    dec = batch.decode(pages, binance._list_rows("dapi openInterestHist rows"), objects=OI_SHAPE)
     df = batch.frame(dec, OI_SHAPE)
     df = batch.require(df, dec.errors, list(OI_SHAPE), "dapi openInterestHist")
     df = batch.reject(df, dec.errors, pl.col("contractType") != "PERPETUAL", lambda r: (

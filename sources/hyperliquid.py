@@ -208,7 +208,7 @@ FUNDING_SHAPE = {"coin": pl.Utf8, "fundingRate": pl.Utf8, "time": pl.Utf8}
 def batch_funding_history(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
     """fundingHistory: hourly since HOURLY_FUNDING_FROM (8h before); a 1h gap to the previous
     settlement on the page says hourly whatever the date."""
-    dec = batch.decode(pages, _list_rows("fundingHistory"))
+    dec = batch.decode(pages, _list_rows("fundingHistory"), objects=FUNDING_SHAPE)
     df = batch.frame(dec, FUNDING_SHAPE)
     df = batch.require(df, dec.errors, list(FUNDING_SHAPE), "fundingHistory")
     res = batch.BatchResult(errors=dec.errors)
@@ -235,7 +235,7 @@ CANDLE_SHAPE = {c: pl.Utf8 for c in ("t", "T", "s", "i", "o", "h", "l", "c", "v"
 
 
 def batch_candles(pages: list[batch.Page], ctx: ParseContext) -> batch.BatchResult:
-    dec = batch.decode(pages, _list_rows("candleSnapshot"))
+    dec = batch.decode(pages, _list_rows("candleSnapshot"), objects=CANDLE_SHAPE)
     df = batch.frame(dec, CANDLE_SHAPE)
     df = batch.require(df, dec.errors, ["t", "T", "o", "h", "l", "c", "v"], "candleSnapshot")
     res = batch.BatchResult(errors=dec.errors)

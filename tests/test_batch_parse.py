@@ -121,3 +121,35 @@ def test_overlapping_pages_the_later_payload_wins_and_a_bad_page_is_quarantined_
     st = report.stat("binance", "open_interest")
     assert (st.fetched, st.loaded, st.duplicate) == (5, 3, 2)
     assert len(q) == 1 and q[0][1] == "ETHUSDT" and "-1130" in report.warnings[0]
+
+
+def test_polars_read_pages_equal_the_orjson_path_and_odd_pages_fall_back():
+    """decode(objects=...) reads bare JSON arrays with polars' JSON reader; every other page takes the
+    orjson path. Same frame (order, values, `_page`) and same rejected pages either way."""
+    from perpwatch.sources import batch, binance
+
+    shape = binance.OI_SHAPE
+    row = {"symbol": "BTCUSDT", "sumOpenInterest": "1.5", "sumOpenInterestValue": "150000.25", "timestamp": T0}
+    bodies = [
+        orjson.dumps([row, {**row, "timestamp": T0 + H, "CMCCirculatingSupply": "1"}]),     # extra field
+        orjson.dumps({"code": -1130, "msg": "Data sent for parameter is invalid."}),      # error object
+        b"[" + orjson.dumps(row)[:-5],                                                      # truncated JSON
+        orjson.dumps([]),                                                                   # no rows
+        orjson.dumps([{**row, "sumOpenInterest": 2.25, "timestamp": T0 + 2 * H}]),          # a number, not text
+        b"  \n" + orjson.dumps([{"symbol": "BTCUSDT", "timestamp": T0 + 3 * H}]),           # missing fields
+        orjson.dumps([{**row, "sumOpenInterest": {"x": 1}}]),                              # nested: polars refuses
+    ]
+    pages = [batch.Page(b, {"symbol": "BTCUSDT"}, AT) for b in bodies]
+    rows_of = binance._list_rows("openInterestHist rows")
+    fast, slow = batch.decode(pages, rows_of, objects=shape), batch.decode(pages, rows_of)
+    assert fast.frame_pages == [0, 4, 5] and fast.row_pages == [6]      # the nested page fell back
+    assert fast.pages == slow.pages == [0, 4, 5, 6] and fast.counts == slow.counts == [2, 1, 1, 1]
+    assert fast.errors == slow.errors and sorted(fast.errors) == [1, 2]
+    assert "-1130" in fast.errors[1] and "not valid JSON" in fast.errors[2]
+    ok = [pages[i] for i in (0, 3, 4, 5)]
+    a, b = batch.frame(batch.decode(ok, rows_of, objects=shape), shape), batch.frame(batch.decode(ok, rows_of), shape)
+    assert_frame_equal(a, b)
+    assert a["sumOpenInterest"].to_list() == ["1.5", "1.5", "2.25", None]
+    assert a[batch.PAGE].to_list() == [0, 0, 2, 3]
+    with pytest.raises(pl.exceptions.PolarsError):     # the nested page: rejected by `frame`, as before
+        batch.frame(fast, shape)
