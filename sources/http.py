@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -161,7 +161,7 @@ class Fetched:
     body: bytes
     stream: str | None = None
     instrument: str | None = None
-    fetched_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    fetched_at: datetime = field(default_factory=settings.now)
 
     def json(self) -> Any:
         try:
@@ -291,7 +291,9 @@ class VenueClient:
                 log.info("%s %s: %s, retrying", self.source, endpoint, type(exc).__name__)
                 self._backoff(attempt, None)
                 continue
-            fetched_at = datetime.now(UTC)
+            # the run's clock (PERPWATCH_NOW when set, else the system clock): parsers stamp snapshots and cut
+            # forming candles at fetched_at, so a run on a pinned clock lands on that clock throughout
+            fetched_at = settings.now()
             content = resp.content
             raw_id = self.lander(self.source, endpoint, landed_params, resp.status_code, content, fetched_at) \
                 if self.lander else 0

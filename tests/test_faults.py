@@ -223,6 +223,19 @@ def test_transport_faults_are_retried(env, monkeypatch):
     assert f.violations == {}                          # the client never sent while told to wait
 
 
+def test_the_client_lands_on_the_runs_clock(env, monkeypatch):
+    """fetched_at (what parsers stamp snapshots and cut forming candles at) is PERPWATCH_NOW when set:
+    a run on a pinned clock lands on that clock; without it, the system clock."""
+    ep = "/api/v5/market/candles"
+    q = {"instId": "BTC-USDT-SWAP", "bar": "1H", "limit": 1}
+    monkeypatch.setenv("PERPWATCH_NOW", "2026-11-10T12:34:56Z")
+    assert _client(env).get(ep, q, costs={"b": 1}).fetched_at == datetime(2026, 11, 10, 12, 34, 56, tzinfo=UTC)
+    monkeypatch.delenv("PERPWATCH_NOW")
+    before = datetime.now(UTC)
+    at = _client(env).get(ep, q, costs={"b": 1}).fetched_at
+    assert before <= at <= datetime.now(UTC)
+
+
 def test_bybit_error_envelopes_are_retried(env, monkeypatch):
     ep = "/v5/market/kline"
     q = {"category": "linear", "symbol": "BTCUSDT", "interval": "60", "limit": "3"}

@@ -23,12 +23,11 @@ import polars as pl
 import pytest
 
 from perpwatch import jobs, sources, transforms, warehouse
-from perpwatch.core import settings
 from perpwatch.ingest import collector, gaps, pipeline
 from perpwatch.simulator.common import Request
 from perpwatch.simulator.faults import SPECS, Faults
 from perpwatch.simulator.server import start
-from perpwatch.sources import coingecko, http, streams
+from perpwatch.sources import coingecko, streams
 
 T0 = datetime(2026, 11, 10, 12, tzinfo=UTC)
 H0 = T0 - timedelta(days=2)              # the soak's history starts here (a stream's first window)
@@ -60,16 +59,6 @@ TREASURY = ("coingecko", "treasury_holdings", "bitcoin")     # a list without ti
 LIQ_END = TE + timedelta(hours=1)
 WS_DROPS = 3
 WS_STREAMS = {"binance": "binance-fstream", "bybit": "bybit-ws", "okx": "okx-ws"}
-
-
-class VenueClock(datetime):
-    """The HTTP client's landing time (raw fetched_at) on the venue's clock, PERPWATCH_NOW, like the client's
-    other clocks. Parsers stamp snapshots with it (Hyperliquid's OI hour, the treasury list's day) and cut
-    forming candles at it; on the wall clock a simulated day would stamp them with today."""
-
-    @classmethod
-    def now(cls, tz=None):
-        return settings.now()
 
 
 def snapshot(db: Path) -> dict[str, pl.DataFrame]:
@@ -156,7 +145,6 @@ def test_soak_under_faults_converges_to_the_clean_warehouse(tmp_path, monkeypatc
         for k, v in sim.env().items():
             monkeypatch.setenv(k, v)
         monkeypatch.setenv("PERPWATCH_HTTP_TIMEOUT", "1.0")          # the timeout fault stalls 1.5 s
-        monkeypatch.setattr(http, "datetime", VenueClock)
 
         def run(db: Path, now: datetime, h0: datetime) -> pipeline.RunReport:
             sim.set_now(now)
