@@ -511,11 +511,12 @@ def fold_rows(
         end = ((through + 1) * _DAY_US - d.t0_us) // _HOUR_US - 1  # last hour index of day `through`
         if end >= 0:
             end = min(end, d.hours - 1)
+            alive = core.end_levels(lv, S, a, end)
             for asset, i in idx.items():
                 usable_to = np.flatnonzero(d.usable[i, : end + 1])
                 if usable_to.size == 0:
                     continue  # nothing folded for this asset up to `through`: its init state stands
-                lp, lu, sp, su = core.end_levels(lv, S, a, i, end)
+                lp, lu, sp, su = alive.get(i) or [_EMPTY] * 4
                 oi_ok = np.flatnonzero(d.usable[i, : end + 1] & ~np.isnan(d.oi[i, : end + 1]))
                 last_oi = float(d.oi[i, oi_ok[-1]]) if oi_ok.size else (init[asset].last_oi_usd if asset in init else None)
                 state[asset] = AssetLevels(*map(_frozen, (lp, lu, sp, su)), int(d.t0_us + usable_to[-1] * _HOUR_US),

@@ -285,13 +285,18 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
     return {k: (np.concatenate(v) if v else np.empty(0)) for k, v in out.items()}
 
 
-def end_levels(lv: Levels, S_hist: np.ndarray, a: np.ndarray, asset: int, hour: int):
-    """The levels of `asset` alive after `hour` (exact prices, sorted), as the fold's state."""
-    m = (lv.asset == asset) & (lv.birth <= hour) & (lv.death > hour)
-    res = []
-    for side in (0, 1):
-        ms = m & (lv.side == side)
-        p, u = lv.price[ms], a[ms] * S_hist[asset, hour]
-        o = np.argsort(p, kind="stable")
-        res += [p[o], u[o]]
-    return res
+def end_levels(lv: Levels, S_hist: np.ndarray, a: np.ndarray, hour: int) -> dict[int, list[np.ndarray]]:
+    """Per asset index, the levels alive after `hour` (exact prices, sorted; ties in level order) as the
+    fold's state: [long_price, long_usd, short_price, short_usd]. One sort over every asset's levels, not a
+    scan of all levels per asset. An asset with no live level is absent."""
+    idx = np.flatnonzero((lv.birth <= hour) & (lv.death > hour))
+    idx = idx[np.lexsort((idx, lv.price[idx], lv.side[idx], lv.asset[idx]))]
+    asset, side = lv.asset[idx], lv.side[idx]
+    price, usd = lv.price[idx], a[idx] * S_hist[asset, hour]
+    out = {}
+    starts = np.flatnonzero(np.r_[True, asset[1:] != asset[:-1]]) if idx.size else np.empty(0, np.int64)
+    for k, lo in enumerate(starts.tolist()):
+        hi = int(starts[k + 1]) if k + 1 < starts.size else idx.size
+        mid = lo + int(np.searchsorted(side[lo:hi], 1, "left"))
+        out[int(asset[lo])] = [price[lo:mid], usd[lo:mid], price[mid:hi], usd[mid:hi]]
+    return out
