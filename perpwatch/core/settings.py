@@ -172,8 +172,8 @@ class Settings(BaseSettings):
                              "venue up for this run and raises Banned (seconds).", "Network and limits")
     ws_silence: float = _f(120.0, "A websocket that delivers no message for this long is reconnected, counted "
                            "and warned about (seconds).", "Network and limits")
-    now: str | None = _f(None, "The clock of history clamps and bans (ISO time). Unset: the system clock. The "
-                         "simulator's --env sets it when it runs at a fixed time; tests set it.", "Operations",
+    now: str | None = _f(None, "The run's clock (ISO time): history clamps, bans and landing (raw fetched_at). Unset: the "
+                         "system clock. The simulator's --env sets it when it runs at a fixed time; tests set it.", "Operations",
                          example="")
     import_max_mb: float = _f(512, "Size cap in MB of one file `perpwatch import` accepts "
                               "(--max-size overrides).", "Network and limits")
@@ -411,7 +411,7 @@ def ws_silence_s() -> float:
 
 
 def now():
-    """The clock of history clamps and bans: PERPWATCH_NOW or the system clock (UTC)."""
+    """The run's clock (history clamps, bans, landing): PERPWATCH_NOW or the system clock (UTC)."""
     from datetime import UTC, datetime
 
     raw = get().now
