@@ -102,12 +102,19 @@ def _instrument_of(params: dict) -> str | None:
 
 
 class Budget:
-    """A sliding-window budget (e.g. 2400 weight per 60 s), shared by every thread of a run."""
+    """A sliding-window budget (e.g. 2400 weight per 60 s), shared by every thread of a run.
+
+    A request counts from when it is acquired until `window_s` after its answer came back (`settle`), never
+    from when it was sent: the venue counted it somewhere in between, so counting it to the answer keeps
+    every window of the venue's, fixed or sliding, within capacity whatever the thread and network jitter
+    between taking the budget and the request reaching the venue. A request still in flight never expires.
+    """
 
     def __init__(self, name: str, capacity: float, window_s: float):
         self.name, self.capacity, self.window_s = name, capacity, window_s
-        self._events: deque[tuple[float, float]] = deque()
-        self._used = 0.0
+        self._events: deque[tuple[float, float]] = deque()    # (answered at, weight), in answer order
+        self._used = 0.0                                       # weight of _events
+        self._inflight = 0.0                                   # weight acquired and not settled yet
         self._lock = threading.Lock()
         self.blocked_until = 0.0
         self.waited_s = 0.0
@@ -118,21 +125,28 @@ class Budget:
             self._used -= w
 
     def acquire(self, weight: float = 1.0) -> None:
+        """Wait until `weight` fits in the window and take it; the caller settles it once answered."""
         while True:
             with self._lock:
                 now = time.monotonic()
                 self._expire(now)
-                if now >= self.blocked_until and self._used + weight <= self.capacity:
-                    self._events.append((now, weight))
-                    self._used += weight
+                if now >= self.blocked_until and self._used + self._inflight + weight <= self.capacity:
+                    self._inflight += weight
                     return
                 if now < self.blocked_until:
                     wait = self.blocked_until - now
-                else:
+                else:   # the oldest answered request leaves the window then; only in-flight ones: poll
                     wait = self._events[0][0] + self.window_s - now if self._events else 0.01
             wait = max(wait, 0.001)
             self.waited_s += wait
             time.sleep(min(wait, 1.0))
+
+    def settle(self, weight: float = 1.0) -> None:
+        """The request that acquired `weight` was answered (or failed) now: it counts until now + window_s."""
+        with self._lock:
+            self._inflight = max(self._inflight - weight, 0.0)
+            self._events.append((time.monotonic(), weight))
+            self._used += weight
 
     def block_for(self, seconds: float) -> None:
         with self._lock:
@@ -143,10 +157,10 @@ class Budget:
         with self._lock:
             now = time.monotonic()
             self._expire(now)
-            if used > self._used:
-                extra = used - self._used
+            if used > self._used + self._inflight:
+                extra = used - self._used - self._inflight
                 self._events.append((now, extra))
-                self._used = used
+                self._used += extra
 
 
 @dataclass
@@ -277,13 +291,18 @@ class VenueClient:
                 raise Banned(self.source, endpoint, landed_params, f"not requested: {self.banned}",
                              self.banned.status, self.banned.until)
             self._wait_unblocked()
-            for name, cost in (costs or {}).items():
-                if name in self.budgets and cost > 0:
-                    self.budgets[name].acquire(cost)
+            taken = [(self.budgets[name], cost) for name, cost in (costs or {}).items()
+                     if name in self.budgets and cost > 0]
+            for budget, cost in taken:
+                budget.acquire(cost)
             self._count("requests")
             try:
-                resp = self.session.request(method, url, params=params if method == "GET" else None,
-                                            json=body, timeout=self.timeout, headers=self._secret_headers)
+                try:
+                    resp = self.session.request(method, url, params=params if method == "GET" else None,
+                                                json=body, timeout=self.timeout, headers=self._secret_headers)
+                finally:    # answered or failed: the venue may have counted it up to now
+                    for budget, cost in taken:
+                        budget.settle(cost)
             except TRANSIENT as exc:
                 if attempt > self.max_retries:
                     raise ServerError(self.source, endpoint, landed_params,
