@@ -63,7 +63,7 @@ bi: $(STAMP) $(BI_STAMP)
 
 test: $(STAMP) $(BI_STAMP) $(DUCKDB2_STAMP) system-deps
 	@$(BIN)/lint-imports --no-cache --no-logo   # layer contracts (pyproject [tool.importlinter]): a backward import fails the suite
-	@$(BIN)/python -m pytest -q -p no:cacheprovider
+	@$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

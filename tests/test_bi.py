@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BI_PY = bi.bi_venv() / "bin" / "python"
 ASSETS = ROOT / "bi" / "superset"
 ASSET = "BTC"
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)   # the fixture's fixed clock (see `built`)
 
 if not (bi.bi_venv() / ".installed").exists():
     pytest.skip(f"Superset's environment is not installed ({bi.bi_venv()}): run `make bi-install`",
@@ -89,7 +90,10 @@ def built(tmp_path_factory) -> dict:
     from perpwatch.ingest.collector import collect
     from perpwatch.simulator.server import start
 
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    # A fixed clock, at noon: the collector's liquidations are stamped on the simulator's clock, and only a
+    # day with bars has a daily_signals row to carry them. The wall clock truncated to the hour made the
+    # liquidation chart empty whenever the suite reached this fixture between 00:00 and 01:00 UTC.
+    now = NOW
     sim = start(port=0, seed=7, now=now)
     old = {k: os.environ.get(k) for k in sim.env()}
     os.environ.update(sim.env())

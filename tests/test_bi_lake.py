@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 PG = settings.get().test_pg
 ASSET = "BTC"
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 
 def _why_not() -> str | None:
@@ -75,7 +76,7 @@ def built(tmp_path_factory):
     lake.create_database(url)
     warehouse.connect(d / "empty.duckdb").close()
     warehouse.publish(db=d / "empty.duckdb", serving=d / "serving.duckdb", exports=d / "exports")
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    now = NOW   # a fixed clock at noon, as in test_bi: the suite's result must not depend on the hour it runs
     sim = start(port=0, seed=11, now=now)
     old = _setenv({**sim.env(), "PERPWATCH_DATA_PATH": str(d / "lakedata")})
     try:

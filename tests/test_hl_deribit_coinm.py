@@ -3,7 +3,6 @@ values, then end-to-end against the simulator (fixed `now`, 3 days, BTC only).""
 
 import json
 import os
-import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -351,20 +350,11 @@ def sim(monkeypatch):
     s.stop()
 
 
-def _away_from_hour_boundary():
-    # Snapshot OI rows are stamped with the wall-clock hour of the fetch: keep both runs in one hour.
-    now = datetime.now(UTC)
-    left = (now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1) - now).total_seconds()
-    if left < 45:
-        time.sleep(left + 1)
-
-
 def test_end_to_end_against_simulator(sim, tmp_path):
     from perpwatch import warehouse
     from perpwatch.ingest import pipeline
 
     db = tmp_path / "w.duckdb"
-    _away_from_hour_boundary()
     first = jobs.run(kind="backfill", start=NOW - timedelta(days=3), end=NOW, venues=VENUES,
                          assets=["BTC"], db=db, build=True)
     assert first.status == "success", first.errors + first.warnings
