@@ -309,6 +309,11 @@ class Stack:
     deploy_output: str = ""
     workers: int = 1
     database_url: str | None = None     # PostgreSQL for the server's own database (else SQLite in home)
+    # False: the server creates no scheduled runs (its scheduler service off), so only triggered runs
+    # execute. Tests run the deployments at fixed windows: with the scheduler on, a worker polling near
+    # xx:00 picks up the hourly liquidations run (and near xx:05 the hourly ingest), and the wall clock
+    # decides what lands in the warehouse under test.
+    scheduler: bool = True
 
     def __post_init__(self):
         self.home = Path(self.home).resolve()
@@ -317,6 +322,8 @@ class Stack:
         self.env = environment(self.home, self.api_url, self.base_env)
         if self.database_url:
             self.env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(self.database_url)
+        if not self.scheduler:
+            self.env["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "false"
 
     def up(self, worker: bool = True, say=lambda _m: None) -> Stack:
         try:

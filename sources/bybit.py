@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from perpwatch.core import settings
 from perpwatch.core.assets import canonical
 from perpwatch.sources import batch
 from perpwatch.sources.base import ParseContext, Parser, Stream, tradable
@@ -163,7 +164,7 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
     """Streams for the configured assets' trading USDT-linear and USD-inverse instruments."""
     out: list[Stream] = []
-    now = datetime.now(UTC)
+    now = settings.now()   # the run's clock: a replay or a pinned run sees the listings of its own time
     for r in tradable(instruments, VENUE, assets):
         sym, margin = r["instrument"], r["margin"]
         if margin not in QUOTES or r["quote"] != QUOTES[margin]:

@@ -179,7 +179,7 @@ def fetch_instruments(cl: VenueClient) -> list[Fetched]:
 def plan(instruments: pl.DataFrame, assets: list[str]) -> list[Stream]:
     """Streams for the configured assets' trading USDT-linear and USD-inverse swaps (and futures prices)."""
     out: list[Stream] = []
-    now = datetime.now(UTC)
+    now = settings.now()   # the run's clock: a replay or a pinned run sees the listings of its own time
     for r in tradable(instruments, VENUE, assets):
         inst, margin = r["instrument"], r["margin"]
         if margin not in QUOTES or r["quote"] != QUOTES[margin]:

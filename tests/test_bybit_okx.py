@@ -77,6 +77,25 @@ def test_bybit_plan_follows_trading_usdt_linear_and_usd_inverse_only():
     assert all(s.param("category") == ("inverse" if s.instrument == "BTCUSD" else "linear") for s in streams)
 
 
+@pytest.mark.parametrize("venue", ["bybit", "okx"])
+def test_a_dated_future_is_planned_on_the_runs_clock(venue, monkeypatch):
+    """A future that expired after the run's clock (PERPWATCH_NOW) but before the wall clock is still
+    planned on that run: a pinned backfill or replay sees the listings of its own time."""
+    mod = {"bybit": bybit, "okx": okx}[venue]
+    name, margin, quote = {"bybit": ("BTCUSDT-28NOV26", "linear", "USDT"),
+                           "okx": ("BTC-USD-261127", "inverse", "USD")}[venue]
+    inst = pl.DataFrame([{"venue": venue, "instrument": name, "asset": "BTC", "margin": margin, "quote": quote,
+                          "status": "trading", "kind": "future", "funding_interval_hours": None,
+                          "expiry": datetime(2026, 11, 27, 8, tzinfo=UTC)}])
+    def planned() -> set:
+        return {s.instrument for s in mod.plan(inst, ["BTC"])}
+
+    monkeypatch.setenv("PERPWATCH_NOW", "2026-11-20T00:00:00Z")
+    assert planned() == {name}
+    monkeypatch.setenv("PERPWATCH_NOW", "2026-11-28T00:00:00Z")
+    assert planned() == set()
+
+
 def test_bybit_inverse_open_interest_is_usd_one_side(fixture):
     data = fixture("bybit/v5_market_open-interest.json")
     df = bybit.parse_open_interest(data, {"category": "inverse", "symbol": "BTCUSD", "intervalTime": "1d"},

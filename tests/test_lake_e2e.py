@@ -321,7 +321,8 @@ def test_deployed_three_workers_prefect_on_postgresql(sim, file_db, lake_url, tm
     warehouse.connect(lake_url).close()
     env = {**env_for(sim, tmp_path, "deployed", lake_url), "PREFECT_WORKER_QUERY_SECONDS": "2"}
     stack = deploy.Stack(home=tmp_path / "prefect", port=deploy.free_port(), base_env=env,
-                         worker_log=tmp_path / "worker.log", workers=3, database_url=prefect_db)
+                         worker_log=tmp_path / "worker.log", workers=3, database_url=prefect_db,
+                         scheduler=False)
     assert stack.env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     window = {"start": START.isoformat(), "end": NOW.isoformat(), "assets": ASSETS}
     try:

@@ -117,7 +117,7 @@ def test_run_backfill_and_deployed_flow_give_identical_warehouses(world, tmp_pat
     stack_env = {**os.environ, **env, **c, "PERPWATCH_ALERT_WEBHOOK": f"http://127.0.0.1:{hook.server_port}/c",
                  "PREFECT_WORKER_QUERY_SECONDS": "2"}
     stack = deploy.Stack(home=tmp_path / "prefect", port=deploy.free_port(), base_env=stack_env,
-                         worker_log=tmp_path / "worker.log")
+                         worker_log=tmp_path / "worker.log", scheduler=False)
     try:
         stack.up()
         res = deploy.prefect(stack.env, "deployment", "run", "perpwatch-backfill/manual",

@@ -178,7 +178,7 @@ def parse_all(con, report: RunReport, payloads: Iterable[Fetched], ctx_instrumen
     for i, p in enumerate(ok):
         groups.setdefault((p.source, p.endpoint), []).append(i)
     pieces: dict[str, list[pl.DataFrame]] = defaultdict(list)
-    pctx = ParseContext(datetime.now(UTC), ctx_instruments, staging_columns())
+    pctx = ParseContext(settings.now(), ctx_instruments, staging_columns())
     for (source, endpoint), idx in groups.items():
         parser = sources.get(source).PARSERS.get(endpoint)
         if parser is not None and parser.batch is not None:
