@@ -20,24 +20,30 @@ def _n(x: float) -> str:
     return f"{x:.0f}"
 
 
-NOISE = 0.30     # the band the report states for this shared 2-core machine (load average printed above)
-
-
 def _ok(b: bool | str | None) -> str:
     if isinstance(b, str):
         return b
     return "n/a" if b is None else ("**met**" if b else "**missed**")
 
 
-def judge(measured: float, target: float, higher_is_better: bool = True) -> str:
-    """A target is met only when the measurement clears it by more than the stated noise band,
-    missed when it falls short by more than the band, and otherwise within noise (inconclusive)."""
-    ratio = measured / target if higher_is_better else target / measured
-    if ratio >= 1 + NOISE:
+def span(d: dict) -> tuple[float, float]:
+    """(min, max) of a Sample.as_dict(): the run-to-run spread the report judges against."""
+    return float(d["min"]), float(d["max"])
+
+
+def judge(a: float, b: float, target: float, higher_is_better: bool = True) -> str:
+    """Judge a target against the spread of the runs, not a typed-in band: a and b are the measure's
+    values at the two ends of that spread (the best and the worst run, in either order). **met** when
+    even the worst run clears the target, **missed** when even the best run falls short, otherwise
+    **within the spread** (inconclusive on this run)."""
+    lo, hi = min(a, b), max(a, b)
+    worst, best = (lo, hi) if higher_is_better else (hi, lo)
+    clears = (lambda v: v >= target) if higher_is_better else (lambda v: v <= target)
+    if clears(worst):
         return "**met**"
-    if ratio < 1 - NOISE:
+    if not clears(best):
         return "**missed**"
-    return f"**within noise** ({'clears' if ratio >= 1 else 'short of'} the target by {abs(ratio - 1) * 100:.0f} %)"
+    return f"**within the spread** (the runs range {lo:.3g}–{hi:.3g} across the target {target:g})"
 
 
 def render(r: dict) -> str:
@@ -55,8 +61,9 @@ def render(r: dict) -> str:
       f"Polars {v['polars']}, PyArrow {v['pyarrow']}, Prefect {v['prefect']}, Great Expectations {v['great_expectations']}, "
       f"orjson {v['orjson']}. Load average at start {m['loadavg']}; "
       + ", ".join(f"after {k}: {x}" for k, x in (r.get("loadavg_after") or {}).items())
-      + f" (a shared 2-core machine: other processes were running, so treat ±{NOISE * 100:.0f} % as noise; a "
-      "target is **met** only when it is cleared by more than that band).\n")
+      + ". A target is judged against the spread of its own runs in this invocation: **met** when the worst "
+      "run clears it (for a ratio: the contender's worst run against the baseline's best), **missed** when even "
+      "the best run falls short, otherwise **within the spread**.\n")
     targets: list[tuple[str, str, bool | None]] = []
     sections: list[str] = []
 
@@ -118,19 +125,31 @@ def render(r: dict) -> str:
                 trend = ", ".join(f"{_n(v['rows_per_s'])} rows/s at {int(k):,}" for k, v in
                                   sorted(by_size.items(), key=lambda kv: int(kv[0])))
                 same = " (same rows)" if int(n_big) == rows else f" (dlt on {int(n_big):,} rows)"
+                pv_lo, pv_hi = span(pv["total"])
+                d_lo, d_hi = span(x["fresh"])
+                n_dlt = int(n_big)
                 targets.append((f"1 Load: ≥ {goal}× dlt's {route} route (rows/s, fresh, with GX validation)",
                                 f"{rows / best_v / x['rows_per_s']:.1f}×{same}; dlt {trend}",
-                                judge(rows / best_v / x["rows_per_s"], goal)))
+                                judge((rows / pv_lo) / (n_dlt / d_hi), (rows / pv_hi) / (n_dlt / d_lo), goal)))
         targets.append(("1 Load: ≥ 1 M rows/s with GX validation (fresh)",
                         f"{_n(rows / best_v)} rows/s validated, {_n(rows / best)} without; "
-                        f"reload {_n(s['pipeline_novalidation.reload']['rows_per_s'])}", judge(rows / best_v, 1e6)))
-        add = (best_v - best) / best
-        targets.append(("1 Load: validation adds ≤ 20 %", f"{add * 100:+.0f} % (GX {pv['validate']:.2f} s)",
-                        judge(1 + add, 1.20, higher_is_better=False)))
+                        f"reload {_n(s['pipeline_novalidation.reload']['rows_per_s'])}",
+                        judge(rows / span(pv["total"])[0], rows / span(pv["total"])[1], 1e6)))
+        # validation's share measured inside each validated run (its GX stage against the rest of the same
+        # load), not as the difference of two separately timed variants
+        shares = [x["fresh"]["validate"] / (x["fresh"]["total"] - x["fresh"]["validate"])
+                  for x in raw["variants"]["pipeline_validated"]]
+        share = sorted(shares)[len(shares) // 2]
+        targets.append(("1 Load: validation adds ≤ 20 %",
+                        f"{share * 100:+.0f} % (GX {pv['validate']:.2f} s of the validated load, per run "
+                        + ", ".join(f"{x * 100:+.0f} %" for x in shares) + f"; the no-validation variant {best:.2f} s)",
+                        judge(1 + min(shares), 1 + max(shares), 1.20, higher_is_better=False)))
         ratio = best_v / ceil["total"]["median"]
         targets.append(("1 Load: within 2× of DuckDB's Arrow ingest (validated path)",
                         f"{ratio:.1f}× ({best_v:.2f} s vs {ceil['total']['median']:.2f} s); upsert alone "
-                        f"{pf['upsert'] / ceil['total']['median']:.1f}×", judge(ratio, 2.0, higher_is_better=False)))
+                        f"{pf['upsert'] / ceil['total']['median']:.1f}×",
+                        judge(span(pv["total"])[0] / span(ceil["total"])[1], span(pv["total"])[1] / span(ceil["total"])[0],
+                              2.0, higher_is_better=False)))
         tot = pv["total"]["median"]
         sections.append(f"Where the validated fresh load's {tot:.2f} s go: parse {pv['parse'] / tot * 100:.0f} %, "
                         f"GX validation {pv['validate'] / tot * 100:.0f} %, `warehouse.upsert` {pv['upsert'] / tot * 100:.0f} %, "
@@ -200,14 +219,18 @@ def render(r: dict) -> str:
         targets.append((f"2 Marts: full rebuild < {limit:.0f} s at {full} assets × {mm['days']} d"
                         + (" (heatmap marts excluded, see §2)" if mm["skip"] else " (every mart incl. the heatmap)"),
                         f"{_s(z['total'])}; peak RSS {_s(z['peak_rss_mb'], 'MB', 0)}",
-                        judge(z["total"]["median"], limit, higher_is_better=False)))
+                        judge(*span(z["total"]), limit, higher_is_better=False)))
         if len(sizes) >= 3:
             r2 = mm["sizes"][sizes[1]]["total"]["median"] / base
             r4 = mm["sizes"][sizes[2]]["total"]["median"] / base
-            targets.append(("2 Marts: 1×/2×/4× linear", f"×{r2:.2f} at 2×, ×{r4:.2f} at 4× (base {sizes[0]} assets, {base:.1f} s)",
-                            r2 <= 2.4 and r4 <= 4.8))
+            b_lo, b_hi = span(mm["sizes"][sizes[0]]["total"])
+            # linear: time per asset at 4x no more than 1.2x the 1x one (r4 <= 4.8); judged on the spread
+            f_lo, f_hi = span(mm["sizes"][sizes[2]]["total"])
+            targets.append(("2 Marts: 1×/2×/4× linear (4× within 4.8× of 1×)",
+                            f"×{r2:.2f} at 2×, ×{r4:.2f} at 4× (base {sizes[0]} assets, {base:.1f} s)",
+                            judge(f_lo / b_hi, f_hi / b_lo, 4.8, higher_is_better=False)))
         targets.append(("2 Marts: daily incremental < 2 s", f"{_s(wh['total'])}; first pass "
-                        f"{inc['as_is']['total_s']:.1f} s", judge(wh["total"]["median"], 2.0, higher_is_better=False)))
+                        f"{inc['as_is']['total_s']:.1f} s", judge(*span(wh["total"]), 2.0, higher_is_better=False)))
 
     if "publish" in r:
         pb = r["publish"]
@@ -225,7 +248,8 @@ def render(r: dict) -> str:
         sections.append("\n".join(sec))
         targets.append(("Publish: 4× history within 1.3× of 1× (after a daily build)",
                         f"×{ratio:.2f} ({_s(four['incremental'])} vs {_s(one['incremental'])})",
-                        judge(ratio, 1.3, higher_is_better=False)))
+                        judge(span(four["incremental"])[0] / span(one["incremental"])[1],
+                              span(four["incremental"])[1] / span(one["incremental"])[0], 1.3, higher_is_better=False)))
 
     if "extract" in r:
         e = r["extract"]
@@ -255,7 +279,8 @@ def render(r: dict) -> str:
         n418 = sum(x["418"] for x in e["perpwatch"])
         targets.append(("3 Extraction: wall ≤ 1.1× floor", f"{ratio:.2f}× ({e['perpwatch_wall']['median']:.1f} s vs "
                         f"{fl['floor_s']:.1f} s); sequential loop {e['sequential_wall']['median'] / fl['floor_s']:.2f}×",
-                        ratio <= 1.1))
+                        judge(span(e["perpwatch_wall"])[0] / fl["floor_s"], span(e["perpwatch_wall"])[1] / fl["floor_s"],
+                              1.1, higher_is_better=False)))
         targets.append(("3 Extraction: zero 429 and zero 418", f"429: {n429}, 418: {n418} over {len(e['perpwatch'])} runs",
                         n429 == 0 and n418 == 0))
 
@@ -279,9 +304,9 @@ def render(r: dict) -> str:
                 sec.append(f"- a run **failed** after {d['wall_s']:.1f} s: `{last[0].strip()[:160]}`\n")
             why = f" — {len(failed)} of {len(x['demo'])} runs failed" if failed else ""
             targets.append(("4 E2E: demo pipeline < 60 s", (_s(wall) if ok else "no successful run") + why,
-                            bool(ok) and not failed and wall["median"] < 60))
+                            judge(*span(wall), 60, higher_is_better=False) if ok and not failed else False))
             targets.append(("4 E2E: demo peak RSS < 1 GB", (_s(rss, "MB", 0) if ok else "no successful run") + why,
-                            bool(ok) and not failed and rss["median"] < 1024))
+                            judge(*span(rss), 1024, higher_is_better=False) if ok and not failed else False))
         from perpwatch.bench.common import Sample
 
         pr, gx = x["prefect"], x["gx"]
@@ -302,9 +327,14 @@ def render(r: dict) -> str:
         fl = ing.get("rate_floor") or {}
         bound = f"; one-host floor {ing['ratio_floor']:.2f}× (OKX rate limit)" if fl.get("floor_s") else ""
         targets.append(("5 Scale out: 3 workers into the lake ≤ 0.45× one process into the file (wall)",
-                        f"{ing['ratio']:.2f}× ({_s(ing['lake'])} vs {_s(ing['file'])}){bound}", ing["ratio"] <= 0.45))
+                        f"{ing['ratio']:.2f}× ({_s(ing['lake'])} vs {_s(ing['file'])}){bound}",
+                        judge(span(ing["lake"])[0] / span(ing["file"])[1], span(ing["lake"])[1] / span(ing["file"])[0],
+                              0.45, higher_is_better=False)))
         targets.append(("5 Scale out: lake reader wait flat from 1× to 4× (≤ 1.2×)",
-                        f"×{pub['lake_growth']:.2f} (file publish ×{pub['file_growth']:.2f})", pub["lake_growth"] <= 1.2))
+                        f"×{pub['lake_growth']:.2f} (file publish ×{pub['file_growth']:.2f})",
+                        judge(span(pub["4x"]["lake_reader_wait"])[0] / span(pub["1x"]["lake_reader_wait"])[1],
+                              span(pub["4x"]["lake_reader_wait"])[1] / span(pub["1x"]["lake_reader_wait"])[0],
+                              1.2, higher_is_better=False)))
         sec = ["## 5. Scale out: DuckLake on PostgreSQL vs the DuckDB file (`bench/lake.py`)\n",
                f"**(a) Concurrent ingest.** `perpwatch backfill --no-prefect --no-build` of {ing['days']} days, "
                f"{', '.join(ing['assets'])}, all six derivatives venues against the simulator with its real per-venue "

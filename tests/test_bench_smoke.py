@@ -54,6 +54,23 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     assert e["floor"]["floor_s"] > 0
     text = out.read_text()
     assert "## Targets" in text and "## 1. Load path" in text and "## 3. Extraction" in text
+    # every target is judged on this run's spread: no typed-in noise band left in the report
+    assert "within noise" not in text and "±30" not in text
+    assert text.count("**met**") + text.count("**missed**") + text.count("**within the spread**") >= 8
+
+
+def test_targets_are_judged_on_the_spread_of_the_runs():
+    from perpwatch.bench.report import judge
+
+    # times (lower is better) against a 2 s target: all runs under, all over, and straddling it
+    assert judge(1.5, 1.9, 2.0, higher_is_better=False) == "**met**"
+    assert judge(2.1, 2.4, 2.0, higher_is_better=False) == "**missed**"
+    assert judge(2.3, 1.8, 2.0, higher_is_better=False).startswith("**within the spread**")
+    # rates (higher is better) against 1 M rows/s; the two ends may come in either order
+    assert judge(1.2e6, 1.05e6, 1e6) == "**met**"
+    assert judge(0.9e6, 0.99e6, 1e6) == "**missed**"
+    assert judge(1.1e6, 0.95e6, 1e6).startswith("**within the spread**")
+    assert judge(2.0, 2.0, 2.0, higher_is_better=False) == "**met**"       # on the target clears it
 
 
 # --------------------------------------------------------------------------- upsert == reference
