@@ -411,10 +411,12 @@ def _ingest_why(ing: dict) -> list[str]:
 NOTES = """## Why the misses miss, what closed the others, and what would close the rest
 
 - **Load path.** The parse column is the batch parser the pipeline runs (one call per endpoint
-  for all pages: orjson per page, one frame of the venue's asserted row shape, vectorised casts);
-  the upsert column is `warehouse.upsert` (Arrow ingest plus the duplicate check and the classifying
-  join); "other" is `load_table` (concat, in-run dedup on the grain, quarantine bookkeeping,
-  watermarks). The stage split above says which of these dominates in this run.
+  for all pages: polars' JSON reader per page straight into the venue's asserted row shape, orjson
+  only for pages of another shape, vectorised casts); the upsert column is `warehouse.upsert` (Arrow
+  ingest plus the duplicate check and the classifying join); "other" is `load_table` (concat, in-run
+  dedup on the grain — one row hash proves a batch has no repeated key before the order-keeping
+  unique is paid for —, quarantine bookkeeping, watermarks). The stage split above says which of
+  these dominates in this run; the Arrow-ingest row is the floor under the upsert column.
 - **dlt.** Two routes of dlt 1.x `merge` on the grain: dicts (dlt normalises row by row in Python) and
   Arrow tables (dlt's documented fast route: Parquet load files, no row normalisation), each at two sizes
   (the trend), its one-off setup (pipeline, schema, destination tables: a first run of one page) timed

@@ -153,3 +153,22 @@ def test_polars_read_pages_equal_the_orjson_path_and_odd_pages_fall_back():
     assert a[batch.PAGE].to_list() == [0, 0, 2, 3]
     with pytest.raises(pl.exceptions.PolarsError):     # the nested page: rejected by `frame`, as before
         batch.frame(fast, shape)
+
+
+def test_newest_per_key_keeps_the_last_row_of_each_key_in_order():
+    key = ["venue", "instrument", "ts"]
+    t = [datetime(2026, 1, 1, h, tzinfo=UTC) for h in range(3)]
+    repeated = pl.DataFrame({"venue": ["b", "b", "b", "o", "b"], "instrument": ["X", "X", "Y", "X", "X"],
+                             "ts": [t[0], t[1], t[0], t[0], t[0]], "v": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    got = pipeline._newest_per_key(repeated, key)
+    # (b, X, t0) appears twice: the later row (v=5) wins and takes the later place; the rest keep their order
+    assert got.to_dicts() == [{"venue": "b", "instrument": "X", "ts": t[1], "v": 2.0},
+                              {"venue": "b", "instrument": "Y", "ts": t[0], "v": 3.0},
+                              {"venue": "o", "instrument": "X", "ts": t[0], "v": 4.0},
+                              {"venue": "b", "instrument": "X", "ts": t[0], "v": 5.0}]
+    assert_frame_equal(got, repeated.unique(subset=key, keep="last", maintain_order=True))
+    # null keys repeat too (one null instrument twice)
+    nulls = pl.DataFrame({"venue": ["b", "b"], "instrument": [None, None], "ts": [t[2], t[2]], "v": [1.0, 2.0]})
+    assert pipeline._newest_per_key(nulls, key)["v"].to_list() == [2.0]
+    unique = repeated[1:4]
+    assert pipeline._newest_per_key(unique, key) is unique          # no repeat: the frame as it is
