@@ -31,6 +31,11 @@ def span(d: dict) -> tuple[float, float]:
     return float(d["min"]), float(d["max"])
 
 
+def ratio_span(num: dict, den: dict) -> tuple[float, float]:
+    """The ends of num/den over both spreads: (num's min / den's max, num's max / den's min)."""
+    return span(num)[0] / span(den)[1], span(num)[1] / span(den)[0]
+
+
 def judge(a: float, b: float, target: float, higher_is_better: bool = True) -> str:
     """Judge a target against the spread of the runs, not a typed-in band: a and b are the measure's
     values at the two ends of that spread (the best and the worst run, in either order). **met** when
@@ -148,8 +153,7 @@ def render(r: dict) -> str:
         targets.append(("1 Load: within 2× of DuckDB's Arrow ingest (validated path)",
                         f"{ratio:.1f}× ({best_v:.2f} s vs {ceil['total']['median']:.2f} s); upsert alone "
                         f"{pf['upsert'] / ceil['total']['median']:.1f}×",
-                        judge(span(pv["total"])[0] / span(ceil["total"])[1], span(pv["total"])[1] / span(ceil["total"])[0],
-                              2.0, higher_is_better=False)))
+                        judge(*ratio_span(pv["total"], ceil["total"]), 2.0, higher_is_better=False)))
         tot = pv["total"]["median"]
         sections.append(f"Where the validated fresh load's {tot:.2f} s go: parse {pv['parse'] / tot * 100:.0f} %, "
                         f"GX validation {pv['validate'] / tot * 100:.0f} %, `warehouse.upsert` {pv['upsert'] / tot * 100:.0f} %, "
@@ -223,12 +227,10 @@ def render(r: dict) -> str:
         if len(sizes) >= 3:
             r2 = mm["sizes"][sizes[1]]["total"]["median"] / base
             r4 = mm["sizes"][sizes[2]]["total"]["median"] / base
-            b_lo, b_hi = span(mm["sizes"][sizes[0]]["total"])
             # linear: time per asset at 4x no more than 1.2x the 1x one (r4 <= 4.8); judged on the spread
-            f_lo, f_hi = span(mm["sizes"][sizes[2]]["total"])
             targets.append(("2 Marts: 1×/2×/4× linear (4× within 4.8× of 1×)",
                             f"×{r2:.2f} at 2×, ×{r4:.2f} at 4× (base {sizes[0]} assets, {base:.1f} s)",
-                            judge(f_lo / b_hi, f_hi / b_lo, 4.8, higher_is_better=False)))
+                            judge(*ratio_span(mm["sizes"][sizes[2]]["total"], mm["sizes"][sizes[0]]["total"]), 4.8, higher_is_better=False)))
         targets.append(("2 Marts: daily incremental < 2 s", f"{_s(wh['total'])}; first pass "
                         f"{inc['as_is']['total_s']:.1f} s", judge(*span(wh["total"]), 2.0, higher_is_better=False)))
 
@@ -248,8 +250,7 @@ def render(r: dict) -> str:
         sections.append("\n".join(sec))
         targets.append(("Publish: 4× history within 1.3× of 1× (after a daily build)",
                         f"×{ratio:.2f} ({_s(four['incremental'])} vs {_s(one['incremental'])})",
-                        judge(span(four["incremental"])[0] / span(one["incremental"])[1],
-                              span(four["incremental"])[1] / span(one["incremental"])[0], 1.3, higher_is_better=False)))
+                        judge(*ratio_span(four["incremental"], one["incremental"]), 1.3, higher_is_better=False)))
 
     if "extract" in r:
         e = r["extract"]
@@ -328,13 +329,10 @@ def render(r: dict) -> str:
         bound = f"; one-host floor {ing['ratio_floor']:.2f}× (OKX rate limit)" if fl.get("floor_s") else ""
         targets.append(("5 Scale out: 3 workers into the lake ≤ 0.45× one process into the file (wall)",
                         f"{ing['ratio']:.2f}× ({_s(ing['lake'])} vs {_s(ing['file'])}){bound}",
-                        judge(span(ing["lake"])[0] / span(ing["file"])[1], span(ing["lake"])[1] / span(ing["file"])[0],
-                              0.45, higher_is_better=False)))
+                        judge(*ratio_span(ing["lake"], ing["file"]), 0.45, higher_is_better=False)))
         targets.append(("5 Scale out: lake reader wait flat from 1× to 4× (≤ 1.2×)",
                         f"×{pub['lake_growth']:.2f} (file publish ×{pub['file_growth']:.2f})",
-                        judge(span(pub["4x"]["lake_reader_wait"])[0] / span(pub["1x"]["lake_reader_wait"])[1],
-                              span(pub["4x"]["lake_reader_wait"])[1] / span(pub["1x"]["lake_reader_wait"])[0],
-                              1.2, higher_is_better=False)))
+                        judge(*ratio_span(pub["4x"]["lake_reader_wait"], pub["1x"]["lake_reader_wait"]), 1.2, higher_is_better=False)))
         sec = ["## 5. Scale out: DuckLake on PostgreSQL vs the DuckDB file (`bench/lake.py`)\n",
                f"**(a) Concurrent ingest.** `perpwatch backfill --no-prefect --no-build` of {ing['days']} days, "
                f"{', '.join(ing['assets'])}, all six derivatives venues against the simulator with its real per-venue "
