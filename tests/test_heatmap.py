@@ -25,6 +25,7 @@ from perpwatch.transforms.heatmap import (
     update_heatmap,
 )
 from perpwatch.transforms.marts import liquidation_heatmap as transform
+from tests.heatmap_bars_sql import load_bars_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -389,6 +390,74 @@ def test_load_bars_sums_oi_and_ignores_a_late_venue():
     assert h2["est_liquidation_usd"].sum() == pytest.approx(100)
     assert ((h2["price_mid"] / 200 - 1).abs() < 0.1).all()
     assert rows_at(hm, 3)["est_liquidation_usd"].sum() == pytest.approx(100 * 5700 / 6200)
+
+
+def _messy_staging(seed: int) -> duckdb.DuckDBPyConnection:
+    """Staging that exercises every rule of the bars' definition: sub-hour snapshots (the last wins), two
+    perp instruments on one venue (averaged, OI summed), gaps longer and shorter than oi_max_gap_hours,
+    venues that start late or stop, hours with a bar and no OI, OI and no bar, equal venue OI (first venue
+    by name), spot and 8h rows and non-positive prices (ignored), an asset with no perp at all."""
+    rng = np.random.default_rng(seed)
+    con = duckdb.connect(":memory:")
+    con.execute((ROOT / "warehouse" / "schema.sql").read_text())
+    oi, px = [], []
+    venues = ("binance", "bybit", "okx")
+    for asset in ("BTC", "ETH", "SOL", "XRP"):
+        for venue in venues:
+            insts = [asset + "USDT"] + ([asset + "USDC"] if venue == "binance" and asset != "SOL" else [])
+            for inst in insts:
+                first, last = int(rng.integers(0, 20)), int(rng.integers(40, 60))
+                for h in range(first, last):
+                    if rng.random() < 0.15:  # a gap hour
+                        continue
+                    if rng.random() < 0.05:  # a long gap (> 6 h)
+                        continue
+                    ts = T0 + timedelta(hours=h)
+                    for m in sorted(rng.choice(60, size=int(rng.integers(1, 4)), replace=False)):
+                        # every 7th hour the venues tie: 5,000 USD per venue, split over its instruments
+                        usd = 5000.0 / len(insts) if h % 7 == 0 else float(rng.uniform(1e3, 1e4))
+                        oi.append((venue, inst, ts + timedelta(minutes=int(m)), asset, usd))
+                    if asset == "XRP":
+                        continue  # OI, no perp bar
+                    if rng.random() < 0.1:
+                        continue  # OI, no bar this hour
+                    p = float(rng.uniform(90, 110))
+                    bad = rng.random() < 0.03
+                    px.append((venue, inst, "perp", "1h", ts, asset, p, p * 1.01, 0.0 if bad else p * 0.99, p * 1.002))
+                    px.append((venue, inst, "spot", "1h", ts, asset, 1.0, 1.0, 1.0, 1.0))
+                    px.append((venue, inst, "perp", "8h", ts, asset, 2.0, 2.0, 2.0, 2.0))
+    con.executemany("INSERT INTO staging.open_interest (venue, instrument, ts, asset, oi_usd) VALUES (?, ?, ?, ?, ?)", oi)
+    con.executemany('INSERT INTO staging.prices (venue, instrument, kind, "interval", ts, asset, open, high, low, close) '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", px)
+    con.execute("DELETE FROM staging.open_interest WHERE venue = 'binance' AND instrument = 'BTCUSDT' "
+                "AND ts >= TIMESTAMPTZ '2024-03-01 20:00:00+00' AND ts < TIMESTAMPTZ '2024-03-02 06:00:00+00'")
+    con.execute("INSERT INTO staging.prices (venue, instrument, kind, \"interval\", ts, asset, open, high, low, close) "
+                "SELECT 'bybit', 'BTCUSDT', 'perp', '1h', TIMESTAMPTZ '2024-03-05 10:00:00+00', 'BTC', 1, 1, 1, 1")  # bar, no OI
+    return con
+
+
+def assert_bars_equal(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    assert a.columns == b.columns and a.schema == b.schema
+    assert a.height == b.height > 0
+    for c in a.columns:
+        if a.schema[c] == pl.Float64:
+            assert a[c].is_null().to_list() == b[c].is_null().to_list(), c
+            np.testing.assert_allclose(a[c].fill_null(0).to_numpy(), b[c].fill_null(0).to_numpy(), rtol=1e-12, err_msg=c)
+        else:
+            assert a[c].to_list() == b[c].to_list(), c
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_load_bars_equals_its_sql_definition(seed):
+    con = _messy_staging(seed)
+    assert_bars_equal(load_bars(con, oi_max_gap_hours=6), load_bars_sql(con, oi_max_gap_hours=6))
+    assert_bars_equal(load_bars(con, oi_max_gap_hours=2), load_bars_sql(con, oi_max_gap_hours=2))
+    start = T0 + timedelta(hours=25)
+    assert_bars_equal(load_bars(con, ["eth", "btc"], 6, start), load_bars_sql(con, ["eth", "btc"], 6, start))
+    bars = load_bars(con, oi_max_gap_hours=6)
+    assert "XRP" not in bars["asset"].to_list()  # no perp bar, no row
+    assert bars["oi_usd"].null_count() > 0  # hours with a bar and no OI stay NULL
+    assert load_bars(con, ["DOGE"]).height == 0
 
 
 def test_build_and_daily_clusters_from_warehouse():

@@ -1,0 +1,60 @@
+"""Reuse freed memory during a build instead of handing it back to the kernel and faulting it in again.
+
+A mart build allocates and frees arrays of hundreds of MB over and over (the heatmap's hour x series
+grids, its level arrays, polars frames). glibc serves each one with a fresh mmap and unmaps it on free,
+so every array costs new page faults; on a small VM a fault is expensive (bench: the heatmap's system
+time, `resource.getrusage`, was of the order of its user time). Inside `reuse_freed_memory()` glibc takes
+large blocks from its heap and keeps what is freed there for the next array (mallopt M_MMAP_MAX = 0, a
+high M_TRIM_THRESHOLD); on the way out the defaults come back and malloc_trim(0) returns the free heap
+pages, so the process does not keep the build's peak after it. Anything but glibc: a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_KEEP = 2**31 - 1  # the largest trim threshold mallopt takes (an int): ~2 GiB may stay free on top of the heap
+_lock = threading.Lock()
+_depth = 0
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (AttributeError off glibc)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _glibc()
+
+
+@contextmanager
+def reuse_freed_memory() -> Iterator[bool]:
+    """Within the block, large allocations come from (and return to) glibc's heap. Yields whether it applies
+    (glibc). Re-entrant: only the outermost block changes and restores the settings."""
+    global _depth
+    if _LIBC is None:
+        yield False
+        return
+    with _lock:
+        _depth += 1
+        if _depth == 1:
+            _LIBC.mallopt(_M_MMAP_MAX, 0)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, _KEEP)
+    try:
+        yield True
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
+                _LIBC.malloc_trim(0)
