@@ -15,12 +15,16 @@ import pytest
 from perpwatch.serving.render import COLORMAP, render
 from perpwatch.transforms.heatmap import (
     OUTPUT_SCHEMA,
+    clusters_of,
+    clusters_of_bins,
     daily_clusters,
     estimate_levels,
     heatmap_settings,
+    last_hour_bins,
     load_bars,
     nearest_clusters,
     new_state,
+    read_heatmap,
     step,
     update_heatmap,
 )
@@ -486,6 +490,19 @@ def test_build_and_daily_clusters_from_warehouse():
     assert clusters.select(pl.struct("date", "asset").is_duplicated().any()).item() is False
     assert (clusters["cluster_above_distance"].drop_nulls() >= 0).all()
     assert (clusters["cluster_below_distance"].drop_nulls() > 0).all()
+
+
+def test_daily_clusters_from_the_warehouse_equal_the_in_memory_rule():
+    con = warehouse(24 * 12)  # 12 days: daily snapshots before the 7-day hourly window, every hour in it
+    write_mart(con)
+    q = heatmap_settings()["cluster_percentile"]
+    from_sql = daily_clusters(con)  # DuckDB picks each day's last hour and sums the sides
+    in_memory = clusters_of(read_heatmap(con), q)
+    assert from_sql.height == 2 * 12
+    assert from_sql.equals(in_memory)
+    later = last_hour_bins(con, (T0 + timedelta(days=9)).date())
+    assert later["date"].min() == (T0 + timedelta(days=9)).date() and later["date"].n_unique() == 3
+    assert clusters_of_bins(later, q).equals(in_memory.filter(pl.col("date") >= (T0 + timedelta(days=9)).date()))
 
 
 def test_render_png(tmp_path):
