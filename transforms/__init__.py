@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from perpwatch import warehouse
-from perpwatch.core import tables
+from perpwatch.core import memory, tables
 from perpwatch.core.settings import signal_settings
 
 HERE = Path(__file__).resolve().parent
@@ -127,7 +127,8 @@ def build_all(con, only: list[str] | None = None, now: datetime | None = None) -
     `now`: the build's clock (default: the wall clock), which decides the `complete` flags."""
     token = BUILD_NOW.set(now or datetime.now(UTC))
     try:
-        return _build_all(con, only)
+        with memory.reuse_freed_memory():
+            return _build_all(con, only)
     finally:
         BUILD_NOW.reset(token)
 
@@ -278,7 +279,8 @@ def build_incremental(con, since, only: list[str] | None = None, now: datetime |
     """Recompute opted-in marts from `since` (a date) on; rebuild the rest in full. Seconds per table."""
     token = BUILD_NOW.set(now or datetime.now(UTC))
     try:
-        return _build_incremental(con, since, only)
+        with memory.reuse_freed_memory():
+            return _build_incremental(con, since, only)
     finally:
         BUILD_NOW.reset(token)
 

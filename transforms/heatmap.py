@@ -60,6 +60,7 @@ CLUSTER_SCHEMA = {
 OPTIONAL = ("long_share_up", "max_distance_pct", "cluster_percentile", "oi_max_gap_hours", "hourly_days", "top_bins")
 
 _HOUR_US = 3_600_000_000
+_BATCH = 1 << 20  # rows per Arrow batch when load_bars streams staging
 
 
 # --------------------------------------------------------------------------- parameters
@@ -215,8 +216,11 @@ def _bars_numpy(bars: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
         pl.col("asset").cast(pl.String),
         ts.dt.cast_time_unit("us").cast(pl.Int64).alias("ts_us"),
         *[pl.col(c).cast(pl.Float64).fill_null(float("nan")) for c in cols],
-    ).sort("asset", "ts_us")
-    if out.select(pl.struct("asset", "ts_us").is_duplicated().any()).item():
+    )
+    same, prev_a, prev_t = pl.col("asset") == pl.col("asset").shift(1), pl.col("asset").shift(1), pl.col("ts_us").shift(1)
+    if out.select(((pl.col("asset") < prev_a) | (same & (pl.col("ts_us") < prev_t))).any()).item():
+        out = out.sort("asset", "ts_us")  # load_bars' rows come sorted: no sort of 10^7 rows then
+    if out.select((same & (pl.col("ts_us") == prev_t)).any()).item():  # sorted: a repeat is next to its twin
         raise ValueError("bars have more than one row per (asset, ts)")
     return out, has_prev
 
@@ -365,9 +369,15 @@ def load_bars(
     floored to the hour, last snapshot wins). oi_prev_usd: the same instruments' previous
     snapshot if it is at most `oi_max_gap_hours` old, else their current value, so an
     instrument whose history starts later (or resumes after a long gap) adds no fake flow.
+    An instrument counts for the asset of its newest OI row. Only hours with a perp bar are returned.
     Default oi_max_gap_hours: [heatmap] oi_max_gap_hours of the signal settings. start: only bars from
     then on; oi_prev_usd of the first hours is right when start is oi_max_gap_hours + 1 hours earlier than
     the first hour the caller keeps (the incremental build does that).
+
+    DuckDB reads the rows (integer series ids, integer hours: no strings cross into Python, no
+    time-zone arithmetic); numpy does the rest on dense hour x series grids. The grouping, window and
+    join plan of the same definition in SQL (tests/heatmap_bars_sql.py, the test oracle) spills and grows
+    faster than the rows: 48 s against ~10 s for 200 assets x 5 years.
     """
     if oi_max_gap_hours is None:
         oi_max_gap_hours = heatmap_settings()["oi_max_gap_hours"]
@@ -375,50 +385,143 @@ def load_bars(
     where = "" if assets is None else f"AND asset IN ({', '.join(str_literal(a.upper()) for a in assets) or 'NULL'})"
     if start is not None:
         where += f" AND ts >= {ts_literal(start)}"
-    # Hours as integers (epoch_us // 1 h) all the way: no ICU time-zone arithmetic, cheap keys.
-    sql = f"""
-    WITH oi_rows AS (   -- last snapshot per instrument-hour
-        SELECT venue, instrument, epoch_us(ts) // {_HOUR_US} AS h,
-               arg_max(asset, ts) AS asset, arg_max(oi_usd::DOUBLE, ts) AS oi_usd
-        FROM staging.open_interest
-        WHERE oi_usd IS NOT NULL AND asset IS NOT NULL {where}
-        GROUP BY venue, instrument, h
-    ), oi_lag AS (
-        SELECT *, lag(oi_usd) OVER w AS prev_oi, lag(h) OVER w AS prev_h
-        FROM oi_rows WINDOW w AS (PARTITION BY venue, instrument ORDER BY h)
-    ), oi_hour AS (
-        SELECT asset, h, sum(oi_usd) AS oi_usd,
-               sum(CASE WHEN prev_h >= h - {int(oi_max_gap_hours)} THEN prev_oi ELSE oi_usd END) AS oi_prev_usd
-        FROM oi_lag GROUP BY asset, h
-    ), venue_oi AS (
-        SELECT venue, asset, h, sum(oi_usd) AS oi FROM oi_rows GROUP BY venue, asset, h
-    ), perp AS (
-        SELECT venue, asset, epoch_us(ts) // {_HOUR_US} AS h, avg(open)::DOUBLE AS open, avg(high)::DOUBLE AS high,
-               avg(low)::DOUBLE AS low, avg(close)::DOUBLE AS close
-        FROM staging.prices
-        WHERE kind = 'perp' AND "interval" = '1h' AND asset IS NOT NULL
-          AND open > 0 AND high > 0 AND low > 0 AND close > 0 {where}
-        GROUP BY venue, asset, h
-    ), price AS (   -- the largest-OI venue's bar; ties and hours without OI: the first venue by name
-        SELECT p.asset, p.h, arg_max({{'o': p.open, 'hi': p.high, 'lo': p.low, 'c': p.close}},
-                                     (coalesce(v.oi, 0), -r.venue_rank)) AS b
-        FROM perp p
-        JOIN (SELECT venue, row_number() OVER (ORDER BY venue) AS venue_rank FROM (SELECT DISTINCT venue FROM perp)) r
-          USING (venue)
-        LEFT JOIN venue_oi v USING (venue, asset, h)
-        GROUP BY p.asset, p.h
-    )
-    SELECT price.asset, price.h * {_HOUR_US} AS ts_us, b.o AS open, b.hi AS high, b.lo AS low, b.c AS close,
-           oi_hour.oi_usd, oi_hour.oi_prev_usd
-    FROM price LEFT JOIN oi_hour USING (asset, h)
-    ORDER BY price.asset, price.h
-    """
-    df = con.execute(sql).pl()
-    return df.select(
-        "asset",
-        pl.col("ts_us").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts"),
-        *BAR_COLUMNS[2:6], "oi_usd", "oi_prev_usd",
-    )
+    oi_where = f"oi_usd IS NOT NULL AND asset IS NOT NULL {where}"
+    px_where = (f"kind = 'perp' AND \"interval\" = '1h' AND asset IS NOT NULL "
+                f"AND open > 0 AND high > 0 AND low > 0 AND close > 0 {where}")
+    # series: OI per (venue, instrument) sorted by (asset, venue), so every asset and venue is a column range;
+    # perp bars per (asset, venue). With each series' first and last hour.
+    oi_series = con.execute(f"""SELECT arg_max(asset, ts), venue, instrument, min(epoch_us(ts)) // {_HOUR_US},
+        max(epoch_us(ts)) // {_HOUR_US} FROM staging.open_interest WHERE {oi_where}
+        GROUP BY venue, instrument ORDER BY 1, 2, 3""").fetchall()
+    px_series = con.execute(f"""SELECT asset, venue, min(epoch_us(ts)) // {_HOUR_US}, max(epoch_us(ts)) // {_HOUR_US}
+        FROM staging.prices WHERE {px_where} GROUP BY asset, venue ORDER BY 1, 2""").fetchall()
+    if not px_series:
+        return pl.DataFrame(schema={"asset": pl.String, "ts": pl.Datetime("us", "UTC"), **dict.fromkeys(
+            ("open", "high", "low", "close", "oi_usd", "oi_prev_usd"), pl.Float64)})
+    spans = [s[-2:] for s in oi_series + px_series]
+    h0 = min(s[0] for s in spans)
+    nh = max(s[1] for s in spans) - h0 + 1
+    names = sorted({s[0] for s in oi_series} | {s[0] for s in px_series})
+    a_of = {a: i for i, a in enumerate(names)}
+
+    def batches(table: str, series: list[tuple], keys: dict[str, int], cols: dict[str, str], cond: str):
+        """Rows of `table` in Arrow batches: cell (flat index into an hour x series grid: hour * len(series)
+        + series) and `cols`. Streamed, so the result is never materialised whole. keys: the join columns and
+        their positions in a series tuple."""
+        ids = ", ".join(f"({', '.join(str_literal(s[k]) for k in keys.values())}, {i})" for i, s in enumerate(series))
+        on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        cond = cond.replace("asset IS", "t.asset IS").replace("AND asset IN", "AND t.asset IN")
+        reader = con.execute(f"""SELECT ((epoch_us(t.ts) // {_HOUR_US} - {h0}) * {len(series)} + s.sid)::INTEGER AS cell,
+            {', '.join(f'{v} AS {k}' for k, v in cols.items())}
+            FROM {table} t JOIN (VALUES {ids}) s({', '.join(keys)}, sid) ON {on} WHERE {cond}""").to_arrow_reader(_BATCH)
+        for batch in reader:
+            yield batch.column(0).to_numpy(), {k: batch.column(k).to_numpy() for k in cols}
+
+    # ---- perp bars: mean over each (asset, venue)'s instruments per hour
+    npx = len(px_series)
+    px_cols = {"o": "t.open::DOUBLE", "hi": "t.high::DOUBLE", "lo": "t.low::DOUBLE", "c": "t.close::DOUBLE"}
+    ohlc = {k: np.full(nh * npx, np.nan) for k in px_cols}
+    n_rows = 0
+    for cell, got in batches("staging.prices", px_series, {"asset": 0, "venue": 1}, px_cols, px_where):
+        n_rows += cell.size
+        for k, v in got.items():
+            ohlc[k][cell] = v
+    if np.count_nonzero(~np.isnan(ohlc["c"])) != n_rows:  # several instruments in a cell: their mean
+        cnt = np.zeros(nh * npx, dtype=np.int64)
+        ohlc = {k: np.zeros(nh * npx) for k in px_cols}
+        for cell, got in batches("staging.prices", px_series, {"asset": 0, "venue": 1}, px_cols, px_where):
+            np.add.at(cnt, cell, 1)
+            for k, v in got.items():
+                np.add.at(ohlc[k], cell, v)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ohlc = {k: v / cnt for k, v in ohlc.items()}
+    ohlc = {k: v.reshape(nh, npx) for k, v in ohlc.items()}
+    has_px = ~np.isnan(ohlc["c"])
+
+    # ---- OI: last snapshot per instrument-hour, the previous one if within the gap, sums per asset and venue
+    n_a = len(names)
+    oi_asset, prev_asset = np.zeros((nh, n_a)), np.zeros((nh, n_a))
+    has_oi = np.zeros((nh, n_a), dtype=bool)
+    venue_oi = np.zeros((nh, npx))  # per perp (asset, venue) column: the OI of that venue's instruments
+    if oi_series:
+        ns = len(oi_series)
+        keys = {"venue": 1, "instrument": 2}
+        grid = np.full(nh * ns, np.nan)
+        n_rows = 0
+        for cell, got in batches("staging.open_interest", oi_series, keys, {"oi": "t.oi_usd::DOUBLE"}, oi_where):
+            n_rows += cell.size
+            grid[cell] = got["oi"]
+        if np.count_nonzero(~np.isnan(grid)) != n_rows:  # several snapshots in an hour: the last one wins
+            cols = {"us": f"epoch_us(t.ts) % {_HOUR_US}", "oi": "t.oi_usd::DOUBLE"}
+            newest = np.full(nh * ns, -1, dtype=np.int64)
+            for cell, got in batches("staging.open_interest", oi_series, keys, cols, oi_where):
+                np.maximum.at(newest, cell, got["us"])
+            for cell, got in batches("staging.open_interest", oi_series, keys, cols, oi_where):
+                last = got["us"] == newest[cell]
+                grid[cell[last]] = got["oi"][last]
+        grid = grid.reshape(nh, ns)
+        valid = ~np.isnan(grid)
+        # previous snapshot: the hour before in the common case; where that hour has none, the newest of the
+        # oi_max_gap_hours before it, else the current value (no flow from a series that starts or resumes)
+        prev = np.empty_like(grid)
+        prev[0] = grid[0]
+        prev[1:] = grid[:-1] if oi_max_gap_hours >= 1 else grid[1:]
+        t, c = np.nonzero(valid[1:] & ~valid[:-1])
+        t += 1
+        found = np.zeros(t.size, dtype=bool)
+        for back in range(2, int(oi_max_gap_hours) + 1):
+            at = t - back
+            hit = ~found & (at >= 0)
+            hit[hit] = valid[at[hit], c[hit]]
+            prev[t[hit], c[hit]] = grid[at[hit], c[hit]]
+            found |= hit
+        prev[t[~found], c[~found]] = grid[t[~found], c[~found]]
+        prev[0] = grid[0]
+        np.copyto(prev, 0.0, where=~valid)
+        cur = np.nan_to_num(grid, copy=False, nan=0.0)
+        del grid
+        asset_col = np.array([a_of[s[0]] for s in oi_series])
+        starts = np.flatnonzero(np.r_[True, asset_col[1:] != asset_col[:-1]])
+        oi_asset[:, asset_col[starts]] = np.add.reduceat(cur, starts, axis=1)
+        prev_asset[:, asset_col[starts]] = np.add.reduceat(prev, starts, axis=1)
+        has_oi[:, asset_col[starts]] = np.logical_or.reduceat(valid, starts, axis=1)
+        del prev, valid
+        av = [s[:2] for s in oi_series]
+        vstarts = [i for i in range(ns) if i == 0 or av[i] != av[i - 1]]
+        v_sum = np.add.reduceat(cur, vstarts, axis=1)
+        del cur
+        v_col = {av[i]: k for k, i in enumerate(vstarts)}
+        pick = np.array([v_col.get(s[:2], len(vstarts)) for s in px_series])  # no OI: a zero column
+        venue_oi = np.concatenate([v_sum, np.zeros((nh, 1))], axis=1)[:, pick] if (pick < len(vstarts)).any() \
+            else venue_oi
+        del v_sum
+
+    # ---- per asset-hour the bar of the largest-OI venue; ties: the first venue by name (strict > keeps it)
+    p_asset = np.array([a_of[s[0]] for s in px_series])
+    p_starts = np.flatnonzero(np.r_[True, p_asset[1:] != p_asset[:-1]])
+    p_ends = np.r_[p_starts[1:], npx]
+    key = np.where(has_px, venue_oi, -np.inf)
+    del venue_oi
+    best_key = key[:, p_starts].copy()
+    best = np.broadcast_to(p_starts, (nh, p_starts.size)).copy()
+    for k in range(1, int((p_ends - p_starts).max())):
+        inside = p_starts + k < p_ends
+        cols = np.where(inside, p_starts + k, p_starts)
+        better = inside & (key[:, cols] > best_key)
+        best = np.where(better, cols, best)
+        best_key = np.where(better, key[:, cols], best_key)
+    del key
+    ai, ti = np.nonzero(np.isfinite(best_key).T)  # asset-major: rows sorted by asset, then hour
+    col = best[ti, ai]
+    ga = p_asset[p_starts][ai]
+    ok = has_oi[ti, ga]
+    return pl.DataFrame({
+        "asset": pl.Series(names, dtype=pl.String).gather(ga),
+        "ts": pl.Series((h0 + ti.astype(np.int64)) * _HOUR_US).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+        **{name: ohlc[k][ti, col] for name, k in (("open", "o"), ("high", "hi"), ("low", "lo"), ("close", "c"))},
+        "oi_usd": pl.Series(np.where(ok, oi_asset[ti, ga], np.nan), nan_to_null=True),
+        "oi_prev_usd": pl.Series(np.where(ok, prev_asset[ti, ga], np.nan), nan_to_null=True),
+    })
 
 
 # --------------------------------------------------------------------------- the mart at scale
@@ -838,13 +941,14 @@ def _clusters(bins: pl.DataFrame, percentile: float) -> pl.DataFrame:
     quantile (linear) of that hour's bins. Distances are positive fractions of close.
     """
     keys = ["date", "asset", "ts"]
-    per_bin = (
-        bins.group_by([*keys, "price_low"])
-        .agg(
+    if "usd" not in bins.columns:  # not summed per bin yet (last_hour_bins hands them summed)
+        bins = bins.group_by([*keys, "price_low"]).agg(
             pl.col("price_high").first(),
             pl.col("close").first(),
             pl.col("est_liquidation_usd").sum().alias("usd"),
         )
+    per_bin = (
+        bins
         .with_columns(((pl.col("price_low") + pl.col("price_high")) / 2).alias("mid"))
         .with_columns(pl.col("usd").quantile(percentile, "linear").over(keys).alias("threshold"))
         .filter(pl.col("usd") >= pl.col("threshold"))
@@ -927,12 +1031,32 @@ def daily_clusters(
         else percentile
     )
     if isinstance(source, pl.DataFrame):
-        heatmap = source
-    elif _table_exists(source, TABLE):
-        heatmap = read_heatmap(source)
-    else:
-        heatmap = build_heatmap(source)
-    return clusters_of(heatmap, q)
+        return clusters_of(source, q)
+    if not _table_exists(source, TABLE):
+        return clusters_of(build_heatmap(source), q)
+    return clusters_of_bins(last_hour_bins(source), q)
+
+
+def clusters_of_bins(bins: pl.DataFrame, q: float) -> pl.DataFrame:
+    """daily_clusters of last_hour_bins' rows at percentile q."""
+    if bins.height == 0:
+        return pl.DataFrame(schema=CLUSTER_SCHEMA)
+    return _clusters(bins, float(q)).select(list(CLUSTER_SCHEMA)).sort("date", "asset")
+
+
+def last_hour_bins(con: duckdb.DuckDBPyConnection, start: date | None = None) -> pl.DataFrame:
+    """The stored bins of each (asset, UTC day)'s last heatmap hour, long and short summed per bin, from
+    day `start` on: date, asset, ts, price_low, price_high, close, usd. DuckDB picks the hours and sums
+    the sides, so only those rows reach polars (what clusters_of does to the whole table in memory)."""
+    where = "" if start is None else f"WHERE ts >= {ts_literal(datetime.combine(start, datetime.min.time(), UTC))}"
+    df = con.execute(f"""
+        WITH last AS (SELECT asset, max(ts) AS ts FROM {TABLE} {where} GROUP BY asset, epoch_us(ts) // {_DAY_US})
+        SELECT asset, epoch_us(ts) AS ts_us, price_low, any_value(price_high) AS price_high,
+               any_value(close) AS close, sum(est_liquidation_usd) AS usd
+        FROM {TABLE} SEMI JOIN last USING (asset, ts)
+        GROUP BY asset, ts, price_low""").pl()
+    ts = pl.col("ts_us").cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    return df.select(ts.dt.date().alias("date"), "asset", ts.alias("ts"), "price_low", "price_high", "close", "usd")
 
 
 def clusters_of(heatmap: pl.DataFrame, q: float) -> pl.DataFrame:

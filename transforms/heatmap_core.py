@@ -21,6 +21,8 @@ Same model as `perpwatch.transforms.heatmap.step` (docs/heatmap.md), computed di
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +30,7 @@ import polars as pl
 
 _HOUR_US = 3_600_000_000
 _BLOCK = 32  # snapshots per cumulation block
+_SLICE = 1 << 22  # levels per slice of the death-hour search
 
 
 @dataclass
@@ -75,32 +78,50 @@ def dense(frame: pl.DataFrame, has_prev: bool) -> Dense:
     return Dense(assets, t0, o, h, lo, c, grid("oi_usd"), grid("oi_prev_usd" if has_prev else None), usable)
 
 
-def _first_hit(table: list[np.ndarray], row: np.ndarray, start: np.ndarray, p: np.ndarray, hours: int) -> np.ndarray:
-    """First hour >= start where table[0][row, hour] <= p (hours if none). table[j] holds minima over 2^j hours,
-    padded with +inf; rows are flattened as row * width + hour."""
+def _first_hit(table: list[np.ndarray], row: np.ndarray, start: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """First hour >= start where table[0][row, hour] <= p; the last column (a +inf sentinel) when none.
+    table[j] holds minima over 2^j hours (_sparse_min). In-place integer steps over flat indices: every
+    jump is clamped to the row's sentinel, so no bounds test is needed."""
     width = table[0].shape[1]
-    pos = start.astype(np.int64)
-    base = row.astype(np.int64) * width
-    for j in range(len(table) - 1, -1, -1):
-        flat = table[j].ravel()
-        inside = pos < width
-        cand = np.where(inside, flat[base + np.minimum(pos, width - 1)], np.inf)
-        pos = np.where(cand > p, pos + (1 << j), pos)   # no hit in [pos, pos + 2^j): skip it
-    return np.minimum(pos, hours)
+    flat = [t.ravel() for t in table]
+    out = np.empty(row.size, dtype=np.int64)
+    n = min(row.size, _SLICE)
+    base, end, idx, cand, jump = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
+                                  np.empty(n), np.empty(n, dtype=np.int64))
+    for lo in range(0, row.size, _SLICE):  # in slices: the temporaries stay small and are reused
+        k = min(_SLICE, row.size - lo)
+        b, e, i, c, jmp = base[:k], end[:k], idx[:k], cand[:k], jump[:k]
+        np.multiply(row[lo:lo + k], width, out=b, casting="unsafe")
+        np.add(b, width - 1, out=e)
+        np.add(b, start[lo:lo + k], out=i, casting="unsafe")
+        np.minimum(i, e, out=i)
+        for j in range(len(flat) - 1, -1, -1):
+            np.take(flat[j], i, out=c)
+            np.greater(c, p[lo:lo + k], out=jmp, casting="unsafe")  # no hit in [pos, pos + 2^j): skip it
+            jmp <<= j
+            i += jmp
+            np.minimum(i, e, out=i)
+        np.subtract(i, b, out=out[lo:lo + k])
+    return out
 
 
 def _sparse_min(x: np.ndarray) -> list[np.ndarray]:
-    """Range-minimum tables along axis 1: out[j][:, i] = min(x[:, i : i + 2^j]) (+inf past the end)."""
-    n = x.shape[1]
+    """Range-minimum tables along axis 1 of x padded with one +inf column: out[j][:, i] = min(x[:, i : i + 2^j])
+    (+inf past the end)."""
+    n = x.shape[1] + 1
+    first = np.empty((x.shape[0], n))
+    first[:, :-1] = x
+    first[:, -1] = np.inf
     levels = int(np.ceil(np.log2(n + 1)))  # jumps 2^(levels-1) + ... + 1 >= n
-    out = [x]
+    out = [first]
     for j in range(1, levels):
         prev, s = out[-1], 1 << (j - 1)
         if s >= n:
             out.append(prev)
             continue
-        nxt = prev.copy()  # past the end only +inf follows, so the shorter range's minimum stands
+        nxt = np.empty_like(prev)
         np.minimum(prev[:, : n - s], prev[:, s:], out=nxt[:, : n - s])
+        nxt[:, n - s:] = prev[:, n - s:]  # past the end only +inf follows, so the shorter range's minimum stands
         out.append(nxt)
     return out
 
@@ -138,45 +159,57 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
     dpos, dneg = valid & (dd > 0), valid & (dd < 0)
     end_oi = np.where(last_idx[:, -1] >= 0, d.oi[np.arange(n_a), np.maximum(last_idx[:, -1], 0)], init_oi) \
         if n_t else init_oi
-    # ---- births
+    # ---- births, in (hour, asset) order (the loop below takes them hour by hour), after the initial state;
+    #      per born cell its long tiers, then its short tiers
     share = np.where(d.close > d.open, prm.long_share_up, np.where(d.close < d.open, 1.0 - prm.long_share_up, 0.5))
-    entry = (d.high + d.low + d.close) / 3.0
-    parts = []
-    for side, mult, w, sh in ((0, prm.long_mult, prm.long_w, share), (1, prm.short_mult, prm.short_w, 1.0 - share)):
-        born = dpos & (sh > 0)
-        a_i, t_i = np.nonzero(born)
-        k = mult.size
-        parts.append((np.repeat(a_i, k), np.full(a_i.size * k, side), (entry[a_i, t_i][:, None] * mult).ravel(),
-                      np.repeat(t_i, k), (dd[a_i, t_i] * sh[a_i, t_i])[:, None] * w))
-    for i, (lp, lu, sp, su, _) in init.items():
-        for side, p, u in ((0, lp, lu), (1, sp, su)):
-            parts.append((np.full(p.size, i), np.full(p.size, side), np.asarray(p, float), np.full(p.size, -1),
-                          np.asarray(u, float)))
-    asset = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    side = np.concatenate([p[1] for p in parts]).astype(np.int8)
-    price = np.concatenate([p[2] for p in parts])
-    birth = np.concatenate([p[3] for p in parts]).astype(np.int64)
-    u0 = np.concatenate([np.ravel(p[4]) for p in parts])
+    t_i, a_i = np.nonzero(dpos.T)
+    k_l, k_s = prm.long_mult.size, prm.short_mult.size
+    k = k_l + k_s
+    e = (d.high[a_i, t_i] + d.low[a_i, t_i] + d.close[a_i, t_i]) / 3.0
+    flow, sh = dd[a_i, t_i], share[a_i, t_i]
+    n_init = sum(v[0].size + v[2].size for v in init.values())
+    n = n_init + t_i.size * k
+    asset, side = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int8)
+    price, birth, u0 = np.empty(n), np.empty(n, dtype=np.int32), np.empty(n)
+    at = 0
+    for i in sorted(init):
+        lp, lu, sp, su, _ = init[i]
+        for sd, pr, us in ((0, lp, lu), (1, sp, su)):
+            asset[at:at + pr.size], side[at:at + pr.size], birth[at:at + pr.size] = i, sd, -1
+            price[at:at + pr.size], u0[at:at + pr.size] = pr, us
+            at += pr.size
+    asset[at:] = np.repeat(a_i.astype(np.int32), k)
+    birth[at:] = np.repeat(t_i.astype(np.int32), k)
+    side[at:] = np.tile(np.r_[np.zeros(k_l, np.int8), np.ones(k_s, np.int8)], t_i.size)
+    cell = price[at:].reshape(-1, k)
+    np.multiply(e[:, None], prm.long_mult, out=cell[:, :k_l])
+    np.multiply(e[:, None], prm.short_mult, out=cell[:, k_l:])
+    cell = u0[at:].reshape(-1, k)
+    np.multiply((flow * sh)[:, None], prm.long_w, out=cell[:, :k_l])
+    np.multiply((flow * (1.0 - sh))[:, None], prm.short_w, out=cell[:, k_l:])
+    if not (u0[at:] > 0).all():  # a side with no share (long_share_up 0 or 1) opens no level
+        keep = np.r_[np.ones(at, bool), u0[at:] > 0]
+        asset, side, price, birth, u0 = asset[keep], side[keep], price[keep], birth[keep], u0[keep]
     # ---- death hours: long dies at the first later usable hour with low <= price, short with high >= price
+    #      (a short level searches -price in -high). One side at a time: its tables are freed before the next.
     death = np.full(asset.size, n_t, dtype=np.int64)
     if n_t:
-        for s, series in ((0, np.where(d.usable, d.low, np.inf)), (1, np.where(d.usable, -d.high, np.inf))):
-            m = side == s
-            if m.any():
-                tab = _sparse_min(series)
-                death[m] = _first_hit(tab, asset[m], birth[m] + 1, price[m] if s == 0 else -price[m], n_t)
+        for sd in (0, 1):
+            m = np.flatnonzero(side == sd)
+            if m.size:
+                tab = _sparse_min(np.where(d.usable, d.low, np.inf) if sd == 0 else np.where(d.usable, -d.high, np.inf))
+                death[m] = _first_hit(tab, asset[m], birth[m] + 1, price[m] if sd == 0 else -price[m])
+                del tab
     # ---- the sequential part: decline ratios need the USD liquidated each hour
-    order = np.lexsort((asset, birth))
-    birth_o, asset_o, death_o, u0_o = birth[order], asset[order], death[order], u0[order]
-    bounds = np.searchsorted(birth_o, np.arange(-1, n_t + 1))
+    bounds = np.searchsorted(birth, np.arange(-1, n_t + 1))
     A = np.zeros((n_a, n_t + 1))
     S = np.ones(n_a)
     S_hist = np.ones((n_a, n_t))
-    a_o = np.empty_like(u0_o)
+    a = np.empty_like(u0)
     cleared: list[tuple[int, int]] = []
     lo_, hi_ = bounds[0], bounds[1]
-    a_o[lo_:hi_] = u0_o[lo_:hi_]  # initial state: S = 1
-    np.add.at(A, (asset_o[lo_:hi_], death_o[lo_:hi_]), u0_o[lo_:hi_])
+    a[lo_:hi_] = u0[lo_:hi_]  # initial state: S = 1
+    np.add.at(A, (asset[lo_:hi_], death[lo_:hi_]), u0[lo_:hi_])
     neg_any = dneg.any(axis=0)
     for t in range(n_t):
         if neg_any[t]:
@@ -194,12 +227,10 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
                 raise ValueError("heatmap: cumulative OI decline beyond floating-point range")
         lo_, hi_ = bounds[t + 1], bounds[t + 2]
         if hi_ > lo_:
-            ai = asset_o[lo_:hi_]
-            a_o[lo_:hi_] = u0_o[lo_:hi_] / S[ai]
-            np.add.at(A, (ai, death_o[lo_:hi_]), a_o[lo_:hi_])
+            ai = asset[lo_:hi_]
+            a[lo_:hi_] = u0[lo_:hi_] / S[ai]
+            np.add.at(A, (ai, death[lo_:hi_]), a[lo_:hi_])
         S_hist[:, t] = S
-    a = np.empty_like(a_o)
-    a[order] = a_o
     for i, c in cleared:  # a clear kills every level alive at that hour
         m = (asset == i) & (birth < c) & (death > c)
         death[m] = c
@@ -207,82 +238,92 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap: list[np.ndarray],
-              top_bins: int | None) -> dict[str, np.ndarray]:
+              top_bins: int | None, workers: int | None = None) -> dict[str, np.ndarray]:
     """Binned USD per (asset, snapshot hour, side, bin) inside the distance window of the close, USD > 0,
-    at most `top_bins` largest bins per (asset, hour, side). snap[i]: sorted usable hour indices of asset i."""
+    at most `top_bins` largest bins per (asset, hour, side). snap[i]: sorted usable hour indices of asset i.
+    Assets are independent: they run on `workers` threads (default: one per core; numpy's array loops
+    release the GIL), results in asset order."""
     inv = 1.0 / prm.log_step
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("asset", "hour", "side", "bin", "usd")}
     bin_all = np.floor(np.log(lv.price) * inv).astype(np.int64)
     order = np.argsort(lv.asset, kind="stable")
     cuts = np.searchsorted(lv.asset[order], np.arange(len(d.assets) + 1))
-    for i in range(len(d.assets)):
+
+    def one(i: int) -> list[tuple[np.ndarray, ...]]:
         hs = snap[i]
         if hs.size == 0:
-            continue
+            return []
         sel = order[cuts[i]:cuts[i + 1]]
-        c = d.close[i, hs]
-        k_lo = np.floor(np.log(c * (1.0 - prm.max_distance_pct)) * inv).astype(np.int64)
-        k_hi = np.floor(np.log(c * (1.0 + prm.max_distance_pct)) * inv).astype(np.int64)
-        n_s = hs.size
-        s_scale = S_hist[i, hs]
-        for side in (0, 1):
-            m = sel[lv.side[sel] == side]
-            s0 = np.searchsorted(hs, np.maximum(lv.birth[m], 0), "left")  # first snapshot at/after birth
-            s0 = np.where(lv.birth[m] < 0, 0, s0)
-            s1 = np.searchsorted(hs, lv.death[m], "left")  # first snapshot at/after death
-            keep = s1 > s0
-            m, s0, s1 = m[keep], s0[keep], s1[keep]
-            if m.size == 0:
-                continue
-            b = bin_all[m]
-            b_min = min(int(b.min()), int(k_lo.min()))
-            b_max = max(int(b.max()), int(k_hi.max()))
-            nb = b_max - b_min + 1
-            col = b - b_min
-            n_blk = -(-n_s // _BLOCK)
-            rows = n_blk * _BLOCK
-            blk_start = np.minimum(np.arange(n_blk) * _BLOCK, n_s - 1)
-            base = s_scale[blk_start]  # the scale at each block's first snapshot
-            ev = np.zeros((rows + 1) * nb)
-            cnt = np.zeros((rows + 1) * nb, dtype=np.int64)
-            av = a[m]
-            np.add.at(ev, s0 * nb + col, av * base[s0 // _BLOCK])
-            np.add.at(cnt, s0 * nb + col, 1)
-            dead = s1 < n_s
-            np.add.at(ev, s1[dead] * nb + col[dead], -av[dead] * base[s1[dead] // _BLOCK])
-            np.add.at(cnt, s1[dead] * nb + col[dead], -1)
-            ev = ev[: rows * nb].reshape(n_blk, _BLOCK, nb)
-            live = np.cumsum(cnt[: rows * nb].reshape(rows, nb), axis=0)[:n_s] > 0
-            part = np.cumsum(ev, axis=1)
-            carry = np.zeros(nb)
-            grid = np.empty((n_blk, _BLOCK, nb))
-            for blk in range(n_blk):
-                g = part[blk] + carry
-                grid[blk] = g
-                nxt = min((blk + 1) * _BLOCK, n_s - 1)
-                last = min((blk + 1) * _BLOCK - 1, n_s - 1)
-                # USD at the next block's first snapshot of what was alive at this block's last one
-                carry = np.where(live[last], g[last - blk * _BLOCK], 0.0) * (s_scale[nxt] / base[blk])
-            usd = grid.reshape(rows, nb)[:n_s] * (s_scale / base[np.arange(n_s) // _BLOCK])[:, None]
-            usd = np.where(live, usd, 0.0)
-            # the window: bins k_lo..k_hi of each snapshot's close
-            width = int((k_hi - k_lo).max()) + 1
-            cols = (k_lo - b_min)[:, None] + np.arange(width)[None, :]
-            inside = cols <= (k_hi - b_min)[:, None]
-            win = np.where(inside, np.take_along_axis(usd, np.minimum(cols, nb - 1), 1), 0.0)
-            if top_bins is not None and top_bins < width:
-                kth = width - top_bins
-                part_idx = np.argpartition(win, kth, axis=1)[:, kth:]
-                top = np.zeros_like(win, dtype=bool)
-                np.put_along_axis(top, part_idx, True, 1)
-                win = np.where(top, win, 0.0)
-            r, cc = np.nonzero(win > 0)
-            out["asset"].append(np.full(r.size, i))
-            out["hour"].append(hs[r])
-            out["side"].append(np.full(r.size, side, dtype=np.int8))
-            out["bin"].append(cols[r, cc] + b_min)
-            out["usd"].append(win[r, cc])
-    return {k: (np.concatenate(v) if v else np.empty(0)) for k, v in out.items()}
+        return [_asset_side(d.close[i, hs], hs, S_hist[i, hs], lv, a, bin_all, sel[lv.side[sel] == side], side, i,
+                            prm, inv, top_bins) for side in (0, 1)]
+
+    workers = workers or min(len(d.assets), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            got = [p for parts in pool.map(one, range(len(d.assets))) for p in parts if p is not None]
+    else:
+        got = [p for i in range(len(d.assets)) for p in one(i) if p is not None]
+    keys = ("asset", "hour", "side", "bin", "usd")
+    return {k: (np.concatenate([g[j] for g in got]) if got else np.empty(0)) for j, k in enumerate(keys)}
+
+
+def _asset_side(c: np.ndarray, hs: np.ndarray, s_scale: np.ndarray, lv: Levels, a: np.ndarray, bin_all: np.ndarray,
+                m: np.ndarray, side: int, i: int, prm, inv: float, top_bins: int | None
+                ) -> tuple[np.ndarray, ...] | None:
+    """snapshots() for one asset and side: m are the indices of its levels, hs its snapshot hours."""
+    k_lo = np.floor(np.log(c * (1.0 - prm.max_distance_pct)) * inv).astype(np.int64)
+    k_hi = np.floor(np.log(c * (1.0 + prm.max_distance_pct)) * inv).astype(np.int64)
+    n_s = hs.size
+    s0 = np.searchsorted(hs, np.maximum(lv.birth[m], 0), "left")  # first snapshot at/after birth
+    s0 = np.where(lv.birth[m] < 0, 0, s0)
+    s1 = np.searchsorted(hs, lv.death[m], "left")  # first snapshot at/after death
+    keep = s1 > s0
+    m, s0, s1 = m[keep], s0[keep], s1[keep]
+    if m.size == 0:
+        return None
+    b = bin_all[m]
+    b_min = min(int(b.min()), int(k_lo.min()))
+    b_max = max(int(b.max()), int(k_hi.max()))
+    nb = b_max - b_min + 1
+    col = b - b_min
+    n_blk = -(-n_s // _BLOCK)
+    rows = n_blk * _BLOCK
+    blk_start = np.minimum(np.arange(n_blk) * _BLOCK, n_s - 1)
+    base = s_scale[blk_start]  # the scale at each block's first snapshot
+    av = a[m]
+    dead = s1 < n_s
+    at_birth, at_death = s0 * nb + col, s1[dead] * nb + col[dead]
+    size = (rows + 1) * nb
+    ev = np.zeros(size)
+    np.add.at(ev, at_birth, av * base[s0 // _BLOCK])
+    np.add.at(ev, at_death, -av[dead] * base[s1[dead] // _BLOCK])
+    cnt = np.bincount(at_birth, minlength=size) - np.bincount(at_death, minlength=size)
+    ev = ev[: rows * nb].reshape(n_blk, _BLOCK, nb)
+    live = np.cumsum(cnt[: rows * nb].reshape(rows, nb), axis=0)[:n_s] > 0
+    part = np.cumsum(ev, axis=1)
+    carry = np.zeros(nb)
+    grid = np.empty((n_blk, _BLOCK, nb))
+    for blk in range(n_blk):
+        g = part[blk] + carry
+        grid[blk] = g
+        nxt = min((blk + 1) * _BLOCK, n_s - 1)
+        last = min((blk + 1) * _BLOCK - 1, n_s - 1)
+        # USD at the next block's first snapshot of what was alive at this block's last one
+        carry = np.where(live[last], g[last - blk * _BLOCK], 0.0) * (s_scale[nxt] / base[blk])
+    usd = grid.reshape(rows, nb)[:n_s] * (s_scale / base[np.arange(n_s) // _BLOCK])[:, None]
+    usd = np.where(live, usd, 0.0)
+    # the window: bins k_lo..k_hi of each snapshot's close
+    width = int((k_hi - k_lo).max()) + 1
+    cols = (k_lo - b_min)[:, None] + np.arange(width)[None, :]
+    inside = cols <= (k_hi - b_min)[:, None]
+    win = np.where(inside, np.take_along_axis(usd, np.minimum(cols, nb - 1), 1), 0.0)
+    if top_bins is not None and top_bins < width:
+        kth = width - top_bins
+        part_idx = np.argpartition(win, kth, axis=1)[:, kth:]
+        top = np.zeros_like(win, dtype=bool)
+        np.put_along_axis(top, part_idx, True, 1)
+        win = np.where(top, win, 0.0)
+    r, cc = np.nonzero(win > 0)
+    return (np.full(r.size, i), hs[r], np.full(r.size, side, dtype=np.int8), cols[r, cc] + b_min, win[r, cc])
 
 
 def end_levels(lv: Levels, S_hist: np.ndarray, a: np.ndarray, hour: int) -> dict[int, list[np.ndarray]]:

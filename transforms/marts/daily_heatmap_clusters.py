@@ -13,17 +13,17 @@ Incremental (INCREMENTAL = "resume"): build_since recomputes the days the heatma
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import date
 
 import duckdb
 import polars as pl
 
 from perpwatch.transforms.heatmap import (
     PROGRESS_TABLE,
-    clusters_of,
+    clusters_of_bins,
     daily_clusters,
     heatmap_settings,
-    ts_literal,
+    last_hour_bins,
 )
 
 TABLE = "marts.daily_heatmap_clusters"
@@ -46,10 +46,7 @@ def build_since(con: duckdb.DuckDBPyConnection, since: date) -> date | None:
         con.unregister("__hc")
         return None
     start = min(since, got[0])
-    hm = con.execute("SELECT asset, ts, side, price_low, price_high, est_liquidation_usd, close "
-                     f"FROM marts.liquidation_heatmap WHERE ts >= {ts_literal(datetime.combine(start, time(), UTC))}").pl()
-    hm = hm.with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
-    rows = clusters_of(hm, float(heatmap_settings()["cluster_percentile"])).filter(pl.col("date") >= start)
+    rows = clusters_of_bins(last_hour_bins(con, start), float(heatmap_settings()["cluster_percentile"])).filter(pl.col("date") >= start)
     con.execute(f"DELETE FROM {TABLE} WHERE date >= DATE '{start.isoformat()}'")
     con.register("__hc", rows.to_arrow())
     con.execute(f"INSERT INTO {TABLE} SELECT * FROM __hc")
