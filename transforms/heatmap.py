@@ -374,27 +374,27 @@ def load_bars(
     then on; oi_prev_usd of the first hours is right when start is oi_max_gap_hours + 1 hours earlier than
     the first hour the caller keeps (the incremental build does that).
 
-    DuckDB reads the rows (integer series ids, integer hours: no strings cross into Python, no
-    time-zone arithmetic); numpy does the rest on dense hour x series grids. The grouping, window and
-    join plan of the same definition in SQL (tests/heatmap_bars_sql.py, the test oracle) spills and grows
-    faster than the rows: 48 s against ~10 s for 200 assets x 5 years.
+    DuckDB streams the rows (integer series ids, integer hours: no strings cross into Python, no
+    time-zone arithmetic); numpy does the rest on dense hour x series grids. The same definition as one
+    SQL query is the test oracle (tests/heatmap_bars_sql.py); docs/heatmap.md "Inputs" says why it left.
     """
     if oi_max_gap_hours is None:
         oi_max_gap_hours = heatmap_settings()["oi_max_gap_hours"]
-    # literals, not parameters: a process's first parameterised DuckDB query imports pandas (~0.2 s)
-    where = "" if assets is None else f"AND asset IN ({', '.join(str_literal(a.upper()) for a in assets) or 'NULL'})"
+    # literals, not parameters: a process's first parameterised DuckDB query imports pandas (~0.2 s).
+    # Every query reads its staging table as `t`.
+    where = "" if assets is None else f"AND t.asset IN ({', '.join(str_literal(a.upper()) for a in assets) or 'NULL'})"
     if start is not None:
-        where += f" AND ts >= {ts_literal(start)}"
-    oi_where = f"oi_usd IS NOT NULL AND asset IS NOT NULL {where}"
-    px_where = (f"kind = 'perp' AND \"interval\" = '1h' AND asset IS NOT NULL "
-                f"AND open > 0 AND high > 0 AND low > 0 AND close > 0 {where}")
+        where += f" AND t.ts >= {ts_literal(start)}"
+    oi_where = f"t.oi_usd IS NOT NULL AND t.asset IS NOT NULL {where}"
+    px_where = (f"t.kind = 'perp' AND t.\"interval\" = '1h' AND t.asset IS NOT NULL "
+                f"AND t.open > 0 AND t.high > 0 AND t.low > 0 AND t.close > 0 {where}")
     # series: OI per (venue, instrument) sorted by (asset, venue), so every asset and venue is a column range;
     # perp bars per (asset, venue). With each series' first and last hour.
     oi_series = con.execute(f"""SELECT arg_max(asset, ts), venue, instrument, min(epoch_us(ts)) // {_HOUR_US},
-        max(epoch_us(ts)) // {_HOUR_US} FROM staging.open_interest WHERE {oi_where}
+        max(epoch_us(ts)) // {_HOUR_US} FROM staging.open_interest t WHERE {oi_where}
         GROUP BY venue, instrument ORDER BY 1, 2, 3""").fetchall()
     px_series = con.execute(f"""SELECT asset, venue, min(epoch_us(ts)) // {_HOUR_US}, max(epoch_us(ts)) // {_HOUR_US}
-        FROM staging.prices WHERE {px_where} GROUP BY asset, venue ORDER BY 1, 2""").fetchall()
+        FROM staging.prices t WHERE {px_where} GROUP BY asset, venue ORDER BY 1, 2""").fetchall()
     if not px_series:
         return pl.DataFrame(schema={"asset": pl.String, "ts": pl.Datetime("us", "UTC"), **dict.fromkeys(
             ("open", "high", "low", "close", "oi_usd", "oi_prev_usd"), pl.Float64)})
@@ -410,7 +410,6 @@ def load_bars(
         their positions in a series tuple."""
         ids = ", ".join(f"({', '.join(str_literal(s[k]) for k in keys.values())}, {i})" for i, s in enumerate(series))
         on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        cond = cond.replace("asset IS", "t.asset IS").replace("AND asset IN", "AND t.asset IN")
         reader = con.execute(f"""SELECT ((epoch_us(t.ts) // {_HOUR_US} - {h0}) * {len(series)} + s.sid)::INTEGER AS cell,
             {', '.join(f'{v} AS {k}' for k, v in cols.items())}
             FROM {table} t JOIN (VALUES {ids}) s({', '.join(keys)}, sid) ON {on} WHERE {cond}""").to_arrow_reader(_BATCH)
@@ -476,7 +475,6 @@ def load_bars(
             prev[t[hit], c[hit]] = grid[at[hit], c[hit]]
             found |= hit
         prev[t[~found], c[~found]] = grid[t[~found], c[~found]]
-        prev[0] = grid[0]
         np.copyto(prev, 0.0, where=~valid)
         cur = np.nan_to_num(grid, copy=False, nan=0.0)
         del grid
@@ -491,9 +489,8 @@ def load_bars(
         v_sum = np.add.reduceat(cur, vstarts, axis=1)
         del cur
         v_col = {av[i]: k for k, i in enumerate(vstarts)}
-        pick = np.array([v_col.get(s[:2], len(vstarts)) for s in px_series])  # no OI: a zero column
-        venue_oi = np.concatenate([v_sum, np.zeros((nh, 1))], axis=1)[:, pick] if (pick < len(vstarts)).any() \
-            else venue_oi
+        pick = np.array([v_col.get(s[:2], len(vstarts)) for s in px_series])  # no OI: the zero column
+        venue_oi = np.concatenate([v_sum, np.zeros((nh, 1))], axis=1)[:, pick]
         del v_sum
 
     # ---- per asset-hour the bar of the largest-OI venue; ties: the first venue by name (strict > keeps it)

@@ -1,9 +1,9 @@
 """Reuse freed memory during a build instead of handing it back to the kernel and faulting it in again.
 
-A mart build allocates and frees arrays of hundreds of MB over and over (the heatmap's hour x series
-grids, its level arrays, polars frames). glibc serves each one with a fresh mmap and unmaps it on free,
-so every array costs new page faults; on a small VM a fault is expensive (bench: the heatmap's system
-time, `resource.getrusage`, was of the order of its user time). Inside `reuse_freed_memory()` glibc takes
+A mart build allocates and frees numpy arrays of hundreds of MB over and over (the heatmap's hour x
+series grids and level arrays; DuckDB and polars bring their own allocators and are not affected). glibc
+serves each one with a fresh mmap and unmaps it on free, so every array costs new page faults, which are
+expensive on a small VM. Inside `reuse_freed_memory()` glibc takes
 large blocks from its heap and keeps what is freed there for the next array (mallopt M_MMAP_MAX = 0, a
 high M_TRIM_THRESHOLD); on the way out the defaults come back and malloc_trim(0) returns the free heap
 pages, so the process does not keep the build's peak after it. Anything but glibc: a no-op.
