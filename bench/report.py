@@ -86,14 +86,17 @@ def render(r: dict) -> str:
                "`pipeline.load_table` (GX validation via "
                "`perpwatch.ingest.validate.validate`, quarantine, `warehouse.upsert` with the watermarks in one transaction) "
                "into a fresh file-backed warehouse (**fresh**), then the same pages again (**reload**: every row a "
-               "duplicate, nothing changes). Stage columns are medians of the fresh load.\n",
-               "| path | fresh | rows/s | reload | parse | validate | upsert | other (load_table glue) |",
+               "duplicate, nothing changes). Stage columns are medians of the fresh load: `parse_all`, then "
+               "`load_table`'s wall time, inside which GX validates on the calling thread while `warehouse.upsert` "
+               "writes the same batch on a worker thread, committed only once validation passed "
+               "(`pipeline._Speculative`), so the two columns after it overlap.\n",
+               "| path | fresh | rows/s | reload | parse | load_table | GX validate (in it) | upsert (in it, concurrent) |",
                "|---|---|---|---|---|---|---|---|"]
         for key, label in (("pipeline_novalidation", "perpwatch, no validation"),
                            ("pipeline_validated", "perpwatch, GX validation")):
             f, rl = s[f"{key}.fresh"], s[f"{key}.reload"]
             sec.append(f"| {label} | {_s(f['total'])} | {_n(f['rows_per_s'])} | {_s(rl['total'])} | {f['parse']:.2f} s | "
-                       f"{f['validate']:.2f} s | {f['upsert']:.2f} s | {f['other']:.2f} s |")
+                       f"{f['load']:.2f} s | {f['validate']:.2f} s | {f['upsert']:.2f} s |")
         sec.append(f"| DuckDB ingest of the normalised rows from Arrow (ceiling) | {_s(ceil['total'])} | {_n(ceil['rows_per_s'])} | – | – | – | – | – |")
         em = s["executemany"]
         sec.append(f"| row-at-a-time `executemany` INSERT OR REPLACE, PK on the grain ({em['rows']:,}-row sample) | "
@@ -140,14 +143,15 @@ def render(r: dict) -> str:
                         f"{_n(rows / best_v)} rows/s validated, {_n(rows / best)} without; "
                         f"reload {_n(s['pipeline_novalidation.reload']['rows_per_s'])}",
                         judge(rows / span(pv["total"])[0], rows / span(pv["total"])[1], 1e6)))
-        # validation's share measured inside each validated run (its GX stage against the rest of the same
-        # load), not as the difference of two separately timed variants
-        shares = [x["fresh"]["validate"] / (x["fresh"]["total"] - x["fresh"]["validate"])
-                  for x in raw["variants"]["pipeline_validated"]]
+        # GX overlaps the upsert, so its cost is what it adds to the wall: each validated run against the
+        # no-validation run of the same round (the two variants alternate, one pair per round)
+        shares = [v["fresh"]["total"] / n["fresh"]["total"] - 1 for v, n in
+                  zip(raw["variants"]["pipeline_validated"], raw["variants"]["pipeline_novalidation"], strict=True)]
         share = sorted(shares)[len(shares) // 2]
         targets.append(("1 Load: validation adds ≤ 20 %",
-                        f"{share * 100:+.0f} % (GX {pv['validate']:.2f} s of the validated load, per run "
-                        + ", ".join(f"{x * 100:+.0f} %" for x in shares) + f"; the no-validation variant {best:.2f} s)",
+                        f"{share * 100:+.0f} % (validated vs no-validation wall, per round "
+                        + ", ".join(f"{x * 100:+.0f} %" for x in shares) + f"; GX itself {pv['validate']:.2f} s, "
+                        f"concurrent with the upsert; the no-validation variant {best:.2f} s)",
                         judge(1 + min(shares), 1 + max(shares), 1.20, higher_is_better=False)))
         ratio = best_v / ceil["total"]["median"]
         targets.append(("1 Load: within 2× of DuckDB's Arrow ingest (validated path)",
@@ -155,10 +159,12 @@ def render(r: dict) -> str:
                         f"{pf['upsert'] / ceil['total']['median']:.1f}×",
                         judge(*ratio_span(pv["total"], ceil["total"]), 2.0, higher_is_better=False)))
         tot = pv["total"]["median"]
-        sections.append(f"Where the validated fresh load's {tot:.2f} s go: parse {pv['parse'] / tot * 100:.0f} %, "
-                        f"GX validation {pv['validate'] / tot * 100:.0f} %, `warehouse.upsert` {pv['upsert'] / tot * 100:.0f} %, "
-                        f"`load_table` glue {pv['other'] / tot * 100:.0f} % (the Arrow ingest alone takes "
-                        f"{ceil['total']['median'] / tot * 100:.0f} % of it).\n")
+        sections.append(f"Where the validated fresh load's {tot:.2f} s go: parse {pv['parse']:.2f} s "
+                        f"({pv['parse'] / tot * 100:.0f} %), `load_table` {pv['load']:.2f} s "
+                        f"({pv['load'] / tot * 100:.0f} %), inside which GX validation ({pv['validate']:.2f} s) and "
+                        f"`warehouse.upsert` ({pv['upsert']:.2f} s) run at the same time; the Arrow ingest alone "
+                        f"(the ceiling row) takes {ceil['total']['median']:.2f} s, "
+                        f"{ceil['total']['median'] / tot * 100:.0f} % of the whole.\n")
 
     if "marts" in r:
         mm = r["marts"]
@@ -411,10 +417,13 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
 - **Load path.** The parse column is the batch parser the pipeline runs (one call per endpoint
   for all pages: polars' JSON reader per page straight into the venue's asserted row shape, orjson
   only for pages of another shape, vectorised casts); the upsert column is `warehouse.upsert` (Arrow
-  ingest plus the duplicate check and the classifying join); "other" is `load_table` (concat, in-run
-  dedup on the grain — one row hash proves a batch has no repeated key before the order-keeping
-  unique is paid for —, quarantine bookkeeping, watermarks). The stage split above says which of
-  these dominates in this run; the Arrow-ingest row is the floor under the upsert column.
+  ingest plus the duplicate check and the classifying join); `load_table` is the whole load (concat,
+  in-run dedup on the grain — one row hash proves a batch has no repeated key before the
+  order-keeping unique is paid for —, GX, the upsert with the watermarks, quarantine bookkeeping).
+  GX holds the GIL in pandas while DuckDB's insert releases it, so `load_table` starts the upsert
+  on a worker thread inside a transaction that commits only when the batch passed validation (a
+  failed batch is rolled back and its good rows written the usual way); the two columns overlap.
+  The Arrow-ingest row is the floor under the upsert column.
 - **dlt.** Two routes of dlt 1.x `merge` on the grain: dicts (dlt normalises row by row in Python) and
   Arrow tables (dlt's documented fast route: Parquet load files, no row normalisation), each at two sizes
   (the trend), its one-off setup (pipeline, schema, destination tables: a first run of one page) timed

@@ -17,7 +17,9 @@ same batch function on a batch of one: there is no second, per-page implementati
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,13 +86,11 @@ def decode(pages: list[Page], rows_of: Callable[[Any, dict], tuple[list, Any]],
     any array polars will not read into the schema (malformed JSON, a row of another shape) takes the
     orjson path, where rows_of and `frame` reject it as before."""
     out = Decoded()
+    read = _read_arrays(pages, objects) if objects is not None else {}
     for i, pg in enumerate(pages):
-        if objects is not None and pg.body.lstrip()[:1] == b"[":
-            try:
-                df = pl.read_json(io.BytesIO(pg.body), schema=objects)
-            except pl.exceptions.PolarsError:
-                pass
-            else:
+        if i in read:
+            df = read[i]
+            if df is not None:
                 if df.height:
                     out.frames.append(df)
                     out.frame_pages.append(i)
@@ -116,6 +116,33 @@ def decode(pages: list[Page], rows_of: Callable[[Any, dict], tuple[list, Any]],
             out.counts.append(len(rows))
             out.meta.append(meta)
     return out
+
+
+_READERS = max(1, min(4, os.cpu_count() or 1))
+_POOL: tuple[int, ThreadPoolExecutor] | None = None     # (the pid that made it: a forked child makes its own)
+
+
+def _read_array(body: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    try:
+        return pl.read_json(io.BytesIO(body), schema=schema)
+    except pl.exceptions.PolarsError:
+        return None
+
+
+def _read_arrays(pages: list[Page], schema: dict[str, pl.DataType]) -> dict[int, pl.DataFrame | None]:
+    """polars' reading of every page whose body is a JSON array: page index -> its frame, or None where
+    polars will not read it into the schema. polars parses without holding the GIL, so a batch of many
+    pages is read on a small thread pool (one thread per core, at most 4); the pages' order is kept."""
+    idx = [i for i, pg in enumerate(pages) if pg.body.lstrip()[:1] == b"["]
+    if len(idx) < 2 * _READERS or _READERS == 1:
+        return {i: _read_array(pages[i].body, schema) for i in idx}
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(_READERS, thread_name_prefix="perpwatch-json"))
+    chunk = -(-len(idx) // (4 * _READERS))
+    read = _POOL[1].map(lambda part: [_read_array(pages[i].body, schema) for i in part],
+                     [idx[k:k + chunk] for k in range(0, len(idx), chunk)])
+    return dict(zip(idx, (df for part in read for df in part), strict=True))
 
 
 def frame(dec: Decoded, schema: dict[str, pl.DataType], orient: str | None = None) -> pl.DataFrame:

@@ -536,10 +536,16 @@ def advance_watermark(con, source: str, dataset: str, instrument: str, last_ts: 
                    WHERE source=? AND dataset=? AND instrument=?""", [last_ts, source, dataset, instrument])
 
 
-def write(con, fn, *, table: str, batch: str = "", attempts: int | None = None):
+class Discarded(Exception):
+    """A gated write whose gate said no: its transaction was rolled back, nothing was written."""
+
+
+def write(con, fn, *, table: str, batch: str = "", attempts: int | None = None, gate=None):
     """Run fn() in one transaction and commit; on a DuckLake commit conflict roll back, wait (full
     jitter) and run it again, up to PERPWATCH_LAKE_RETRIES times, then raise WriteConflict naming the
-    table and batch. fn must only write through `con` (it is re-run from scratch on retry)."""
+    table and batch. fn must only write through `con` (it is re-run from scratch on retry).
+    gate: called after fn() and before COMMIT (it may block); when it returns False the transaction
+    is rolled back and Discarded raised."""
     from perpwatch.warehouse import lake
 
     n = attempts or lake.max_attempts()
@@ -547,6 +553,8 @@ def write(con, fn, *, table: str, batch: str = "", attempts: int | None = None):
         con.execute("BEGIN TRANSACTION")
         try:
             out = fn()
+            if gate is not None and not gate():
+                raise Discarded(f"{table}: batch {batch or '?'} not committed")
             con.execute("COMMIT")
             return out
         except BaseException as exc:

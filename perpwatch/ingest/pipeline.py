@@ -270,10 +270,21 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
     kept: list[pl.DataFrame] = []
     any_bad = False
     quarantined: dict[str, int] = defaultdict(int)
+    written: dict[str, warehouse.LoadResult] | None = None
     for _pass in range(MAX_FALLBACK_PASSES):
         batch = _newest_per_key(pending, key)
-        outcome = validate(table, batch.drop(INTERNAL + ["_row", "__cand"], strict=False), now=now)
-        check_finite(batch, outcome)
+        # First pass: the batch is written (uncommitted) while GX validates it; commit only if it passes.
+        spec = (_Speculative(con, lambda b=batch: _write_sources(con, report, full, entry, b, move_watermarks),
+                             table=full, batch=f"{report.run_id} ({batch.height} rows)")
+                if _pass == 0 else None)
+        passed = False
+        try:
+            outcome = validate(table, batch.drop(INTERNAL + ["_row", "__cand"], strict=False), now=now)
+            check_finite(batch, outcome)
+            passed = outcome.success
+        finally:
+            if spec is not None:
+                written = spec.settle(passed)
         if outcome.success:
             kept.append(batch)
             break
@@ -299,25 +310,16 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
         # in-batch repeats: what was fetched and neither kept nor quarantined in this call
         st.duplicate += n - loaded_by_src.get(src, 0) - quarantined[src]
     for src in good["_source"].unique(maintain_order=True).to_list():
-        part = good.filter(pl.col("_source") == src)
         st = report.stat(src, table)
         st.validation = "partial" if quarantined[src] else "passed"
-
-        def write(part=part, src=src):
-            # rows, watermarks and the run's loaded count commit together (one DuckLake snapshot);
+        if written is not None:
+            res = written[src]
+        else:
+            part = good.filter(pl.col("_source") == src)
             # on a commit conflict with another writer warehouse.write re-runs this from scratch
-            res = warehouse.upsert(con, full, part.drop(INTERNAL + ["_row", "__cand"], strict=False),
-                                   deduplicated=True)     # keys are unique: one candidate per key survives
-            if move_watermarks and entry.watermarked:
-                tcol = entry.time_column
-                marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument", maintain_order=True)
-                         .agg(pl.col(tcol).max().alias("last")))
-                # a failed page: re-read it all next run (its watermark stays)
-                warehouse.advance_watermarks(con, src, [(stream, inst, last) for stream, inst, last in marks.iter_rows()
-                                                        if (src, stream, inst) not in report.tainted])
-            warehouse.note_loaded(con, report.run_id, res.loaded)
-            return res
-        res = warehouse.write(con, write, table=full, batch=f"{report.run_id}/{src} ({part.height} rows)")
+            res = warehouse.write(con, lambda part=part, src=src: _write_sources(con, report, full, entry, part,
+                                                                                 move_watermarks)[src],
+                                  table=full, batch=f"{report.run_id}/{src} ({part.height} rows)")
         st.loaded += res.loaded
         st.updated += res.updated
         st.duplicate += res.duplicate
@@ -329,6 +331,69 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
 
 
 MAX_FALLBACK_PASSES = 4      # validation passes per batch: the first, then older candidates of bad keys
+
+
+def _write_sources(con, report: RunReport, full: str, entry, good: pl.DataFrame,
+                   move_watermarks: bool) -> dict[str, warehouse.LoadResult]:
+    """Upsert a validated batch per source, with its watermarks and the run's loaded count: the rows,
+    watermarks and count commit together (one DuckLake snapshot). Runs inside the caller's transaction."""
+    out = {}
+    srcs = good["_source"].unique(maintain_order=True).to_list()
+    for src in srcs:
+        part = good if len(srcs) == 1 else good.filter(pl.col("_source") == src)
+        res = warehouse.upsert(con, full, part.drop(INTERNAL + ["_row", "__cand"], strict=False),
+                               deduplicated=True)     # keys are unique: one candidate per key survives
+        if move_watermarks and entry.watermarked:
+            marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument", maintain_order=True)
+                     .agg(pl.col(entry.time_column).max().alias("last")))
+            # a failed page: re-read it all next run (its watermark stays)
+            warehouse.advance_watermarks(con, src, [(stream, inst, last) for stream, inst, last in marks.iter_rows()
+                                                    if (src, stream, inst) not in report.tainted])
+        warehouse.note_loaded(con, report.run_id, res.loaded)
+        out[src] = res
+    return out
+
+
+class _Speculative:
+    """A batch's write running on a worker thread while GX validates the same batch on this one.
+
+    The worker upserts every source's rows (with the watermarks) inside one transaction and then waits
+    for the verdict: the transaction commits only when the whole batch passed validation, otherwise it
+    is rolled back and load_table writes the good rows the usual way. Until the commit no reader sees
+    any of it, so a failed batch leaves nothing behind. The DuckDB work runs without the GIL, so the
+    write and GX's pandas work share the two cores instead of following each other."""
+
+    def __init__(self, con, fn, *, table: str, batch: str):
+        self._verdict = threading.Event()
+        self._ok = False
+        self._out: dict | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(con, fn, table, batch),
+                                        name="perpwatch-load", daemon=True)
+        self._thread.start()
+
+    def _gate(self) -> bool:
+        self._verdict.wait()
+        return self._ok
+
+    def _run(self, con, fn, table: str, batch: str) -> None:
+        try:
+            self._out = warehouse.write(con, fn, table=table, batch=batch, gate=self._gate)
+        except warehouse.Discarded:
+            pass
+        except BaseException as exc:   # re-raised on this thread by settle() when the batch passed
+            self._error = exc
+
+    def settle(self, ok: bool) -> dict | None:
+        """Give the verdict and wait for the write: its results when it committed, None when discarded."""
+        self._ok = ok
+        self._verdict.set()
+        self._thread.join()
+        if not ok:
+            return None
+        if self._error is not None:
+            raise self._error
+        return self._out
 
 
 def _newest_per_key(df: pl.DataFrame, key: list[str]) -> pl.DataFrame:

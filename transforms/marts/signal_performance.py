@@ -367,24 +367,71 @@ def hac_tstat(dates: np.ndarray, y: np.ndarray, event: np.ndarray, lag: int) -> 
     return float(beta[1] / math.sqrt(var)) if var > 0 else None
 
 
+def hac_tstats_by_group(group: np.ndarray, dates: np.ndarray, y: np.ndarray, event: np.ndarray,
+                        lag: int) -> np.ndarray:
+    """hac_tstat of every group at once: one t per run of equal `group` values (NaN where hac_tstat gives
+    None); rows sorted by (group, date). Closed form of the one-dummy OLS: b = mean(y | event) -
+    mean(y | no event), u = y minus its own (group, event) mean, X'X = [[n, n1], [n1, n1]] with
+    det = n1 * n0, so b's sandwich variance is that of the score z = u / n1 on event rows and -u / n0 on
+    the others (row 2 of (X'X)^-1 times [u, event * u]): summed per date, then Newey-West with Bartlett
+    weights over the positions of the group's dates (not calendar days). Same None rules as hac_tstat."""
+    if y.size == 0:
+        return np.empty(0)
+    event = event.astype(bool)
+    first = np.ones(y.size, dtype=bool)
+    first[1:] = group[1:] != group[:-1]
+    starts = np.flatnonzero(first)
+    count = np.diff(np.append(starts, y.size))
+    e = event.astype(float)
+    n, n1 = count.astype(float), np.add.reduceat(e, starts)
+    n0, det = n - n1, n * n1 - n1 * n1
+    ok = (n >= 3) & (n1 >= 2) & (n1 != n) & (np.abs(det) >= 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # per (group, event) cell 2 * group + event: its mean and the weight of u in z
+        mean = np.column_stack([np.add.reduceat(y * (1 - e), starts) / n0, np.add.reduceat(y * e, starts) / n1])
+        weight = np.column_stack([-1 / n0, 1 / n1])
+        cell = 2 * np.repeat(np.arange(starts.size), count) + event
+        z = (y - mean.ravel()[cell]) * weight.ravel()[cell]
+    new_date = first.copy()  # scores summed per (group, date)
+    new_date[1:] |= dates[1:] != dates[:-1]
+    if new_date.all():
+        zd, dstarts = z, starts
+    else:
+        zd, dstarts = np.add.reduceat(z, np.flatnonzero(new_date)), np.flatnonzero(first[new_date])
+    var = np.add.reduceat(zd * zd, dstarts)
+    pair = np.zeros(zd.size)
+    for k in range(1, min(lag, zd.size - 1) + 1):  # pairs k dates apart within the same group
+        np.multiply(zd[k:], zd[:-k], out=pair[:-k])
+        pair[-k:] = 0.0
+        cross = (dstarts[1:, None] - np.arange(1, k + 1)).ravel()  # pairs reaching into the previous group
+        pair[cross[cross >= 0]] = 0.0
+        var += 2 * (1 - k / (lag + 1)) * np.add.reduceat(pair, dstarts)
+    with np.errstate(invalid="ignore"):
+        return np.where(ok & (var > 0), (mean[:, 1] - mean[:, 0]) / np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
+
+
+def _days_since_event(frame: pl.DataFrame) -> np.ndarray:
+    """Per row: calendar days since the latest event of the same asset on an earlier date (a large number
+    where there is none). One sorted search over (asset, day) keys for every row at once (a loop over
+    assets scanned all rows per asset: quadratic in the number of assets)."""
+    none = np.full(frame.height, np.iinfo(np.int64).max)
+    ev = frame["__event"].to_numpy().astype(bool)
+    if not ev.any():
+        return none
+    days = frame["date"].cast(pl.Int32).to_numpy().astype(np.int64)
+    code = frame["asset"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    span = int(days.max() - days.min()) + 1  # keys of two assets never overlap
+    key = code * span + (days - int(days.min()))
+    ev_keys = np.sort(key[ev])
+    i = np.searchsorted(ev_keys, key, "left") - 1  # the latest event key below the row's
+    prev = ev_keys[np.maximum(i, 0)]
+    return np.where((i >= 0) & (prev // span == code), key - prev, none)
+
+
 def _near_events(frame: pl.DataFrame, h: int) -> np.ndarray:
     """True on non-event days inside an event window of the same asset: an event 1 .. h - 1 days
-    earlier. Only earlier events: excluding days because an event follows would condition on the future.
-    One sorted search over (asset, day) keys for every row at once (a loop over assets scanned all rows
-    per asset: quadratic in the number of assets)."""
-    near = np.zeros(frame.height, dtype=bool)
-    if h <= 1 or frame.height == 0:
-        return near
-    days = frame["date"].cast(pl.Int32).to_numpy().astype(np.int64)
-    ev = frame["__event"].to_numpy().astype(bool)
-    code = frame["asset"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
-    span = int(days.max() - days.min()) + 2 * h + 1          # keys of two assets never overlap
-    key = code * span + (days - int(days.min()) + h)
-    ev_keys = np.sort(key[ev])
-    if ev_keys.size == 0:
-        return near
-    count = np.searchsorted(ev_keys, key - 1, "right") - np.searchsorted(ev_keys, key - (h - 1), "left")
-    return (count > 0) & ~ev
+    earlier. Only earlier events: excluding days because an event follows would condition on the future."""
+    return ~frame["__event"].to_numpy().astype(bool) & (_days_since_event(frame) <= h - 1)
 
 
 def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataFrame:
@@ -427,10 +474,9 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
             ).alias("__start")
         )
         multi = base["asset"].n_unique() > 1
+        since, no_event = _days_since_event(base), ~base["__event"].to_numpy()
         for h in hs:
-            based = base.with_columns(pl.Series("__near", _near_events(base, h)))
-            pooled = based.with_columns(pl.lit(POOLED).alias("asset"))
-            both = pl.concat([based, pooled]) if multi else based
+            based = base.with_columns(pl.Series("__near", no_event & (since <= h - 1)))
             r, dd = pl.col(f"fwd_return_{h}"), pl.col(f"max_drawdown_{h}")
             ev = pl.col("__event")
             has_r = r.is_not_null()
@@ -438,35 +484,38 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
             hit = (r.sign() == sign).cast(pl.Float64)
             no_claim = pl.lit(None, dtype=pl.Float64)
             bl = ~ev & ~pl.col("__near")
-            sample = both.filter(has_r & (ev | bl))
-            tstats = []
-            for (a,), g in sample.group_by("asset"):
-                t = hac_tstat(g["date"].cast(pl.Int32).to_numpy(), g[f"fwd_return_{h}"].to_numpy(),
-                              g["__event"].to_numpy(), h - 1)
-                tstats.append({"asset": a, "t_stat": t,
-                               "se_method": "driscoll_kraay_by_date" if a == POOLED else "newey_west"})
-            tframe = pl.DataFrame(tstats, schema={"asset": pl.String, "t_stat": pl.Float64, "se_method": pl.String})
-            agg = (
-                sample
-                .group_by("asset")
-                .agg(
-                    ev.sum().cast(pl.Int64).alias("n_events"),
-                    (pl.col("__start") & ev).sum().cast(pl.Int64).alias("n_episodes"),
-                    r.filter(ev).mean().alias("mean_forward_return"),
-                    r.filter(ev).median().alias("median_forward_return"),
-                    r.filter(ev).std().alias("__sd"),
-                    bl.sum().cast(pl.Int64).alias("baseline_n"),
-                    r.filter(bl).mean().alias("baseline_mean_return"),
-                    (hit.filter(ev).mean() if sign else no_claim).alias("hit_rate"),
-                    (hit.filter(bl).mean() if sign else no_claim).alias("baseline_hit_rate"),
-                    dd.filter(ev).mean().alias("mean_max_drawdown"),
-                    dd.filter(bl).mean().alias("baseline_mean_max_drawdown"),
-                    r.abs().filter(ev).mean().alias("mean_abs_forward_return"),
-                    r.abs().filter(bl).mean().alias("baseline_mean_abs_return"),
-                    pl.col("date").min().alias("first_date"),
-                    pl.col("date").max().alias("last_date"),
-                )
-            )
+            sample = based.filter(has_r & (ev | bl))  # sorted by (asset, date)
+            if sample.height == 0:
+                continue
+            stats = [
+                ev.sum().cast(pl.Int64).alias("n_events"),
+                (pl.col("__start") & ev).sum().cast(pl.Int64).alias("n_episodes"),
+                r.filter(ev).mean().alias("mean_forward_return"),
+                r.filter(ev).median().alias("median_forward_return"),
+                bl.sum().cast(pl.Int64).alias("baseline_n"),
+                r.filter(bl).mean().alias("baseline_mean_return"),
+                (hit.filter(ev).mean() if sign else no_claim).alias("hit_rate"),
+                (hit.filter(bl).mean() if sign else no_claim).alias("baseline_hit_rate"),
+                dd.filter(ev).mean().alias("mean_max_drawdown"),
+                dd.filter(bl).mean().alias("baseline_mean_max_drawdown"),
+                r.abs().filter(ev).mean().alias("mean_abs_forward_return"),
+                r.abs().filter(bl).mean().alias("baseline_mean_abs_return"),
+                pl.col("date").min().alias("first_date"),
+                pl.col("date").max().alias("last_date"),
+            ]
+            agg = sample.group_by("asset").agg(stats)
+            dates = sample["date"].cast(pl.Int32).to_numpy()
+            y, e = sample[f"fwd_return_{h}"].to_numpy(), sample["__event"].to_numpy()
+            names = sample["asset"].unique(maintain_order=True).to_list()
+            t = hac_tstats_by_group(sample["asset"].rle_id().to_numpy(), dates, y, e, h - 1)
+            methods = ["newey_west"] * len(names)
+            if multi:  # the pooled row: all assets as one group, scores summed per date (Driscoll-Kraay)
+                agg = pl.concat([agg, sample.with_columns(pl.lit(POOLED).alias("asset")).group_by("asset").agg(stats)])
+                o = np.argsort(dates, kind="stable")
+                t = np.append(t, hac_tstats_by_group(np.zeros(o.size, dtype=np.int64), dates[o], y[o], e[o], h - 1))
+                names.append(POOLED)
+                methods.append("driscoll_kraay_by_date")
+            tframe = pl.DataFrame({"asset": names, "t_stat": pl.Series(t).fill_nan(None), "se_method": methods})
             parts.append(
                 agg.with_columns(
                     pl.lit(s.name).alias("signal"),
