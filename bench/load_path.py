@@ -131,7 +131,7 @@ def _ceiling_once(db: Path, frame: pl.DataFrame) -> float:
         cols = [c for c in warehouse.table_columns(con, "staging.open_interest") if c in frame.columns]
         collist = ", ".join(f'"{c}"' for c in cols)
         t0 = time.perf_counter()
-        con.register("__arrow", frame.select(cols).to_arrow())
+        con.register("__arrow", warehouse.arrow(frame.select(cols)))     # the shape warehouse.upsert hands over
         with warehouse.transaction(con):
             con.execute(f"INSERT INTO staging.open_interest ({collist}) SELECT {collist} FROM __arrow")
         took = time.perf_counter() - t0

@@ -97,7 +97,7 @@ def render(r: dict) -> str:
             f, rl = s[f"{key}.fresh"], s[f"{key}.reload"]
             sec.append(f"| {label} | {_s(f['total'])} | {_n(f['rows_per_s'])} | {_s(rl['total'])} | {f['parse']:.2f} s | "
                        f"{f['load']:.2f} s | {f['validate']:.2f} s | {f['upsert']:.2f} s |")
-        sec.append(f"| DuckDB ingest of the normalised rows from Arrow (ceiling) | {_s(ceil['total'])} | {_n(ceil['rows_per_s'])} | – | – | – | – | – |")
+        sec.append(f"| DuckDB ingest of the normalised rows from Arrow, in row-group slices as `warehouse.arrow` hands them over (ceiling) | {_s(ceil['total'])} | {_n(ceil['rows_per_s'])} | – | – | – | – | – |")
         em = s["executemany"]
         sec.append(f"| row-at-a-time `executemany` INSERT OR REPLACE, PK on the grain ({em['rows']:,}-row sample) | "
                    f"{_s(em['fresh'])} | {_n(em['rows_per_s'])} | {_s(em['reload'])} | – | – | – | – |")

@@ -149,3 +149,26 @@ def test_the_threaded_page_read_keeps_page_order_and_falls_back_like_the_sequent
     expected = [r["sumOpenInterest"] for i in threaded.frame_pages for r in orjson.loads(bodies[i])]
     assert pl.concat(threaded.frames)["sumOpenInterest"].to_list() == expected
     assert expected[:4] == ["0", "3", "4", "4"]
+
+
+def test_frames_go_to_duckdb_in_whole_row_groups_and_arrive_unchanged(tmp_path):
+    """warehouse.arrow slices a frame into DuckDB row groups (122,880 rows: DuckDB's own row_group_size
+    here) so the insert runs on every thread; what lands is the frame, in order."""
+    n = 3 * warehouse.ROW_GROUP + 17
+    df = pl.DataFrame({"i": range(n), "s": [f"S{i % 7}" for i in range(n)]})
+    df = pl.concat([df.head(1000), df.slice(1000)], rechunk=False)       # two chunks that split a row group
+    t = warehouse.arrow(df)
+    assert [b.num_rows for b in t.to_batches()] == [warehouse.ROW_GROUP] * 3 + [17]
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        assert con.execute("SELECT current_setting('threads')").fetchone()[0] >= 1
+        con.execute("CREATE TABLE t (i BIGINT, s VARCHAR)")
+        con.register("__t", t)
+        con.execute("INSERT INTO t SELECT * FROM __t")
+        back = con.execute("SELECT i, s FROM t ORDER BY rowid").pl()
+        groups = con.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('t')").fetchone()[0]
+    finally:
+        con.close()
+    assert_frame_equal(back, df)
+    assert groups == 4
+    assert warehouse.arrow(df.head(5)).num_rows == 5

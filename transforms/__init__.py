@@ -159,7 +159,7 @@ def _build_model(con, name: str, m: Model, changed_from=None) -> float:
         else:
             mod = importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}")
             df: pl.DataFrame = mod.build(con)
-            con.register("__mart", df.to_arrow())
+            con.register("__mart", warehouse.arrow(df))
             con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __mart")
             con.unregister("__mart")
         warehouse.record_change(con, name, changed_from)   # publishing copies what changed (warehouse/publishing.py)

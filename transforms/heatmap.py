@@ -27,6 +27,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from perpwatch import warehouse
 from perpwatch.core.settings import default_signal_settings, signal_settings
 
 TABLE = "marts.liquidation_heatmap"
@@ -846,7 +847,7 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
         why = f"staging changed on {since} <= state day {_day(progress['through'])}"
     if why is not None:
         rows = build_heatmap(con, settings, save=True)
-        con.register("__hm_rows", rows.to_arrow())
+        con.register("__hm_rows", warehouse.arrow(rows))
         con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS SELECT * FROM __hm_rows")
         con.unregister("__hm_rows")
         return None, f"full: {why}"
@@ -865,7 +866,7 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
     rows, new_state_ = fold_rows(bars, prm, init=state, hourly_from=hourly_from, through=newest - 1,
                                  top_bins=prm.top_bins, changes=changes)
     con.execute(f"DELETE FROM {TABLE} WHERE ts >= {ts_literal(start)}")
-    con.register("__hm_rows", rows.to_arrow())
+    con.register("__hm_rows", warehouse.arrow(rows))
     con.execute(f"INSERT INTO {TABLE} SELECT * FROM __hm_rows")
     con.unregister("__hm_rows")
     # days before `resume` that left the hourly window keep only their last usable hour

@@ -415,6 +415,22 @@ class LoadResult:
         return self
 
 
+ROW_GROUP = 122_880     # DuckDB's row group size (rows)
+
+
+def arrow(df: pl.DataFrame):
+    """df as an Arrow table for DuckDB to scan (con.register): in slices of one DuckDB row group. DuckDB
+    scans an Arrow table's chunks in parallel and writes each as whole row groups; a frame in one chunk is
+    scanned and inserted by one thread, and slices that do not line up with row groups cost CPU in
+    merging them (tests/test_speculative_load.py checks the slicing; BENCHMARKS.md section 1 times it)."""
+    import pyarrow as pa
+
+    t = df.rechunk().to_arrow()
+    if t.num_rows <= ROW_GROUP:
+        return t
+    return pa.Table.from_batches(t.to_batches(max_chunksize=ROW_GROUP), schema=t.schema)
+
+
 def table_columns(con, table: str) -> list[str]:
     schema, name = table.split(".")
     # literals, not parameters: a process's first parameterised query makes DuckDB import pandas (~0.2 s)
@@ -443,7 +459,7 @@ def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, *, dedu
     if missing_key:
         raise ValueError(f"{table}: batch lacks key columns {missing_key}")
     batch = df.select(cols).with_row_index("__i")
-    con.register("__batch", batch.to_arrow())
+    con.register("__batch", arrow(batch))
     qk = ", ".join(f'"{k}"' for k in key)
     on = " AND ".join(f't."{k}" = b."{k}"' for k in key)
     content = [c for c in cols if c not in key and c not in PROVENANCE]
