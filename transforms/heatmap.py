@@ -778,24 +778,28 @@ def load_levels(con: duckdb.DuckDBPyConnection, progress: dict, ranges: pl.DataF
     """The stored levels as fold state (USD = amount x scale), for every asset of `progress`.
     ranges (asset, lo, hi): only long levels at or above lo and short levels at or below hi (the ones the
     hours being folded can trade through or show in their distance window); assets not in ranges get none."""
-    if ranges is None:
-        levels = con.execute(f"SELECT asset, side, price, amount FROM {LEVELS_TABLE} ORDER BY asset, side, price").pl()
-    else:
-        con.register("__hm_ranges", ranges.select("asset", "lo", "hi").to_arrow())
-        levels = con.execute(f"""SELECT l.asset, l.side, l.price, l.amount FROM {LEVELS_TABLE} l
-            JOIN __hm_ranges r ON l.asset = r.asset
-            WHERE (l.side = 'long' AND l.price >= r.lo) OR (l.side = 'short' AND l.price <= r.hi)
-            ORDER BY l.asset, l.side, l.price""").pl()
-        con.unregister("__hm_ranges")
-    by = {k[0]: g for k, g in levels.partition_by("asset", as_dict=True).items()} if levels.height else {}
+    assets = pl.DataFrame({"asset": list(progress["assets"])}, schema={"asset": pl.String}).with_row_index("i")
+    where = "TRUE"
+    if ranges is not None:
+        assets = assets.join(ranges.select("asset", "lo", "hi"), on="asset", how="inner", maintain_order="left")
+        where = "(l.side = 'long' AND l.price >= r.lo) OR (l.side = 'short' AND l.price <= r.hi)"
+    # numbers only (asset index, side 0 long / 1 short): no string per level crosses into Python
+    con.register("__hm_assets", assets.to_arrow())
+    try:
+        got = con.execute(f"""SELECT r.i AS a, (l.side = 'short')::UTINYINT AS s, l.price, l.amount
+            FROM {LEVELS_TABLE} l JOIN __hm_assets r ON l.asset = r.asset WHERE {where}
+            ORDER BY a, s, l.price""").to_arrow_table()
+    finally:
+        con.unregister("__hm_assets")
+    key = got["a"].to_numpy().astype(np.int64) * 2 + got["s"].to_numpy()
+    price, amount = got["price"].to_numpy(), got["amount"].to_numpy()
+    cut = np.searchsorted(key, np.arange(2 * len(progress["assets"]) + 1))   # key is sorted: one slice per (asset, side)
     state = {}
-    for asset, (last_ts, last_oi, scale) in progress["assets"].items():
-        g = by.get(asset)
+    for i, (asset, (last_ts, last_oi, scale)) in enumerate(progress["assets"].items()):
         arrs = []
-        for side in SIDES:
-            gs = g.filter(pl.col("side") == side) if g is not None else None
-            arrs += [_frozen(gs["price"].to_numpy().copy()) if gs is not None else _EMPTY,
-                     _frozen(gs["amount"].to_numpy() * scale) if gs is not None else _EMPTY]
+        for k in (2 * i, 2 * i + 1):
+            lo, hi = cut[k], cut[k + 1]
+            arrs += [_frozen(price[lo:hi].copy()), _frozen(amount[lo:hi] * scale)] if hi > lo else [_EMPTY, _EMPTY]
         state[asset] = AssetLevels(*arrs, last_ts, last_oi)
     return state
 

@@ -31,6 +31,7 @@ import polars as pl
 _HOUR_US = 3_600_000_000
 _BLOCK = 32  # snapshots per cumulation block
 _SLICE = 1 << 22  # levels per slice of the death-hour search
+_THREADED_SNAPSHOTS = 50_000  # snapshot hours (all assets) from which snapshots() uses a thread per core
 
 
 @dataclass
@@ -197,9 +198,15 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
         for sd in (0, 1):
             m = np.flatnonzero(side == sd)
             if m.size:
-                tab = _sparse_min(np.where(d.usable, d.low, np.inf) if sd == 0 else np.where(d.usable, -d.high, np.inf))
-                death[m] = _first_hit(tab, asset[m], birth[m] + 1, price[m] if sd == 0 else -price[m])
-                del tab
+                x = np.where(d.usable, d.low, np.inf) if sd == 0 else np.where(d.usable, -d.high, np.inf)
+                p = price[m] if sd == 0 else -price[m]
+                # a level above its asset's minimum over every hour is never hit: only the others are searched
+                # (most of a daily pass's stored levels lie outside the day's range)
+                reach = ~(x.min(axis=1)[asset[m]] > p)
+                m, p = m[reach], p[reach]
+                tab = _sparse_min(x)
+                death[m] = _first_hit(tab, asset[m], birth[m] + 1, p)
+                del tab, x
     # ---- the sequential part: decline ratios need the USD liquidated each hour
     bounds = np.searchsorted(birth, np.arange(-1, n_t + 1))
     A = np.zeros((n_a, n_t + 1))
@@ -241,8 +248,9 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
               top_bins: int | None, workers: int | None = None) -> dict[str, np.ndarray]:
     """Binned USD per (asset, snapshot hour, side, bin) inside the distance window of the close, USD > 0,
     at most `top_bins` largest bins per (asset, hour, side). snap[i]: sorted usable hour indices of asset i.
-    Assets are independent: they run on `workers` threads (default: one per core; numpy's array loops
-    release the GIL), results in asset order."""
+    Assets are independent: they run on `workers` threads (default: one per core when there are at least
+    _THREADED_SNAPSHOTS snapshot hours, else one; numpy's array loops release the GIL, but a daily pass's
+    small arrays mostly contend for it), results in asset order."""
     inv = 1.0 / prm.log_step
     bin_all = np.floor(np.log(lv.price) * inv).astype(np.int64)
     order = np.argsort(lv.asset, kind="stable")
@@ -256,7 +264,9 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
         return [_asset_side(d.close[i, hs], hs, S_hist[i, hs], lv, a, bin_all, sel[lv.side[sel] == side], side, i,
                             prm, inv, top_bins) for side in (0, 1)]
 
-    workers = workers or min(len(d.assets), os.cpu_count() or 1)
+    if workers is None:   # threads pay off on a rebuild's many snapshot hours, not on a daily pass's few
+        small = sum(h.size for h in snap) < _THREADED_SNAPSHOTS
+        workers = 1 if small else min(len(d.assets), os.cpu_count() or 1)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             got = [p for parts in pool.map(one, range(len(d.assets))) for p in parts if p is not None]
