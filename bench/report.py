@@ -420,10 +420,12 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   ingest plus the duplicate check and the classifying join); `load_table` is the whole load (concat,
   in-run dedup on the grain — one row hash proves a batch has no repeated key before the
   order-keeping unique is paid for —, GX, the upsert with the watermarks, quarantine bookkeeping).
-  GX holds the GIL in pandas while DuckDB's insert releases it, so `load_table` starts the upsert
-  on a worker thread inside a transaction that commits only when the batch passed validation (a
-  failed batch is rolled back and its good rows written the usual way); the two columns overlap.
-  The Arrow-ingest row is the floor under the upsert column.
+  DuckDB's insert runs without the GIL, so `load_table` starts the upsert on a worker thread inside
+  a transaction that commits only when the batch passed validation (a failed batch is rolled back
+  and its good rows written the usual way) and GX and the insert share the two cores; the two
+  columns overlap. `warehouse.arrow` hands DuckDB the batch in slices of one row group (122,880
+  rows), so the insert itself runs on both threads (a frame in one Arrow chunk is inserted by one);
+  the Arrow-ingest row gets the same slices and is the floor under the upsert column.
 - **dlt.** Two routes of dlt 1.x `merge` on the grain: dicts (dlt normalises row by row in Python) and
   Arrow tables (dlt's documented fast route: Parquet load files, no row normalisation), each at two sizes
   (the trend), its one-off setup (pipeline, schema, destination tables: a first run of one page) timed
@@ -439,6 +441,8 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   bounded per asset-day ([heatmap] hourly_days, top_bins), and the daily build resumes it from the
   levels stored by the last build (meta.heatmap_levels: amount x a per-asset OI scale, so a day reads
   only the levels its hours can reach and writes only the levels that died or were born).
+  signal_performance computes every asset's Newey-West t-statistic at once in closed form
+  (`hac_tstats_by_group`; the per-group `hac_tstat` is its test oracle).
 - **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback
   <days>` headers, checked against a full rebuild by tests/test_bench_smoke.py), each reading its
   inputs from its own cut; daily_signals reads 7 days of inputs and takes its trailing windows' history
