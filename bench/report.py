@@ -420,12 +420,11 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   ingest plus the duplicate check and the classifying join); `load_table` is the whole load (concat,
   in-run dedup on the grain — one row hash proves a batch has no repeated key before the
   order-keeping unique is paid for —, GX, the upsert with the watermarks, quarantine bookkeeping).
-  DuckDB's insert runs without the GIL, so `load_table` starts the upsert on a worker thread inside
-  a transaction that commits only when the batch passed validation (a failed batch is rolled back
-  and its good rows written the usual way) and GX and the insert share the two cores; the two
-  columns overlap. `warehouse.arrow` hands DuckDB the batch in slices of one row group (122,880
-  rows), so the insert itself runs on both threads (a frame in one Arrow chunk is inserted by one);
-  the Arrow-ingest row gets the same slices and is the floor under the upsert column.
+  `load_table` starts the upsert on a worker thread inside a transaction that commits only when
+  the batch passed validation (a failed batch is rolled back and its good rows written the usual
+  way), so GX and the insert run at the same time; the two columns overlap. `warehouse.arrow` hands DuckDB the batch in slices of one row group (122,880
+  rows), so DuckDB can insert the slices in parallel; the Arrow-ingest row gets the same slices and
+  is the floor under the upsert column.
 - **dlt.** Two routes of dlt 1.x `merge` on the grain: dicts (dlt normalises row by row in Python) and
   Arrow tables (dlt's documented fast route: Parquet load files, no row normalisation), each at two sizes
   (the trend), its one-off setup (pipeline, schema, destination tables: a first run of one page) timed

@@ -92,31 +92,18 @@ def test_a_failed_validation_rolls_the_early_write_back(tmp_path):
     assert (st.fetched, st.loaded, st.quarantined, st.validation) == (3, 2, 1, "partial")
 
 
-def test_a_write_error_on_the_worker_is_raised_and_nothing_commits(tmp_path, monkeypatch):
+@pytest.mark.parametrize("broken", [(warehouse, "upsert", "disk full"), (pipeline, "validate", "GX broke")],
+                         ids=["write error on the worker", "validation error"])
+def test_an_error_on_either_thread_is_raised_and_nothing_commits(tmp_path, monkeypatch, broken):
+    module, name, message = broken
+
+    def fail(*a, **kw):
+        raise RuntimeError(f"{message} (test)")
+
+    monkeypatch.setattr(module, name, fail)
     con = warehouse.connect(tmp_path / "w.duckdb")
-
-    def broken(*a, **kw):
-        raise RuntimeError("disk full (test)")
-
-    monkeypatch.setattr(warehouse, "upsert", broken)
     try:
-        with pytest.raises(RuntimeError, match="disk full"):
-            pipeline.load_parsed(con, pipeline.RunReport("t", "t"), _fetched([["1", "2"]]), {})
-        rows, marks, _ = _state(con)
-    finally:
-        con.close()
-    assert rows == [] and marks == []
-
-
-def test_a_validation_error_rolls_the_early_write_back_and_is_raised(tmp_path, monkeypatch):
-    con = warehouse.connect(tmp_path / "w.duckdb")
-
-    def broken(table, df, now=None):
-        raise RuntimeError("GX broke (test)")
-
-    monkeypatch.setattr(pipeline, "validate", broken)
-    try:
-        with pytest.raises(RuntimeError, match="GX broke"):
+        with pytest.raises(RuntimeError, match=message):
             pipeline.load_parsed(con, pipeline.RunReport("t", "t"), _fetched([["1", "2"]]), {})
         rows, marks, _ = _state(con)
     finally:

@@ -249,8 +249,8 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
     """Binned USD per (asset, snapshot hour, side, bin) inside the distance window of the close, USD > 0,
     at most `top_bins` largest bins per (asset, hour, side). snap[i]: sorted usable hour indices of asset i.
     Assets are independent: they run on `workers` threads (default: one per core when there are at least
-    _THREADED_SNAPSHOTS snapshot hours, else one; numpy's array loops release the GIL, but a daily pass's
-    small arrays mostly contend for it), results in asset order."""
+    _THREADED_SNAPSHOTS snapshot hours, else one: numpy's array loops release the GIL, a daily pass's
+    small arrays spend most of their time outside them), results in asset order."""
     inv = 1.0 / prm.log_step
     bin_all = np.floor(np.log(lv.price) * inv).astype(np.int64)
     order = np.argsort(lv.asset, kind="stable")
@@ -264,7 +264,7 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
         return [_asset_side(d.close[i, hs], hs, S_hist[i, hs], lv, a, bin_all, sel[lv.side[sel] == side], side, i,
                             prm, inv, top_bins) for side in (0, 1)]
 
-    if workers is None:   # threads pay off on a rebuild's many snapshot hours, not on a daily pass's few
+    if workers is None:
         small = sum(h.size for h in snap) < _THREADED_SNAPSHOTS
         workers = 1 if small else min(len(d.assets), os.cpu_count() or 1)
     if workers > 1:

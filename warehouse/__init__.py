@@ -422,7 +422,7 @@ def arrow(df: pl.DataFrame):
     """df as an Arrow table for DuckDB to scan (con.register): in slices of one DuckDB row group. DuckDB
     scans an Arrow table's chunks in parallel and writes each as whole row groups; a frame in one chunk is
     scanned and inserted by one thread, and slices that do not line up with row groups cost CPU in
-    merging them (tests/test_speculative_load.py checks the slicing; BENCHMARKS.md section 1 times it)."""
+    merging them (tests/test_speculative_load.py checks the slicing)."""
     import pyarrow as pa
 
     t = df.rechunk().to_arrow()

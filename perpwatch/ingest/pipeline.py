@@ -360,8 +360,8 @@ class _Speculative:
     The worker upserts every source's rows (with the watermarks) inside one transaction and then waits
     for the verdict: the transaction commits only when the whole batch passed validation, otherwise it
     is rolled back and load_table writes the good rows the usual way. Until the commit no reader sees
-    any of it, so a failed batch leaves nothing behind. The DuckDB work runs without the GIL, so the
-    write and GX's pandas work share the two cores instead of following each other."""
+    any of it, so a failed batch leaves nothing behind. The write and GX's pandas work run at the same
+    time instead of one after the other."""
 
     def __init__(self, con, fn, *, table: str, batch: str):
         self._verdict = threading.Event()
