@@ -420,7 +420,8 @@ def load_bars(
     # ---- perp bars: mean over each (asset, venue)'s instruments per hour
     npx = len(px_series)
     px_cols = {"o": "t.open::DOUBLE", "hi": "t.high::DOUBLE", "lo": "t.low::DOUBLE", "c": "t.close::DOUBLE"}
-    ohlc = {k: np.full(nh * npx, np.nan) for k in px_cols}
+    # only the close needs a NaN fill (it marks the cells with a bar); open/high/low are read only where it has one
+    ohlc = {k: np.full(nh * npx, np.nan) if k == "c" else np.empty(nh * npx) for k in px_cols}
     n_rows = 0
     for cell, got in batches("staging.prices", px_series, {"asset": 0, "venue": 1}, px_cols, px_where):
         n_rows += cell.size
