@@ -112,14 +112,15 @@ def render(r: dict) -> str:
             sec.append(f"| dlt | failed: {d.get('error', '?')[:200]} | | | | | | |")
         else:
             sec.append("| dlt | not run at this size (`--dlt` to force) | | | | | | |")
-        gx = raw["gx_without_datetime_between"]
+        gx = raw.get("gx_alone")
+        gx_in = pv["validate"]
         sec.append("")
         sec.append(f"Loads: fresh {pf['loaded']:,} loaded / {pf['duplicate']:,} duplicate / {pf['quarantined']:,} "
                    f"quarantined; reload {s['pipeline_novalidation.reload']['loaded']:,} loaded / "
-                   f"{s['pipeline_novalidation.reload']['duplicate']:,} duplicate. Diagnostic: the same GX suite without "
-                   f"its one between-expectation on the `ts` datetime column validates the {rows:,} rows in "
-                   f"{_s(gx)} (GX evaluates that expectation with a per-row Python function, "
-                   "`column_values_between.py` `is_between` via `Series.map`).\n")
+                   f"{s['pipeline_novalidation.reload']['duplicate']:,} duplicate."
+                   + (f" Diagnostic: the same GX suite on the same {rows:,} rows with nothing else running takes "
+                      f"{_s(gx)}; inside `load_table` it takes {gx_in:.2f} s (median), sharing the two cores "
+                      "with the upsert." if gx else "") + "\n")
         sections.append("\n".join(sec))
         best = pf["total"]["median"]
         best_v = pv["total"]["median"]

@@ -238,9 +238,12 @@ def _page_symbols(df: pl.DataFrame, col: str) -> pl.DataFrame:
 def _instrument_facts(syms: pl.DataFrame, venue: str, ctx: ParseContext, **fields) -> pl.DataFrame:
     """Per page: canonical asset and the given instrument facts (name -> fn(meta, sym))."""
     names = syms["_sym"].to_list()
-    cols = {"_asset": [canonical(venue, s)[0] for s in names]}
-    for name, fn in fields.items():
-        cols[name] = [fn(ctx.instrument(venue, s), s) for s in names]
+    per_symbol = {s: (canonical(venue, s)[0], *(fn(ctx.instrument(venue, s), s) for fn in fields.values()))
+                  for s in dict.fromkeys(names)}    # once per symbol, not per page
+    got = [per_symbol[s] for s in names]
+    cols = {"_asset": [g[0] for g in got]}
+    for k, name in enumerate(fields, start=1):
+        cols[name] = [g[k] for g in got]
     return syms.with_columns(**{k: pl.Series(v, dtype=pl.Float64 if k != "_asset" else pl.Utf8, strict=False)
                                 for k, v in cols.items()})
 
@@ -287,18 +290,20 @@ def batch_open_interest_hist(pages: list[batch.Page], ctx: ParseContext) -> batc
     facts = _instrument_facts(_page_symbols(df, "symbol"), VENUE, ctx,
                               _size=lambda m, s: m.get("contract_size") or 1.0,
                               _mult=lambda m, s: m.get("multiplier") or canonical(VENUE, s)[1])
-    df = batch.attach(df, facts)
+    df = batch.numbers(batch.attach(df, facts), {"timestamp": pl.Int64, "sumOpenInterest": pl.Float64,
+                                                 "sumOpenInterestValue": pl.Float64})
     res.add("open_interest", df.select(*_oi_columns(pl.col("_asset"), pl.col("_size"), pl.col("_mult")), batch.PAGE))
     return res
 
 
 def _oi_columns(asset: pl.Expr, size: pl.Expr | float, mult: pl.Expr | float = 1.0) -> list[pl.Expr]:
+    """The staging columns of openInterestHist rows whose numbers are already numeric (batch.numbers)."""
     return [
-        pl.lit(VENUE).alias("venue"), pl.col("symbol").alias("instrument"), ts_ms("timestamp").alias("ts"),
+        pl.lit(VENUE).alias("venue"), pl.col("symbol").alias("instrument"), pl.col("timestamp").cast(UTC_MS).alias("ts"),
         asset.alias("asset"), pl.lit("linear").alias("margin"),
-        (num("sumOpenInterest") / size).alias("oi_contracts"),      # USD-M: base coin, 1 contract = 1 coin
-        (num("sumOpenInterest") * mult).alias("oi_base"),
-        num("sumOpenInterestValue").alias("oi_usd")]
+        (pl.col("sumOpenInterest") / size).alias("oi_contracts"),      # USD-M: base coin, 1 contract = 1 coin
+        (pl.col("sumOpenInterest") * mult).alias("oi_base"),
+        pl.col("sumOpenInterestValue").alias("oi_usd")]
 
 
 RATIO_SHAPE = {"symbol": pl.Utf8, "longAccount": pl.Utf8, "shortAccount": pl.Utf8, "longPosition": pl.Utf8,

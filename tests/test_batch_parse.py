@@ -172,3 +172,38 @@ def test_newest_per_key_keeps_the_last_row_of_each_key_in_order():
     assert pipeline._newest_per_key(nulls, key)["v"].to_list() == [2.0]
     unique = repeated[1:4]
     assert pipeline._newest_per_key(unique, key) is unique          # no repeat: the frame as it is
+
+
+def test_fast_paths_of_numbers_attach_and_require_equal_the_general_ones():
+    """batch.numbers (strict cast first), batch.attach (gather by position) and batch.require (no nulls: nothing
+    to reject) give exactly what normalize.num / ts_ms, the left join and the per-page check give, and fall
+    back to them where the shortcut does not apply."""
+    from perpwatch.sources import batch
+    from perpwatch.sources.normalize import num, ts_ms
+
+    P = batch.PAGE
+    clean = pl.DataFrame({"n": ["1.5", "2e3", "-0.25"], "t": [str(T0), str(T0 + H), str(T0 + 2 * H)],
+                          P: [0, 0, 1]})
+    padded = clean.with_columns(pl.Series("n", [" 1.5", "2e3 ", "\t-0.25"]), pl.Series("t", [f" {T0}", str(T0 + H), str(T0 + 2 * H)]))
+    for df in (clean, padded):
+        got = batch.numbers(df, {"n": pl.Float64, "t": pl.Int64}).with_columns(pl.col("t").cast(pl.Datetime("ms", "UTC")))
+        assert_frame_equal(got, df.with_columns(num("n"), ts_ms("t")))
+    assert batch.numbers(padded, {"n": pl.Float64})["n"].to_list() == [1.5, 2000.0, -0.25]
+    with pytest.raises(pl.exceptions.PolarsError):     # not a number even once stripped: raises, as num() does
+        batch.numbers(clean.with_columns(pl.Series("n", ["1.5", "abc", "2"])), {"n": pl.Float64})
+
+    rows = pl.DataFrame({P: [0, 0, 2, 3, 3, 3], "v": [1, 2, 3, 4, 5, 6]})
+    join = lambda df, c: df.join(c, on=P, how="left", maintain_order="left")  # noqa: E731
+    every = pl.DataFrame({P: [0, 2, 3], "_asset": ["BTC", "ETH", "SOL"], "_size": [1.0, 10.0, None]})
+    for consts in (every,                                   # sorted, one row per page: gathered
+                   every.filter(pl.col(P) != 2),            # a page without constants: null, as the join
+                   every.reverse(),                         # not in page order: the join
+                   pl.concat([every, every[:1]])):          # a page twice: the join (its rows repeat)
+        assert_frame_equal(batch.attach(rows, consts), join(rows, consts))
+    assert batch.attach(rows, every)["_asset"].to_list() == ["BTC", "BTC", "ETH", "SOL", "SOL", "SOL"]
+
+    errors: dict[int, str] = {}
+    assert batch.require(rows, errors, ["v"], "x") is rows and errors == {}
+    holes = rows.with_columns(pl.when(pl.col(P) == 2).then(None).otherwise(pl.col("v")).alias("v"))
+    assert batch.require(holes, errors, ["v"], "x")[P].to_list() == [0, 0, 3, 3, 3]
+    assert list(errors) == [2] and "missing field(s) ['v']" in errors[2]

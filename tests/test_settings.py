@@ -26,7 +26,8 @@ READ = re.compile(r"os\.getenv\(|os\.environ\.get\(|environ\.get\(|os\.environ\[
 # Modules allowed to read os.environ: the settings module itself; bench/extract.py saves and restores
 # the caller's values around a simulator run (copies, not settings).
 # bi/browser.py runs inside Superset's own environment (.venv-bi), where perpwatch is not installed.
-READ_ALLOWED = {"perpwatch/core/settings.py", "bench/extract.py", "bi/browser.py"}
+READ_ALLOWED = {"perpwatch/core/settings.py", "bench/extract.py", "bi/browser.py",
+                "perpwatch/__init__.py"}   # polars_decay_ms: read before polars (and settings) is imported
 
 
 def sources_text() -> dict[str, str]:

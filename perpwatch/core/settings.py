@@ -21,6 +21,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from perpwatch import POLARS_DECAY_MS
+
 ROOT = Path(__file__).resolve().parents[2]   # the repository (perpwatch/core/settings.py)
 SIGNALS_FILE = Path(__file__).with_name("signals.toml")
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -111,6 +113,10 @@ class Settings(BaseSettings):
                            "retry with jitter).", "Storage")
     lake_retention_days: float = _f(7, "DuckLake snapshots older than this are expired by maintenance (time travel "
                                     "reaches back this far).", "Storage")
+    polars_decay_ms: int = _f(POLARS_DECAY_MS, "How long polars' allocator keeps freed memory before handing it back "
+                              "to the OS (jemalloc dirty/muzzy decay, ms): a batch reuses what the previous one freed "
+                              "instead of page-faulting it in again. Read when perpwatch is imported, before polars; "
+                              "0 keeps polars' own 500 ms; ignored when _RJEM_MALLOC_CONF is set.", "Storage")
     workers: int = _f(1, "Prefect workers `make deploy` starts (more than one needs PERPWATCH_CATALOG).",
                       "Operations")
     prefect_database_url: str | None = _f(None, "The Prefect server's own database (`make deploy`), e.g. "

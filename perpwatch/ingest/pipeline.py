@@ -10,7 +10,7 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -154,8 +154,15 @@ def _tag(df: pl.DataFrame, group: list[Fetched], positions: list[int]) -> pl.Dat
     the run's order). A payload covering several instruments (a websocket batch, a replayed
     payload) is grouped per instrument: the row's own instrument, not the page's."""
     page = df[PAGE]
-    pick = lambda values, dtype: pl.Series(values, dtype=dtype).gather(page)  # noqa: E731
-    inst = pick([p.instrument or None for p in group], pl.Utf8)
+
+    def pick(values: list, dtype: pl.DataType) -> pl.Series | pl.Expr:
+        # one value for the whole group (its source and endpoint always, mostly its stream): a literal, not a
+        # gathered column of a million copies
+        if len(set(values)) == 1:
+            return pl.lit(values[0], dtype=dtype)
+        return pl.Series(values, dtype=dtype).gather(page)
+
+    inst = pl.Series([p.instrument or None for p in group], dtype=pl.Utf8).gather(page)
     row_inst = (df["instrument"].cast(pl.Utf8).fill_null("") if "instrument" in df.columns
                 else pl.Series([""] * df.height, dtype=pl.Utf8))
     return df.drop(PAGE).with_columns(
@@ -274,11 +281,21 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
     for _pass in range(MAX_FALLBACK_PASSES):
         batch = _newest_per_key(pending, key)
         # First pass: the batch is written (uncommitted) while GX validates it; commit only if it passes.
-        spec = (_Speculative(con, lambda b=batch: _write_sources(con, report, full, entry, b, move_watermarks),
+        # The watermarks it moves are worked out here meanwhile (this thread has time to spare: the write is longer
+        # than GX), handed to the writer through `marks`.
+        marks: Future | None = Future() if _pass == 0 and move_watermarks and entry.watermarked else None
+        spec = (_Speculative(con, lambda b=batch, m=marks: _write_sources(con, report, full, entry, b, move_watermarks, m,
+                                                                      sources=list(fetched) if len(fetched) == 1 else None),
                              table=full, batch=f"{report.run_id} ({batch.height} rows)")
                 if _pass == 0 else None)
         passed = False
         try:
+            if marks is not None:
+                try:
+                    marks.set_result(_stream_marks(batch, entry))
+                except BaseException as exc:
+                    marks.set_exception(exc)
+                    raise
             outcome = validate(table, batch.drop(INTERNAL + ["_row", "__cand"], strict=False), now=now)
             check_finite(batch, outcome)
             passed = outcome.success
@@ -333,21 +350,35 @@ def load_table(con, report: RunReport, table: str, frames: list[pl.DataFrame],
 MAX_FALLBACK_PASSES = 4      # validation passes per batch: the first, then older candidates of bad keys
 
 
+def _stream_marks(good: pl.DataFrame, entry) -> dict[str, list[tuple[str, str, datetime]]]:
+    """Per source, where the batch moves each stream's watermark: (stream, instrument, newest row time)."""
+    marks = (good.filter(pl.col("_stream") != "").group_by("_source", "_stream", "_instrument", maintain_order=True)
+             .agg(pl.col(entry.time_column).max().alias("last")))
+    out: dict[str, list[tuple[str, str, datetime]]] = defaultdict(list)
+    for src, stream, inst, last in marks.iter_rows():
+        out[src].append((stream, inst, last))
+    return out
+
+
 def _write_sources(con, report: RunReport, full: str, entry, good: pl.DataFrame,
-                   move_watermarks: bool) -> dict[str, warehouse.LoadResult]:
+                   move_watermarks: bool, marks: Future | None = None,
+                   sources: list[str] | None = None) -> dict[str, warehouse.LoadResult]:
     """Upsert a validated batch per source, with its watermarks and the run's loaded count: the rows,
-    watermarks and count commit together (one DuckLake snapshot). Runs inside the caller's transaction."""
+    watermarks and count commit together (one DuckLake snapshot). Runs inside the caller's transaction.
+    marks: _stream_marks(good) computed by another thread (None: computed here). sources: the batch's
+    sources in order when the caller knows them (None: read from `_source`)."""
     out = {}
-    srcs = good["_source"].unique(maintain_order=True).to_list()
+    srcs = sources if sources is not None else good["_source"].unique(maintain_order=True).to_list()
+    by_src = None
     for src in srcs:
         part = good if len(srcs) == 1 else good.filter(pl.col("_source") == src)
         res = warehouse.upsert(con, full, part.drop(INTERNAL + ["_row", "__cand"], strict=False),
                                deduplicated=True)     # keys are unique: one candidate per key survives
         if move_watermarks and entry.watermarked:
-            marks = (part.filter(pl.col("_stream") != "").group_by("_stream", "_instrument", maintain_order=True)
-                     .agg(pl.col(entry.time_column).max().alias("last")))
+            if by_src is None:
+                by_src = marks.result() if marks is not None else _stream_marks(good, entry)
             # a failed page: re-read it all next run (its watermark stays)
-            warehouse.advance_watermarks(con, src, [(stream, inst, last) for stream, inst, last in marks.iter_rows()
+            warehouse.advance_watermarks(con, src, [(stream, inst, last) for stream, inst, last in by_src.get(src, ())
                                                     if (src, stream, inst) not in report.tainted])
         warehouse.note_loaded(con, report.run_id, res.loaded)
         out[src] = res
