@@ -53,7 +53,10 @@ def main() -> None:
     total = time.perf_counter() - t0
     rows = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in only}
     con.close()
-    print(json.dumps({"total_s": total, "timings": timings, "rows": rows, "peak_rss_mb": peak_rss_mb(), "plan": plan}))
+    from perpwatch.transforms import heatmap
+
+    print(json.dumps({"total_s": total, "timings": timings, "rows": rows, "peak_rss_mb": peak_rss_mb(), "plan": plan,
+                      "heatmap_stages": dict(heatmap.STAGES) if a["mode"] == "full" else {}}))
 
 
 if __name__ == "__main__":

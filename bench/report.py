@@ -199,6 +199,18 @@ def render(r: dict) -> str:
             sec.append(f"| {mult:.0f}× = {k} assets | {z['staging_rows'] / 1e6:.1f} M | {_s(z['total'])} "
                        f"(×{z['total']['median'] / base:.2f}) | {_s(z['peak_rss_mb'], 'MB', 0)} | "
                        + ", ".join(f"{n.split('.')[1]} {x['median']:.1f}" for n, x in top) + " |")
+        st = mm["sizes"][full].get("heatmap_stages") or {}
+        if st:
+            hm_total = mm["sizes"][full]["per_mart"].get("marts.liquidation_heatmap", {}).get("median")
+            names = {"bars": "hourly bars from staging (`load_bars`: DuckDB scans + numpy grids)",
+                     "fold": "the fold (births, death hours, OI scaling; `heatmap_core.fold`)",
+                     "snapshots": "binned snapshots (`heatmap_core.snapshots`)",
+                     "rows": "rows frame and end-of-day state", "state": "storing the state (meta.heatmap_levels)"}
+            parts = [f"{names.get(k, k)} {x['median']:.1f} s" for k, x in st.items()]
+            rest = hm_total - sum(x["median"] for x in st.values()) if hm_total else None
+            sec.append(f"\nInside marts.liquidation_heatmap at {full} assets (medians of the same runs): " + "; ".join(parts)
+                       + (f"; the other {rest:.1f} s of its {hm_total:.1f} s are writing the table." if rest is not None else ".")
+                       + "\n")
         gen = mm["generation"].get(full) or mm["generation"].get(int(full)) or {}
         sec.append(f"\nGenerating the full staging took {gen.get('_seconds', 0):.0f} s"
                    f"{' (reused from an earlier run)' if gen.get('_reused') else ''}.\n")
@@ -430,9 +442,15 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   Arrow tables (dlt's documented fast route: Parquet load files, no row normalisation), each at two sizes
   (the trend), its one-off setup (pipeline, schema, destination tables: a first run of one page) timed
   separately; compared in rows/s of the fresh load.
-- **Validation.** GX evaluates a between-expectation on a datetime column row by row in Python;
-  `perpwatch/ingest/validate.py` hands GX times as epoch milliseconds, so every expectation is
-  vectorised (the diagnostic row in section 1 measures the suite without that expectation).
+- **Validation.** GX's pandas `column_values.between` (`column_values_between.py`) compares numeric and
+  nanosecond-datetime columns vectorised and anything else with a per-row `Series.map`;
+  `perpwatch/ingest/validate.py` hands GX times as epoch milliseconds (Int64), so every expectation takes
+  the vectorised path. Section 1's diagnostic runs the same suite on the same rows alone: the gap to GX's
+  time inside `load_table` is the two cores it shares with the upsert.
+- **Allocator.** polars' jemalloc returns pages freed for 0.5 s to the OS (polars/__init__.py), so each
+  batch page-faulted the memory the previous one had freed; perpwatch keeps them 10 s
+  (`PERPWATCH_POLARS_DECAY_MS`, set in `perpwatch/__init__.py` before polars is imported). The load
+  workload runs in a process that imported perpwatch first, as the CLI and the flows do.
 - **Marts full rebuild.** `ts::DATE` on a TIMESTAMPTZ column goes through ICU for every row and a
   `QUALIFY row_number()` per day sorts the whole table (the diagnostics in section 2 measure both);
   the marts use epoch days and `arg_max`. The liquidation heatmap is built in the timings (its
@@ -441,6 +459,10 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   bounded per asset-day ([heatmap] hourly_days, top_bins), and the daily build resumes it from the
   levels stored by the last build (meta.heatmap_levels: amount x a per-asset OI scale, so a day reads
   only the levels its hours can reach and writes only the levels that died or were born).
+  In the fold, the levels are put in asset order once by a stable 16-bit radix sort (numpy sorts
+  int16 keys by radix, numpy's `sort` docs), the two sides' death-hour searches run on two threads, and
+  the snapshot grids are cumulated one contiguous row at a time (the same additions in the same order as
+  `np.cumsum` along that axis); the line under the table splits the heatmap's time by stage.
   signal_performance computes every asset's Newey-West t-statistic at once in closed form
   (`hac_tstats_by_group`; the per-group `hac_tstat` is its test oracle).
 - **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback

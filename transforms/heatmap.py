@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -62,6 +63,21 @@ OPTIONAL = ("long_share_up", "max_distance_pct", "cluster_percentile", "oi_max_g
 
 _HOUR_US = 3_600_000_000
 _BATCH = 1 << 20  # rows per Arrow batch when load_bars streams staging
+
+# Seconds per stage of the last build_heatmap in this process (bars, fold, snapshots, rows, state): what the
+# benchmark reports as where the heatmap's time goes (bench/marts_child.py).
+STAGES: dict[str, float] = {}
+
+
+class _stage:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        STAGES[self.name] = STAGES.get(self.name, 0.0) + time.perf_counter() - self.t0
 
 
 # --------------------------------------------------------------------------- parameters
@@ -586,7 +602,8 @@ def fold_rows(
     state = dict(init)
     if not d.assets:
         return pl.DataFrame(schema=OUTPUT_SCHEMA), state
-    lv, S, a, _ = core.fold(d, prm, init_i)
+    with _stage("fold"):
+        lv, S, a, _ = core.fold(d, prm, init_i)
     hours = np.arange(d.hours)
     day_of = (d.t0_us + hours * _HOUR_US) // _DAY_US
     snap = []
@@ -597,7 +614,8 @@ def fold_rows(
             last_of_day = np.r_[du[1:] != du[:-1], True] if u.size else np.zeros(0, bool)
             u = u[(du >= hourly_from) | last_of_day]
         snap.append(u)
-    got = core.snapshots(d, prm, lv, S, a, snap, top_bins or None)
+    with _stage("snapshots"):
+        got = core.snapshots(d, prm, lv, S, a, snap, top_bins or None)
     names = pl.Series(d.assets, dtype=pl.String)
     ai, hi = got["asset"].astype(np.int64), got["hour"].astype(np.int64)
     raw = pl.DataFrame({
@@ -819,16 +837,21 @@ def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = Non
     save: also store the state after the newest complete day (the mart's build does; read-only callers don't)."""
     settings = heatmap_settings() if settings is None else settings
     prm = Params.from_settings(settings)
-    bars = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours)
+    STAGES.clear()
+    with _stage("bars"):
+        bars = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours)
     newest = _newest_day(bars)
     if newest is None:
         if save:
             save_state(con, {}, prm, through=0, newest=0, rebuilt_from=None)
         return pl.DataFrame(schema=OUTPUT_SCHEMA)
+    t0 = time.perf_counter()
     rows, state = fold_rows(bars, prm, hourly_from=newest - prm.hourly_days + 1, through=newest - 1,
                             top_bins=prm.top_bins)
+    STAGES["rows"] = time.perf_counter() - t0 - STAGES.get("fold", 0.0) - STAGES.get("snapshots", 0.0)
     if save:
-        save_state(con, state, prm, through=newest - 1, newest=newest, rebuilt_from=None)
+        with _stage("state"):
+            save_state(con, state, prm, through=newest - 1, newest=newest, rebuilt_from=None)
     return rows
 
 
