@@ -131,8 +131,8 @@ def _read_array(body: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame | N
 
 def _read_arrays(pages: list[Page], schema: dict[str, pl.DataType]) -> dict[int, pl.DataFrame | None]:
     """polars' reading of every page whose body is a JSON array: page index -> its frame, or None where
-    polars will not read it into the schema. polars parses without holding the GIL, so a batch of many
-    pages is read on a small thread pool (one thread per core, at most 4); the pages' order is kept."""
+    polars will not read it into the schema. A batch of many pages is read on a small thread pool (one
+    thread per core, at most 4); the pages' order is kept."""
     idx = [i for i, pg in enumerate(pages) if pg.body.lstrip()[:1] == b"["]
     if len(idx) < 2 * _READERS or _READERS == 1:
         return {i: _read_array(pages[i].body, schema) for i in idx}
@@ -166,8 +166,8 @@ def frame(dec: Decoded, schema: dict[str, pl.DataType], orient: str | None = Non
 
 def numbers(df: pl.DataFrame, cols: dict[str, pl.DataType]) -> pl.DataFrame:
     """Numeric text columns as numbers, exactly as normalize.num / ts_ms read them (surrounding whitespace
-    allowed, anything else non-numeric raises): a strict cast first, which reads the text in place; only when
-    it fails, strip then cast (copying every string, ~40 % of the cost on a 1 M-row batch)."""
+    allowed, anything else non-numeric raises): a strict cast first; only when it fails, strip (which copies
+    every string) and cast again."""
     try:
         return df.with_columns(pl.col(c).cast(t) for c, t in cols.items())
     except pl.exceptions.PolarsError:

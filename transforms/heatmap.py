@@ -20,7 +20,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -69,15 +70,13 @@ _BATCH = 1 << 20  # rows per Arrow batch when load_bars streams staging
 STAGES: dict[str, float] = {}
 
 
-class _stage:
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        STAGES[self.name] = STAGES.get(self.name, 0.0) + time.perf_counter() - self.t0
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGES[name] = STAGES.get(name, 0.0) + time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- parameters

@@ -144,8 +144,8 @@ class Levels:
 
 
 def asset_order(asset: np.ndarray, n_assets: int) -> np.ndarray:
-    """Indices of `asset` sorted by asset, stable. numpy sorts 16-bit keys stably by radix (O(n)): 44 M levels
-    in ~0.5 s against ~5 s as int32 (timsort)."""
+    """Indices of `asset` sorted by asset, stable: on 16-bit keys, which numpy's stable sort orders by radix
+    (O(n); numpy's `sort` docs), not by timsort as it does 32-bit ones."""
     key = asset.astype(np.int16, copy=False) if n_assets <= np.iinfo(np.int16).max else asset
     return np.argsort(key, kind="stable")
 
@@ -201,9 +201,8 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
         keep = np.r_[np.ones(at, bool), u0[at:] > 0]
         asset, side, price, birth, u0 = asset[keep], side[keep], price[keep], birth[keep], u0[keep]
     # ---- death hours: long dies at the first later usable hour with low <= price, short with high >= price
-    #      (a short level searches -price in -high). One side at a time: its tables are freed before the next.
+    #      (a short level searches -price in -high).
     death = np.full(asset.size, n_t, dtype=np.int64)
-    by_asset = asset_order(asset, n_a)
 
     def deaths(sd: int) -> tuple[np.ndarray, np.ndarray] | None:
         m = np.flatnonzero(side == sd)
@@ -218,8 +217,8 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
         return m, _first_hit(_sparse_min(x), asset[m], birth[m] + 1, p)
 
     if n_t:
-        # the two sides are independent: at scale each on its own thread (numpy's gathers and comparisons over
-        # millions of levels run without the GIL), a daily pass's few levels one after the other
+        # the two sides are independent: at scale each on its own thread (both sides' range tables are then held
+        # at once), a daily pass's few levels one after the other
         if asset.size >= _THREADED_LEVELS and (os.cpu_count() or 1) > 1:
             with ThreadPoolExecutor(2) as pool:
                 found = list(pool.map(deaths, (0, 1)))
@@ -263,7 +262,7 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
     for i, c in cleared:  # a clear kills every level alive at that hour
         m = (asset == i) & (birth < c) & (death > c)
         death[m] = c
-    return Levels(asset, side, price, birth, death, u0, cleared, by_asset), S_hist, a, end_oi
+    return Levels(asset, side, price, birth, death, u0, cleared, asset_order(asset, n_a)), S_hist, a, end_oi
 
 
 def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap: list[np.ndarray],
@@ -271,8 +270,7 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
     """Binned USD per (asset, snapshot hour, side, bin) inside the distance window of the close, USD > 0,
     at most `top_bins` largest bins per (asset, hour, side). snap[i]: sorted usable hour indices of asset i.
     Assets are independent: they run on `workers` threads (default: one per core when there are at least
-    _THREADED_SNAPSHOTS snapshot hours, else one: numpy's array loops release the GIL, a daily pass's
-    small arrays spend most of their time outside them), results in asset order."""
+    _THREADED_SNAPSHOTS snapshot hours, i.e. a rebuild, else one), results in asset order."""
     inv = 1.0 / prm.log_step
     bin_all = np.floor(np.log(lv.price) * inv).astype(np.int64)
     order = lv.by_asset if lv.by_asset is not None else asset_order(lv.asset, len(d.assets))
@@ -359,9 +357,8 @@ def _asset_side(c: np.ndarray, hs: np.ndarray, s_scale: np.ndarray, lv: Levels, 
 
 
 def _cumsum_rows(x: np.ndarray) -> np.ndarray:
-    """np.cumsum(x, axis=-2) in place, one row at a time: the same additions in the same order, but each a
-    contiguous row of bins; numpy's accumulate along that axis walks every column with a row's stride (the
-    (snapshots x bins) grids here: ~6x slower). x: C-contiguous, 2-D or (blocks, rows, bins)."""
+    """np.cumsum(x, axis=-2) in place, one row at a time: the same additions in the same order, each over a
+    contiguous row of bins. x: C-contiguous, 2-D or (blocks, rows, bins)."""
     for r in range(1, x.shape[-2]):
         np.add(x[..., r - 1, :], x[..., r, :], out=x[..., r, :])
     return x
