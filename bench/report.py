@@ -120,7 +120,11 @@ def render(r: dict) -> str:
                    f"{s['pipeline_novalidation.reload']['duplicate']:,} duplicate."
                    + (f" Diagnostic: the same GX suite on the same {rows:,} rows with nothing else running takes "
                       f"{_s(gx)}; inside `load_table` it takes {gx_in:.2f} s (median), sharing the two cores "
-                      "with the upsert." if gx else "") + "\n")
+                      "with the upsert." if gx else "")
+                   + (" Before the timed rounds one untimed round of both variants (the process's first "
+                      f"{rows:,}-row loads: " + ", ".join(f"{'validated' if k == 'pipeline_validated' else 'no validation'} "
+                                            f"{v:.2f} s" for k, v in raw["warmup"].items())
+                      + "; the cold path is section 4's)." if raw.get("warmup") else "") + "\n")
         sections.append("\n".join(sec))
         best = pf["total"]["median"]
         best_v = pv["total"]["median"]

@@ -40,7 +40,7 @@ WITH inst AS (
     FROM marts.open_interest_by_instrument WHERE oi_usd IS NOT NULL{cut}
 ),
 series AS (
-    SELECT date, asset, sum(oi_usd) AS oi_usd, md5(string_agg(inst, ',' ORDER BY inst)) AS coverage_key
+    SELECT date, asset, sum(oi_usd) AS oi_usd, md5(array_to_string(list_sort(list(inst)), ',')) AS coverage_key
     FROM inst GROUP BY date, asset
     UNION ALL
     SELECT date, '{market}', sum(oi_usd), md5(string_agg(asset || '/' || inst, ',' ORDER BY asset, inst))
