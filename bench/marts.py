@@ -129,7 +129,11 @@ def run(days: int, assets: list[int], runs: int, workdir: Path, heatmap_probe: t
     full_assets = max(assets)
     full_db, full_rows = warehouse_for(workdir, days, full_assets, progress)
     skip = [] if heatmap_at_scale else HEATMAP
-    out: dict = {"days": days, "sizes": {}, "skip": skip, "duckdb": DUCKDB_SETTINGS, "generation": {}}
+    from perpwatch import transforms
+    models = transforms.discover()
+    # the build's dependency graph (mart -> the marts it reads), for the longest chain the report works out
+    graph = {n: sorted(i for i in m.inputs if i in models) for n, m in models.items()}
+    out: dict = {"days": days, "sizes": {}, "skip": skip, "duckdb": DUCKDB_SETTINGS, "generation": {}, "graph": graph}
     for n in sorted(assets):
         db, rows = (full_db, full_rows) if n == full_assets else warehouse_for(workdir, days, n, progress, full_db)
         out["generation"][n] = rows

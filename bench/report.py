@@ -215,6 +215,13 @@ def render(r: dict) -> str:
             sec.append(f"\nInside marts.liquidation_heatmap at {full} assets (medians of the same runs): " + "; ".join(parts)
                        + (f"; the other {rest:.1f} s of its {hm_total:.1f} s are writing the table." if rest is not None else ".")
                        + "\n")
+        chain = _longest_chain(mm.get("graph"), mm["sizes"][full]["per_mart"])
+        if chain:
+            names_, secs = chain
+            sec.append(f"Longest dependency chain at {full} assets (per-mart medians along `transforms.order`'s graph; "
+                       "a mart starts when the marts it reads are built, so no build order or parallelism finishes "
+                       f"sooner): {' → '.join(n.split('.')[1] for n in names_)}, {secs:.1f} s of the "
+                       f"{mm['sizes'][full]['total']['median']:.1f} s.\n")
         gen = mm["generation"].get(full) or mm["generation"].get(int(full)) or {}
         sec.append(f"\nGenerating the full staging took {gen.get('_seconds', 0):.0f} s"
                    f"{' (reused from an earlier run)' if gen.get('_reused') else ''}.\n")
@@ -427,6 +434,24 @@ def _ingest_why(ing: dict) -> list[str]:
             "overhead; the OKX worker alone measures the split's real best. Workers on hosts with their own IPs can "
             "split OKX's instruments (`--assets`) and go under it (docs/scale-out.md).\n")
     return out
+
+
+def _longest_chain(graph: dict | None, per_mart: dict) -> tuple[list[str], float] | None:
+    """The dependency chain with the most seconds (median per mart): graph maps a mart to the marts it reads."""
+    if not graph:
+        return None
+    secs = {n: x["median"] for n, x in per_mart.items()}
+    best: dict[str, tuple[float, list[str]]] = {}
+
+    def longest(n: str) -> tuple[float, list[str]]:
+        if n not in best:
+            ups = [longest(u) for u in graph.get(n, []) if u in graph]
+            up = max(ups, key=lambda x: x[0]) if ups else (0.0, [])
+            best[n] = (up[0] + secs.get(n, 0.0), up[1] + [n])
+        return best[n]
+
+    total, names = max((longest(n) for n in graph), key=lambda x: x[0])
+    return names, total
 
 
 NOTES = """## Why the misses miss, what closed the others, and what would close the rest

@@ -38,6 +38,7 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
         assert (reload["loaded"], reload["duplicate"]) == (0, rows)        # idempotent
         assert 0 < fresh["total"]["median"] < 60 and fresh["rows_per_s"] > 0
     assert all(x["rows_in_table"] == rows for x in r["load"]["raw"]["variants"]["pipeline_validated"])
+    assert sorted(r["load"]["raw"]["warmup"]) == ["pipeline_novalidation", "pipeline_validated"]   # untimed round
     assert s["executemany"]["rows"] == 500 and s["ceiling"]["rows_per_s"] > s["executemany"]["rows_per_s"]
     m = r["marts"]
     assert sorted(int(k) for k in m["sizes"]) == [1, 2, 4]
@@ -56,6 +57,10 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     assert "## Targets" in text and "## 1. Load path" in text and "## 3. Extraction" in text
     # every target is judged on this run's spread: no typed-in noise band left in the report
     assert "within noise" not in text and "±30" not in text
+    assert "one untimed round of both variants" in text
+    # the chain the report names is the graph's: the heatmap feeds the clusters, which daily_signals reads
+    assert m["graph"]["marts.daily_signals"] and "marts.daily_heatmap_clusters" in m["graph"]["marts.daily_signals"]
+    assert "Longest dependency chain at 4 assets" in text and "liquidation_heatmap → daily_heatmap_clusters → daily_signals" in text
     assert text.count("**met**") + text.count("**missed**") + text.count("**within the spread**") >= 8
 
 
@@ -71,6 +76,17 @@ def test_targets_are_judged_on_the_spread_of_the_runs():
     assert judge(0.9e6, 0.99e6, 1e6) == "**missed**"
     assert judge(1.1e6, 0.95e6, 1e6).startswith("**within the spread**")
     assert judge(2.0, 2.0, 2.0, higher_is_better=False) == "**met**"       # on the target clears it
+
+
+def test_longest_chain_adds_medians_along_the_heaviest_path():
+    from perpwatch.bench.report import _longest_chain
+
+    graph = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": []}
+    per = {"a": {"median": 1.0}, "b": {"median": 5.0}, "c": {"median": 2.0}, "d": {"median": 0.5}, "e": {"median": 6.0}}
+    assert _longest_chain(graph, per) == (["a", "b", "d"], 6.5)       # a + b + d beats e alone (6.0) and a + c + d
+    per["e"]["median"] = 7.0
+    assert _longest_chain(graph, per) == (["e"], 7.0)
+    assert _longest_chain(None, per) is None
 
 
 # --------------------------------------------------------------------------- upsert == reference
