@@ -137,18 +137,20 @@ def run(days: int, assets: list[int], runs: int, workdir: Path, heatmap_probe: t
     for n in sorted(assets):
         db, rows = (full_db, full_rows) if n == full_assets else warehouse_for(workdir, days, n, progress, full_db)
         out["generation"][n] = rows
-        samples, peaks, per_mart, stages = Sample(), Sample(), {}, {}
+        samples, peaks, per_mart, stages, cpu, sys_ = Sample(), Sample(), {}, {}, Sample(), Sample()
         for r in range(runs):
             res = _build(db, "full", skip)
             samples.add(res["total_s"])
             peaks.add(res["peak_rss_mb"])
+            cpu.add(res["cpu_s"]["user"] + res["cpu_s"]["sys"])
+            sys_.add(res["cpu_s"]["sys"])
             for k, v in res["timings"].items():
                 per_mart.setdefault(k, []).append(v)
             for k, v in (res.get("heatmap_stages") or {}).items():
                 stages.setdefault(k, []).append(v)
             progress(f"  full rebuild {n} assets, run {r + 1}/{runs}: {res['total_s']:.1f}s, "
                      f"peak RSS {res['_peak_rss_mb']:.0f} MB")
-        out["sizes"][n] = {"total": samples.as_dict(), "peak_rss_mb": peaks.as_dict(),
+        out["sizes"][n] = {"total": samples.as_dict(), "peak_rss_mb": peaks.as_dict(), "cpu_s": cpu.as_dict(), "sys_s": sys_.as_dict(),
                            "per_mart": {k: Sample(v).as_dict() for k, v in per_mart.items()},
                            "heatmap_stages": {k: Sample(v).as_dict() for k, v in stages.items()},
                            "staging_rows": sum(v for k, v in rows.items() if not k.startswith("_")),

@@ -7,6 +7,7 @@ transforms/marts with opt-in headers), memory_limit, threads, skip (marts replac
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from datetime import date
@@ -37,6 +38,7 @@ def main() -> None:
     models = transforms.discover()
     only = [n for n in transforms.order(models) if n not in skip]
     plan = None
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)   # the build's CPU on every core: the delta around it
     t0 = time.perf_counter()
     if a["mode"] == "full":
         if skip:   # build_all(only=...) also builds what `only` needs; the stand-ins must stay as they are
@@ -51,11 +53,13 @@ def main() -> None:
         plan = {k: {"mode": v["mode"], "reason": v.get("reason", ""), "lookback": v.get("lookback")} for k, v in plan.items()}
         timings = transforms.build_incremental(con, since, only=only)
     total = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     rows = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in only}
     con.close()
     from perpwatch.transforms import heatmap
 
     print(json.dumps({"total_s": total, "timings": timings, "rows": rows, "peak_rss_mb": peak_rss_mb(), "plan": plan,
+                      "cpu_s": {"user": ru.ru_utime - ru0.ru_utime, "sys": ru.ru_stime - ru0.ru_stime},
                       "heatmap_stages": dict(heatmap.STAGES) if a["mode"] == "full" else {}}))
 
 

@@ -222,6 +222,16 @@ def render(r: dict) -> str:
                        "a mart starts when the marts it reads are built, so no build order or parallelism finishes "
                        f"sooner): {' → '.join(n.split('.')[1] for n in names_)}, {secs:.1f} s of the "
                        f"{mm['sizes'][full]['total']['median']:.1f} s.\n")
+        zf = mm["sizes"][full]
+        if zf.get("cpu_s"):
+            cores = (r.get("machine") or {}).get("cores") or 2
+            cpu_med = zf["cpu_s"]["median"]
+            goal = 20.0 if mm["skip"] else 45.0      # the full-rebuild target below
+            sec.append(f"CPU of the build at {full} assets (user + system, every core, median): {cpu_med:.0f} CPU-s, "
+                       f"of which system {zf['sys_s']['median']:.0f}; on {cores} cores no schedule of this work finishes "
+                       f"under {cpu_med / cores:.1f} s"
+                       + (f", above the {goal:.0f} s target: the work itself, not its order, has to shrink"
+                          if cpu_med / cores > goal else "") + ".\n")
         gen = mm["generation"].get(full) or mm["generation"].get(int(full)) or {}
         sec.append(f"\nGenerating the full staging took {gen.get('_seconds', 0):.0f} s"
                    f"{' (reused from an earlier run)' if gen.get('_reused') else ''}.\n")

@@ -60,6 +60,8 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     assert "one untimed round of both variants" in text
     # the chain the report names is the graph's: the heatmap feeds the clusters, which daily_signals reads
     assert m["graph"]["marts.daily_signals"] and "marts.daily_heatmap_clusters" in m["graph"]["marts.daily_signals"]
+    cpu = m["sizes"]["4"]["cpu_s"]["median"]
+    assert 0 < m["sizes"]["4"]["sys_s"]["median"] < cpu and "CPU of the build at 4 assets" in text
     assert "Longest dependency chain at 4 assets" in text and "liquidation_heatmap → daily_heatmap_clusters → daily_signals" in text
     assert text.count("**met**") + text.count("**missed**") + text.count("**within the spread**") >= 8
 
