@@ -95,7 +95,7 @@ def _build(db: Path, mode: str, skip, since=None, marts_dir=None) -> dict:
 DIAGNOSTICS = {
     "ts::DATE over staging.open_interest (TIMESTAMPTZ, ICU)": "SELECT max(ts::DATE) FROM staging.open_interest",
     "epoch_us(ts) // 86400000000 over staging.open_interest": "SELECT max(epoch_us(ts) // 86400000000) FROM staging.open_interest",
-    "last snapshot per instrument-day: QUALIFY row_number() by ts::DATE (open_interest_by_venue today)":
+    "last snapshot per instrument-day: QUALIFY row_number() partitioned by ts::DATE":
         "SELECT count(*) FROM (SELECT venue, instrument, ts::DATE AS date, oi_usd FROM staging.open_interest "
         "WHERE oi_usd IS NOT NULL QUALIFY row_number() OVER (PARTITION BY venue, instrument, ts::DATE ORDER BY ts DESC) = 1)",
     "same rows: arg_max(struct, ts) grouped by epoch day":
