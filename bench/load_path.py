@@ -238,7 +238,7 @@ def run(rows: int, runs: int, workdir: Path, dlt_rows: int | None, em_rows: int,
     V.validate("open_interest", warm.with_columns(pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at")))
 
     variants = {"pipeline_validated": True, "pipeline_novalidation": False}
-    # one untimed round first: the process's first 1 M-row load pays one-off costs in both variants (the first
+    # one untimed round first: the process's first full-size load pays one-off costs in both variants (the first
     # large GX validation, allocator and DuckDB buffer growth) that the timed rounds would otherwise carry in
     # round 1 only, the validated variant's above all as it runs first; the cold path is the e2e section's
     warmup = {name: _perpwatch_once(workdir / "load.duckdb", fetched, ctx, validation)["fresh"]["total"]
