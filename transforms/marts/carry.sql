@@ -43,10 +43,18 @@ basis AS (
     WHERE index_close IS NOT NULL
       AND (epoch(expiry) - epoch(ts) - 3600) / 86400.0 >= {{basis.min_days_to_expiry}}
 ),
-oi_eod AS (
-    SELECT venue, instrument, DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date, arg_max(oi_usd, ts) AS oi_usd
-    FROM staging.open_interest WHERE oi_usd IS NOT NULL
+oi_eod AS (      -- end-of-day OI: perps from marts.open_interest_by_instrument (one scan of staging serves every
+                 -- mart), the other kinds (dated futures) from staging, last snapshot inside the UTC day
+    SELECT venue, instrument, date, arg_max(oi_usd, last_ts) AS oi_usd
+    FROM marts.open_interest_by_instrument WHERE oi_usd IS NOT NULL
     GROUP BY venue, instrument, date
+    UNION ALL
+    SELECT o.venue, o.instrument, DATE '1970-01-01' + CAST(epoch_us(o.ts) // 86400000000 AS INTEGER) AS date,
+           arg_max(o.oi_usd, o.ts) AS oi_usd
+    FROM staging.open_interest o
+    JOIN staging.instruments i ON i.venue = o.venue AND i.instrument = o.instrument AND i.kind <> 'perp'
+    WHERE o.oi_usd IS NOT NULL
+    GROUP BY ALL
 ),
 carry AS (
     SELECT date, venue, instrument, asset, 'perp' AS kind, funding_rate_8h, funding_rate_8h_max,

@@ -44,9 +44,10 @@ oi_like AS (       -- OI changes like for like: only INSTRUMENTS reporting on bo
 market AS (        -- sum over every tracked asset
     SELECT date, sum(oi_usd) AS market_oi_usd, sum(oi_instruments) AS market_oi_instruments FROM oi GROUP BY date
 ),
-oi_eod AS (        -- end-of-day OI per instrument: the weight of cross-venue means
-    SELECT venue, instrument, DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date, arg_max(oi_usd, ts) AS oi_usd
-    FROM staging.open_interest WHERE oi_usd IS NOT NULL
+oi_eod AS (        -- end-of-day perp OI per instrument: the weight of cross-venue means (long/short ratios are
+                   -- perp positioning); from marts.open_interest_by_instrument, not another scan of staging
+    SELECT venue, instrument, date, arg_max(oi_usd, last_ts) AS oi_usd
+    FROM marts.open_interest_by_instrument WHERE oi_usd IS NOT NULL
     GROUP BY venue, instrument, date
 ),
 carry AS MATERIALIZED (   -- a view: read it once for funding and basis
@@ -172,9 +173,13 @@ basis AS (         -- nearest dated future at least [basis] min_days_to_expiry o
     FROM carry WHERE kind = 'future'
     QUALIFY row_number() OVER (PARTITION BY date, asset ORDER BY days_to_expiry, venue, instrument) = 1
 ),
-bar23 AS MATERIALIZED (   -- the 23:00 hourly bars of perps and indexes: one read of staging.prices
+bar23 AS MATERIALIZED (   -- the 23:00 hourly bars of perps and indexes. One equality per kind: DuckDB pushes
+                          -- `kind = '...'` into the scan, an IN list or OR it evaluates row by row (~5x slower)
     SELECT venue, instrument, kind, asset, ts, close FROM staging.prices
-    WHERE kind IN ('perp', 'index') AND "interval" = '1h' AND epoch_us(ts) // 3600000000 % 24 = 23
+    WHERE kind = 'perp' AND "interval" = '1h' AND epoch_us(ts) // 3600000000 % 24 = 23
+    UNION ALL
+    SELECT venue, instrument, kind, asset, ts, close FROM staging.prices
+    WHERE kind = 'index' AND "interval" = '1h' AND epoch_us(ts) // 3600000000 % 24 = 23
 ),
 premium AS (       -- perp vs index at the day's 23:00 bar (not annualised: a perp has no expiry)
     SELECT p.asset, DATE '1970-01-01' + CAST(floor(epoch_us(p.ts) / 86400000000) AS INTEGER) AS date, avg(p.close / i.close - 1) AS perp_premium

@@ -11,14 +11,18 @@
 -- a complete one there); only when it has none does the return fall back to D - 1's chosen close, and
 -- then `return_mixed_source` is true (spot vs perp, or two venues, inside one return).
 -- UTC days by epoch arithmetic and arg_max (no time-zone library and no window sort per row).
-WITH hourly AS (
-    SELECT venue, instrument, kind, asset,
-           DATE '1970-01-01' + CAST(floor(epoch_us(ts) / 86400000000) AS INTEGER) AS date,
-           arg_max(close, ts) AS close,
-           max(CAST(epoch_us(ts) // 3600000000 % 24 AS INTEGER)) AS last_hour
-    FROM staging.prices
-    WHERE "interval" = '1h' AND kind IN ('spot', 'perp') AND close > 0
-    GROUP BY venue, instrument, kind, asset, date
+WITH hourly AS (   -- per instrument and UTC day (integer day number: grouped before any DATE is built) the last
+                  -- close and its hour; one equality per kind, which DuckDB pushes into the scan (an IN list
+                  -- it evaluates row by row)
+    SELECT venue, instrument, kind, asset, DATE '1970-01-01' + CAST(day_n AS INTEGER) AS date, close, last_hour
+    FROM (
+        SELECT venue, instrument, kind, asset, epoch_us(ts) // 86400000000 AS day_n, arg_max(close, ts) AS close,
+               CAST(max(epoch_us(ts)) // 3600000000 % 24 AS INTEGER) AS last_hour
+        FROM (SELECT * FROM staging.prices WHERE "interval" = '1h' AND kind = 'spot' AND close > 0
+              UNION ALL
+              SELECT * FROM staging.prices WHERE "interval" = '1h' AND kind = 'perp' AND close > 0)
+        GROUP BY venue, instrument, kind, asset, day_n
+    )
 ),
 daily AS (
     SELECT date, asset, venue, instrument, kind, close, last_hour = 23 AS close_complete,
