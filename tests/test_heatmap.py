@@ -505,6 +505,30 @@ def test_daily_clusters_from_the_warehouse_equal_the_in_memory_rule():
     assert clusters_of_bins(later, q).equals(in_memory.filter(pl.col("date") >= (T0 + timedelta(days=9)).date()))
 
 
+def test_last_hour_bins_sums_the_sides_of_a_bin_at_each_days_last_hour():
+    """Hand-made stored rows: the day's earlier hour is ignored, a bin holding both sides is their sum, a bin
+    with one side keeps its USD, and each day is picked separately."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA marts")
+    t = [datetime(2026, 1, 1, 10, tzinfo=UTC), datetime(2026, 1, 1, 23, tzinfo=UTC), datetime(2026, 1, 2, 5, tzinfo=UTC)]
+    rows = pl.DataFrame(
+        [("BTC", t[0], "long", 90.0, 91.0, 7.0, 100.0),       # not the day's last hour
+         ("BTC", t[1], "long", 90.0, 91.0, 3.0, 100.0),       # one side only
+         ("BTC", t[1], "long", 95.0, 96.0, 4.0, 100.0),       # both sides: 4 + 6
+         ("BTC", t[1], "short", 95.0, 96.0, 6.0, 100.0),
+         ("BTC", t[1], "short", 110.0, 111.0, 5.0, 100.0),    # one side only
+         ("BTC", t[2], "short", 101.0, 102.0, 2.0, 99.0)],    # the next day
+        schema=["asset", "ts", "side", "price_low", "price_high", "est_liquidation_usd", "close"], orient="row")
+    con.register("__rows", rows.to_arrow())
+    con.execute("CREATE TABLE marts.liquidation_heatmap AS SELECT * FROM __rows")
+    got = last_hour_bins(con).sort("ts", "price_low")
+    assert got.select("ts", "price_low", "usd", "close").rows() == [
+        (t[1], 90.0, 3.0, 100.0), (t[1], 95.0, 10.0, 100.0), (t[1], 110.0, 5.0, 100.0), (t[2], 101.0, 2.0, 99.0)]
+    assert got["price_high"].to_list() == [91.0, 96.0, 111.0, 102.0]
+    assert got["date"].to_list() == [t[1].date()] * 3 + [t[2].date()]
+    assert last_hour_bins(con, t[2].date()).select("ts", "usd").rows() == [(t[2], 2.0)]
+
+
 def test_render_png(tmp_path):
     con = warehouse()
     write_mart(con)

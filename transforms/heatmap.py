@@ -1072,14 +1072,20 @@ def clusters_of_bins(bins: pl.DataFrame, q: float) -> pl.DataFrame:
 def last_hour_bins(con: duckdb.DuckDBPyConnection, start: date | None = None) -> pl.DataFrame:
     """The stored bins of each (asset, UTC day)'s last heatmap hour, long and short summed per bin, from
     day `start` on: date, asset, ts, price_low, price_high, close, usd. DuckDB picks the hours and sums
-    the sides, so only those rows reach polars (what clusters_of does to the whole table in memory)."""
+    the sides, so only those rows reach polars (what clusters_of does to the whole table in memory).
+    The sides are summed by a full outer join of the long rows with the short rows on (asset, ts, bin), not
+    a GROUP BY: a bin rarely holds both sides (long levels sit below the price, short ones above), so the
+    aggregate would build one group per row; the join hashes one side and probes with the other."""
     where = "" if start is None else f"WHERE ts >= {ts_literal(datetime.combine(start, datetime.min.time(), UTC))}"
+    side = f"SELECT * FROM {TABLE} SEMI JOIN last USING (asset, ts) WHERE side = "
     df = con.execute(f"""
         WITH last AS (SELECT asset, max(ts) AS ts FROM {TABLE} {where} GROUP BY asset, epoch_us(ts) // {_DAY_US})
-        SELECT asset, epoch_us(ts) AS ts_us, price_low, any_value(price_high) AS price_high,
-               any_value(close) AS close, sum(est_liquidation_usd) AS usd
-        FROM {TABLE} SEMI JOIN last USING (asset, ts)
-        GROUP BY asset, ts, price_low""").pl()
+        SELECT coalesce(l.asset, s.asset) AS asset, epoch_us(coalesce(l.ts, s.ts)) AS ts_us,
+               coalesce(l.price_low, s.price_low) AS price_low, coalesce(l.price_high, s.price_high) AS price_high,
+               coalesce(l.close, s.close) AS close,
+               coalesce(l.est_liquidation_usd, 0) + coalesce(s.est_liquidation_usd, 0) AS usd
+        FROM ({side}'long') l FULL OUTER JOIN ({side}'short') s
+          ON l.asset = s.asset AND l.ts = s.ts AND l.price_low = s.price_low""").pl()
     ts = pl.col("ts_us").cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
     return df.select(ts.dt.date().alias("date"), "asset", ts.alias("ts"), "price_low", "price_high", "close", "usd")
 
