@@ -475,49 +475,69 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
         )
         multi = base["asset"].n_unique() > 1
         since, no_event = _days_since_event(base), ~base["__event"].to_numpy()
+        ev = pl.col("__event")
+        sign = s.expected_sign
+        no_claim = pl.lit(None, dtype=pl.Float64)
+        # every horizon in ONE aggregation per signal: a horizon's sample (days with a forward return that are
+        # events or baseline days) is a mask inside each statistic, not a filtered copy of the frame
+        near = {h: pl.Series(f"__near{h}", no_event & (since <= h - 1)) for h in hs}
+        based = base.with_columns(*near.values())
+        stats, kept = [], []
         for h in hs:
-            based = base.with_columns(pl.Series("__near", no_event & (since <= h - 1)))
             r, dd = pl.col(f"fwd_return_{h}"), pl.col(f"max_drawdown_{h}")
-            ev = pl.col("__event")
             has_r = r.is_not_null()
-            sign = s.expected_sign
+            bl = ~ev & ~pl.col(f"__near{h}")
+            on_ev, on_bl, in_sample = has_r & ev, has_r & bl, has_r & (ev | bl)
             hit = (r.sign() == sign).cast(pl.Float64)
-            no_claim = pl.lit(None, dtype=pl.Float64)
-            bl = ~ev & ~pl.col("__near")
-            sample = based.filter(has_r & (ev | bl))  # sorted by (asset, date)
-            if sample.height == 0:
-                continue
-            stats = [
-                ev.sum().cast(pl.Int64).alias("n_events"),
-                (pl.col("__start") & ev).sum().cast(pl.Int64).alias("n_episodes"),
-                r.filter(ev).mean().alias("mean_forward_return"),
-                r.filter(ev).median().alias("median_forward_return"),
-                bl.sum().cast(pl.Int64).alias("baseline_n"),
-                r.filter(bl).mean().alias("baseline_mean_return"),
-                (hit.filter(ev).mean() if sign else no_claim).alias("hit_rate"),
-                (hit.filter(bl).mean() if sign else no_claim).alias("baseline_hit_rate"),
-                dd.filter(ev).mean().alias("mean_max_drawdown"),
-                dd.filter(bl).mean().alias("baseline_mean_max_drawdown"),
-                r.abs().filter(ev).mean().alias("mean_abs_forward_return"),
-                r.abs().filter(bl).mean().alias("baseline_mean_abs_return"),
-                pl.col("date").min().alias("first_date"),
-                pl.col("date").max().alias("last_date"),
+            stats += [
+                in_sample.sum().alias(f"__n_{h}"),
+                on_ev.sum().cast(pl.Int64).alias(f"n_events_{h}"),
+                (pl.col("__start") & on_ev).sum().cast(pl.Int64).alias(f"n_episodes_{h}"),
+                r.filter(on_ev).mean().alias(f"mean_forward_return_{h}"),
+                r.filter(on_ev).median().alias(f"median_forward_return_{h}"),
+                on_bl.sum().cast(pl.Int64).alias(f"baseline_n_{h}"),
+                r.filter(on_bl).mean().alias(f"baseline_mean_return_{h}"),
+                (hit.filter(on_ev).mean() if sign else no_claim).alias(f"hit_rate_{h}"),
+                (hit.filter(on_bl).mean() if sign else no_claim).alias(f"baseline_hit_rate_{h}"),
+                dd.filter(on_ev).mean().alias(f"mean_max_drawdown_{h}"),
+                dd.filter(on_bl).mean().alias(f"baseline_mean_max_drawdown_{h}"),
+                r.abs().filter(on_ev).mean().alias(f"mean_abs_forward_return_{h}"),
+                r.abs().filter(on_bl).mean().alias(f"baseline_mean_abs_return_{h}"),
+                pl.col("date").filter(in_sample).min().alias(f"first_date_{h}"),
+                pl.col("date").filter(in_sample).max().alias(f"last_date_{h}"),
             ]
-            agg = sample.group_by("asset").agg(stats)
-            dates = sample["date"].cast(pl.Int32).to_numpy()
-            y, e = sample[f"fwd_return_{h}"].to_numpy(), sample["__event"].to_numpy()
-            names = sample["asset"].unique(maintain_order=True).to_list()
-            t = hac_tstats_by_group(sample["asset"].rle_id().to_numpy(), dates, y, e, h - 1)
+            kept.append((h, has_r & (ev | bl)))
+        agg = based.group_by("asset", maintain_order=True).agg(stats)
+        if multi:  # the pooled row: all assets as one group (its t below: scores summed per date, Driscoll-Kraay)
+            agg = pl.concat([agg, based.select(pl.lit(POOLED).alias("asset"), *stats)])
+        masks = based.select(m.alias(f"__in{h}") for h, m in kept)
+        asset_id = based["asset"].rle_id().to_numpy()  # rows sorted by asset: id i is the i-th asset
+        run_names = np.asarray(based["asset"].unique(maintain_order=True).to_list(), dtype=object)
+        all_dates = based["date"].cast(pl.Int32).to_numpy()
+        event = based["__event"].to_numpy()
+        # the pooled t's rows by date: one stable sort of all rows; a sample's date order is its rows in it
+        by_date = np.argsort(all_dates, kind="stable") if multi else None
+        for h in hs:
+            keep = masks[f"__in{h}"].to_numpy()
+            if not keep.any():
+                continue
+            y_all = based[f"fwd_return_{h}"].to_numpy()
+            dates, y, e = all_dates[keep], y_all[keep], event[keep]
+            names = run_names[np.unique(asset_id[keep])].tolist()
+            t = hac_tstats_by_group(asset_id[keep], dates, y, e, h - 1)
             methods = ["newey_west"] * len(names)
-            if multi:  # the pooled row: all assets as one group, scores summed per date (Driscoll-Kraay)
-                agg = pl.concat([agg, sample.with_columns(pl.lit(POOLED).alias("asset")).group_by("asset").agg(stats)])
-                o = np.argsort(dates, kind="stable")
-                t = np.append(t, hac_tstats_by_group(np.zeros(o.size, dtype=np.int64), dates[o], y[o], e[o], h - 1))
+            if multi:
+                o = by_date[keep[by_date]]
+                t = np.append(t, hac_tstats_by_group(np.zeros(o.size, dtype=np.int64), all_dates[o], y_all[o], event[o],
+                                                     h - 1))
                 names.append(POOLED)
                 methods.append("driscoll_kraay_by_date")
             tframe = pl.DataFrame({"asset": names, "t_stat": pl.Series(t).fill_nan(None), "se_method": methods})
+            cols = [c for c in SCHEMA if f"{c}_{h}" in agg.columns]
             parts.append(
-                agg.with_columns(
+                agg.filter(pl.col(f"__n_{h}") > 0)
+                .select("asset", *[pl.col(f"{c}_{h}").alias(c) for c in cols])
+                .with_columns(
                     pl.lit(s.name).alias("signal"),
                     pl.lit(h, dtype=pl.Int64).alias("horizon_days"),
                     pl.lit(sign, dtype=pl.Int64).alias("expected_sign"),
