@@ -1002,7 +1002,10 @@ def _clusters(bins: pl.DataFrame, percentile: float) -> pl.DataFrame:
             (1 - pl.col("mid") / pl.col("close")).alias("cluster_below_distance"),
         )
     )
-    hours = bins.select(keys).unique()
+    # every hour keeps its largest bin in per_bin (a quantile is at most the maximum), so per_bin's hours are all
+    # of them, found in its ~1/10 of the rows; a NaN (never stored, but a caller's frame may hold one) fails every
+    # comparison, and then the hours come from all bins
+    hours = (bins if bins["usd"].is_nan().any() else per_bin).select(keys).unique()
     return hours.join(above, on=keys, how="left").join(below, on=keys, how="left").sort("asset", "ts")
 
 

@@ -50,8 +50,10 @@ oi_eod AS (        -- end-of-day perp OI per instrument: the weight of cross-ven
     FROM marts.open_interest_by_instrument WHERE oi_usd IS NOT NULL
     GROUP BY venue, instrument, date
 ),
-carry AS MATERIALIZED (   -- a view: read it once for funding and basis
-    SELECT * FROM marts.carry
+carry AS MATERIALIZED (   -- a view: read it once for funding and basis, only the columns used here
+    SELECT date, asset, venue, instrument, kind, funding_rate_8h, funding_annualized, funding_rate_8h_max,
+           funding_rate_8h_min, oi_usd, basis_annualized, days_to_expiry
+    FROM marts.carry
 ),
 funding AS (       -- OI-weighted over perps (marts.carry: each perp's daily mean funding)
     SELECT date, asset,
