@@ -140,6 +140,7 @@ def run(days: int, assets: list[int], runs: int, workdir: Path, heatmap_probe: t
         samples, peaks, per_mart, stages, cpu, sys_ = Sample(), Sample(), {}, {}, Sample(), Sample()
         for r in range(runs):
             res = _build(db, "full", skip)
+            out["build_workers"] = 1 if skip else res.get("build_workers", 1)
             samples.add(res["total_s"])
             peaks.add(res["peak_rss_mb"])
             cpu.add(res["cpu_s"]["user"] + res["cpu_s"]["sys"])

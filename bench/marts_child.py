@@ -37,6 +37,7 @@ def main() -> None:
             con.unregister("__empty")
     models = transforms.discover()
     only = [n for n in transforms.order(models) if n not in skip]
+    workers = transforms.build_workers(con)   # marts build_all runs at once (the stand-in path: one at a time)
     plan = None
     ru0 = resource.getrusage(resource.RUSAGE_SELF)   # the build's CPU on every core: the delta around it
     t0 = time.perf_counter()
@@ -60,7 +61,8 @@ def main() -> None:
 
     print(json.dumps({"total_s": total, "timings": timings, "rows": rows, "peak_rss_mb": peak_rss_mb(), "plan": plan,
                       "cpu_s": {"user": ru.ru_utime - ru0.ru_utime, "sys": ru.ru_stime - ru0.ru_stime},
-                      "heatmap_stages": dict(heatmap.STAGES) if a["mode"] == "full" else {}}))
+                      "heatmap_stages": dict(heatmap.STAGES) if a["mode"] == "full" else {},
+                      "build_workers": workers}))
 
 
 if __name__ == "__main__":

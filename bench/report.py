@@ -181,7 +181,10 @@ def render(r: dict) -> str:
                "straight into the warehouse schema; the smaller sizes are the first N assets cut from the full one. "
                f"DuckDB `memory_limit={mm['duckdb']['memory_limit']}`, `threads={mm['duckdb']['threads']}` (half the "
                "RAM, both cores; the build runs alone in a fresh process so its peak RSS is its own). "
-               "`transforms.build_all` rebuilds every mart in dependency order.\n"]
+               + ("`transforms.build_all` rebuilds every mart in dependency order, "
+                  + (f"{mm['build_workers']} at a time, each on its own connection once the marts it reads are "
+                     "committed (`PERPWATCH_BUILD_WORKERS`)" if mm.get("build_workers", 1) > 1 else "one at a time")
+                  + ".\n")]
         if mm["skip"]:
             hm = mm["heatmap"]
             sec.append(f"**Not in these timings: {', '.join(mm['skip'])}.** The liquidation heatmap is a Python fold "
@@ -219,9 +222,12 @@ def render(r: dict) -> str:
         chain = _longest_chain(mm.get("graph"), mm["sizes"][full]["per_mart"])
         if chain:
             names_, secs = chain
+            together = mm.get("build_workers", 1) > 1
             sec.append(f"Longest dependency chain at {full} assets (per-mart medians along `transforms.order`'s graph; "
-                       "a mart starts when the marts it reads are built, so no build order or parallelism finishes "
-                       f"sooner): {' → '.join(n.split('.')[1] for n in names_)}, {secs:.1f} s of the "
+                       "a mart starts when the marts it reads are built"
+                       + (", and these medians were measured with other marts building beside them"
+                          if together else ", so no build order or parallelism finishes sooner")
+                       + f"): {' → '.join(n.split('.')[1] for n in names_)}, {secs:.1f} s of the "
                        f"{mm['sizes'][full]['total']['median']:.1f} s.\n")
         zf = mm["sizes"][full]
         if zf.get("cpu_s"):

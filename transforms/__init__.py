@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import os
 import re
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from graphlib import TopologicalSorter
@@ -135,35 +138,124 @@ def build_all(con, only: list[str] | None = None, now: datetime | None = None) -
 
 def _build_all(con, only: list[str] | None) -> dict[str, float]:
     models = discover()
-    timings: dict[str, float] = {}
     wanted = _with_inputs(con, models, only) if only else None
-    for name in order(models):
-        if wanted is not None and name not in wanted:
-            continue
-        timings[name] = _build_model(con, name, models[name])
+    names = [n for n in order(models) if wanted is None or n in wanted]
+    workers = build_workers(con)
+    if workers > 1 and len(names) > 1:
+        timings = _build_parallel(con, names, models, workers)
+    else:
+        timings = {name: _build_model(con, name, models[name]) for name in names}
     warehouse.apply_comments(con)
     return timings
 
 
-def _build_model(con, name: str, m: Model, changed_from=None) -> float:
+def build_workers(con) -> int:
+    """Marts a full build runs at once: one per core (at most 2; PERPWATCH_BUILD_WORKERS overrides), on the
+    DuckDB file. One on DuckLake: its catalog is the session's `USE`, which a second connection would not have."""
+    from perpwatch.core import settings
+    from perpwatch.warehouse import lake
+
+    if lake.is_lake(con):
+        return 1
+    n = settings.get().build_workers
+    return max(1, n) if n is not None else max(1, min(2, os.cpu_count() or 1))
+
+
+def _critical_path(names: list[str], models: dict[str, Model]) -> dict[str, int]:
+    """Per mart, the heaviest chain of marts that wait for it (itself included): a Python mart (the heatmap,
+    signal evaluation) weighs 3, a SQL mart 1. The scheduler starts the heaviest chain first."""
+    readers: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:
+        for i in models[n].inputs:
+            if i in readers:
+                readers[i].append(n)
+    weight: dict[str, int] = {}
+    for n in reversed(names):   # topological order reversed: every reader is weighed before its input
+        weight[n] = (3 if models[n].kind == "python" else 1) + max((weight[r] for r in readers[n]), default=0)
+    return weight
+
+
+def _build_parallel(con, names: list[str], models: dict[str, Model], workers: int) -> dict[str, float]:
+    """build_all's marts on `workers` threads, each mart on its own connection (cursor) in its own
+    transaction, started once every mart it reads has committed; the heaviest chain first. Commits are
+    serialised with the change record, whose number is handed out here in commit order (a transaction
+    does not see another's uncommitted or later-committed rows, so max(seq) + 1 inside it could repeat)."""
+    need = {n: {i for i in models[n].inputs if i in names} for n in names}
+    weight = _critical_path(names, models)
+    seq = [con.execute("SELECT coalesce(max(seq), 0) FROM meta.mart_changes").fetchone()[0]]
+    commit = threading.Lock()
+    timings: dict[str, float] = {}
+    done: set[str] = set()
+    ctx = contextvars.copy_context()    # BUILD_NOW: worker threads do not inherit the caller's context
+
+    def run(name: str) -> float:
+        cur = con.cursor()
+        try:
+            cur.execute("SET TimeZone='UTC'")   # a session setting: warehouse.connect's, per connection
+            return ctx.copy().run(_build_model, cur, name, models[name], None, (commit, seq))
+        finally:
+            cur.close()
+
+    with ThreadPoolExecutor(workers) as pool:
+        running: dict = {}
+        while len(done) < len(names):
+            ready = sorted((n for n in names if n not in done and n not in running.values() and need[n] <= done),
+                           key=lambda n: (-weight[n], names.index(n)))
+            for n in ready[: workers - len(running)]:
+                running[pool.submit(run, n)] = n
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                name = running.pop(f)
+                timings[name] = f.result()   # a failed mart raises here; the pool waits for the running ones
+                done.add(name)
+    return {n: timings[n] for n in names}
+
+
+def _build_model(con, name: str, m: Model, changed_from=None, serial=None) -> float:
     """(Re)build one mart in full, in its own transaction. Returns seconds. changed_from: the first day whose
-    rows can differ (a view with an incremental header in an incremental build), None: any row."""
+    rows can differ (a view with an incremental header in an incremental build), None: any row.
+    serial: (lock, [last change number]) when marts build in parallel: the change record and the commit
+    happen under the lock, numbered in commit order."""
     t0 = time.perf_counter()
+    if serial is not None:
+        _build_body(con, name, m, serial)
+        return time.perf_counter() - t0
     with warehouse.transaction(con):
-        if m.kind == "sql":
-            sql = render_sql(_strip_comments(m.path.read_text()))
-            if m.view:
-                con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
-            else:
-                con.execute(f"CREATE OR REPLACE TABLE {name} AS {sql}")
-        else:
-            mod = importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}")
-            df: pl.DataFrame = mod.build(con)
-            con.register("__mart", warehouse.arrow(df))
-            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __mart")
-            con.unregister("__mart")
+        _create(con, name, m)
         warehouse.record_change(con, name, changed_from)   # publishing copies what changed (warehouse/publishing.py)
     return time.perf_counter() - t0
+
+
+def _create(con, name: str, m: Model) -> None:
+    """CREATE OR REPLACE the mart (a view, a table from its SQL, or a table from its module's frame)."""
+    if m.kind == "sql":
+        sql = render_sql(_strip_comments(m.path.read_text()))
+        if m.view:
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+        else:
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS {sql}")
+    else:
+        mod = importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}")
+        df: pl.DataFrame = mod.build(con)
+        con.register("__mart", warehouse.arrow(df))
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __mart")
+        con.unregister("__mart")
+
+
+def _build_body(con, name: str, m: Model, serial) -> None:
+    """_build_model's transaction for a parallel build: build, then under the lock record the change with the
+    next number and commit."""
+    lock, seq = serial
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _create(con, name, m)
+        with lock:
+            warehouse.record_change(con, name, None, seq[0] + 1)
+            con.execute("COMMIT")
+            seq[0] += 1
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 # --------------------------------------------------------------------------- incremental builds

@@ -694,11 +694,11 @@ def publish(db=None, serving=None, exports=None, con=None) -> dict[str, str]:
             con.close()
 
 
-def record_change(con, table: str, changed_from=None) -> None:
+def record_change(con, table: str, changed_from=None, seq: int | None = None) -> None:
     """A build rewrote `table` from `changed_from` (a date; None = whole): what the next publish copies."""
     from perpwatch.warehouse import publishing
 
-    publishing.record_change(con, table, changed_from)
+    publishing.record_change(con, table, changed_from, seq)
 
 
 def export_marts(con, exports: Path) -> dict[str, str]:

@@ -47,12 +47,18 @@ def _ident(table: str) -> str:
     return f'{s}."{t}"'
 
 
-def record_change(con, table: str, changed_from: date | None) -> None:
-    """A build rewrote `table` (from `changed_from` on; None = all of it). Call inside the build's transaction."""
+def record_change(con, table: str, changed_from: date | None, seq: int | None = None) -> None:
+    """A build rewrote `table` (from `changed_from` on; None = all of it). Call inside the build's transaction.
+    seq: the change's number when the caller hands them out (builds running in parallel commit in their
+    order); default: one past the highest this transaction sees."""
     # literals, not parameters: a build's first parameterised query makes DuckDB import pandas (~0.2 s)
     frm = "NULL" if changed_from is None else f"DATE '{changed_from:%Y-%m-%d}'"
-    con.execute("INSERT INTO meta.mart_changes (seq, table_name, changed_from, changed_at) "
-                f"SELECT coalesce(max(seq), 0) + 1, {_q(table)}, {frm}, now() FROM meta.mart_changes")
+    if seq is None:
+        con.execute("INSERT INTO meta.mart_changes (seq, table_name, changed_from, changed_at) "
+                    f"SELECT coalesce(max(seq), 0) + 1, {_q(table)}, {frm}, now() FROM meta.mart_changes")
+    else:
+        con.execute("INSERT INTO meta.mart_changes (seq, table_name, changed_from, changed_at) "
+                    f"VALUES ({int(seq)}, {_q(table)}, {frm}, now())")
 
 
 def _changes_since(con, seq: int) -> dict[str, date | None]:
