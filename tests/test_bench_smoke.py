@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -64,8 +63,9 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     cpu = m["sizes"]["4"]["cpu_s"]["median"]
     assert 0 < m["sizes"]["4"]["sys_s"]["median"] < cpu and "CPU of the build at 4 assets" in text
     assert "Longest dependency chain at 4 assets" in text and "liquidation_heatmap → daily_heatmap_clusters → daily_signals" in text
-    # the builds ran as build_all runs them here: two marts at a time on this 2-core machine, and the report says so
-    workers = min(2, os.cpu_count() or 1)
+    # the builds ran as build_all runs them (PERPWATCH_BUILD_WORKERS, default one at a time), and the report says so
+    from perpwatch.core import settings
+    workers = settings.get().build_workers
     assert m["build_workers"] == workers
     assert (f"{workers} at a time, each on its own connection" if workers > 1 else "one at a time") in text
     assert text.count("**met**") + text.count("**missed**") + text.count("**within the spread**") >= 8

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 import importlib
-import os
 import re
 import threading
 import time
@@ -150,15 +149,16 @@ def _build_all(con, only: list[str] | None) -> dict[str, float]:
 
 
 def build_workers(con) -> int:
-    """Marts a full build runs at once: one per core (at most 2; PERPWATCH_BUILD_WORKERS overrides), on the
-    DuckDB file. One on DuckLake: its catalog is the session's `USE`, which a second connection would not have."""
+    """Marts a full build runs at once on the DuckDB file: PERPWATCH_BUILD_WORKERS, default 1 (measured on the
+    2-core benchmark machine, two at a time took longer: both builds touch fresh memory at once and the kernel's
+    page-fault time grew more than the overlap saved). One on DuckLake: its catalog is the session's `USE`, which
+    a second connection would not have."""
     from perpwatch.core import settings
     from perpwatch.warehouse import lake
 
     if lake.is_lake(con):
         return 1
-    n = settings.get().build_workers
-    return max(1, n) if n is not None else max(1, min(2, os.cpu_count() or 1))
+    return max(1, settings.get().build_workers)
 
 
 def _critical_path(names: list[str], models: dict[str, Model]) -> dict[str, int]:
