@@ -149,9 +149,7 @@ def _build_all(con, only: list[str] | None) -> dict[str, float]:
 
 
 def build_workers(con) -> int:
-    """Marts a full build runs at once on the DuckDB file: PERPWATCH_BUILD_WORKERS, default 1 (measured on the
-    2-core benchmark machine, two at a time took longer: both builds touch fresh memory at once and the kernel's
-    page-fault time grew more than the overlap saved). One on DuckLake: its catalog is the session's `USE`, which
+    """Marts a full build runs at once on the DuckDB file: PERPWATCH_BUILD_WORKERS, default 1. One on DuckLake: its catalog is the session's `USE`, which
     a second connection would not have."""
     from perpwatch.core import settings
     from perpwatch.warehouse import lake
@@ -192,7 +190,9 @@ def _build_parallel(con, names: list[str], models: dict[str, Model], workers: in
         cur = con.cursor()
         try:
             cur.execute("SET TimeZone='UTC'")   # a session setting: warehouse.connect's, per connection
-            return ctx.copy().run(_build_model, cur, name, models[name], None, (commit, seq))
+            t0 = time.perf_counter()
+            ctx.copy().run(_build_serialised, cur, name, models[name], commit, seq)
+            return time.perf_counter() - t0
         finally:
             cur.close()
 
@@ -211,15 +211,10 @@ def _build_parallel(con, names: list[str], models: dict[str, Model], workers: in
     return {n: timings[n] for n in names}
 
 
-def _build_model(con, name: str, m: Model, changed_from=None, serial=None) -> float:
+def _build_model(con, name: str, m: Model, changed_from=None) -> float:
     """(Re)build one mart in full, in its own transaction. Returns seconds. changed_from: the first day whose
-    rows can differ (a view with an incremental header in an incremental build), None: any row.
-    serial: (lock, [last change number]) when marts build in parallel: the change record and the commit
-    happen under the lock, numbered in commit order."""
+    rows can differ (a view with an incremental header in an incremental build), None: any row."""
     t0 = time.perf_counter()
-    if serial is not None:
-        _build_body(con, name, m, serial)
-        return time.perf_counter() - t0
     with warehouse.transaction(con):
         _create(con, name, m)
         warehouse.record_change(con, name, changed_from)   # publishing copies what changed (warehouse/publishing.py)
@@ -242,10 +237,9 @@ def _create(con, name: str, m: Model) -> None:
         con.unregister("__mart")
 
 
-def _build_body(con, name: str, m: Model, serial) -> None:
-    """_build_model's transaction for a parallel build: build, then under the lock record the change with the
-    next number and commit."""
-    lock, seq = serial
+def _build_serialised(con, name: str, m: Model, lock: threading.Lock, seq: list[int]) -> None:
+    """_build_model's transaction for a parallel build: build, then under `lock` record the change with the next
+    number (seq[0] + 1: handed out in commit order) and commit."""
     con.execute("BEGIN TRANSACTION")
     try:
         _create(con, name, m)

@@ -121,8 +121,7 @@ class Settings(BaseSettings):
                       "Operations")
     build_workers: int = _f(1, "Marts a full build (`perpwatch build`) runs at once on the DuckDB file, each on "
                             "its own connection once the marts it reads are committed. 1 (the default) builds them "
-                            "one after the other: on the 2-core benchmark machine two at a time was slower (more "
-                            "memory touched at once). DuckLake always builds one at a time.", "Operations")
+                            "one after the other. DuckLake always builds one at a time.", "Operations")
     prefect_database_url: str | None = _f(None, "The Prefect server's own database (`make deploy`), e.g. "
                                           "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect; default SQLite.",
                                           "Operations", env="PREFECT_API_DATABASE_CONNECTION_URL", example="")

@@ -176,7 +176,7 @@ basis AS (         -- nearest dated future at least [basis] min_days_to_expiry o
     QUALIFY row_number() OVER (PARTITION BY date, asset ORDER BY days_to_expiry, venue, instrument) = 1
 ),
 bar23 AS MATERIALIZED (   -- the 23:00 hourly bars of perps and indexes. One equality per kind: DuckDB pushes
-                          -- `kind = '...'` into the scan, an IN list or OR it evaluates row by row (~5x slower)
+                          -- `kind = '...'` into the scan, an IN list or OR it evaluates row by row
     SELECT venue, instrument, kind, asset, ts, close FROM staging.prices
     WHERE kind = 'perp' AND "interval" = '1h' AND epoch_us(ts) // 3600000000 % 24 = 23
     UNION ALL
