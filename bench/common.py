@@ -83,7 +83,24 @@ def machine() -> dict:
         except Exception:  # noqa: BLE001
             versions[mod] = "?"
     return {"cores": os.cpu_count(), "memory": mem, "platform": platform.platform(), "versions": versions,
-            "loadavg": loadavg()}
+            "loadavg": loadavg(), "fresh_memory": fresh_memory()}
+
+
+def fresh_memory(gib: float = 1.0) -> dict:
+    """Seconds to write `gib` GiB of memory the process just got from the kernel, then to write it again:
+    what a build pays for each GiB of peak memory (page faults, and on a VM whatever backs its memory)."""
+    import numpy as np
+
+    n = int(gib * 1024 ** 3 // 8)
+    ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    a = np.empty(n)
+    a.fill(1.0)
+    t1 = time.perf_counter()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    a.fill(2.0)
+    t2 = time.perf_counter()
+    del a
+    return {"gib": gib, "first_s": t1 - t0, "first_sys_s": ru1.ru_stime - ru0.ru_stime, "again_s": t2 - t1}
 
 
 def run_child(args: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path = ROOT) -> dict:

@@ -26,6 +26,14 @@ def _ok(b: bool | str | None) -> str:
     return "n/a" if b is None else ("**met**" if b else "**missed**")
 
 
+def _fresh(f: dict | None) -> str:
+    if not f:
+        return ""
+    return (f"Fresh memory: writing {f['gib']:g} GiB the process has just been given took {f['first_s']:.2f} s "
+            f"({f['first_sys_s']:.2f} s of it in the kernel), writing it again {f['again_s']:.2f} s, so each GiB of a "
+            "build's peak memory costs about the difference once (`bench/common.py` `fresh_memory`). ")
+
+
 def span(d: dict) -> tuple[float, float]:
     """(min, max) of a Sample.as_dict(): the run-to-run spread the report judges against."""
     return float(d["min"]), float(d["max"])
@@ -64,7 +72,7 @@ def render(r: dict) -> str:
       "same invocation as the contender. Raw numbers: `data/bench/results-" + r["size"] + ".json`.\n")
     w(f"Machine: {m['cores']} cores, {m['memory']} RAM, {m['platform']}; Python {v['python']}, DuckDB {v['duckdb']}, "
       f"Polars {v['polars']}, PyArrow {v['pyarrow']}, Prefect {v['prefect']}, Great Expectations {v['great_expectations']}, "
-      f"orjson {v['orjson']}. Load average at start {m['loadavg']}; "
+      f"orjson {v['orjson']}. " + _fresh(m.get("fresh_memory")) + f"Load average at start {m['loadavg']}; "
       + ", ".join(f"after {k}: {x}" for k, x in (r.get("loadavg_after") or {}).items())
       + ". A target is judged against the spread of its own runs in this invocation: **met** when the worst "
       "run clears it (for a ratio: the contender's worst run against the baseline's best), **missed** when even "
@@ -504,7 +512,9 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   levels stored by the last build (meta.heatmap_levels: amount x a per-asset OI scale, so a day reads
   only the levels its hours can reach and writes only the levels that died or were born).
   In the fold, the levels are put in asset order once by a stable 16-bit radix sort (numpy sorts
-  int16 keys by radix, numpy's `sort` docs), the two sides' death-hour searches run on two threads, and
+  int16 keys by radix, numpy's `sort` docs), the death hours are searched per side and per chunk of
+  about ten assets on two threads (range tables of at most 64 MB each, reused: see "Fresh memory" at the
+  top for what a GiB of new memory costs here), and
   the snapshot grids are cumulated one contiguous row at a time (the same additions in the same order as
   `np.cumsum` along that axis); the line under the table splits the heatmap's time by stage.
   signal_performance computes every asset's Newey-West t-statistic at once in closed form

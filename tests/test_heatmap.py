@@ -591,9 +591,15 @@ def _assert_same_rows(got: pl.DataFrame, want: pl.DataFrame) -> None:
                                rtol=1e-9, atol=0)
 
 
-@pytest.mark.parametrize("seed", [11, 12])
-def test_vectorised_core_equals_the_fold_at_every_hour(seed):
-    """heatmap_core (death hours, one scale per asset, interval sums) gives step's rows to 1e-9."""
+@pytest.mark.parametrize("seed,chunked", [(11, False), (12, False), (13, True)])
+def test_vectorised_core_equals_the_fold_at_every_hour(seed, chunked, monkeypatch):
+    """heatmap_core (death hours, one scale per asset, interval sums) gives step's rows to 1e-9. chunked: the
+    death-hour search one asset per chunk on two threads, as at scale (a rebuild's chunks are ~10 assets)."""
+    from perpwatch.transforms import heatmap_core
+
+    if chunked:
+        monkeypatch.setattr(heatmap_core, "_TABLE_BYTES", 1)
+        monkeypatch.setattr(heatmap_core, "_THREADED_LEVELS", 0)
     bars = random_bars(24 * 20, seed=seed)
     want = estimate_levels(bars, heatmap_settings())
     got = _core_rows(bars, heatmap_settings())

@@ -31,7 +31,8 @@ import polars as pl
 _HOUR_US = 3_600_000_000
 _BLOCK = 32  # snapshots per cumulation block
 _SLICE = 1 << 22  # levels per slice of the death-hour search
-_THREADED_LEVELS = 1_000_000  # levels from which fold() searches the two sides' death hours on two threads
+_THREADED_LEVELS = 1_000_000  # levels from which fold() searches the death hours on two threads
+_TABLE_BYTES = 64 << 20  # range tables per chunk of assets in the death-hour search
 _THREADED_SNAPSHOTS = 50_000  # snapshot hours (all assets) from which snapshots() uses a thread per core
 
 
@@ -201,33 +202,37 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
         keep = np.r_[np.ones(at, bool), u0[at:] > 0]
         asset, side, price, birth, u0 = asset[keep], side[keep], price[keep], birth[keep], u0[keep]
     # ---- death hours: long dies at the first later usable hour with low <= price, short with high >= price
-    #      (a short level searches -price in -high).
-    death = np.full(asset.size, n_t, dtype=np.int64)
+    #      (a short level searches -price in -high). In chunks of assets: a chunk's range tables and its levels'
+    #      temporaries are small and reused (fresh memory is what a rebuild at scale pays for most: notes above).
+    death = np.full(asset.size, n_t, dtype=np.int32)
+    order = asset_order(asset, n_a)
+    cuts = np.r_[0, np.cumsum(np.bincount(asset, minlength=n_a))]
+    rows = max(1, _TABLE_BYTES // (8 * (n_t + 1) * max(1, int(np.ceil(np.log2(n_t + 2))))))
+    jobs = [(sd, r0, min(r0 + rows, n_a)) for r0 in range(0, n_a, rows) for sd in (0, 1)]
 
-    def deaths(sd: int) -> tuple[np.ndarray, np.ndarray] | None:
-        m = np.flatnonzero(side == sd)
+    def deaths(job: tuple[int, int, int]) -> None:
+        sd, r0, r1 = job
+        sel = order[cuts[r0]:cuts[r1]]
+        m = sel[side[sel] == sd]
         if not m.size:
-            return None
-        x = np.where(d.usable, d.low, np.inf) if sd == 0 else np.where(d.usable, -d.high, np.inf)
+            return
+        x = np.where(d.usable[r0:r1], d.low[r0:r1], np.inf) if sd == 0 else np.where(d.usable[r0:r1], -d.high[r0:r1], np.inf)
         p = price[m] if sd == 0 else -price[m]
+        row = asset[m] - r0
         # a level above its asset's minimum over every hour is never hit: only the others are searched
         # (most of a daily pass's stored levels lie outside the day's range)
-        reach = ~(x.min(axis=1)[asset[m]] > p)
-        m, p = m[reach], p[reach]
-        return m, _first_hit(_sparse_min(x), asset[m], birth[m] + 1, p)
+        reach = ~(x.min(axis=1)[row] > p)
+        m, p, row = m[reach], p[reach], row[reach]
+        death[m] = _first_hit(_sparse_min(x), row, birth[m] + 1, p)
 
     if n_t:
-        # the two sides are independent: at scale each on its own thread (both sides' range tables are then held
-        # at once), a daily pass's few levels one after the other
+        # the chunks are independent: at scale on two threads (each writes its own levels' death hours)
         if asset.size >= _THREADED_LEVELS and (os.cpu_count() or 1) > 1:
             with ThreadPoolExecutor(2) as pool:
-                found = list(pool.map(deaths, (0, 1)))
+                list(pool.map(deaths, jobs))
         else:
-            found = [deaths(0), deaths(1)]
-        for got in found:
-            if got is not None:
-                death[got[0]] = got[1]
-        del found
+            for job in jobs:
+                deaths(job)
     # ---- the sequential part: decline ratios need the USD liquidated each hour
     bounds = np.searchsorted(birth, np.arange(-1, n_t + 1))
     A = np.zeros((n_a, n_t + 1))
@@ -262,7 +267,7 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
     for i, c in cleared:  # a clear kills every level alive at that hour
         m = (asset == i) & (birth < c) & (death > c)
         death[m] = c
-    return Levels(asset, side, price, birth, death, u0, cleared, asset_order(asset, n_a)), S_hist, a, end_oi
+    return Levels(asset, side, price, birth, death, u0, cleared, order), S_hist, a, end_oi
 
 
 def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap: list[np.ndarray],
