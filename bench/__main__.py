@@ -34,7 +34,7 @@ SIZES = {
         "e2e": {"runs": 3, "demo": True},
         "lake": {"days": 30, "assets": ["BTC", "ETH", "SOL"], "latency_ms": 50.0, "runs": 2,
                  "pub_days": 365, "pub_assets": 25, "load_rows": 1_000_000},
-        "publish": {"days": 365, "assets": 20, "runs": 3},
+        "publish": {"days": 365, "assets": 20, "runs": 5},
     },
     # the lake workload at the ingest size in ~5 minutes (one run each, smaller (b)/(c));
     # the other workloads as tiny

@@ -209,3 +209,15 @@ def test_publish_rewrites_only_what_changed(tmp_path):
             assert (diff, back) == (0, 0), t
         assert con.execute("SELECT count(*) FROM s.marts.daily_signals WHERE date = DATE '2026-01-20'").fetchone()[0] == 2
         con.execute("DETACH s")
+        # each month's export holds exactly that UTC month's rows, across the turn of the year (a date and a
+        # TIMESTAMPTZ mart); together they are the mart
+        for name, col in (("daily_signals", "date"), ("liquidation_heatmap", "ts")):
+            day = f"timezone('UTC', {col})" if col == "ts" else col
+            for y, mo in ((2025, 12), (2026, 1)):
+                f = exports / name / f"year={y}" / f"month={mo:02d}" / "data.parquet"
+                want = con.execute(f"SELECT count(*) FROM marts.{name} WHERE year({day}) = {y} AND month({day}) = {mo}"
+                                   ).fetchone()[0]
+                assert want > 0 and pl.read_parquet(f).height == want, (name, y, mo)
+            whole = pl.read_parquet(sorted((exports / name).glob("year=*/month=*/data.parquet")), hive_partitioning=False)
+            mart = con.sql(f"SELECT * FROM marts.{name}").pl()
+            assert whole.sort(whole.columns).equals(mart.sort(mart.columns)), name

@@ -329,7 +329,11 @@ def export_changed(con, exports: Path) -> dict[str, str]:
                   if m is not None]
         first = None if frm is None else frm.year * 100 + frm.month
         for m in months:
-            _write_file(con, f"SELECT * FROM {_ident(table)} WHERE {month} = {int(m)}",
+            # the month as a range of the time column, so zone maps skip the other months' row groups
+            y, mo = divmod(int(m), 100)
+            rng = (f'"{col}" >= {_lit_day(date(y, mo, 1), typ)} '
+                   f'AND "{col}" < {_lit_day(date(y + mo // 12, mo % 12 + 1, 1), typ)}')
+            _write_file(con, f"SELECT * FROM {_ident(table)} WHERE {rng}",
                         out / f"year={m // 100}" / f"month={m % 100:02d}" / "data.parquet")
         for d in out.glob("year=*/month=*"):       # months that have no rows any more
             m = int(d.parent.name.split("=", 1)[1]) * 100 + int(d.name.split("=", 1)[1])
