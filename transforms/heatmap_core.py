@@ -189,9 +189,10 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
             asset[at:at + pr.size], side[at:at + pr.size], birth[at:at + pr.size] = i, sd, -1
             price[at:at + pr.size], u0[at:at + pr.size] = pr, us
             at += pr.size
-    asset[at:] = np.repeat(a_i.astype(np.int32), k)
-    birth[at:] = np.repeat(t_i.astype(np.int32), k)
-    side[at:] = np.tile(np.r_[np.zeros(k_l, np.int8), np.ones(k_s, np.int8)], t_i.size)
+    # per born cell k consecutive levels, written in place (broadcast, no repeated temporaries)
+    asset[at:].reshape(-1, k)[:] = a_i[:, None]
+    birth[at:].reshape(-1, k)[:] = t_i[:, None]
+    side[at:].reshape(-1, k)[:] = np.r_[np.zeros(k_l, np.int8), np.ones(k_s, np.int8)]
     cell = price[at:].reshape(-1, k)
     np.multiply(e[:, None], prm.long_mult, out=cell[:, :k_l])
     np.multiply(e[:, None], prm.short_mult, out=cell[:, k_l:])
@@ -277,7 +278,6 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
     Assets are independent: they run on `workers` threads (default: one per core when there are at least
     _THREADED_SNAPSHOTS snapshot hours, i.e. a rebuild, else one), results in asset order."""
     inv = 1.0 / prm.log_step
-    bin_all = np.floor(np.log(lv.price) * inv).astype(np.int64)
     order = lv.by_asset if lv.by_asset is not None else asset_order(lv.asset, len(d.assets))
     cuts = np.searchsorted(lv.asset[order], np.arange(len(d.assets) + 1))
 
@@ -286,7 +286,7 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
         if hs.size == 0:
             return []
         sel = order[cuts[i]:cuts[i + 1]]
-        return [_asset_side(d.close[i, hs], hs, S_hist[i, hs], lv, a, bin_all, sel[lv.side[sel] == side], side, i,
+        return [_asset_side(d.close[i, hs], hs, S_hist[i, hs], lv, a, sel[lv.side[sel] == side], side, i,
                             prm, inv, top_bins) for side in (0, 1)]
 
     if workers is None:
@@ -301,7 +301,7 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
     return {k: (np.concatenate([g[j] for g in got]) if got else np.empty(0)) for j, k in enumerate(keys)}
 
 
-def _asset_side(c: np.ndarray, hs: np.ndarray, s_scale: np.ndarray, lv: Levels, a: np.ndarray, bin_all: np.ndarray,
+def _asset_side(c: np.ndarray, hs: np.ndarray, s_scale: np.ndarray, lv: Levels, a: np.ndarray,
                 m: np.ndarray, side: int, i: int, prm, inv: float, top_bins: int | None
                 ) -> tuple[np.ndarray, ...] | None:
     """snapshots() for one asset and side: m are the indices of its levels, hs its snapshot hours."""
@@ -315,7 +315,7 @@ def _asset_side(c: np.ndarray, hs: np.ndarray, s_scale: np.ndarray, lv: Levels, 
     m, s0, s1 = m[keep], s0[keep], s1[keep]
     if m.size == 0:
         return None
-    b = bin_all[m]
+    b = np.floor(np.log(lv.price[m]) * inv).astype(np.int64)  # only the levels that reach a snapshot
     b_min = min(int(b.min()), int(k_lo.min()))
     b_max = max(int(b.max()), int(k_hi.max()))
     nb = b_max - b_min + 1
@@ -374,7 +374,8 @@ def end_levels(lv: Levels, S_hist: np.ndarray, a: np.ndarray, hour: int) -> dict
     fold's state: [long_price, long_usd, short_price, short_usd]. One sort over every asset's levels, not a
     scan of all levels per asset. An asset with no live level is absent."""
     idx = np.flatnonzero((lv.birth <= hour) & (lv.death > hour))
-    idx = idx[np.lexsort((idx, lv.price[idx], lv.side[idx], lv.asset[idx]))]
+    # lexsort is stable and idx ascends: equal prices keep level order. Asset and side as one key.
+    idx = idx[np.lexsort((lv.price[idx], lv.asset[idx].astype(np.int64) * 2 + lv.side[idx]))]
     asset, side = lv.asset[idx], lv.side[idx]
     price, usd = lv.price[idx], a[idx] * S_hist[asset, hour]
     out = {}
