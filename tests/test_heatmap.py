@@ -766,3 +766,28 @@ def test_a_warehouse_with_the_old_level_table_is_upgraded_and_rebuilds_in_full()
     assert con.execute("SELECT count(*) FROM meta.heatmap_levels").fetchone()[0] == 0
     assert update_heatmap(con, (T0 + timedelta(days=9)).date())[1] == "full: no stored state for these settings"
     assert update_heatmap(con, (T0 + timedelta(days=9)).date())[1].startswith("resumed from")
+
+
+def test_bars_read_ahead_keeps_order_raises_and_stops():
+    """load_bars reads DuckDB's next batch on a worker thread (heatmap._ahead): items arrive in order, an
+    error in the producer reaches the consumer, and a consumer that stops early does not leave it blocked."""
+    import threading
+
+    from perpwatch.transforms.heatmap import _ahead
+
+    assert list(_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("batch 2 is bad")
+
+    got = []
+    with pytest.raises(ValueError, match="batch 2 is bad"):
+        for x in _ahead(failing()):
+            got.append(x)
+    assert got == [1]
+    before = threading.active_count()
+    gen = _ahead(iter(range(1000)), depth=1)
+    assert next(gen) == 0
+    gen.close()
+    assert threading.active_count() == before

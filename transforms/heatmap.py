@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -429,8 +431,7 @@ def load_bars(
         reader = con.execute(f"""SELECT ((epoch_us(t.ts) // {_HOUR_US} - {h0}) * {len(series)} + s.sid)::INTEGER AS cell,
             {', '.join(f'{v} AS {k}' for k, v in cols.items())}
             FROM {table} t JOIN (VALUES {ids}) s({', '.join(keys)}, sid) ON {on} WHERE {cond}""").to_arrow_reader(_BATCH)
-        for batch in reader:
-            yield batch.column(0).to_numpy(), {k: batch.column(k).to_numpy() for k in cols}
+        yield from _ahead((batch.column(0).to_numpy(), {k: batch.column(k).to_numpy() for k in cols}) for batch in reader)
 
     # ---- perp bars: mean over each (asset, venue)'s instruments per hour
     npx = len(px_series)
@@ -536,6 +537,39 @@ def load_bars(
         "oi_usd": pl.Series(np.where(ok, oi_asset[ti, ga], np.nan), nan_to_null=True),
         "oi_prev_usd": pl.Series(np.where(ok, prev_asset[ti, ga], np.nan), nan_to_null=True),
     })
+
+
+def _ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """`items` produced on a worker thread, up to `depth` ahead of the consumer: DuckDB fills the next Arrow
+    batch (it releases the GIL) while numpy places the current one on the grids."""
+    q: queue.Queue = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the consumer)
+            q.put(exc)
+
+    worker = threading.Thread(target=produce, name="heatmap-bars", daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():      # unblock a producer waiting on a full queue, then let it finish
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
 
 
 # --------------------------------------------------------------------------- the mart at scale
