@@ -286,7 +286,9 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
         if hs.size == 0:
             return []
         sel = order[cuts[i]:cuts[i + 1]]
-        return [_asset_side(d.close[i, hs], hs, S_hist[i, hs], lv, a, sel[lv.side[sel] == side], side, i,
+        # per hour 0..hours, the first snapshot at or after it: a lookup instead of a binary search per level
+        pos = np.searchsorted(hs, np.arange(d.hours + 1), "left")
+        return [_asset_side(d.close[i, hs], hs, pos, S_hist[i, hs], lv, a, sel[lv.side[sel] == side], side, i,
                             prm, inv, top_bins) for side in (0, 1)]
 
     if workers is None:
@@ -301,16 +303,15 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
     return {k: (np.concatenate([g[j] for g in got]) if got else np.empty(0)) for j, k in enumerate(keys)}
 
 
-def _asset_side(c: np.ndarray, hs: np.ndarray, s_scale: np.ndarray, lv: Levels, a: np.ndarray,
+def _asset_side(c: np.ndarray, hs: np.ndarray, pos: np.ndarray, s_scale: np.ndarray, lv: Levels, a: np.ndarray,
                 m: np.ndarray, side: int, i: int, prm, inv: float, top_bins: int | None
                 ) -> tuple[np.ndarray, ...] | None:
     """snapshots() for one asset and side: m are the indices of its levels, hs its snapshot hours."""
     k_lo = np.floor(np.log(c * (1.0 - prm.max_distance_pct)) * inv).astype(np.int64)
     k_hi = np.floor(np.log(c * (1.0 + prm.max_distance_pct)) * inv).astype(np.int64)
     n_s = hs.size
-    s0 = np.searchsorted(hs, np.maximum(lv.birth[m], 0), "left")  # first snapshot at/after birth
-    s0 = np.where(lv.birth[m] < 0, 0, s0)
-    s1 = np.searchsorted(hs, lv.death[m], "left")  # first snapshot at/after death
+    s0 = pos[np.maximum(lv.birth[m], 0)]  # first snapshot at/after birth (an initial level, birth -1: the first)
+    s1 = pos[lv.death[m]]  # first snapshot at/after death (death = hours: none)
     keep = s1 > s0
     m, s0, s1 = m[keep], s0[keep], s1[keep]
     if m.size == 0:
@@ -344,13 +345,16 @@ def _asset_side(c: np.ndarray, hs: np.ndarray, s_scale: np.ndarray, lv: Levels, 
         last = min((blk + 1) * _BLOCK - 1, n_s - 1)
         # USD at the next block's first snapshot of what was alive at this block's last one
         carry = np.where(live[last], g[last - blk * _BLOCK], 0.0) * (s_scale[nxt] / base[blk])
-    usd = grid.reshape(rows, nb)[:n_s] * (s_scale / base[np.arange(n_s) // _BLOCK])[:, None]
-    usd = np.where(live, usd, 0.0)
-    # the window: bins k_lo..k_hi of each snapshot's close
+    # the window: bins k_lo..k_hi of each snapshot's close. Taken from the block-scaled grid first, then scaled to
+    # USD and masked by the live count on the window's cells only (the same products as on the whole grid)
     width = int((k_hi - k_lo).max()) + 1
     cols = (k_lo - b_min)[:, None] + np.arange(width)[None, :]
     inside = cols <= (k_hi - b_min)[:, None]
-    win = np.where(inside, np.take_along_axis(usd, np.minimum(cols, nb - 1), 1), 0.0)
+    at = np.minimum(cols, nb - 1)
+    inside &= np.take_along_axis(live, at, 1)
+    win = np.take_along_axis(grid.reshape(rows, nb)[:n_s], at, 1)
+    win *= (s_scale / base[np.arange(n_s) // _BLOCK])[:, None]
+    win = np.where(inside, win, 0.0)
     if top_bins is not None and top_bins < width:
         kth = width - top_bins
         part_idx = np.argpartition(win, kth, axis=1)[:, kth:]
