@@ -459,7 +459,7 @@ def load_bars(
     n_a = len(names)
     oi_asset, prev_asset = np.zeros((nh, n_a)), np.zeros((nh, n_a))
     has_oi = np.zeros((nh, n_a), dtype=bool)
-    venue_oi = np.zeros((nh, npx))  # per perp (asset, venue) column: the OI of that venue's instruments
+    key = None  # per perp (asset, venue) column: the OI of that venue's instruments (then -inf where no bar)
     if oi_series:
         ns = len(oi_series)
         keys = {"venue": 1, "instrument": 2}
@@ -507,16 +507,18 @@ def load_bars(
         v_sum = np.add.reduceat(cur, vstarts, axis=1)
         del cur
         v_col = {av[i]: k for k, i in enumerate(vstarts)}
-        pick = np.array([v_col.get(s[:2], len(vstarts)) for s in px_series])  # no OI: the zero column
-        venue_oi = np.concatenate([v_sum, np.zeros((nh, 1))], axis=1)[:, pick]
+        pick = np.array([v_col.get(s[:2], -1) for s in px_series])
+        key = v_sum[:, np.maximum(pick, 0)]
+        key[:, pick < 0] = 0.0  # a venue without OI series
         del v_sum
 
     # ---- per asset-hour the bar of the largest-OI venue; ties: the first venue by name (strict > keeps it)
     p_asset = np.array([a_of[s[0]] for s in px_series])
     p_starts = np.flatnonzero(np.r_[True, p_asset[1:] != p_asset[:-1]])
     p_ends = np.r_[p_starts[1:], npx]
-    key = np.where(has_px, venue_oi, -np.inf)
-    del venue_oi
+    if key is None:
+        key = np.zeros((nh, npx))
+    np.copyto(key, -np.inf, where=~has_px)
     best_key = key[:, p_starts].copy()
     best = np.broadcast_to(p_starts, (nh, p_starts.size)).copy()
     for k in range(1, int((p_ends - p_starts).max())):
