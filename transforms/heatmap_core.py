@@ -375,17 +375,22 @@ def _cumsum_rows(x: np.ndarray) -> np.ndarray:
 
 def end_levels(lv: Levels, S_hist: np.ndarray, a: np.ndarray, hour: int) -> dict[int, list[np.ndarray]]:
     """Per asset index, the levels alive after `hour` (exact prices, sorted; ties in level order) as the
-    fold's state: [long_price, long_usd, short_price, short_usd]. One sort over every asset's levels, not a
-    scan of all levels per asset. An asset with no live level is absent."""
-    idx = np.flatnonzero((lv.birth <= hour) & (lv.death > hour))
-    # lexsort is stable and idx ascends: equal prices keep level order. Asset and side as one key.
-    idx = idx[np.lexsort((lv.price[idx], lv.asset[idx].astype(np.int64) * 2 + lv.side[idx]))]
-    asset, side = lv.asset[idx], lv.side[idx]
-    price, usd = lv.price[idx], a[idx] * S_hist[asset, hour]
+    fold's state: [long_price, long_usd, short_price, short_usd]. The live levels in asset order (lv.by_asset
+    keeps level order within an asset), then one small sort per asset, not a scan of all levels per asset.
+    An asset with no live level is absent."""
+    order = lv.by_asset if lv.by_asset is not None else asset_order(lv.asset, int(lv.asset.max(initial=-1)) + 1)
+    live = (lv.birth <= hour) & (lv.death > hour)
+    idx = order[live[order]]
+    asset = lv.asset[idx]
     out = {}
     starts = np.flatnonzero(np.r_[True, asset[1:] != asset[:-1]]) if idx.size else np.empty(0, np.int64)
-    for k, lo in enumerate(starts.tolist()):
-        hi = int(starts[k + 1]) if k + 1 < starts.size else idx.size
-        mid = lo + int(np.searchsorted(side[lo:hi], 1, "left"))
-        out[int(asset[lo])] = [price[lo:mid], usd[lo:mid], price[mid:hi], usd[mid:hi]]
+    ends = np.r_[starts[1:], idx.size]
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        sub = idx[lo:hi]
+        # lexsort is stable and sub ascends: equal prices keep level order
+        sub = sub[np.lexsort((lv.price[sub], lv.side[sub]))]
+        side = lv.side[sub]
+        price, usd = lv.price[sub], a[sub] * S_hist[asset[lo], hour]
+        mid = int(np.searchsorted(side, 1, "left"))
+        out[int(asset[lo])] = [price[:mid], usd[:mid], price[mid:], usd[mid:]]
     return out
