@@ -473,6 +473,17 @@ def test_load_bars_equals_its_sql_definition(seed):
     assert "XRP" not in bars["asset"].to_list()  # no perp bar, no row
     assert bars["oi_usd"].null_count() > 0  # hours with a bar and no OI stay NULL
     assert load_bars(con, ["DOGE"]).height == 0
+    # the rebuild's grids (dense=True) hold exactly the rows' values, where heatmap_core.dense puts them
+    from perpwatch.transforms import heatmap_core
+    from perpwatch.transforms.heatmap import _bars_numpy
+
+    for args in ((None, 6), (None, 0), (["eth", "btc"], 6, start)):
+        want = heatmap_core.dense(*_bars_numpy(load_bars(con, *args)))
+        got = load_bars(con, *args, dense=True)
+        assert got.assets == want.assets and got.t0_us == want.t0_us and got.hours == want.hours > 0
+        for f in ("open", "high", "low", "close", "oi", "oi_prev", "usable"):
+            np.testing.assert_array_equal(getattr(got, f), getattr(want, f), err_msg=f)
+    assert load_bars(con, ["DOGE"], dense=True).assets == []
 
 
 def test_build_and_daily_clusters_from_warehouse():

@@ -33,6 +33,7 @@ import polars as pl
 
 from perpwatch import warehouse
 from perpwatch.core.settings import default_signal_settings, signal_settings
+from perpwatch.transforms import heatmap_core as core
 
 TABLE = "marts.liquidation_heatmap"
 
@@ -377,7 +378,7 @@ def estimate_levels(bars: pl.DataFrame, settings: Mapping) -> pl.DataFrame:
 
 def load_bars(
     con: duckdb.DuckDBPyConnection, assets: list[str] | None = None, oi_max_gap_hours: int | None = None,
-    start: datetime | None = None,
+    start: datetime | None = None, *, dense: bool = False,
 ) -> pl.DataFrame:
     """Hourly bars per asset from staging: perp OHLC and OI summed over venues.
 
@@ -390,7 +391,8 @@ def load_bars(
     An instrument counts for the asset of its newest OI row. Only hours with a perp bar are returned.
     Default oi_max_gap_hours: [heatmap] oi_max_gap_hours of the signal settings. start: only bars from
     then on; oi_prev_usd of the first hours is right when start is oi_max_gap_hours + 1 hours earlier than
-    the first hour the caller keeps (the incremental build does that).
+    the first hour the caller keeps (the incremental build does that). dense: the same bars as
+    `heatmap_core.Dense` (asset x hour grids, what `fold_rows` folds), without the row frame in between.
 
     DuckDB streams the rows (integer series ids, integer hours: no strings cross into Python, no
     time-zone arithmetic); numpy does the rest on dense hour x series grids. The same definition as one
@@ -414,6 +416,8 @@ def load_bars(
     px_series = con.execute(f"""SELECT asset, venue, min(epoch_us(ts)) // {_HOUR_US}, max(epoch_us(ts)) // {_HOUR_US}
         FROM staging.prices t WHERE {px_where} GROUP BY asset, venue ORDER BY 1, 2""").fetchall()
     if not px_series:
+        if dense:
+            return _no_dense_bars()
         return pl.DataFrame(schema={"asset": pl.String, "ts": pl.Datetime("us", "UTC"), **dict.fromkeys(
             ("open", "high", "low", "close", "oi_usd", "oi_prev_usd"), pl.Float64)})
     spans = [s[-2:] for s in oi_series + px_series]
@@ -532,6 +536,9 @@ def load_bars(
     col = best[ti, ai]
     ga = p_asset[p_starts][ai]
     ok = has_oi[ti, ga]
+    if dense:
+        return _dense_bars(names, h0, ai, ti, ga, {k: ohlc[k][ti, col] for k in ("o", "hi", "lo", "c")},
+                           np.where(ok, oi_asset[ti, ga], np.nan), np.where(ok, prev_asset[ti, ga], np.nan))
     return pl.DataFrame({
         "asset": pl.Series(names, dtype=pl.String).gather(ga),
         "ts": pl.Series((h0 + ti.astype(np.int64)) * _HOUR_US).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
@@ -539,6 +546,35 @@ def load_bars(
         "oi_usd": pl.Series(np.where(ok, oi_asset[ti, ga], np.nan), nan_to_null=True),
         "oi_prev_usd": pl.Series(np.where(ok, prev_asset[ti, ga], np.nan), nan_to_null=True),
     })
+
+
+def _no_dense_bars():
+    z = np.zeros((0, 0))
+    return core.Dense([], 0, z, z, z, z, z, z, z.astype(bool))
+
+
+def _dense_bars(names: list[str], h0: int, ai: np.ndarray, ti: np.ndarray, ga: np.ndarray, px: dict[str, np.ndarray],
+                oi: np.ndarray, oi_prev: np.ndarray):
+    """load_bars' rows (asset-major: ai/ga ascending, then hour ti) on `heatmap_core.Dense` grids, as
+    `heatmap_core.dense` puts the row frame: the assets that have a bar, hours from the first bar to the last."""
+    if ti.size == 0:
+        return _no_dense_bars()
+    groups, row = np.unique(ai, return_inverse=True)
+    first = int(ti.min())
+    col = ti - first
+    shape = (groups.size, int(ti.max()) - first + 1)
+
+    def grid(v: np.ndarray) -> np.ndarray:
+        g = np.full(shape, np.nan)
+        g[row, col] = v
+        return g
+
+    o, h, lo, c = (grid(px[k]) for k in ("o", "hi", "lo", "c"))
+    with np.errstate(invalid="ignore"):
+        usable = (c > 0) & (h >= lo) & (lo > 0) & (o > 0)
+    gi = ga[np.searchsorted(ai, groups)]  # each group's asset index into names
+    return core.Dense([names[i] for i in gi.tolist()], (h0 + first) * _HOUR_US, o, h, lo, c, grid(oi), grid(oi_prev),
+                      usable)
 
 
 def _ahead(items: Iterator, depth: int = 2) -> Iterator:
@@ -603,11 +639,12 @@ def _day(epoch_day: int) -> date:
 
 
 def fold_rows(
-    bars: pl.DataFrame, prm: Params, *, init: Mapping[str, AssetLevels] | None = None,
+    bars: pl.DataFrame | core.Dense, prm: Params, *, init: Mapping[str, AssetLevels] | None = None,
     hourly_from: int | None = None, through: int | None = None, top_bins: int | None = None,
     changes: dict | None = None,
 ) -> tuple[pl.DataFrame, dict[str, AssetLevels]]:
     """Heatmap rows of `bars` (all hours after `init`'s) at the snapshot hours, and the state after day `through`.
+    bars: a frame as load_bars returns it, or load_bars(dense=True)'s grids (no `init` then).
 
     Snapshot hours per asset: every usable hour of epoch days >= hourly_from (None: every hour), and the
     last usable hour of each earlier day. top_bins: keep that many largest bins per (asset, hour, side)
@@ -619,18 +656,21 @@ def fold_rows(
     levels that died) and "born" (asset, side, price, usd_over_scale: levels born and alive at the end,
     USD / S).
     """
-    from perpwatch.transforms import heatmap_core as core
-
     init = dict(init or {})
     if changes is not None:
         changes.update(scale={}, cleared=set(), died=pl.DataFrame(schema=_DIED), born=pl.DataFrame(schema=_BORN))
-    frame, has_prev = _bars_numpy(bars)
-    if init:  # hours already folded into the state are skipped, as in `step`
-        last = pl.DataFrame({"asset": list(init), "__last": [lv.last_ts_us for lv in init.values()]},
-                            schema={"asset": pl.String, "__last": pl.Int64})
-        frame = frame.join(last, on="asset", how="left").filter(
-            pl.col("__last").is_null() | (pl.col("ts_us") > pl.col("__last"))).drop("__last")
-    d = core.dense(frame, has_prev)
+    if isinstance(bars, core.Dense):  # load_bars(dense=True): a rebuild's bars, already on grids
+        if init:
+            raise ValueError("fold_rows: bars on grids (heatmap_core.Dense) fold from an empty state only")
+        d = bars
+    else:
+        frame, has_prev = _bars_numpy(bars)
+        if init:  # hours already folded into the state are skipped, as in `step`
+            last = pl.DataFrame({"asset": list(init), "__last": [lv.last_ts_us for lv in init.values()]},
+                                schema={"asset": pl.String, "__last": pl.Int64})
+            frame = frame.join(last, on="asset", how="left").filter(
+                pl.col("__last").is_null() | (pl.col("ts_us") > pl.col("__last"))).drop("__last")
+        d = core.dense(frame, has_prev)
     idx = {a: i for i, a in enumerate(d.assets)}
     init_i = {idx[a]: (lv.long_price, lv.long_usd, lv.short_price, lv.short_usd, lv.last_oi_usd)
               for a, lv in init.items() if a in idx}
@@ -725,7 +765,9 @@ def _settings_key(prm: Params) -> str:
     return hashlib.sha256(json.dumps({k: getattr(prm, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _newest_day(bars: pl.DataFrame) -> int | None:
+def _newest_day(bars: pl.DataFrame | core.Dense) -> int | None:
+    if isinstance(bars, core.Dense):
+        return None if not bars.assets else (bars.t0_us + (bars.hours - 1) * _HOUR_US) // _DAY_US
     if bars.height == 0:
         return None
     ts = bars["ts"].max()
@@ -874,7 +916,7 @@ def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = Non
     prm = Params.from_settings(settings)
     STAGES.clear()
     with _stage("bars"):
-        bars = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours)
+        bars = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours, dense=True)
     newest = _newest_day(bars)
     if newest is None:
         if save:
