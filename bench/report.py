@@ -507,7 +507,8 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   `QUALIFY row_number()` per day sorts the whole table (the diagnostics in section 2 measure both);
   the marts use epoch days and `arg_max`. The liquidation heatmap is built in the timings (its
   vectorised core, transforms/heatmap_core.py; its bars come from DuckDB as streamed integer cells placed
-  on hour x series grids by numpy, docs/heatmap.md "Inputs"); its stored rows are
+  on hour x series grids by numpy while DuckDB reads the next batch on a worker thread, and a rebuild takes
+  the chosen bars straight onto the fold's asset x hour grids, docs/heatmap.md "Inputs"); its stored rows are
   bounded per asset-day ([heatmap] hourly_days, top_bins), and the daily build resumes it from the
   levels stored by the last build (meta.heatmap_levels: amount x a per-asset OI scale, so a day reads
   only the levels its hours can reach and writes only the levels that died or were born).
