@@ -549,8 +549,7 @@ def load_bars(
 
 
 def _no_dense_bars():
-    z = np.zeros((0, 0))
-    return core.Dense([], 0, z, z, z, z, z, z, z.astype(bool))
+    return core.on_grids([], 0, np.empty(0, np.int64), np.empty(0, np.int64), {})
 
 
 def _dense_bars(names: list[str], h0: int, ai: np.ndarray, ti: np.ndarray, ga: np.ndarray, px: dict[str, np.ndarray],
@@ -561,20 +560,10 @@ def _dense_bars(names: list[str], h0: int, ai: np.ndarray, ti: np.ndarray, ga: n
         return _no_dense_bars()
     groups, row = np.unique(ai, return_inverse=True)
     first = int(ti.min())
-    col = ti - first
-    shape = (groups.size, int(ti.max()) - first + 1)
-
-    def grid(v: np.ndarray) -> np.ndarray:
-        g = np.full(shape, np.nan)
-        g[row, col] = v
-        return g
-
-    o, h, lo, c = (grid(px[k]) for k in ("o", "hi", "lo", "c"))
-    with np.errstate(invalid="ignore"):
-        usable = (c > 0) & (h >= lo) & (lo > 0) & (o > 0)
     gi = ga[np.searchsorted(ai, groups)]  # each group's asset index into names
-    return core.Dense([names[i] for i in gi.tolist()], (h0 + first) * _HOUR_US, o, h, lo, c, grid(oi), grid(oi_prev),
-                      usable)
+    return core.on_grids([names[i] for i in gi.tolist()], (h0 + first) * _HOUR_US, row, ti - first,
+                         {"open": px["o"], "high": px["hi"], "low": px["lo"], "close": px["c"], "oi": oi,
+                          "oi_prev": oi_prev})
 
 
 def _ahead(items: Iterator, depth: int = 2) -> Iterator:

@@ -57,28 +57,36 @@ class Dense:
 
 def dense(frame: pl.DataFrame, has_prev: bool) -> Dense:
     """frame: asset, ts_us, open, high, low, close, oi_usd[, oi_prev_usd], sorted, unique per (asset, ts_us)."""
-    assets = frame["asset"].unique(maintain_order=True).to_list()
     if frame.height == 0:
-        z = np.zeros((0, 0))
-        return Dense([], 0, z, z, z, z, z, z, z.astype(bool))
+        return on_grids([], 0, np.empty(0, np.int64), np.empty(0, np.int64), {})
+    assets = frame["asset"].unique(maintain_order=True).to_list()
     ts = frame["ts_us"].to_numpy()
     t0 = int(ts.min())
     if ((ts - t0) % _HOUR_US).any():
         raise ValueError("bars.ts must be whole hours")
     hi = (ts - t0) // _HOUR_US
     ai = frame["asset"].cast(pl.Enum(assets)).to_physical().to_numpy().astype(np.int64)
-    shape = (len(assets), int(hi.max()) + 1)
+    cols = {"open": "open", "high": "high", "low": "low", "close": "close", "oi": "oi_usd"}
+    if has_prev:
+        cols["oi_prev"] = "oi_prev_usd"
+    return on_grids(assets, t0, ai, hi, {k: frame[c].to_numpy() for k, c in cols.items()})
 
-    def grid(col: str | None) -> np.ndarray:
+
+def on_grids(assets: list[str], t0_us: int, row: np.ndarray, hour: np.ndarray, values: dict[str, np.ndarray]) -> Dense:
+    """Bars as Dense: values["open"|"high"|"low"|"close"|"oi"|"oi_prev"] of bar i at (row[i], hour[i]) (hour 0 =
+    t0_us); NaN where a cell has no bar or a field is missing (no oi_prev: like-for-like flow is not known)."""
+    shape = (len(assets), int(hour.max()) + 1 if hour.size else 0)
+
+    def grid(name: str) -> np.ndarray:
         g = np.full(shape, np.nan)
-        if col is not None:
-            g[ai, hi] = frame[col].to_numpy()
+        if name in values:
+            g[row, hour] = values[name]
         return g
 
     o, h, lo, c = (grid(k) for k in ("open", "high", "low", "close"))
     with np.errstate(invalid="ignore"):
         usable = (c > 0) & (h >= lo) & (lo > 0) & (o > 0)
-    return Dense(assets, t0, o, h, lo, c, grid("oi_usd"), grid("oi_prev_usd" if has_prev else None), usable)
+    return Dense(assets, t0_us, o, h, lo, c, grid("oi"), grid("oi_prev"), usable)
 
 
 def _first_hit(table: list[np.ndarray], row: np.ndarray, start: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -329,7 +329,8 @@ def export_changed(con, exports: Path) -> dict[str, str]:
                   if m is not None]
         first = None if frm is None else frm.year * 100 + frm.month
         for m in months:
-            # the month as a range of the time column, so zone maps skip the other months' row groups
+            # the month as a range of the time column: zone maps can skip the other months' row groups where the
+            # mart's rows lie in time order (the heatmap's rebuilt rows are asset-major, so there they cannot)
             y, mo = divmod(int(m), 100)
             rng = (f'"{col}" >= {_lit_day(date(y, mo, 1), typ)} '
                    f'AND "{col}" < {_lit_day(date(y + mo // 12, mo % 12 + 1, 1), typ)}')
