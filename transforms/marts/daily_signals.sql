@@ -53,9 +53,9 @@ oi_eod AS (        -- end-of-day perp OI per instrument: the weight of cross-ven
 carry AS MATERIALIZED (   -- a view: read it once for funding and basis, only the columns used here
     SELECT date, asset, venue, instrument, kind, funding_rate_8h, funding_annualized, funding_rate_8h_max,
            funding_rate_8h_min, oi_usd, basis_annualized, days_to_expiry
-    FROM marts.carry
+    FROM marts.carry_daily   -- not marts.carry: its ranking windows would run for columns nobody reads
 ),
-funding AS (       -- OI-weighted over perps (marts.carry: each perp's daily mean funding)
+funding AS (       -- OI-weighted over perps (marts.carry_daily: each perp's daily mean funding)
     SELECT date, asset,
            round(coalesce(sum(funding_rate_8h * oi_usd) FILTER (WHERE funding_rate_8h IS NOT NULL)
                           / nullif(sum(oi_usd) FILTER (WHERE funding_rate_8h IS NOT NULL), 0),
@@ -170,7 +170,7 @@ liq_cov AS (       -- day's coverage share and the full-day estimate (each venue
            sum(usd * 24.0 / covered_hours) FILTER (WHERE covered_hours > 0) AS liq_usd_est
     FROM liq_vday GROUP BY date, asset
 ),
-basis AS (         -- nearest dated future at least [basis] min_days_to_expiry out (marts.carry)
+basis AS (         -- nearest dated future at least [basis] min_days_to_expiry out (marts.carry_daily)
     SELECT date, asset, basis_annualized, days_to_expiry AS basis_days_to_expiry
     FROM carry WHERE kind = 'future'
     QUALIFY row_number() OVER (PARTITION BY date, asset ORDER BY days_to_expiry, venue, instrument) = 1
