@@ -447,6 +447,12 @@ def _messy_staging(seed: int) -> duckdb.DuckDBPyConnection:
                 "AND ts >= TIMESTAMPTZ '2024-03-01 20:00:00+00' AND ts < TIMESTAMPTZ '2024-03-02 06:00:00+00'")
     con.execute("INSERT INTO staging.prices (venue, instrument, kind, \"interval\", ts, asset, open, high, low, close) "
                 "SELECT 'bybit', 'BTCUSDT', 'perp', '1h', TIMESTAMPTZ '2024-03-05 10:00:00+00', 'BTC', 1, 1, 1, 1")  # bar, no OI
+    # perp bars that fail the price filter only: an asset whose every bar does (ADA: no row), and a bar of
+    # a kept series hours before any other row (load_bars finds its series without the filter: no row either)
+    con.execute("INSERT INTO staging.prices (venue, instrument, kind, \"interval\", ts, asset, open, high, low, close) "
+                "SELECT 'okx', 'ADA-USDT-SWAP', 'perp', '1h', TIMESTAMPTZ '2024-02-29 12:00:00+00' + h * INTERVAL 1 HOUR, "
+                "'ADA', 1, 1, 1, 0 FROM range(30) r(h) UNION ALL "
+                "SELECT 'okx', 'BTC-USDT-SWAP', 'perp', '1h', TIMESTAMPTZ '2024-02-28 00:00:00+00', 'BTC', 1, -1, 1, 1")
     return con
 
 
@@ -471,6 +477,8 @@ def test_load_bars_equals_its_sql_definition(seed):
     assert_bars_equal(load_bars(con, ["eth", "btc"], 6, start), load_bars_sql(con, ["eth", "btc"], 6, start))
     bars = load_bars(con, oi_max_gap_hours=6)
     assert "XRP" not in bars["asset"].to_list()  # no perp bar, no row
+    assert "ADA" not in bars["asset"].to_list()  # no usable perp bar, no row
+    assert bars["ts"].min() >= T0  # the unusable early bar starts no row
     assert bars["oi_usd"].null_count() > 0  # hours with a bar and no OI stay NULL
     assert load_bars(con, ["DOGE"]).height == 0
     # the rebuild's grids (dense=True) hold exactly the rows' values, where heatmap_core.dense puts them
