@@ -83,7 +83,46 @@ def machine() -> dict:
         except Exception:  # noqa: BLE001
             versions[mod] = "?"
     return {"cores": os.cpu_count(), "memory": mem, "platform": platform.platform(), "versions": versions,
-            "loadavg": loadavg(), "fresh_memory": fresh_memory()}
+            "loadavg": loadavg(), "fresh_memory": fresh_memory(), "cpu": cpu_reference()}
+
+
+def cpu_reference() -> dict:
+    """The CPU model and three fixed single-threaded workloads (best of 3 each), so runs on different machines
+    can be compared: the absolute targets depend on the machine, and the machines a session gets differ."""
+    import duckdb
+    import numpy as np
+
+    model = "?"
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "?")
+    except OSError:
+        pass
+    x = np.random.default_rng(0).random(10_000_000)
+    con = duckdb.connect()
+    con.execute("SET threads=1")
+
+    def python_loop() -> None:
+        s = 0
+        for i in range(5_000_000):
+            s += i
+
+    def numpy_sort() -> None:
+        np.sort(x)
+
+    def duckdb_agg() -> None:
+        con.execute("SELECT sum(i % 7), count(DISTINCT i % 100003) FROM range(20000000) r(i)").fetchall()
+
+    out: dict = {"model": model}
+    for name, fn in (("python_loop_5m_s", python_loop), ("numpy_sort_10m_s", numpy_sort), ("duckdb_agg_20m_s", duckdb_agg)):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best
+    con.close()
+    return out
 
 
 def fresh_memory(gib: float = 1.0) -> dict:

@@ -34,6 +34,15 @@ def _fresh(f: dict | None) -> str:
             "build's peak memory costs about the difference once (`bench/common.py` `fresh_memory`). ")
 
 
+def _cpu(c: dict | None) -> str:
+    if not c:
+        return ""
+    return (f"CPU: {c['model']}; single-threaded reference workloads (best of 3, `bench/common.py` `cpu_reference`): "
+            f"a 5 M-step Python loop {c['python_loop_5m_s']:.2f} s, numpy sort of 10 M floats {c['numpy_sort_10m_s']:.2f} s, "
+            f"a DuckDB aggregate over 20 M rows {c['duckdb_agg_20m_s']:.2f} s (the same workloads on another machine "
+            "say how far its absolute figures are comparable with these). ")
+
+
 def span(d: dict) -> tuple[float, float]:
     """(min, max) of a Sample.as_dict(): the run-to-run spread the report judges against."""
     return float(d["min"]), float(d["max"])
@@ -72,7 +81,7 @@ def render(r: dict) -> str:
       "same invocation as the contender. Raw numbers: `data/bench/results-" + r["size"] + ".json`.\n")
     w(f"Machine: {m['cores']} cores, {m['memory']} RAM, {m['platform']}; Python {v['python']}, DuckDB {v['duckdb']}, "
       f"Polars {v['polars']}, PyArrow {v['pyarrow']}, Prefect {v['prefect']}, Great Expectations {v['great_expectations']}, "
-      f"orjson {v['orjson']}. " + _fresh(m.get("fresh_memory")) + f"Load average at start {m['loadavg']}; "
+      f"orjson {v['orjson']}. " + _cpu(m.get("cpu")) + _fresh(m.get("fresh_memory")) + f"Load average at start {m['loadavg']}; "
       + ", ".join(f"after {k}: {x}" for k, x in (r.get("loadavg_after") or {}).items())
       + ". A target is judged against the spread of its own runs in this invocation: **met** when the worst "
       "run clears it (for a ratio: the contender's worst run against the baseline's best), **missed** when even "

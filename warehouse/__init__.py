@@ -431,6 +431,13 @@ def arrow(df: pl.DataFrame):
     return pa.Table.from_batches(t.to_batches(max_chunksize=ROW_GROUP), schema=t.schema)
 
 
+def select_stored(df: pl.DataFrame, relation: str) -> str:
+    """SELECT of df's columns from `relation` (df registered under that name) as a table stores them: text a frame
+    holds dictionary-encoded (pl.Enum, pl.Categorical: built by index, no string per row) becomes VARCHAR."""
+    cols = (f'"{c}"::VARCHAR AS "{c}"' if isinstance(t, pl.Enum | pl.Categorical) else f'"{c}"' for c, t in df.schema.items())
+    return f"SELECT {', '.join(cols)} FROM {relation}"
+
+
 def table_columns(con, table: str) -> list[str]:
     schema, name = table.split(".")
     # literals, not parameters: a process's first parameterised query makes DuckDB import pandas (~0.2 s)

@@ -26,8 +26,9 @@ INCREMENTAL = "resume"
 
 
 def build(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """The whole table, rebuilt from staging with the [heatmap] signal settings (stores the fold's state)."""
-    return build_heatmap(con, save=True)
+    """The whole table, rebuilt from staging with the [heatmap] signal settings (stores the fold's state).
+    asset and side come as pl.Enum; the build stores them as VARCHAR (warehouse.select_stored)."""
+    return build_heatmap(con, save=True, dictionary=True)
 
 
 def build_since(con: duckdb.DuckDBPyConnection, since: date) -> date | None:
