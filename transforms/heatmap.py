@@ -537,18 +537,23 @@ def load_bars(
         best_key = np.where(better, key[:, cols], best_key)
     del key
     ai, ti = np.nonzero(np.isfinite(best_key).T)  # asset-major: rows sorted by asset, then hour
-    col = best[ti, ai]
     ga = p_asset[p_starts][ai]
-    ok = has_oi[ti, ga]
+    # the bars' cells as flat indices, computed once: np.take on a flat index is ~2x a 2-D fancy index per gather
+    at_px = ti * npx + best[ti, ai]
+    at_a = ti * n_a + ga
+    px = {k: ohlc[k].ravel().take(at_px) for k in ("o", "hi", "lo", "c")}
+    del ohlc, at_px
+    ok = has_oi.ravel().take(at_a)
+    oi = np.where(ok, oi_asset.ravel().take(at_a), np.nan)
+    oi_prev = np.where(ok, prev_asset.ravel().take(at_a), np.nan)
     if dense:
-        return _dense_bars(names, h0, ai, ti, ga, {k: ohlc[k][ti, col] for k in ("o", "hi", "lo", "c")},
-                           np.where(ok, oi_asset[ti, ga], np.nan), np.where(ok, prev_asset[ti, ga], np.nan))
+        return _dense_bars(names, h0, ai, ti, ga, px, oi, oi_prev)
     return pl.DataFrame({
         "asset": pl.Series(names, dtype=pl.String).gather(ga),
         "ts": pl.Series((h0 + ti.astype(np.int64)) * _HOUR_US).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
-        **{name: ohlc[k][ti, col] for name, k in (("open", "o"), ("high", "hi"), ("low", "lo"), ("close", "c"))},
-        "oi_usd": pl.Series(np.where(ok, oi_asset[ti, ga], np.nan), nan_to_null=True),
-        "oi_prev_usd": pl.Series(np.where(ok, prev_asset[ti, ga], np.nan), nan_to_null=True),
+        **{name: px[k] for name, k in (("open", "o"), ("high", "hi"), ("low", "lo"), ("close", "c"))},
+        "oi_usd": pl.Series(oi, nan_to_null=True),
+        "oi_prev_usd": pl.Series(oi_prev, nan_to_null=True),
     })
 
 
