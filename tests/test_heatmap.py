@@ -821,3 +821,15 @@ def test_bars_read_ahead_keeps_order_raises_and_stops():
     assert next(gen) == 0
     gen.close()
     assert threading.active_count() == before
+
+
+def test_born_order_is_the_stable_asset_order_of_the_levels():
+    from perpwatch.transforms.heatmap_core import asset_order, born_order
+
+    rng = np.random.default_rng(7)
+    for n_assets, cells, k in ((1, 5, 3), (4, 1000, 6), (300, 20_000, 4)):
+        cell_asset = rng.integers(0, n_assets, cells)
+        level_asset = np.repeat(cell_asset, k)  # level j of cell c at c * k + j
+        order, counts = born_order(cell_asset, k, n_assets)
+        np.testing.assert_array_equal(order, asset_order(level_asset, n_assets))
+        np.testing.assert_array_equal(counts, np.bincount(level_asset, minlength=n_assets))

@@ -160,6 +160,14 @@ def asset_order(asset: np.ndarray, n_assets: int) -> np.ndarray:
     return np.argsort(key, kind="stable")
 
 
+def born_order(cell_asset: np.ndarray, k: int, n_assets: int) -> tuple[np.ndarray, np.ndarray]:
+    """asset_order of levels born k per cell (level j of cell c at index c * k + j; cell_asset: each cell's asset),
+    and the levels per asset: the stable order of the cells, each expanded to its k levels. The same permutation
+    as sorting the levels, from a sort k times smaller."""
+    cells = asset_order(cell_asset, n_assets)
+    return (cells[:, None] * k + np.arange(k)).ravel(), np.bincount(cell_asset, minlength=n_assets) * k
+
+
 def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float | None]]
          ) -> tuple[Levels, np.ndarray, np.ndarray, np.ndarray]:
     """Run the model over the whole grid. init: asset index -> (long_price, long_usd, short_price, short_usd,
@@ -208,15 +216,19 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
     cell = u0[at:].reshape(-1, k)
     np.multiply((flow * sh)[:, None], prm.long_w, out=cell[:, :k_l])
     np.multiply((flow * (1.0 - sh))[:, None], prm.short_w, out=cell[:, k_l:])
-    if not (u0[at:] > 0).all():  # a side with no share (long_share_up 0 or 1) opens no level
+    filtered = not (u0[at:] > 0).all()
+    if filtered:  # a side with no share (long_share_up 0 or 1) opens no level
         keep = np.r_[np.ones(at, bool), u0[at:] > 0]
         asset, side, price, birth, u0 = asset[keep], side[keep], price[keep], birth[keep], u0[keep]
     # ---- death hours: long dies at the first later usable hour with low <= price, short with high >= price
     #      (a short level searches -price in -high). In chunks of assets: a chunk's range tables and its levels'
     #      temporaries are small and reused (fresh memory is what a rebuild at scale pays for most: notes above).
     death = np.full(asset.size, n_t, dtype=np.int32)
-    order = asset_order(asset, n_a)
-    cuts = np.r_[0, np.cumsum(np.bincount(asset, minlength=n_a))]
+    if at == 0 and not filtered:  # a rebuild: every level is born, k per born cell
+        order, counts = born_order(a_i, k, n_a)
+    else:
+        order, counts = asset_order(asset, n_a), np.bincount(asset, minlength=n_a)
+    cuts = np.r_[0, np.cumsum(counts)]
     rows = max(1, _TABLE_BYTES // (8 * (n_t + 1) * max(1, int(np.ceil(np.log2(n_t + 2))))))
     jobs = [(sd, r0, min(r0 + rows, n_a)) for r0 in range(0, n_a, rows) for sd in (0, 1)]
 
@@ -341,7 +353,8 @@ def _asset_side(c: np.ndarray, hs: np.ndarray, pos: np.ndarray, s_scale: np.ndar
     ev = np.zeros(size)
     np.add.at(ev, at_birth, av * base[s0 // _BLOCK])
     np.add.at(ev, at_death, -av[dead] * base[s1[dead] // _BLOCK])
-    cnt = np.bincount(at_birth, minlength=size) - np.bincount(at_death, minlength=size)
+    cnt = np.bincount(at_birth, minlength=size)
+    cnt -= np.bincount(at_death, minlength=size)  # in place: no third grid of fresh memory
     ev = ev[: rows * nb].reshape(n_blk, _BLOCK, nb)
     live = _cumsum_rows(cnt[: n_s * nb].reshape(n_s, nb)) > 0
     part = _cumsum_rows(ev)
