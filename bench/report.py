@@ -522,11 +522,15 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   levels stored by the last build (meta.heatmap_levels: amount x a per-asset OI scale, so a day reads
   only the levels its hours can reach and writes only the levels that died or were born).
   In the fold, the levels are put in asset order once by a stable 16-bit radix sort (numpy sorts
-  int16 keys by radix, numpy's `sort` docs), the death hours are searched per side and per chunk of
+  int16 keys by radix, numpy's `sort` docs) of the born cells, each cell expanded to its levels
+  (`heatmap_core.born_order`), the death hours are searched per side and per chunk of
   about ten assets on two threads (range tables of at most 64 MB each, reused: see "Fresh memory" at the
   top for what a GiB of new memory costs here), and
   the snapshot grids are cumulated one contiguous row at a time (the same additions in the same order as
-  `np.cumsum` along that axis); the line under the table splits the heatmap's time by stage.
+  `np.cumsum` along that axis); the rows' asset and side are gathered by index as `pl.Enum` and stored as
+  VARCHAR (`warehouse.select_stored`); the line under the table splits the heatmap's time by stage.
+  daily_signals reads carry from `marts.carry_daily`, the unranked view under `marts.carry` (DuckDB
+  evaluates a view's window columns even when the reader selects none of them).
   signal_performance computes every asset's Newey-West t-statistic at once in closed form
   (`hac_tstats_by_group`; the per-group `hac_tstat` is its test oracle).
 - **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback
