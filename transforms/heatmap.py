@@ -654,8 +654,7 @@ def fold_rows(
     levels that died) and "born" (asset, side, price, usd_over_scale: levels born and alive at the end,
     USD / S).
     dictionary: asset and side as pl.Enum (categories: the assets folded; long, short) instead of pl.String, gathered
-    by index with no string per row: a rebuild's 10^7 rows are built ~0.5 s faster and written ~0.3 s faster
-    (200 assets); the values are the same.
+    by index with no string per row (a rebuild's ~10^7 rows: cheaper to build and to write); the same values.
     """
     init = dict(init or {})
     if changes is not None:
@@ -698,7 +697,8 @@ def fold_rows(
     raw = pl.DataFrame({
         "asset": names.gather(ai),
         "ts": pl.Series(d.t0_us + hi * _HOUR_US).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
-        "side": (_SIDE_ENUM.gather(got["side"].astype(np.int64, copy=False)) if dictionary else pl.Series(got["side"].astype(np.int8, copy=False))),
+        "side": (_SIDE_ENUM.gather(got["side"].astype(np.int64, copy=False)) if dictionary
+                 else pl.Series(got["side"].astype(np.int8, copy=False))),
         "price_bin": pl.Series(got["bin"].astype(np.int64, copy=False)),
         "est_liquidation_usd": pl.Series(got["usd"].astype(float, copy=False)),
         "close": pl.Series(d.close[ai, hi] if ai.size else np.empty(0)),
