@@ -159,3 +159,47 @@ def test_frames_go_to_duckdb_in_whole_row_groups_and_arrive_unchanged(tmp_path):
     assert_frame_equal(back, df)
     assert groups == 4
     assert warehouse.arrow(df.head(5)).num_rows == 5
+
+
+def test_concurrent_loads_of_the_same_keys_store_each_key_once(tmp_path, monkeypatch):
+    """Two runs in one process (the demo's backfills) load the same rows at the same time, each on its own
+    connection. Each upsert decides what is new inside its transaction; without turns on the table both
+    transactions inserted the same keys and both committed (staging.instruments held every okx row twice)."""
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    real_upsert = warehouse.upsert
+    inside = threading.Barrier(2, timeout=2)
+
+    def upsert(*a, **kw):
+        out = real_upsert(*a, **kw)
+        try:
+            inside.wait()         # both transactions hold their upsert at once, if the table lets them
+        except threading.BrokenBarrierError:
+            pass                  # it did not: the other load waits for this one's COMMIT
+        return out
+
+    monkeypatch.setattr(warehouse, "upsert", upsert)
+    reports, errors = [], []
+
+    def run(i: int) -> None:
+        cur = con.cursor()
+        try:
+            report = pipeline.RunReport(f"t{i}", "t")
+            pipeline.load_parsed(cur, report, _fetched([["1", "2"], ["3"]]), {})
+            reports.append(report.stat("binance", "open_interest"))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            cur.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        rows = con.execute("SELECT epoch_ms(ts), count(*) FROM staging.open_interest GROUP BY ALL ORDER BY 1").fetchall()
+    finally:
+        con.close()
+    assert errors == []
+    assert rows == [(T0, 1), (T0 + H, 1), (T0 + 2 * H, 1)]
+    assert sorted((s.loaded, s.duplicate) for s in reports) == [(0, 3), (3, 0)]

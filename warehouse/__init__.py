@@ -563,34 +563,49 @@ class Discarded(Exception):
     """A gated write whose gate said no: its transaction was rolled back, nothing was written."""
 
 
+_TABLE_LOCKS: dict[str, threading.Lock] = {}
+_TABLE_LOCKS_GUARD = threading.Lock()
+
+
+def _table_lock(table: str) -> threading.Lock:
+    with _TABLE_LOCKS_GUARD:
+        return _TABLE_LOCKS.setdefault(table, threading.Lock())
+
+
 def write(con, fn, *, table: str, batch: str = "", attempts: int | None = None, gate=None):
     """Run fn() in one transaction and commit; on a DuckLake commit conflict roll back, wait (full
     jitter) and run it again, up to PERPWATCH_LAKE_RETRIES times, then raise WriteConflict naming the
     table and batch. fn must only write through `con` (it is re-run from scratch on retry).
     gate: called after fn() and before COMMIT (it may block); when it returns False the transaction
-    is rolled back and Discarded raised."""
+    is rolled back and Discarded raised.
+
+    Writes of one table in this process take turns, from BEGIN to COMMIT: an upsert reads which keys
+    exist in its transaction's snapshot, and DuckDB lets two transactions that insert the same new key
+    into a table without a primary key both commit. Concurrent runs in one process (the demo's
+    backfills, a worker's flows) refreshing the same instruments stored every row twice."""
     from perpwatch.warehouse import lake
 
     n = attempts or lake.max_attempts()
     for attempt in range(n):
-        con.execute("BEGIN TRANSACTION")
-        try:
-            out = fn()
-            if gate is not None and not gate():
-                raise Discarded(f"{table}: batch {batch or '?'} not committed")
-            con.execute("COMMIT")
-            return out
-        except BaseException as exc:
+        with _table_lock(table):
+            con.execute("BEGIN TRANSACTION")
             try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass                      # a failed COMMIT has already ended the transaction
-            if not isinstance(exc, duckdb.Error) or not lake.is_conflict(exc):
-                raise
-            if attempt == n - 1:
-                raise lake.WriteConflict(f"{table}: batch {batch or '?'} still conflicted with concurrent "
-                                         f"writers after {n} attempts: {exc}") from exc
-            time.sleep(lake.backoff(attempt))
+                out = fn()
+                if gate is not None and not gate():
+                    raise Discarded(f"{table}: batch {batch or '?'} not committed")
+                con.execute("COMMIT")
+                return out
+            except BaseException as exc:
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass                      # a failed COMMIT has already ended the transaction
+                if not isinstance(exc, duckdb.Error) or not lake.is_conflict(exc):
+                    raise
+                if attempt == n - 1:
+                    raise lake.WriteConflict(f"{table}: batch {batch or '?'} still conflicted with concurrent "
+                                             f"writers after {n} attempts: {exc}") from exc
+        time.sleep(lake.backoff(attempt))
 
 
 def retry(fn, *, what: str, attempts: int | None = None):
