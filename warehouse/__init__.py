@@ -563,13 +563,15 @@ class Discarded(Exception):
     """A gated write whose gate said no: its transaction was rolled back, nothing was written."""
 
 
-_TABLE_LOCKS: dict[str, threading.Lock] = {}
+# re-entrant: a write may run another write of the same table on the same thread (tests/test_lake.py does,
+# to stand in for a second writer); the turns are between threads
+_TABLE_LOCKS: dict[str, threading.RLock] = {}
 _TABLE_LOCKS_GUARD = threading.Lock()
 
 
-def _table_lock(table: str) -> threading.Lock:
+def _table_lock(table: str) -> threading.RLock:
     with _TABLE_LOCKS_GUARD:
-        return _TABLE_LOCKS.setdefault(table, threading.Lock())
+        return _TABLE_LOCKS.setdefault(table, threading.RLock())
 
 
 def write(con, fn, *, table: str, batch: str = "", attempts: int | None = None, gate=None):
