@@ -584,7 +584,7 @@ def write(con, fn, *, table: str, batch: str = "", attempts: int | None = None, 
     Writes of one table in this process take turns, from BEGIN to COMMIT: an upsert reads which keys
     exist in its transaction's snapshot, and DuckDB lets two transactions that insert the same new key
     into a table without a primary key both commit. Concurrent runs in one process (the demo's
-    backfills, a worker's flows) refreshing the same instruments stored every row twice."""
+    backfills and collect run) refreshing the same instruments stored okx's six instruments twice."""
     from perpwatch.warehouse import lake
 
     n = attempts or lake.max_attempts()
