@@ -2,7 +2,7 @@
 
 For each history length: a generated warehouse (bench/gen_warehouse.py), every mart built, published twice
 (the two serving copies exist), then one more day landed, `transforms.build_incremental` from that day and
-the timed publish (serving copy brought up to date in place + the exports' changed years). The first full
+the timed publish (serving copy brought up to date in place + the exports' changed months). The first full
 publish is timed too, as the cost publishing had before (everything rewritten)."""
 
 from __future__ import annotations

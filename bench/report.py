@@ -303,7 +303,7 @@ def render(r: dict) -> str:
         sec = ["## Publish what changed\n",
                "After a daily incremental build (one more day landed), `warehouse.publish` brings the other serving "
                "copy up to date in place (changed marts from their first changed day, staging rows loaded since) "
-               "and rewrites the exports' changed years (warehouse/publishing.py).\n",
+               "and rewrites the exports' changed months (`<exports>/<mart>/year=YYYY/month=MM/data.parquet`, warehouse/publishing.py).\n",
                "| history | first publish (everything) | publish after a daily build | serving file |",
                "|---|---|---|---|"]
         for k, x in (("1×", one), ("4×", four)):
