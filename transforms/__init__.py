@@ -221,8 +221,21 @@ def _build_model(con, name: str, m: Model, changed_from=None) -> float:
     return time.perf_counter() - t0
 
 
+def _kind(con, name: str) -> str | None:
+    """What `name` is in the warehouse now: 'VIEW', 'BASE TABLE', or None (absent)."""
+    schema, table = name.split(".", 1)
+    row = con.execute("SELECT table_type FROM information_schema.tables WHERE table_catalog = current_database() "
+                      f"AND table_schema = {_sql_str(schema)} AND table_name = {_sql_str(table)}").fetchone()
+    return row[0] if row else None
+
+
 def _create(con, name: str, m: Model) -> None:
-    """CREATE OR REPLACE the mart (a view, a table from its SQL, or a table from its module's frame)."""
+    """CREATE OR REPLACE the mart (a view, a table from its SQL, or a table from its module's frame). A mart that
+    changed kind since the warehouse was built (marts.carry_daily was a view) is dropped first: CREATE OR REPLACE
+    does not turn a view into a table or back."""
+    was = _kind(con, name)
+    if was is not None and (was == "VIEW") != (m.kind == "sql" and m.view):
+        con.execute(f"DROP {'VIEW' if was == 'VIEW' else 'TABLE'} {name}")
     if m.kind == "sql":
         sql = render_sql(_strip_comments(m.path.read_text()))
         if m.view:
@@ -447,8 +460,9 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
             cuts = {i: v for i in m.inputs if (v := cut_view(i, frm))}
             sql = _rewrite(render_sql(_strip_comments(m.path.read_text()), since, qcat), cuts)
             cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM ({sql}) LIMIT 0").fetchall()]
-            if cols != warehouse.table_columns(con, name):
-                timings[name] = _build_model(con, name, m)      # the SQL changed shape: rebuild whole
+            if cols != warehouse.table_columns(con, name) or _kind(con, name) != "BASE TABLE":
+                # the SQL changed shape, or the mart is not a table yet (absent, or built as a view before): whole
+                timings[name] = _build_model(con, name, m)
                 continue
             day = f"DATE '{since:%Y-%m-%d}'"
             with warehouse.transaction(con):

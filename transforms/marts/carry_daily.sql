@@ -1,12 +1,13 @@
--- view
 -- incremental: date
 -- grain: date, venue, instrument
 -- Carry per instrument and day, before ranking: each perp's mean annualised funding (settlements with
 -- funding_time inside the UTC day, with the day's highest and lowest single settlement, 8h-equivalent)
 -- and each dated future's basis at the day's last hourly bar vs the index at the same hour, annualised
 -- to expiry; futures closer than [basis] min_days_to_expiry are left out. marts.carry ranks these rows;
--- marts read this view when they need no rank (DuckDB evaluates a view's window columns even where the
--- reader selects none of them).
+-- marts read this table when they need no rank (DuckDB evaluates a view's window columns even where the
+-- reader selects none of them). A table, not a view: a view is evaluated over the inputs' whole history
+-- by every reader (marts.carry, daily_signals, each publish of the serving copy and the exports), the
+-- table once per build; a daily build recomputes its rows from the new day on (the header above).
 -- UTC days and hours come from epoch arithmetic: TIMESTAMPTZ casts and interval maths go through
 -- the time-zone library and cost 5-100x more per row at warehouse scale.
 WITH funding AS (
