@@ -529,8 +529,10 @@ NOTES = """## Why the misses miss, what closed the others, and what would close 
   the snapshot grids are cumulated one contiguous row at a time (the same additions in the same order as
   `np.cumsum` along that axis); the rows' asset and side are gathered by index as `pl.Enum` and stored as
   VARCHAR (`warehouse.select_stored`); the line under the table splits the heatmap's time by stage.
-  daily_signals reads carry from `marts.carry_daily`, the unranked view under `marts.carry` (DuckDB
-  evaluates a view's window columns even when the reader selects none of them).
+  daily_signals reads carry from `marts.carry_daily`, the unranked table under the view `marts.carry` (DuckDB
+  evaluates a view's window columns even when the reader selects none of them); a table, computed once per
+  build (a daily build: from the new day on), where a view was re-aggregated from all history by every
+  reader and every publish.
   signal_performance computes every asset's Newey-West t-statistic at once in closed form
   (`hac_tstats_by_group`; the per-group `hac_tstat` is its test oracle).
 - **Incremental.** The date-partitioned marts opt in (`-- incremental: <date col> lookback
