@@ -40,8 +40,8 @@ def test_a_mart_built_as_a_view_becomes_a_table(tmp_path):
         assert ranked == want.height
 
         _as_the_old_release_left_it(con)
-        # the daily build: an incremental mart that is still a view is rebuilt whole as a table (a DELETE from a
-        # view would fail)
+        # the daily build: an incremental mart that is not a table yet is planned as a full build (a DELETE from
+        # a view would fail), which drops the view
         transforms.build_incremental(con, (END - timedelta(days=1)).date(), now=END)
         assert transforms._kind(con, "marts.carry_daily") == "BASE TABLE"
         assert_frame_equal(_rows(con, "marts.carry_daily"), want)

@@ -210,8 +210,7 @@ def test_publish_rewrites_only_what_changed(tmp_path):
         assert con.execute("SELECT count(*) FROM s.marts.daily_signals WHERE date = DATE '2026-01-20'").fetchone()[0] == 2
         con.execute("DETACH s")
         # each month's export holds exactly that UTC month's rows, across the turn of the year (a date and a
-        # TIMESTAMPTZ mart, and a view, which the export evaluates once into a temporary table); together
-        # they are the mart
+        # TIMESTAMPTZ mart, and a view over a table); together they are the mart
         assert changed["marts.carry"] == "from 2026-01-20"
         for name, col in (("daily_signals", "date"), ("liquidation_heatmap", "ts"), ("carry", "date")):
             day = f"timezone('UTC', {col})" if col == "ts" else col

@@ -348,7 +348,7 @@ def incremental_plan(con, since, models: dict[str, Model] | None = None) -> dict
             plan[n] = {"mode": "view", "reason": "view with incremental header", "column": spec[0],
                        "lookback": spec[1]}
         elif existing.get(n) != "BASE TABLE":
-            plan[n] = {"mode": "full", "reason": "table does not exist yet"}
+            plan[n] = {"mode": "full", "reason": "not a table yet (absent, or built as a view by an older release)"}
         else:
             plan[n] = {"mode": "incremental", "column": spec[0], "lookback": spec[1], "from": since}
     need: dict[str, date] = {}
@@ -460,9 +460,8 @@ def _build_incremental(con, since, only: list[str] | None) -> dict[str, float]:
             cuts = {i: v for i in m.inputs if (v := cut_view(i, frm))}
             sql = _rewrite(render_sql(_strip_comments(m.path.read_text()), since, qcat), cuts)
             cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM ({sql}) LIMIT 0").fetchall()]
-            if cols != warehouse.table_columns(con, name) or _kind(con, name) != "BASE TABLE":
-                # the SQL changed shape, or the mart is not a table yet (absent, or built as a view before): whole
-                timings[name] = _build_model(con, name, m)
+            if cols != warehouse.table_columns(con, name):
+                timings[name] = _build_model(con, name, m)      # the SQL changed shape: rebuild whole
                 continue
             day = f"DATE '{since:%Y-%m-%d}'"
             with warehouse.transaction(con):
