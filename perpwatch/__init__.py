@@ -16,3 +16,11 @@ if "polars" not in _sys.modules and "_RJEM_MALLOC_CONF" not in _os.environ:
     _decay = int(_os.environ.get("PERPWATCH_POLARS_DECAY_MS") or POLARS_DECAY_MS)
     if _decay > 0:
         _os.environ["_RJEM_MALLOC_CONF"] = f"dirty_decay_ms:{_decay},muzzy_decay_ms:{_decay}"
+
+# One glibc arena for every thread started from here on (perpwatch/core/memory.py, `one_arena`): the build's
+# worker threads then reuse freed memory like the main thread instead of faulting in fresh pages. A limit the
+# environment sets (MALLOC_ARENA_MAX, glibc.malloc.arena_max in GLIBC_TUNABLES) is the user's and stays.
+if "MALLOC_ARENA_MAX" not in _os.environ and "glibc.malloc.arena_max" not in _os.environ.get("GLIBC_TUNABLES", ""):
+    from perpwatch.core import memory as _memory
+
+    _memory.one_arena()

@@ -81,6 +81,9 @@ def environment(home: Path, api_url: str, base: dict | None = None) -> dict[str,
         base.get("PERPWATCH_DEPLOY_LOG_LEVEL") or settings.Settings.model_fields["deploy_log_level"].default)
     env["PREFECT_LOGGING_TO_API_ENABLED"] = "true"
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # One glibc malloc arena from process start (perpwatch.core.memory.one_arena says why): in a flow-run process
+    # Prefect's own threads have allocated before the flow imports perpwatch, which can then no longer set it.
+    env.setdefault("MALLOC_ARENA_MAX", "1")
     return env
 
 

@@ -7,6 +7,14 @@ expensive on a small VM. Inside `reuse_freed_memory()` glibc takes
 large blocks from its heap and keeps what is freed there for the next array (mallopt M_MMAP_MAX = 0, a
 high M_TRIM_THRESHOLD); on the way out the defaults come back and malloc_trim(0) returns the free heap
 pages, so the process does not keep the build's peak after it. Anything but glibc: a no-op.
+
+That covers glibc's main arena only. A thread's first allocation gets an arena of its own (up to 8 per core),
+whose heaps glibc unmaps as soon as they are empty, whatever the trim threshold: the heatmap's worker threads
+(death-hour search, binned snapshots) faulted their temporaries in afresh on every call, ~300 k minor faults
+per stage at 200 assets (docs/heatmap.md). `one_arena()`, called when perpwatch is imported, sets M_ARENA_MAX
+to 1 so threads started afterwards share the main arena and the reuse above. Thread-heavy allocators are not
+glibc's here (DuckDB and polars bring jemalloc, Python objects pymalloc), so one arena costs no contention that
+matters.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _DEFAULT_TRIM, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 _KEEP = 2**31 - 1  # the largest trim threshold mallopt takes (an int): ~2 GiB may stay free on top of the heap
 _lock = threading.Lock()
@@ -34,6 +42,14 @@ def _glibc():
 
 
 _LIBC = _glibc()
+
+
+def one_arena() -> bool:
+    """Every thread that gets its arena from now on allocates from glibc's main arena (mallopt M_ARENA_MAX = 1):
+    glibc reads the limit whenever a thread needs an arena, until it has made more than eight; a thread that already
+    has one keeps it, so perpwatch/__init__.py calls this on import (unless the environment set MALLOC_ARENA_MAX or
+    glibc.malloc.arena_max itself). Returns whether it was set (False off glibc)."""
+    return _LIBC is not None and _LIBC.mallopt(_M_ARENA_MAX, 1) == 1
 
 
 @contextmanager
