@@ -256,7 +256,8 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
             for job in jobs:
                 deaths(job)
     # ---- the sequential part: decline ratios need the USD liquidated each hour
-    bounds = np.searchsorted(birth, np.arange(-1, n_t + 1))
+    # hours of birth's own dtype: mixed dtypes would make searchsorted copy all of `birth` as int64 first
+    bounds = np.searchsorted(birth, np.arange(-1, n_t + 1, dtype=birth.dtype))
     A = np.zeros((n_a, n_t + 1))
     S = np.ones(n_a)
     S_hist = np.ones((n_a, n_t))
@@ -300,7 +301,7 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
     _THREADED_SNAPSHOTS snapshot hours, i.e. a rebuild, else one), results in asset order."""
     inv = 1.0 / prm.log_step
     order = lv.by_asset if lv.by_asset is not None else asset_order(lv.asset, len(d.assets))
-    cuts = np.searchsorted(lv.asset[order], np.arange(len(d.assets) + 1))
+    cuts = np.r_[0, np.cumsum(np.bincount(lv.asset, minlength=len(d.assets)))]  # each asset's slice of `order`
 
     def one(i: int) -> list[tuple[np.ndarray, ...]]:
         hs = snap[i]
