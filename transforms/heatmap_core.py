@@ -151,6 +151,7 @@ class Levels:
     u0: np.ndarray
     cleared: list[tuple[int, int]] = field(default_factory=list)  # (asset index, hour): OI fell to 0, all died
     by_asset: np.ndarray | None = None  # level indices sorted by asset, level order kept within an asset
+    per_asset: np.ndarray | None = None  # levels per asset index (by_asset's slices), with by_asset
 
 
 def asset_order(asset: np.ndarray, n_assets: int) -> np.ndarray:
@@ -290,7 +291,7 @@ def fold(d: Dense, prm, init: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
     for i, c in cleared:  # a clear kills every level alive at that hour
         m = (asset == i) & (birth < c) & (death > c)
         death[m] = c
-    return Levels(asset, side, price, birth, death, u0, cleared, order), S_hist, a, end_oi
+    return Levels(asset, side, price, birth, death, u0, cleared, order, counts), S_hist, a, end_oi
 
 
 def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap: list[np.ndarray],
@@ -300,8 +301,11 @@ def snapshots(d: Dense, prm, lv: Levels, S_hist: np.ndarray, a: np.ndarray, snap
     Assets are independent: they run on `workers` threads (default: one per core when there are at least
     _THREADED_SNAPSHOTS snapshot hours, i.e. a rebuild, else one), results in asset order."""
     inv = 1.0 / prm.log_step
-    order = lv.by_asset if lv.by_asset is not None else asset_order(lv.asset, len(d.assets))
-    cuts = np.r_[0, np.cumsum(np.bincount(lv.asset, minlength=len(d.assets)))]  # each asset's slice of `order`
+    if lv.by_asset is not None and lv.per_asset is not None:
+        order, counts = lv.by_asset, lv.per_asset
+    else:   # (bincount takes intp: it copies an int32 asset column of 44 M levels first; fold() has the counts)
+        order, counts = asset_order(lv.asset, len(d.assets)), np.bincount(lv.asset, minlength=len(d.assets))
+    cuts = np.r_[0, np.cumsum(counts)]  # each asset's slice of `order`
 
     def one(i: int) -> list[tuple[np.ndarray, ...]]:
         hs = snap[i]
