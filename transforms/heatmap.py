@@ -806,20 +806,31 @@ def _write_progress(con: duckdb.DuckDBPyConnection, state: Mapping[str, AssetLev
     con.unregister("__hm_progress")
 
 
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
 def save_state(con: duckdb.DuckDBPyConnection, state: Mapping[str, AssetLevels], prm: Params, *,
                through: int, newest: int, rebuilt_from: int | None) -> None:
     """Replace meta.heatmap_levels / meta.heatmap_progress with `state` (the levels after day `through`),
     every asset at scale 1 (amount = USD)."""
-    parts = []
-    for asset, lv in sorted(state.items()):
-        for side, p, u in (("long", lv.long_price, lv.long_usd), ("short", lv.short_price, lv.short_usd)):
-            if p.size:
-                parts.append(pl.DataFrame({"asset": asset, "side": side, "price": p, "amount": u}))
-    levels = pl.concat(parts) if parts else pl.DataFrame(
-        schema={"asset": pl.String, "side": pl.String, "price": pl.Float64, "amount": pl.Float64})
+    # asset and side dictionary-encoded (pl.Enum, gathered by index), stored as VARCHAR (select_stored): millions of
+    # strings are not built in polars and parsed again by DuckDB
+    names = sorted(state)
+    code, side, price, amount = [], [], [], []
+    for i, asset in enumerate(names):
+        lv = state[asset]
+        for sd, p, u in ((0, lv.long_price, lv.long_usd), (1, lv.short_price, lv.short_usd)):
+            code.append(np.full(p.size, i, np.int64))
+            side.append(np.full(p.size, sd, np.int64))
+            price.append(p)
+            amount.append(u)
+    levels = pl.DataFrame({"asset": pl.Series(names, dtype=pl.Enum(names)).gather(_concat(code, np.int64)),
+                           "side": _SIDE_ENUM.gather(_concat(side, np.int64)),
+                           "price": _concat(price, float), "amount": _concat(amount, float)})
     con.execute(f"DELETE FROM {LEVELS_TABLE}")
-    con.register("__hm_levels", levels.to_arrow())
-    con.execute(f"INSERT INTO {LEVELS_TABLE} BY NAME SELECT * FROM __hm_levels")
+    con.register("__hm_levels", warehouse.arrow(levels))
+    con.execute(f"INSERT INTO {LEVELS_TABLE} BY NAME {warehouse.select_stored(levels, '__hm_levels')}")
     con.unregister("__hm_levels")
     _write_progress(con, state, {}, prm, through=through, newest=newest, rebuilt_from=rebuilt_from)
 
