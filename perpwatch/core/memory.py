@@ -11,16 +11,16 @@ pages, so the process does not keep the build's peak after it. Anything but glib
 That covers glibc's main arena only. A thread's first allocation gets an arena of its own (up to 8 per core),
 whose heaps glibc unmaps as soon as they are empty, whatever the trim threshold: the heatmap's worker threads
 (death-hour search, binned snapshots) faulted their temporaries in afresh on every call, ~300 k minor faults
-per stage at 200 assets (docs/heatmap.md). `one_arena()`, called when perpwatch is imported, sets M_ARENA_MAX
-to 1 so threads started afterwards share the main arena and the reuse above. Thread-heavy allocators are not
-glibc's here (DuckDB and polars bring jemalloc, Python objects pymalloc), so one arena costs no contention that
-matters.
+per stage at 200 assets (issue 16's notes: 282-426 k in snapshots, 27-28 k and 1.5-2 k with one arena).
+`one_arena()`, called when perpwatch is imported, sets M_ARENA_MAX to 1 so threads started afterwards share the
+main arena and the reuse above. The bulk allocators are not glibc's (DuckDB and polars bring jemalloc, Python
+objects pymalloc); DuckDB's small C++ allocations are, and the load path and the daily pass measured within their
+run-to-run spread with one arena (same notes).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +34,9 @@ _depth = 0
 
 def _glibc():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # the process's own symbols (libc is linked into the interpreter): no find_library, which runs ldconfig
+        # in a subprocess, now that every `import perpwatch` loads this module (one_arena)
+        libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018  (AttributeError off glibc)
         return libc
     except (OSError, AttributeError):
