@@ -175,16 +175,19 @@ def run(days: int, assets: list[int], runs: int, workdir: Path, heatmap_probe: t
                     "peak_rss_mb": res["peak_rss_mb"]}
     progress(f"  incremental (marts as they are): {res['total_s']:.1f}s")
     hdr = marts_with_headers(workdir / "marts_with_headers")
-    s, per_mart, peaks = Sample(), {}, Sample()
+    s, per_mart, peaks, stages = Sample(), {}, Sample(), {}
     for r in range(runs):
         res = _build(full_db, "incremental", skip, since, hdr)
         s.add(res["total_s"])
         peaks.add(res["peak_rss_mb"])
         for k, v in res["timings"].items():
             per_mart.setdefault(k, []).append(v)
+        for k, v in (res.get("heatmap_stages") or {}).items():
+            stages.setdefault(k, []).append(v)
         progress(f"  incremental (proposed opt-in headers), run {r + 1}/{runs}: {res['total_s']:.2f}s")
     inc["with_headers"] = {"total": s.as_dict(), "plan": res["plan"], "peak_rss_mb": peaks.as_dict(),
-                           "per_mart": {k: Sample(v).as_dict() for k, v in per_mart.items()}}
+                           "per_mart": {k: Sample(v).as_dict() for k, v in per_mart.items()},
+                           "heatmap_stages": {k: Sample(v).as_dict() for k, v in stages.items()}}
     out["incremental"] = inc
     # the liquidation heatmap (a Python fold over every asset-hour) at a small size, then extrapolated
     pd, pa = heatmap_probe

@@ -61,7 +61,7 @@ def main() -> None:
 
     print(json.dumps({"total_s": total, "timings": timings, "rows": rows, "peak_rss_mb": peak_rss_mb(), "plan": plan,
                       "cpu_s": {"user": ru.ru_utime - ru0.ru_utime, "sys": ru.ru_stime - ru0.ru_stime},
-                      "heatmap_stages": dict(heatmap.STAGES) if a["mode"] == "full" else {},
+                      "heatmap_stages": dict(heatmap.STAGES),
                       "build_workers": workers}))
 
 

@@ -280,6 +280,16 @@ def render(r: dict) -> str:
             if p.get("mode") == "full":
                 mode += f" — {p.get('reason')}"
             sec.append(f"| {n} | {mode} | {x['median']:.2f} |")
+        ist = wh.get("heatmap_stages") or {}
+        if ist:
+            names = {"bars": "the new hours' bars (`load_bars` from the state's day)",
+                     "levels": "stored levels the new hours can reach (`load_levels`)",
+                     "fold": "the fold", "snapshots": "binned snapshots",
+                     "write": "replacing the mart's rows from the resumed day",
+                     "thin": "thinning days that left the hourly window",
+                     "state": "storing what the fold changed (`save_changes`)"}
+            sec.append("\nThe heatmap's share of the pass by stage (medians): "
+                       + ", ".join(f"{names.get(k, k)} {x['median']:.2f} s" for k, x in ist.items()) + ".")
         sections.append("\n".join(sec))
         z = mm["sizes"][full]
         targets.append((f"2 Marts: full rebuild < {limit:.0f} s at {full} assets × {mm['days']} d"

@@ -422,7 +422,9 @@ def _days_since_event(frame: pl.DataFrame) -> np.ndarray:
     code = frame["asset"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
     span = int(days.max() - days.min()) + 1  # keys of two assets never overlap
     key = code * span + (days - int(days.min()))
-    ev_keys = np.sort(key[ev])
+    ev_keys = key[ev]
+    if (ev_keys[1:] < ev_keys[:-1]).any():   # rows sorted by (asset, date) give sorted keys: no sort then
+        ev_keys = np.sort(ev_keys)
     i = np.searchsorted(ev_keys, key, "left") - 1  # the latest event key below the row's
     prev = ev_keys[np.maximum(i, 0)]
     return np.where((i >= 0) & (prev // span == code), key - prev, none)
@@ -523,7 +525,8 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
                 continue
             y_all = based[f"fwd_return_{h}"].to_numpy()
             dates, y, e = all_dates[keep], y_all[keep], event[keep]
-            names = run_names[np.unique(asset_id[keep])].tolist()
+            ids = asset_id[keep]   # ascending (rows sorted by asset): its distinct values are its runs' first
+            names = run_names[ids[np.r_[True, ids[1:] != ids[:-1]]]].tolist()
             t = hac_tstats_by_group(asset_id[keep], dates, y, e, h - 1)
             methods = ["newey_west"] * len(names)
             if multi:
