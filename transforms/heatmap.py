@@ -439,7 +439,7 @@ def load_bars(
         reader = con.execute(f"""SELECT ((epoch_us(t.ts) // {_HOUR_US} - {h0}) * {len(series)} + s.sid)::INTEGER AS cell,
             {', '.join(f'{v} AS {k}' for k, v in cols.items())}
             FROM {table} t JOIN (VALUES {ids}) s({', '.join(keys)}, sid) ON {on} WHERE {cond}""").to_arrow_reader(_BATCH)
-        yield from _ahead((batch.column(0).to_numpy(), {k: batch.column(k).to_numpy() for k in cols}) for batch in reader)
+        yield from _ahead((_numpy(batch.column(0)), {k: _numpy(batch.column(k)) for k in cols}) for batch in reader)
 
     # ---- perp bars: mean over each (asset, venue)'s instruments per hour
     npx = len(px_series)
@@ -555,6 +555,19 @@ def load_bars(
         "oi_usd": pl.Series(oi, nan_to_null=True),
         "oi_prev_usd": pl.Series(oi_prev, nan_to_null=True),
     })
+
+
+_NUMPY_OF_ARROW = {"int32": np.int32, "int64": np.int64, "uint8": np.uint8, "uint32": np.uint32, "uint64": np.uint64,
+                   "double": np.float64}
+
+
+def _numpy(col) -> np.ndarray:
+    """A fixed-width Arrow array without nulls as numpy, zero-copy over its buffer. Not pyarrow's to_numpy: its
+    first call in a process imports pandas (0.17-0.23 s measured), which a daily build pays for nothing else."""
+    dtype = _NUMPY_OF_ARROW.get(str(col.type))
+    if dtype is None or col.null_count:
+        return col.to_numpy(zero_copy_only=False)
+    return np.frombuffer(col.buffers()[1], dtype=dtype, count=len(col), offset=col.offset * np.dtype(dtype).itemsize)
 
 
 def _no_dense_bars():
@@ -898,16 +911,20 @@ def load_levels(con: duckdb.DuckDBPyConnection, progress: dict, ranges: pl.DataF
     if ranges is not None:
         assets = assets.join(ranges.select("asset", "lo", "hi"), on="asset", how="inner", maintain_order="left")
         where = "(l.side = 'long' AND l.price >= r.lo) OR (l.side = 'short' AND l.price <= r.hi)"
-    # numbers only (asset index, side 0 long / 1 short): no string per level crosses into Python
-    con.register("__hm_assets", assets.to_arrow())
-    try:
+    # numbers only (asset index, side 0 long / 1 short): no string per level crosses into Python. The assets
+    # (a few hundred rows) as SQL literals, not a registered Arrow frame: DuckDB's first Arrow scan in a process
+    # imports pyarrow.dataset and with it pandas (~0.3 s)
+    if assets.height:
+        values = ", ".join("(" + ", ".join([str_literal(r[1]), str(int(r[0]))] + [_double_literal(v) for v in r[2:]]) + ")"
+                           for r in assets.iter_rows())
         got = con.execute(f"""SELECT r.i AS a, (l.side = 'short')::UTINYINT AS s, l.price, l.amount
-            FROM {LEVELS_TABLE} l JOIN __hm_assets r ON l.asset = r.asset WHERE {where}
-            ORDER BY a, s, l.price""").to_arrow_table()
-    finally:
-        con.unregister("__hm_assets")
-    key = got["a"].to_numpy().astype(np.int64) * 2 + got["s"].to_numpy()
-    price, amount = got["price"].to_numpy(), got["amount"].to_numpy()
+            FROM {LEVELS_TABLE} l JOIN (VALUES {values}) r({', '.join(assets.columns[1:2] + assets.columns[:1] + assets.columns[2:])})
+            ON l.asset = r.asset WHERE {where} ORDER BY a, s, l.price""").to_arrow_table()
+        got = {k: _numpy(got.column(k).combine_chunks()) for k in got.column_names}
+    else:
+        got = {"a": np.empty(0, np.int64), "s": np.empty(0, np.uint8), "price": _EMPTY, "amount": _EMPTY}
+    key = got["a"].astype(np.int64) * 2 + got["s"]
+    price, amount = np.asarray(got["price"], dtype=float), np.asarray(got["amount"], dtype=float)
     cut = np.searchsorted(key, np.arange(2 * len(progress["assets"]) + 1))   # key is sorted: one slice per (asset, side)
     state = {}
     for i, (asset, (last_ts, last_oi, scale)) in enumerate(progress["assets"].items()):
@@ -917,6 +934,10 @@ def load_levels(con: duckdb.DuckDBPyConnection, progress: dict, ranges: pl.DataF
             arrs += [_frozen(price[lo:hi].copy()), _frozen(amount[lo:hi] * scale)] if hi > lo else [_EMPTY, _EMPTY]
         state[asset] = AssetLevels(*arrs, last_ts, last_oi)
     return state
+
+
+def _double_literal(v: float | None) -> str:
+    return "NULL" if v is None else f"'{float(v)!r}'::DOUBLE"   # repr round-trips; 'inf' and 'nan' parse too
 
 
 def load_state(con: duckdb.DuckDBPyConnection, prm: Params) -> tuple[dict[str, AssetLevels], int, int] | None:
