@@ -434,7 +434,7 @@ def render(r: dict) -> str:
     for t, meas, ok in targets:
         w(f"| {t} | {meas} | {_ok(ok)} |")
     w("")
-    out.extend(sections)
+    out.extend(s.rstrip("\n") + "\n" for s in sections)   # a blank line after each section
     out.append(NOTES)
     return "\n".join(out) + "\n"
 
