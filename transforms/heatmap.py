@@ -915,16 +915,16 @@ def load_levels(con: duckdb.DuckDBPyConnection, progress: dict, ranges: pl.DataF
     # (a few hundred rows) as SQL literals, not a registered Arrow frame: DuckDB's first Arrow scan in a process
     # imports pyarrow.dataset and with it pandas (~0.3 s)
     if assets.height:
-        values = ", ".join("(" + ", ".join([str_literal(r[1]), str(int(r[0]))] + [_double_literal(v) for v in r[2:]]) + ")"
-                           for r in assets.iter_rows())
+        values = ", ".join(f"({str_literal(asset)}, {i}{''.join(', ' + _double_literal(v) for v in rng)})"
+                           for i, asset, *rng in assets.iter_rows())
         got = con.execute(f"""SELECT r.i AS a, (l.side = 'short')::UTINYINT AS s, l.price, l.amount
-            FROM {LEVELS_TABLE} l JOIN (VALUES {values}) r({', '.join(assets.columns[1:2] + assets.columns[:1] + assets.columns[2:])})
+            FROM {LEVELS_TABLE} l JOIN (VALUES {values}) r(asset, i{', lo, hi' if ranges is not None else ''})
             ON l.asset = r.asset WHERE {where} ORDER BY a, s, l.price""").to_arrow_table()
         got = {k: _numpy(got.column(k).combine_chunks()) for k in got.column_names}
     else:
         got = {"a": np.empty(0, np.int64), "s": np.empty(0, np.uint8), "price": _EMPTY, "amount": _EMPTY}
     key = got["a"].astype(np.int64) * 2 + got["s"]
-    price, amount = np.asarray(got["price"], dtype=float), np.asarray(got["amount"], dtype=float)
+    price, amount = got["price"], got["amount"]
     cut = np.searchsorted(key, np.arange(2 * len(progress["assets"]) + 1))   # key is sorted: one slice per (asset, side)
     state = {}
     for i, (asset, (last_ts, last_oi, scale)) in enumerate(progress["assets"].items()):
@@ -1024,20 +1024,19 @@ def update_heatmap(con: duckdb.DuckDBPyConnection, since: date, settings: Mappin
     thin_from, thin_to = old_newest - prm.hourly_days + 1, min(hourly_from, resume)
     changed = _day(resume)
     if thin_to > thin_from:
-        STAGES["thin"] = -time.perf_counter()
-        changed = _day(thin_from)
-        lo = datetime.combine(_day(thin_from), datetime.min.time(), UTC)
-        hi = datetime.combine(_day(thin_to), datetime.min.time(), UTC)
-        old = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours, start=lo).filter(pl.col("ts") < hi)
-        frame, _ = _bars_numpy(old)
-        usable = frame.filter((pl.col("close") > 0) & (pl.col("high") >= pl.col("low")) & (pl.col("low") > 0)
-                              & (pl.col("open") > 0))
-        keep = usable.group_by("asset", pl.col("ts_us") // _DAY_US).agg(pl.col("ts_us").max().alias("keep_us"))
-        con.register("__hm_keep", keep.select("asset", "keep_us").to_arrow())
-        con.execute(f"""DELETE FROM {TABLE} WHERE ts >= {ts_literal(lo)} AND ts < {ts_literal(hi)} AND NOT EXISTS (
-            SELECT 1 FROM __hm_keep k WHERE k.asset = {TABLE}.asset AND k.keep_us = epoch_us({TABLE}.ts))""")
-        con.unregister("__hm_keep")
-        STAGES["thin"] += time.perf_counter()
+        with _stage("thin"):
+            changed = _day(thin_from)
+            lo = datetime.combine(_day(thin_from), datetime.min.time(), UTC)
+            hi = datetime.combine(_day(thin_to), datetime.min.time(), UTC)
+            old = load_bars(con, oi_max_gap_hours=prm.oi_max_gap_hours, start=lo).filter(pl.col("ts") < hi)
+            frame, _ = _bars_numpy(old)
+            usable = frame.filter((pl.col("close") > 0) & (pl.col("high") >= pl.col("low")) & (pl.col("low") > 0)
+                                  & (pl.col("open") > 0))
+            keep = usable.group_by("asset", pl.col("ts_us") // _DAY_US).agg(pl.col("ts_us").max().alias("keep_us"))
+            con.register("__hm_keep", keep.select("asset", "keep_us").to_arrow())
+            con.execute(f"""DELETE FROM {TABLE} WHERE ts >= {ts_literal(lo)} AND ts < {ts_literal(hi)} AND NOT EXISTS (
+                SELECT 1 FROM __hm_keep k WHERE k.asset = {TABLE}.asset AND k.keep_us = epoch_us({TABLE}.ts))""")
+            con.unregister("__hm_keep")
     scale = {asset: v[2] for asset, v in progress["assets"].items()}
     with _stage("state"):
         save_changes(con, new_state_, changes, scale, prm, through=newest - 1, newest=newest,
