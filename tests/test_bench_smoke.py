@@ -63,7 +63,7 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     cpu = m["sizes"]["4"]["cpu_s"]["median"]
     assert 0 < m["sizes"]["4"]["sys_s"]["median"] < cpu and "CPU of the build at 4 assets" in text
     assert "Longest dependency chain at 4 assets" in text and "liquidation_heatmap → daily_heatmap_clusters → daily_signals" in text
-    # the builds ran as build_all runs them (PERPWATCH_BUILD_WORKERS, default one at a time), and the report says so
+    # the builds ran as build_all runs them (PERPWATCH_BUILD_WORKERS, default two at a time), and the report says so
     from perpwatch.core import settings
     workers = settings.get().build_workers
     assert m["build_workers"] == workers

@@ -150,7 +150,7 @@ def _build_all(con, only: list[str] | None) -> dict[str, float]:
 
 
 def build_workers(con) -> int:
-    """Marts a full build runs at once on the DuckDB file: PERPWATCH_BUILD_WORKERS, default 1. One on DuckLake:
+    """Marts a full build runs at once on the DuckDB file: PERPWATCH_BUILD_WORKERS, default 2. One on DuckLake:
     its catalog is the session's `USE`, which a second connection would not have."""
     from perpwatch.core import settings
     from perpwatch.warehouse import lake

@@ -119,9 +119,10 @@ class Settings(BaseSettings):
                               "0 keeps polars' own 500 ms; ignored when _RJEM_MALLOC_CONF is set.", "Storage")
     workers: int = _f(1, "Prefect workers `make deploy` starts (more than one needs PERPWATCH_CATALOG).",
                       "Operations")
-    build_workers: int = _f(1, "Marts a full build (`perpwatch build`) runs at once on the DuckDB file, each on "
-                            "its own connection once the marts it reads are committed. 1 (the default) builds them "
-                            "one after the other. DuckLake always builds one at a time.", "Operations")
+    build_workers: int = _f(2, "Marts a full build (`perpwatch build`) runs at once on the DuckDB file, each on "
+                            "its own connection once the marts it reads are committed (default 2: one per core of a "
+                            "2-core host; the heatmap's chain first). 1 builds them one after the other. DuckLake "
+                            "always builds one at a time.", "Operations")
     prefect_database_url: str | None = _f(None, "The Prefect server's own database (`make deploy`), e.g. "
                                           "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect; default SQLite.",
                                           "Operations", env="PREFECT_API_DATABASE_CONNECTION_URL", example="")
