@@ -34,6 +34,8 @@ are point-in-time (tests/test_point_in_time.py).
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import duckdb
@@ -453,8 +455,10 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
     )
     paths = forward_paths(masks, hs).sort("asset", "date")
     value_cols = [f"{k}_{h}" for h in hs for k in ("fwd_return", "max_drawdown")]
-    parts = []
-    for i, s in enumerate(sigs):
+
+    def one(i: int, s: Signal) -> list[pl.DataFrame]:
+        """One signal's rows, every horizon."""
+        parts: list[pl.DataFrame] = []
         base = paths.select(
             "asset",
             "date",
@@ -463,7 +467,7 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
             pl.col(f"__a{i}").alias("__avail"),
         ).filter(pl.col("__avail"))
         if base.height == 0:
-            continue
+            return parts
         prev_same_asset = pl.col("asset").shift(1) == pl.col("asset")
         base = base.with_columns(  # an episode starts on an event day whose previous day was no event
             (
@@ -549,6 +553,12 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
                     (pl.col("mean_forward_return") - pl.col("baseline_mean_return")).alias("excess_return"),
                 ).join(tframe, on="asset", how="left")
             )
+        return parts
+
+    # signals are independent: two at a time (polars and numpy release the GIL; one signal's work keeps ~1.3 cores
+    # busy), results in signal order
+    with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
+        parts = [p for got in pool.map(one, range(len(sigs)), sigs) for p in got]
     if not parts:
         return pl.DataFrame(schema=SCHEMA)
     out = pl.concat(parts, how="diagonal_relaxed")
