@@ -531,7 +531,7 @@ def evaluate(daily: pl.DataFrame, sigs: list[Signal], hs: list[int]) -> pl.DataF
             dates, y, e = all_dates[keep], y_all[keep], event[keep]
             ids = asset_id[keep]   # ascending (rows sorted by asset): its distinct values are its runs' first
             names = run_names[ids[np.r_[True, ids[1:] != ids[:-1]]]].tolist()
-            t = hac_tstats_by_group(asset_id[keep], dates, y, e, h - 1)
+            t = hac_tstats_by_group(ids, dates, y, e, h - 1)
             methods = ["newey_west"] * len(names)
             if multi:
                 o = by_date[keep[by_date]]
