@@ -12,6 +12,31 @@ from perpwatch.core import quiet, settings
 
 DEMO_HISTORY_DAYS = 150
 DEMO_COLLECT_SECONDS = 15.0   # the simulated streams run at a busy market's rate: dozens of events in 15 s
+PROVISIONAL = ("complete = false: the day is still in progress (or ended less than [completeness] venue_lag_hours ago); "
+               "its values, signal_state and alerts are provisional and change when the day is complete")
+
+
+def latest_signals(con):
+    """The last 7 days of marts.daily_signals as the demo prints them, with `complete` beside each day so an
+    in-progress day's signal_state is not read as final."""
+    return con.sql("""
+        SELECT date, asset, complete, round(close_usd, 2) AS close, round(return_1d * 100, 2) AS "ret%",
+               round(oi_usd / 1e9, 3) AS "oi_bn", round(oi_change_1d * 100, 1) AS "oi_1d%",
+               oi_price_regime AS regime, round(funding_rate_8h * 100, 4) AS "fund8h%",
+               funding_extreme AS f_ext, round(ls_ratio, 2) AS ls, ls_extreme AS ls_ext,
+               round(basis_annualized * 100, 1) AS "basis%", overheating AS hot, signal_state
+        FROM marts.daily_signals
+        WHERE date > (SELECT max(date) FROM marts.daily_signals) - 7
+        ORDER BY asset, date""").pl()
+
+
+def latest_alerts(con):
+    """The newest warning and critical alerts of the last 7 days (at most 12), with `complete` (false: a
+    provisional alert of a day in progress)."""
+    return con.sql("""
+        SELECT date, asset, complete, rule, severity, message FROM marts.alerts
+        WHERE date > (SELECT max(date) FROM marts.alerts) - 7 AND severity IN ('warning', 'critical')
+        ORDER BY date DESC, severity, asset LIMIT 12""").pl()
 
 
 def main() -> int:
@@ -69,19 +94,13 @@ def main() -> int:
                   f"loaded {result['loaded']}, duplicate {result['duplicate']}, quarantined {result['quarantined']}")
         status = "failed" if any(r["status"] == "failed" for r in results) else "ok"
         with warehouse.session(read_only=True) as con:
-            df = con.sql("""
-                SELECT date, asset, round(close_usd, 2) AS close, round(return_1d * 100, 2) AS "ret%",
-                       round(oi_usd / 1e9, 3) AS "oi_bn", round(oi_change_1d * 100, 1) AS "oi_1d%",
-                       oi_price_regime AS regime, round(funding_rate_8h * 100, 4) AS "fund8h%",
-                       funding_extreme AS f_ext, round(ls_ratio, 2) AS ls, ls_extreme AS ls_ext,
-                       round(basis_annualized * 100, 1) AS "basis%", overheating AS hot, signal_state
-                FROM marts.daily_signals
-                WHERE date > (SELECT max(date) FROM marts.daily_signals) - 7
-                ORDER BY asset, date""").pl()
+            df = latest_signals(con)
         with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
                        tbl_hide_column_data_types=True):
             print("\nmarts.daily_signals — last 7 days")
             print(df)
+            if not df["complete"].all():
+                print(PROVISIONAL)
         with warehouse.session(read_only=True) as con:
             # the latest day: Hyperliquid and Deribit serve OI snapshots only, so they appear from today on
             day = con.sql("SELECT max(date) FROM marts.open_interest_by_venue").fetchone()[0]
@@ -90,10 +109,7 @@ def main() -> int:
                        round(linear_oi_usd / 1e9, 3) AS linear_bn, round(inverse_oi_usd / 1e9, 3) AS inverse_bn,
                        instruments
                 FROM marts.open_interest_by_venue WHERE date = ? ORDER BY asset, oi_usd DESC""", params=[day]).pl()
-            alerts = con.sql("""
-                SELECT date, asset, rule, severity, message FROM marts.alerts
-                WHERE date > (SELECT max(date) FROM marts.alerts) - 7 AND severity IN ('warning', 'critical')
-                ORDER BY date DESC, severity, asset LIMIT 12""").pl()
+            alerts = latest_alerts(con)
             liq = con.sql("""
                 SELECT venue, asset, side, count(*) AS events, round(sum(usd) / 1e3, 1) AS "usd_k",
                        min(ts) AS first, max(ts) AS last
@@ -119,6 +135,8 @@ def main() -> int:
             print(liq)
             print("\nalerts — last 7 days (warning and critical)")
             print(alerts)
+            if not alerts["complete"].all():
+                print(PROVISIONAL)
             print("\nspot bitcoin ETF flows (US$ m) — latest days")
             print(etf)
             print("\ncross-market correlation of daily log returns — latest")
