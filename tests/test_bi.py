@@ -60,10 +60,10 @@ EXPECTED = {
                   "SELECT date, max(cumulative_flow_usd) FROM marts.etf_flows_daily GROUP BY date"],
     "correlations": ["SELECT date, benchmark, window_days, avg(correlation) FROM marts.cross_market_correlation "
                      "WHERE asset = $asset GROUP BY ALL"],
-    "signal_state_today": ["SELECT date, asset, signal_state, overheating, oi_price_regime, funding_extreme, "
+    "signal_state_today": ["SELECT date, asset, complete, signal_state, overheating, oi_price_regime, funding_extreme, "
                            "ls_extreme, liquidation_surge, basis_extreme, close_usd, oi_usd FROM marts.daily_signals "
                            "WHERE date = (SELECT max(date) FROM marts.daily_signals) AND asset = $asset"],
-    "alerts": ["SELECT ts, asset, rule, severity, value, threshold, message FROM marts.alerts WHERE asset = $asset "
+    "alerts": ["SELECT ts, asset, complete, rule, severity, value, threshold, message FROM marts.alerts WHERE asset = $asset "
                "ORDER BY ts DESC, asset, rule LIMIT 200"],
     "freshness": ["SELECT source, dataset, max(last_ts), date_diff('hour', max(last_ts), now()), count(*) "
                   "FROM meta.watermarks GROUP BY ALL"],

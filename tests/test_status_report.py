@@ -318,3 +318,20 @@ def test_status_reports_open_gaps(tmp_path):
     assert [(g["source"], g["instrument"], g["missing"]) for g in st["gaps"]] == [("bybit", "BTCUSDT", 3)]
     assert "Gaps in stored series (re-requested by the next run): 1" in text
     assert "2026-11-18 03:00" in text and "open_interest" in text
+
+
+def test_report_marks_a_provisional_day_and_alert_by_the_marts_complete_flag():
+    from datetime import date
+
+    row = {"date": date(2026, 11, 19), "asset": "BTC", "signal_state": "deleveraging", "firing": ["deleveraging"]}
+    final = report.signals_html(date(2026, 11, 19), [{**row, "complete": True}])
+    provisional = report.signals_html(date(2026, 11, 19), [{**row, "complete": True}, {**row, "asset": "ETH", "complete": False}])
+    assert "provisional" not in final and "UTC day <b>2026-11-19</b>. " in final
+    assert "UTC day <b>2026-11-19</b> — <b>provisional</b>: the day is in progress" in provisional
+    # a warehouse without the column: the wall clock decides (a past day is not in progress)
+    assert "provisional" not in report.signals_html(date(2026, 11, 19), [row])
+    alerts = report.alerts_html([{"date": date(2026, 11, 19), "asset": "ETH", "complete": False, "rule": "ls_extreme",
+                                  "severity": "warning", "message": "ETH long/short account ratio 1.53 is above 1.50"}])
+    head = alerts.split("<thead>")[1].split("</thead>")[0]
+    assert head == "<tr><th>date</th><th>asset</th><th>complete</th><th>rule</th><th>severity</th><th>message</th></tr>"
+    assert "<td>2026-11-19</td><td>ETH</td><td>no</td><td>ls_extreme</td>" in alerts     # booleans read yes / no

@@ -69,13 +69,14 @@ def signals_today(con) -> tuple[date | None, list[dict]]:
         return None, []
     flags = [f for f in SIGNAL_FLAGS if f in cols]
     values = [v for v in SIGNAL_VALUES if v in cols]
-    want = ["asset"] + (["signal_state"] if "signal_state" in cols else []) + flags + values
+    want = (["asset"] + (["signal_state"] if "signal_state" in cols else []) + (["complete"] if "complete" in cols else [])
+            + flags + values)
     df = _frame(con, f"SELECT {', '.join(want)} FROM marts.daily_signals WHERE date = ? ORDER BY asset", [day])
     out = []
     for r in df.iter_rows(named=True):
         firing = [f for f in flags if r.get(f)]
         state = r.get("signal_state")
-        out.append({"date": day, "asset": r["asset"], "signal_state": state,
+        out.append({"date": day, "asset": r["asset"], "signal_state": state, "complete": r.get("complete"),
                     "firing": firing + ([state] if state and state != "neutral" else []),
                     **{v: r.get(v) for v in values}})
     return day, out
@@ -377,7 +378,12 @@ def _section(key: str, title: str, body: str) -> str:
 def signals_html(day, rows: list[dict]) -> str:
     if not rows:
         return _nodata("marts.daily_signals is empty: run a backfill and `perpwatch build`")
-    partial = " (day in progress)" if day == datetime.now(UTC).date() else ""
+    # the mart's own verdict (`complete`: the day's last bar is in and the venues' lag has passed); a warehouse built
+    # before the column existed: the wall clock's UTC day
+    known = [r["complete"] for r in rows if r.get("complete") is not None]
+    in_progress = (not all(known)) if known else day == datetime.now(UTC).date()
+    partial = (" — <b>provisional</b>: the day is in progress (or ended less than [completeness] venue_lag_hours ago), "
+               "so its states and flags can still change" if in_progress else "")
     keys = ["asset", "signal_state", "firing"] + [k for k in SIGNAL_VALUES if k in rows[0]]
     body = []
     for r in rows:
@@ -398,7 +404,8 @@ def alerts_html(alerts: list[dict] | None) -> str:
         return _nodata("marts.alerts is not built in this warehouse")
     if not alerts:
         return '<p class="ok">No alerts for the latest day.</p>'
-    keys = [k for k in ("ts", "date", "asset", "rule", "severity", "value", "threshold", "message") if k in alerts[0]]
+    keys = [k for k in ("ts", "date", "asset", "complete", "rule", "severity", "value", "threshold", "message")
+            if k in alerts[0]]   # complete = false: a provisional alert of a day in progress
     return _table(alerts, keys)
 
 
