@@ -12,8 +12,9 @@ from perpwatch.core import quiet, settings
 
 DEMO_HISTORY_DAYS = 150
 DEMO_COLLECT_SECONDS = 15.0   # the simulated streams run at a busy market's rate: dozens of events in 15 s
-PROVISIONAL = ("complete = false: the day is still in progress (or ended less than [completeness] venue_lag_hours ago); "
-               "its values, signal_state and alerts are provisional and change when the day is complete")
+PROVISIONAL = ("complete = false: the day's last hourly close is not in yet (the day is in progress, ended less than "
+               "[completeness] venue_lag_hours ago, or its price feed stopped early); its values, signal_state and "
+               "alerts are provisional and can still change")
 
 
 def latest_signals(con):

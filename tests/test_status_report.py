@@ -327,7 +327,7 @@ def test_report_marks_a_provisional_day_and_alert_by_the_marts_complete_flag():
     final = report.signals_html(date(2026, 11, 19), [{**row, "complete": True}])
     provisional = report.signals_html(date(2026, 11, 19), [{**row, "complete": True}, {**row, "asset": "ETH", "complete": False}])
     assert "provisional" not in final and "UTC day <b>2026-11-19</b>. " in final
-    assert "UTC day <b>2026-11-19</b> — <b>provisional</b>: the day is in progress" in provisional
+    assert "UTC day <b>2026-11-19</b> — <b>provisional</b>: the day's last hourly close is not in yet" in provisional
     # a warehouse without the column: the wall clock decides (a past day is not in progress)
     assert "provisional" not in report.signals_html(date(2026, 11, 19), [row])
     alerts = report.alerts_html([{"date": date(2026, 11, 19), "asset": "ETH", "complete": False, "rule": "ls_extreme",

@@ -382,8 +382,9 @@ def signals_html(day, rows: list[dict]) -> str:
     # before the column existed: the wall clock's UTC day
     known = [r["complete"] for r in rows if r.get("complete") is not None]
     in_progress = (not all(known)) if known else day == datetime.now(UTC).date()
-    partial = (" — <b>provisional</b>: the day is in progress (or ended less than [completeness] venue_lag_hours ago), "
-               "so its states and flags can still change" if in_progress else "")
+    partial = (" — <b>provisional</b>: the day's last hourly close is not in yet (the day is in progress, ended less "
+               "than [completeness] venue_lag_hours ago, or its price feed stopped early), so its states and flags "
+               "can still change" if in_progress else "")
     keys = ["asset", "signal_state", "firing"] + [k for k in SIGNAL_VALUES if k in rows[0]]
     body = []
     for r in rows:
