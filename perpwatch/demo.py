@@ -12,9 +12,6 @@ from perpwatch.core import quiet, settings
 
 DEMO_HISTORY_DAYS = 150
 DEMO_COLLECT_SECONDS = 15.0   # the simulated streams run at a busy market's rate: dozens of events in 15 s
-PROVISIONAL = ("complete = false: the day's last hourly close is not in yet (the day is in progress, ended less than "
-               "[completeness] venue_lag_hours ago, or its price feed stopped early); its values, signal_state and "
-               "alerts are provisional and can still change")
 
 
 def latest_signals(con):
@@ -33,7 +30,7 @@ def latest_signals(con):
 
 def latest_alerts(con):
     """The newest warning and critical alerts of the last 7 days (at most 12), with `complete` (false: a
-    provisional alert of a day in progress)."""
+    provisional alert, report.NOT_COMPLETE)."""
     return con.sql("""
         SELECT date, asset, complete, rule, severity, message FROM marts.alerts
         WHERE date > (SELECT max(date) FROM marts.alerts) - 7 AND severity IN ('warning', 'critical')
@@ -94,6 +91,10 @@ def main() -> int:
             print(f"run {result['run_id']}: {result['status']} — fetched {result['fetched']}, "
                   f"loaded {result['loaded']}, duplicate {result['duplicate']}, quarantined {result['quarantined']}")
         status = "failed" if any(r["status"] == "failed" for r in results) else "ok"
+        from perpwatch.serving.report import NOT_COMPLETE
+
+        provisional = (f"complete = false: {NOT_COMPLETE}; its values, signal_state and alerts are provisional and "
+                       "can still change")
         with warehouse.session(read_only=True) as con:
             df = latest_signals(con)
         with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
@@ -101,7 +102,7 @@ def main() -> int:
             print("\nmarts.daily_signals — last 7 days")
             print(df)
             if not df["complete"].all():
-                print(PROVISIONAL)
+                print(provisional)
         with warehouse.session(read_only=True) as con:
             # the latest day: Hyperliquid and Deribit serve OI snapshots only, so they appear from today on
             day = con.sql("SELECT max(date) FROM marts.open_interest_by_venue").fetchone()[0]
@@ -137,7 +138,7 @@ def main() -> int:
             print("\nalerts — last 7 days (warning and critical)")
             print(alerts)
             if not alerts["complete"].all():
-                print(PROVISIONAL)
+                print(provisional)
             print("\nspot bitcoin ETF flows (US$ m) — latest days")
             print(etf)
             print("\ncross-market correlation of daily log returns — latest")

@@ -59,6 +59,12 @@ def assets(con) -> list[str]:
     return (sorted(have, key=lambda a: (pref.index(a) if a in pref else len(pref), a)))[:MAX_ASSETS]
 
 
+# What `complete = false` on a marts.daily_signals / marts.alerts row means (docs/tables.md), as the report and
+# `make demo` say it
+NOT_COMPLETE = ("the day's last hourly close is not in yet (the day is in progress, ended less than [completeness] "
+                "venue_lag_hours ago, or its price feed stopped early)")
+
+
 def signals_today(con) -> tuple[date | None, list[dict]]:
     """The latest day of marts.daily_signals: per asset its state, the flags that fire and key values."""
     if not table_exists(con, "marts.daily_signals"):
@@ -382,9 +388,7 @@ def signals_html(day, rows: list[dict]) -> str:
     # before the column existed: the wall clock's UTC day
     known = [r["complete"] for r in rows if r.get("complete") is not None]
     in_progress = (not all(known)) if known else day == datetime.now(UTC).date()
-    partial = (" — <b>provisional</b>: the day's last hourly close is not in yet (the day is in progress, ended less "
-               "than [completeness] venue_lag_hours ago, or its price feed stopped early), so its states and flags "
-               "can still change" if in_progress else "")
+    partial = f" — <b>provisional</b>: {NOT_COMPLETE}, so its states and flags can still change" if in_progress else ""
     keys = ["asset", "signal_state", "firing"] + [k for k in SIGNAL_VALUES if k in rows[0]]
     body = []
     for r in rows:
@@ -406,7 +410,7 @@ def alerts_html(alerts: list[dict] | None) -> str:
     if not alerts:
         return '<p class="ok">No alerts for the latest day.</p>'
     keys = [k for k in ("ts", "date", "asset", "complete", "rule", "severity", "value", "threshold", "message")
-            if k in alerts[0]]   # complete = false: a provisional alert of a day in progress
+            if k in alerts[0]]   # complete = false: a provisional alert (NOT_COMPLETE)
     return _table(alerts, keys)
 
 
