@@ -45,8 +45,10 @@ def marts_with_headers(dest: Path) -> Path:
 
 
 def _stamp(days: int, assets: int) -> str:
+    from perpwatch import warehouse
     src = (ROOT / "bench" / "gen_warehouse.py").read_bytes() + (ROOT / "warehouse" / "schema.sql").read_bytes()
-    return f"{days}x{assets}:{hashlib.sha256(src).hexdigest()[:12]}"
+    # a file keeps the storage format it was created in (warehouse.STORAGE_VERSION): a new format, a new file
+    return f"{days}x{assets}:{warehouse.STORAGE_VERSION}:{hashlib.sha256(src).hexdigest()[:12]}"
 
 
 def warehouse_for(workdir: Path, days: int, assets: int, progress, source: Path | None = None) -> tuple[Path, dict]:
