@@ -102,8 +102,8 @@ def connect(path: str | Path | None = None, read_only: bool = False, wait_s: flo
 # columns: writing the low-cardinality text columns of every staging table and mart (venue, instrument,
 # asset, margin, ...) costs about a third less CPU than the default format's dictionary compression, at
 # the same file size (docs/stack.md, "Storage format"). The file records its version: DuckDB >= 1.3
-# reads it; a file created before keeps its own format. The serving snapshot and exports stay in the
-# default format, for older readers (BI drivers).
+# reads it; a file created before keeps its own format. The serving snapshot (ATTACHed from a warehouse
+# connection, so created in DuckDB's default format) stays readable by older DuckDB (BI drivers).
 STORAGE_VERSION = "v1.3.0"
 
 
