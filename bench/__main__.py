@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     results: dict = {"size": a.size, "config": cfg, "machine": info, "started": datetime.now(UTC).isoformat(),
                      "command": "python -m perpwatch.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+    from perpwatch.bench.common import host_speed
+
+    results["host_speed"] = {"start": host_speed()}
     t_all = time.perf_counter()
     out = Path(a.out) if a.out else (ROOT / "BENCHMARKS.md" if a.size == "full" else workdir / f"BENCHMARKS-{a.size}.md")
     res_path = workdir / f"results-{a.size}.json"
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[w] = previous[w]
                 results.setdefault("seconds", {})[w] = previous.get("seconds", {}).get(w, 0)
                 results.setdefault("loadavg_after", {})[w] = previous.get("loadavg_after", {}).get(w, "?")
+                if w in previous.get("host_speed", {}):
+                    results["host_speed"][w] = previous["host_speed"][w]
                 results.setdefault("from_earlier_run", {})[w] = previous.get("started")
     for w in only:
         t0 = time.perf_counter()
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             results[w]["rss_method"] = "own"     # child peak RSS measured through the launcher (bench.common)
         results.setdefault("seconds", {})[w] = time.perf_counter() - t0
         results.setdefault("loadavg_after", {})[w] = __import__("perpwatch.bench.common", fromlist=["loadavg"]).loadavg()
+        results["host_speed"][w] = host_speed()
         results["total_s"] = sum(results["seconds"].values())
         res_path.write_text(json.dumps(results, indent=1, default=str))    # a killed run keeps what it has
     results["total_s"] = sum(results.get("seconds", {}).values())

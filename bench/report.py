@@ -43,6 +43,29 @@ def _cpu(c: dict | None) -> str:
             "say how far its absolute figures are comparable with these). ")
 
 
+def _host_speed(h: dict | None) -> str:
+    """The host-speed readings (bench/common.py host_speed) as a sentence: each one, and the slowest against the
+    start's, so a figure measured while the shared host ran slower can be read as such."""
+    if not h or "start" not in h:
+        return ""
+    s0 = h["start"]
+
+    def reading(x: dict) -> str:
+        return f"{x['python_loop_5m_s']:.2f} / {x['duckdb_agg_20m_s']:.2f} s"
+
+    def factor(x: dict) -> float:
+        return max(x[k] / s0[k] for k in ("python_loop_5m_s", "duckdb_agg_20m_s"))
+
+    after = [(k, x) for k, x in h.items() if k != "start"]
+    text = (f"Host speed (`bench/common.py` `host_speed`: medians of 5 of the Python loop / the DuckDB aggregate above) "
+            f"at start {reading(s0)}" + "".join(f", after {k} {reading(x)}" for k, x in after))
+    if after:
+        k, x = max(after, key=lambda kx: factor(kx[1]))
+        text += (f"; the slowest reading, after {k}, is {factor(x):.2f}x the start's (a workload timed while the "
+                 "shared host ran slower is slower by about as much)")
+    return text + ". "
+
+
 def span(d: dict) -> tuple[float, float]:
     """(min, max) of a Sample.as_dict(): the run-to-run spread the report judges against."""
     return float(d["min"]), float(d["max"])
@@ -83,7 +106,7 @@ def render(r: dict) -> str:
       f"Polars {v['polars']}, PyArrow {v['pyarrow']}, Prefect {v['prefect']}, Great Expectations {v['great_expectations']}, "
       f"orjson {v['orjson']}. " + _cpu(m.get("cpu")) + _fresh(m.get("fresh_memory")) + f"Load average at start {m['loadavg']}; "
       + ", ".join(f"after {k}: {x}" for k, x in (r.get("loadavg_after") or {}).items())
-      + ". A target is judged against the spread of its own runs in this invocation: **met** when the worst "
+      + ". " + _host_speed(r.get("host_speed")) + "A target is judged against the spread of its own runs in this invocation: **met** when the worst "
       "run clears it (for a ratio: the contender's worst run against the baseline's best), **missed** when even "
       "the best run falls short, otherwise **within the spread**.\n")
     targets: list[tuple[str, str, bool | None]] = []

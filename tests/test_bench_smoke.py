@@ -69,6 +69,24 @@ def test_bench_tiny_runs_and_writes_sane_numbers(tmp_path):
     assert m["build_workers"] == workers
     assert (f"{workers} at a time, each on its own connection" if workers > 1 else "one at a time") in text
     assert text.count("**met**") + text.count("**missed**") + text.count("**within the spread**") >= 8
+    # the host's speed, read at the start and after each workload, is in the report with the slowest reading
+    hs = r["host_speed"]
+    assert list(hs) == ["start", "load", "marts", "extract"]
+    assert all(0 < x["python_loop_5m_s"] < 30 and 0 < x["duckdb_agg_20m_s"] < 60 for x in hs.values())
+    assert f"at start {hs['start']['python_loop_5m_s']:.2f} / {hs['start']['duckdb_agg_20m_s']:.2f} s" in text
+    assert "the slowest reading, after " in text
+
+
+def test_host_speed_sentence_names_every_reading_and_the_slowest_against_the_start():
+    from perpwatch.bench.report import _host_speed
+
+    h = {"start": {"python_loop_5m_s": 0.20, "duckdb_agg_20m_s": 0.40},
+         "load": {"python_loop_5m_s": 0.22, "duckdb_agg_20m_s": 0.40},
+         "marts": {"python_loop_5m_s": 0.21, "duckdb_agg_20m_s": 0.52}}
+    text = _host_speed(h)
+    assert "at start 0.20 / 0.40 s, after load 0.22 / 0.40 s, after marts 0.21 / 0.52 s" in text
+    assert "the slowest reading, after marts, is 1.30x the start's" in text      # 0.52 / 0.40 beats 0.22 / 0.20
+    assert _host_speed(None) == "" and "slowest" not in _host_speed({"start": h["start"]})
 
 
 def test_targets_are_judged_on_the_spread_of_the_runs():
