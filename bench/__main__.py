@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from perpwatch.bench import report
-    from perpwatch.bench.common import machine
+    from perpwatch.bench.common import host_speed, loadavg, machine
 
     cfg = json.loads(json.dumps(SIZES[a.size]))
     if a.size == "tiny" and a.dlt:
@@ -104,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     results: dict = {"size": a.size, "config": cfg, "machine": info, "started": datetime.now(UTC).isoformat(),
                      "command": "python -m perpwatch.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
-    from perpwatch.bench.common import host_speed
-
     results["host_speed"] = {"start": host_speed()}
     t_all = time.perf_counter()
     out = Path(a.out) if a.out else (ROOT / "BENCHMARKS.md" if a.size == "full" else workdir / f"BENCHMARKS-{a.size}.md")
@@ -155,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(results.get(w), dict):
             results[w]["rss_method"] = "own"     # child peak RSS measured through the launcher (bench.common)
         results.setdefault("seconds", {})[w] = time.perf_counter() - t0
-        results.setdefault("loadavg_after", {})[w] = __import__("perpwatch.bench.common", fromlist=["loadavg"]).loadavg()
+        results.setdefault("loadavg_after", {})[w] = loadavg()
         results["host_speed"][w] = host_speed()
         results["total_s"] = sum(results["seconds"].values())
         res_path.write_text(json.dumps(results, indent=1, default=str))    # a killed run keeps what it has

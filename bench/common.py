@@ -118,12 +118,7 @@ def cpu_reference() -> dict:
     out: dict = {"model": model}
     for name, fn in (("python_loop_5m_s", _python_loop), ("numpy_sort_10m_s", numpy_sort),
                      ("duckdb_agg_20m_s", lambda: _duckdb_agg(con))):
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        out[name] = best
+        out[name] = min(timed(fn)[0] for _ in range(3))
     con.close()
     return out
 
@@ -139,12 +134,7 @@ def host_speed() -> dict:
     con.execute("SET threads=1")
     out: dict = {}
     for name, fn in (("python_loop_5m_s", _python_loop), ("duckdb_agg_20m_s", lambda: _duckdb_agg(con))):
-        runs = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - t0)
-        out[name] = statistics.median(runs)
+        out[name] = statistics.median([timed(fn)[0] for _ in range(5)])
     con.close()
     return out
 

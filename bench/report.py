@@ -45,7 +45,7 @@ def _cpu(c: dict | None) -> str:
 
 def _host_speed(h: dict | None) -> str:
     """The host-speed readings (bench/common.py host_speed) as a sentence: each one, and the slowest against the
-    start's, so a figure measured while the shared host ran slower can be read as such."""
+    start's, so a reader sees whether the host's speed moved while the workloads were timed."""
     if not h or "start" not in h:
         return ""
     s0 = h["start"]
@@ -61,8 +61,7 @@ def _host_speed(h: dict | None) -> str:
             f"at start {reading(s0)}" + "".join(f", after {k} {reading(x)}" for k, x in after))
     if after:
         k, x = max(after, key=lambda kx: factor(kx[1]))
-        text += (f"; the slowest reading, after {k}, is {factor(x):.2f}x the start's (a workload timed while the "
-                 "shared host ran slower is slower by about as much)")
+        text += f"; the slowest reading, after {k}, is {factor(x):.2f}x the start's"
     return text + ". "
 
 
