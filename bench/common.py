@@ -139,9 +139,11 @@ def host_speed() -> dict:
     return out
 
 
-def fresh_memory(gib: float = 1.0) -> dict:
+def fresh_memory(gib: float = 1.0, pause_s: float = 3.0) -> dict:
     """Seconds to write `gib` GiB of memory the process just got from the kernel, then to write it again:
-    what a build pays for each GiB of peak memory (page faults, and on a VM whatever backs its memory)."""
+    what a build pays for each GiB of peak memory (page faults, and on a VM whatever backs its memory).
+    Then the same after handing it back and `pause_s` seconds of waiting: on a VM whose balloon reports free
+    pages to the host (free_page_reporting), the host has taken them back by then and the cost returns."""
     import numpy as np
 
     n = int(gib * 1024 ** 3 // 8)
@@ -153,7 +155,31 @@ def fresh_memory(gib: float = 1.0) -> dict:
     a.fill(2.0)
     t2 = time.perf_counter()
     del a
-    return {"gib": gib, "first_s": t1 - t0, "first_sys_s": ru1.ru_stime - ru0.ru_stime, "again_s": t2 - t1}
+    time.sleep(pause_s)
+    ru2, t3 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    b = np.empty(n)
+    b.fill(1.0)
+    t4 = time.perf_counter()
+    ru3 = resource.getrusage(resource.RUSAGE_SELF)
+    del b
+    return {"gib": gib, "first_s": t1 - t0, "first_sys_s": ru1.ru_stime - ru0.ru_stime, "again_s": t2 - t1,
+            "pause_s": pause_s, "after_pause_s": t4 - t3, "after_pause_sys_s": ru3.ru_stime - ru2.ru_stime,
+            "page_reporting": free_page_reporting()}
+
+
+def free_page_reporting(devices: Path = Path("/sys/bus/virtio/devices")) -> bool | None:
+    """Whether this VM's virtio balloon reports free pages to the host (VIRTIO_BALLOON_F_REPORTING, feature
+    bit 5 of the device's `features` bit string): memory the guest frees goes back to the host, and whoever
+    takes it next pays its first touch again. None: no virtio balloon (bare metal, or not a virtio VM)."""
+    for dev in sorted(devices.glob("*")) if devices.is_dir() else []:
+        try:
+            if (dev / "device").read_text().strip() != "0x0005":    # virtio device id 5: the memory balloon
+                continue
+            bits = (dev / "features").read_text().strip()
+        except OSError:
+            continue
+        return len(bits) > 5 and bits[5] == "1"
+    return None
 
 
 def run_child(args: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path = ROOT) -> dict:

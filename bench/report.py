@@ -29,9 +29,16 @@ def _ok(b: bool | str | None) -> str:
 def _fresh(f: dict | None) -> str:
     if not f:
         return ""
-    return (f"Fresh memory: writing {f['gib']:g} GiB the process has just been given took {f['first_s']:.2f} s "
-            f"({f['first_sys_s']:.2f} s of it in the kernel), writing it again {f['again_s']:.2f} s, so each GiB of a "
-            "build's peak memory costs about the difference once (`bench/common.py` `fresh_memory`). ")
+    out = (f"Fresh memory: writing {f['gib']:g} GiB the process has just been given took {f['first_s']:.2f} s "
+           f"({f['first_sys_s']:.2f} s of it in the kernel), writing it again {f['again_s']:.2f} s, so each GiB of a "
+           "build's peak memory costs about the difference once (`bench/common.py` `fresh_memory`). ")
+    if "after_pause_s" in f:
+        reporting = {True: "; this VM's virtio balloon reports free pages to the host (VIRTIO_BALLOON_F_REPORTING)",
+                     False: "; this VM's virtio balloon does not report free pages to the host",
+                     None: ""}[f.get("page_reporting")]
+        out += (f"Handed back and taken again after {f['pause_s']:g} s, a fresh {f['gib']:g} GiB took "
+                f"{f['after_pause_s']:.2f} s ({f['after_pause_sys_s']:.2f} s in the kernel){reporting}. ")
+    return out
 
 
 def _cpu(c: dict | None) -> str:

@@ -89,6 +89,28 @@ def test_host_speed_sentence_names_every_reading_and_the_slowest_against_the_sta
     assert _host_speed(None) == "" and "slowest" not in _host_speed({"start": h["start"]})
 
 
+def test_fresh_memory_sentence_states_the_reading_after_a_pause_and_the_balloon(tmp_path):
+    from perpwatch.bench.common import free_page_reporting
+    from perpwatch.bench.report import _fresh
+
+    f = {"gib": 1.0, "first_s": 1.54, "first_sys_s": 1.44, "again_s": 0.07}
+    assert "after" not in _fresh(f) and "writing it again 0.07 s" in _fresh(f)      # a results file from before
+    f |= {"pause_s": 3.0, "after_pause_s": 1.5, "after_pause_sys_s": 1.42, "page_reporting": True}
+    assert ("Handed back and taken again after 3 s, a fresh 1 GiB took 1.50 s (1.42 s in the kernel); this VM's "
+            "virtio balloon reports free pages to the host (VIRTIO_BALLOON_F_REPORTING). ") in _fresh(f)
+    assert "does not report" in _fresh(f | {"page_reporting": False})
+    assert _fresh(f | {"page_reporting": None}).endswith("(1.42 s in the kernel). ")
+    # sysfs as the kernel lays it out: a block device (id 2) and the balloon (id 5), features as a bit string
+    for name, dev, bits in (("virtio0", "0x0002", "0110011"), ("virtio1", "0x0005", "0110010100")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "device").write_text(dev + "\n")
+        (tmp_path / name / "features").write_text(bits + "\n")
+    assert free_page_reporting(tmp_path) is True                 # bit 5 of the balloon's, not the disk's
+    (tmp_path / "virtio1" / "features").write_text("0110000000\n")
+    assert free_page_reporting(tmp_path) is False
+    assert free_page_reporting(tmp_path / "absent") is None
+
+
 def test_targets_are_judged_on_the_spread_of_the_runs():
     from perpwatch.bench.report import judge
 
